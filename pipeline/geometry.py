@@ -22,7 +22,7 @@ def boundary_loops(faces: np.ndarray) -> list[list[int]]:
     """Vertex cycles made of the edges used by exactly one face."""
     directed, undirected = edge_counts(faces)
     nxt: dict[int, int] = {}
-    for (a, b), n in directed.items():
+    for (a, b), _n in directed.items():
         if undirected[(min(a, b), max(a, b))] == 1:
             nxt[a] = b
     loops, seen = [], set()

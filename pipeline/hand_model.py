@@ -125,7 +125,11 @@ _NUMPY_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
 }
+
+
+_SAFE_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "slice": slice, "complex": complex}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -142,8 +146,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             import copyreg
 
             return copyreg._reconstructor
-        if module in ("__builtin__", "builtins") and name == "object":
-            return object
+        if module in ("__builtin__", "builtins") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
         if module == "chumpy" or module.startswith("chumpy."):
             return _ChumpyStub
         if module.startswith("scipy.sparse"):

@@ -111,7 +111,7 @@ def test_flexion_bends_toward_palm(hand_model, finger, side):
         if finger == "thumb":
             palm_point = J[JOINT_NAMES.index("pinky1")]
         dists.append(np.linalg.norm(J[tip_idx] - palm_point))
-    assert all(b < a for a, b in zip(dists, dists[1:])), f"{side} {finger}: {np.round(dists, 4)}"
+    assert all(b < a for a, b in zip(dists, dists[1:], strict=False)), f"{side} {finger}: {np.round(dists, 4)}"
 
 
 def test_left_is_mirror_of_right(standin_right, standin_left, hand_model):
