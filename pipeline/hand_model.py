@@ -24,6 +24,7 @@ itself so that both conventions load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -324,15 +325,16 @@ class HandModel:
         for side in SIDES:
             self.hands_mean[side] = np.asarray(data[side]["hands_mean"], dtype=np.float64).reshape(45)
             struct = smplx.utils.Struct(**data[side])
-            layer = smplx.MANO(
-                model_path=str(mano_dir or "standin"),
-                data_struct=struct,
-                is_rhand=(side == "right"),
-                use_pca=False,
-                flat_hand_mean=False,
-                num_betas=10,
-                dtype=dtype,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a note about 10 betas
+                layer = smplx.MANO(
+                    model_path=str(mano_dir or "standin"),
+                    data_struct=struct,
+                    is_rhand=(side == "right"),
+                    use_pca=False,
+                    flat_hand_mean=False,
+                    num_betas=10,
+                    dtype=dtype,
+                )
             self.layers[side] = layer.to(self.device).eval()
             self.faces[side] = np.asarray(data[side]["f"], dtype=np.int64)
         self._tips = torch.tensor([TIP_VERTEX_IDS[t] for t in _TIP_ORDER], device=self.device)
