@@ -309,7 +309,8 @@ class HandModel:
             files = find_mano_files(mano_dir)
             blobs = [files[s].read_bytes() for s in SIDES]
             data = {s: load_mano_pickle(files[s]) for s in SIDES}
-            name = "mano"
+            # files written by `hands mano standin` are the stand-in, wherever they live
+            name = "standin" if all("standin_version" in data[s] for s in SIDES) else "mano"
         if fix_left_shapedirs(data["left"], data["right"]):
             logger.info("applied the left-hand shapedirs fix to %s", mano_dir)
         digest = hashlib.sha256()

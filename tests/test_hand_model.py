@@ -85,7 +85,7 @@ def test_standin_files_load_with_smplx_create(tmp_path, hand_model):
     # a model loaded from the written folder is the same model with the same hash
     on_disk = HandModel(tmp_path)
     assert on_disk.info.sha256 == hand_model.info.sha256
-    assert on_disk.info.name == "mano"  # any folder is treated as MANO files; the label says what was used
+    assert on_disk.info.name == "standin"  # stand-in files stay labelled as the stand-in
 
 
 def _fake_module(name: str, **attrs) -> types.ModuleType:
@@ -150,7 +150,7 @@ def test_chumpy_free_loader(chumpy_pickle, standin_right):
         assert np.array_equal(data[k], standin_right[k]), k
 
 
-def test_convert_cli_round_trip(chumpy_pickle, tmp_path, standin_right):
+def test_convert_cli_round_trip(chumpy_pickle, tmp_path, standin_right, standin_left):
     from flows.cli import main
 
     dst = tmp_path / "conv" / "MANO_RIGHT.pkl"
@@ -159,6 +159,10 @@ def test_convert_cli_round_trip(chumpy_pickle, tmp_path, standin_right):
         plain = pickle.load(f)  # the converted file needs nothing special
     assert np.array_equal(plain["J_regressor"], standin_right["J_regressor"])
     assert np.array_equal(plain["shapedirs"], standin_right["shapedirs"])
+    # a folder of official-layout files (no stand-in marker) is labelled as MANO
+    left = {k: standin_left[k] for k in hm.MANO_KEYS}
+    hm.dump_mano_pickle(left, dst.parent / "MANO_LEFT.pkl")
+    assert HandModel(dst.parent).info.name == "mano"
 
 
 def test_loader_refuses_code(tmp_path):
@@ -194,6 +198,7 @@ def test_left_shapedirs_fix(tmp_path, standin_right, standin_left):
     hm.dump_mano_pickle(right, tmp_path / "MANO_RIGHT.pkl")
     hm.dump_mano_pickle(bug, tmp_path / "MANO_LEFT.pkl")
     model = HandModel(tmp_path)
+    assert model.info.name == "standin"
     betas = np.zeros((1, 10))
     betas[0, 0] = 2.0
     r = model("right", np.zeros((1, 48)), betas, np.zeros((1, 3))).vertices[0].numpy()
