@@ -86,7 +86,7 @@ def gesture_sheet(hand_model, gestures: tuple[str, ...] = ("open", "fist", "poin
     sheet = Image.new("RGB", (tile * n, tile * len(views) + 28), (0, 0, 0))
     draw = ImageDraw.Draw(sheet)
     for i, g in enumerate(gestures):
-        imgs = render_views(out.vertices[i].cpu().numpy(), hand_model.faces[side], views, tile, up=(-1.0, 0.0, 0.0))
+        imgs = render_views(out.vertices[i].cpu().numpy(), hand_model.faces[side], views, tile, up=(-sign, 0.0, 0.0))
         for r, im in enumerate(imgs):
             sheet.paste(Image.fromarray(im), (i * tile, 28 + r * tile))
         draw.text((i * tile + 8, 8), f"{g} ({hand_model.info.name}, {side})", fill=(230, 230, 230))
