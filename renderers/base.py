@@ -1,0 +1,317 @@
+"""Renderer interface: hand meshes + camera -> mesh images, masks, depth, keypoints, boxes and crops.
+
+All backends share this module's geometry, so labels do not depend on the backend:
+
+* vertices are projected to pixels here (``pipeline.camera.project_points``: pinhole, or the fisheye /
+  radial-tangential model per vertex) and each backend rasterizes those screen positions with
+  perspective-correct interpolation (clip w = view z). For a distorted camera this is exact at vertices and
+  straight between them; hand triangles are a few millimetres across, so the error is well under a pixel
+  except very close to the camera;
+* pixel centres sit at integer coordinates (OpenCV); the global image keeps the camera's (H, W) (never
+  stretched); the local image is re-rendered with the crop's own intrinsics (``crop_intrinsics``), so
+  ``global_to_local``/``local_to_global`` are the exact mapping, and local pixels that fall outside the
+  global image are black (padding);
+* shading: two-sided Lambert with a head light at the camera, ``albedo * (AMBIENT + DIFFUSE * |n . l|)``,
+  light grey on black like AttentionHand's conditioning images (optional per-hand tint).
+
+Visibility: joint j of hand h is visible when it projects inside the image and the first surface along its
+pixel's ray is not in front of it by more than ``own_tolerance`` (its own hand: joints lie inside fingers,
+about one finger radius under the skin) or ``other_tolerance`` (the other hand). A joint over background
+(a tip on the silhouette) is visible when its own hand's mask is within 1 px, so every visible joint lies
+on (or within 1 px of) its hand's mask.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.camera import NEAR, crop_intrinsics, local_to_global, project_points
+
+logger = logging.getLogger(__name__)
+
+SIDES = ("right", "left")
+HAND_ID = {"right": 1, "left": 2}
+AMBIENT, DIFFUSE = 0.25, 0.75
+GREY = (0.8, 0.8, 0.8)
+TINTS = {"right": (0.86, 0.78, 0.72), "left": (0.72, 0.78, 0.86)}
+
+
+class RendererError(RuntimeError):
+    """A renderer that cannot run here (missing library, no device); the message says what to install."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Renderer settings.
+
+    local_size: side of the local (crop) images, pixels. crop_margin: added on each side of the hands' box,
+    as a fraction of its larger side. min_crop: smallest crop side, pixels. tint: per-hand colours instead of
+    grey. own_tolerance / other_tolerance: visibility depth tolerances, metres.
+    """
+
+    local_size: int = 512
+    crop_margin: float = 0.25
+    min_crop: float = 32.0
+    tint: bool = False
+    own_tolerance: float = 0.015
+    other_tolerance: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.local_size < 8 or self.crop_margin < 0 or self.min_crop <= 0:
+            raise ValueError(f"bad RenderConfig: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderItem:
+    """One sample to render.
+
+    verts: side -> (778, 3) float camera-space vertices in metres, or None for an absent hand.
+    joints: side -> (21, 3) float camera-space joints in metres (None for an absent hand).
+    K: (3, 3) intrinsics in pixels; dist: optional distortion coefficients (``pipeline.camera``).
+    image_size: (H, W) pixels.
+    """
+
+    verts: dict
+    joints: dict
+    K: np.ndarray
+    image_size: tuple[int, int]
+    dist: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderBatch:
+    """Items to render together and the triangle list of each side: faces[side] (F, 3) int vertex ids."""
+
+    items: Sequence[RenderItem]
+    faces: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderResult:
+    """Render outputs of one sample.
+
+    mesh_image (H, W, 3) uint8; mask (H, W) uint8: 0 background, 1 right, 2 left (after the depth test);
+    depth (H, W) float32 metres along z, 0 on background. joints_2d: side -> (21, 2) float64 pixels;
+    joints_visible: side -> (21,) bool; bbox: side -> (4,) float64 [x0, y0, x1, y1] pixels, the box of the
+    hand's projected vertices clipped to the image (absent hands: None). crop_box (4,) float64 square
+    [x0, y0, x1, y1] in global pixels (may extend past the image). mesh_local (L, L, 3) uint8 and mask_local
+    (L, L) uint8: the crop re-rendered at L = local_size.
+    """
+
+    mesh_image: np.ndarray
+    mask: np.ndarray
+    depth: np.ndarray
+    joints_2d: dict
+    joints_visible: dict
+    bbox: dict
+    crop_box: np.ndarray
+    mesh_local: np.ndarray
+    mask_local: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterJob:
+    """What a backend draws: screen (V, 3) = (u, v, z) pixels/metres, view (V, 3) camera-space positions,
+    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per hand id (3, 3)."""
+
+    screen: np.ndarray
+    view: np.ndarray
+    normals: np.ndarray
+    hand: np.ndarray
+    faces: np.ndarray
+    size: tuple[int, int]
+    albedo: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterOut:
+    """rgb (H, W, 3) uint8, mask (H, W) uint8 hand ids, depth (H, W) float32 metres (0 = background)."""
+
+    rgb: np.ndarray
+    mask: np.ndarray
+    depth: np.ndarray
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) unit area-weighted vertex normals (float32)."""
+    v = np.asarray(verts, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    vn = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(vn, f[:, k], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _box(uv: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(uv).all(axis=1)
+    if not ok.any():
+        return np.array([np.nan] * 4)
+    p = uv[ok]
+    return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
+
+
+def square_crop_box(boxes: Sequence[np.ndarray], margin: float, min_side: float) -> np.ndarray:
+    """Square [x0, y0, x1, y1] centred on the union of ``boxes``, side = larger extent * (1 + 2 margin)."""
+    b = np.array([bx for bx in boxes if np.isfinite(bx).all()])
+    if len(b) == 0:
+        raise ValueError("no hand projects in front of the camera")
+    x0, y0 = b[:, 0].min(), b[:, 1].min()
+    x1, y1 = b[:, 2].max(), b[:, 3].max()
+    side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + 2.0 * margin)
+    side = max(side, min_side)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def joint_visibility(
+    uv: np.ndarray, z: np.ndarray, hand_id: int, mask: np.ndarray, depth: np.ndarray,
+    own_tolerance: float, other_tolerance: float,
+) -> np.ndarray:
+    """(J,) bool visibility of joints at pixels ``uv`` (J, 2) with depths ``z`` (J,) (see module doc)."""
+    H, W = mask.shape
+    inside = np.isfinite(uv).all(1) & (uv[:, 0] >= -0.5) & (uv[:, 0] < W - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < H - 0.5)
+    vis = np.zeros(len(uv), dtype=bool)
+    for j in np.nonzero(inside)[0]:
+        c, r = int(round(uv[j, 0])), int(round(uv[j, 1]))
+        c, r = min(max(c, 0), W - 1), min(max(r, 0), H - 1)
+        m = mask[r, c]
+        if m == 0:  # just off the silhouette: visible when its own hand's mask is within 1 px
+            r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, H), max(c - 1, 0), min(c + 2, W)
+            rows, cols = np.nonzero(mask[r0:r1, c0:c1] == hand_id)
+            vis[j] = bool(len(rows)) and np.hypot(cols + c0 - uv[j, 0], rows + r0 - uv[j, 1]).min() <= 1.0
+        elif m == hand_id:
+            vis[j] = depth[r, c] >= z[j] - own_tolerance
+        else:
+            vis[j] = depth[r, c] >= z[j] - other_tolerance
+    return vis
+
+
+class Renderer(abc.ABC):
+    """Base renderer: geometry here, rasterization in the backend's ``rasterize``."""
+
+    name = "base"
+
+    def __init__(self, config: RenderConfig | None = None) -> None:
+        self.config = config or RenderConfig()
+
+    @abc.abstractmethod
+    def rasterize(self, jobs: Sequence[RasterJob]) -> list[RasterOut]:
+        """Draw each job; returns one ``RasterOut`` per job."""
+
+    def _albedo(self) -> np.ndarray:
+        alb = np.zeros((3, 3), dtype=np.float32)
+        for s in SIDES:
+            alb[HAND_ID[s]] = TINTS[s] if self.config.tint else GREY
+        return alb
+
+    def _job(self, item: RenderItem, faces: dict, K: np.ndarray, size: tuple[int, int], normals: dict) -> RasterJob:
+        screens, views, norms, hands, tris = [], [], [], [], []
+        offset = 0
+        for s in SIDES:
+            v = item.verts.get(s)
+            if v is None:
+                continue
+            v = np.asarray(v, dtype=np.float64)
+            uv = project_points(v, K, item.dist)
+            f = np.asarray(faces[s], dtype=np.int64)
+            keep = (v[f, 2] >= NEAR).all(axis=1)  # drop triangles touching the near plane (both backends)
+            screens.append(np.concatenate([np.nan_to_num(uv), v[:, 2:3]], axis=1))
+            views.append(v)
+            norms.append(normals[s])
+            hands.append(np.full(len(v), HAND_ID[s], dtype=np.uint8))
+            tris.append(f[keep] + offset)
+            offset += len(v)
+        return RasterJob(
+            screen=np.concatenate(screens).astype(np.float32),
+            view=np.concatenate(views).astype(np.float32),
+            normals=np.concatenate(norms).astype(np.float32),
+            hand=np.concatenate(hands),
+            faces=np.concatenate(tris).astype(np.int32),
+            size=(int(size[0]), int(size[1])),
+            albedo=self._albedo(),
+        )
+
+    def render(self, batch: RenderBatch) -> list[RenderResult]:
+        """Render every item of ``batch``; one ``RenderResult`` per item (see its docstring)."""
+        cfg = self.config
+        jobs, metas = [], []
+        for item in batch.items:
+            present = [s for s in SIDES if item.verts.get(s) is not None]
+            if not present:
+                raise ValueError("a render item needs at least one hand")
+            H, W = (int(x) for x in item.image_size)
+            normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
+            j2d, amodal, clipped = {}, {}, {}
+            for s in SIDES:
+                if s not in present:
+                    j2d[s] = amodal[s] = clipped[s] = None
+                    continue
+                uv_v = project_points(item.verts[s], item.K, item.dist)
+                amodal[s] = _box(uv_v)
+                b = amodal[s].copy()
+                if np.isfinite(b).all():
+                    b[[0, 2]] = np.clip(b[[0, 2]], 0, W - 1)
+                    b[[1, 3]] = np.clip(b[[1, 3]], 0, H - 1)
+                clipped[s] = b
+                j2d[s] = project_points(item.joints[s], item.K, item.dist)
+            crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
+            K_local = crop_intrinsics(item.K, crop, cfg.local_size)
+            jobs.append(self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals))
+            jobs.append(self._job(item, batch.faces, K_local, (cfg.local_size, cfg.local_size), normals))
+            metas.append((item, present, j2d, clipped, crop))
+        outs = self.rasterize(jobs)
+        results = []
+        for i, (item, present, j2d, clipped, crop) in enumerate(metas):
+            g, loc = outs[2 * i], outs[2 * i + 1]
+            vis = {}
+            for s in SIDES:
+                if s not in present:
+                    vis[s] = None
+                    continue
+                z = np.asarray(item.joints[s], dtype=np.float64)[:, 2]
+                vis[s] = joint_visibility(j2d[s], z, HAND_ID[s], g.mask, g.depth, cfg.own_tolerance, cfg.other_tolerance)
+            outside = self._outside_global(crop, item.image_size)
+            mesh_local, mask_local = loc.rgb.copy(), loc.mask.copy()
+            mesh_local[outside] = 0
+            mask_local[outside] = 0
+            results.append(RenderResult(
+                mesh_image=g.rgb, mask=g.mask, depth=g.depth, joints_2d=j2d, joints_visible=vis, bbox=clipped,
+                crop_box=crop, mesh_local=mesh_local, mask_local=mask_local,
+            ))  # fmt: skip
+        return results
+
+    def _outside_global(self, crop: np.ndarray, image_size) -> np.ndarray:
+        L = self.config.local_size
+        H, W = image_size
+        ii = np.arange(L, dtype=np.float64)
+        g = local_to_global(np.stack(np.meshgrid(ii, ii), axis=-1).reshape(-1, 2), crop, L).reshape(L, L, 2)
+        return (g[..., 0] < -0.5) | (g[..., 0] >= W - 0.5) | (g[..., 1] < -0.5) | (g[..., 1] >= H - 0.5)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
+        """Release backend resources (contexts, device memory)."""
+
+
+def make_renderer(name: str = "auto", device: str = "auto", config: RenderConfig | None = None) -> Renderer:
+    """'pytorch3d', 'opengl' or 'auto' (pytorch3d on CUDA, opengl otherwise)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        name = "pytorch3d" if device == "cuda" else "opengl"
+    if name == "pytorch3d":
+        from renderers.pytorch3d_backend import PyTorch3DRenderer
+
+        return PyTorch3DRenderer(config, device=device)
+    if name == "opengl":
+        from renderers.opengl_backend import OpenGLRenderer
+
+        return OpenGLRenderer(config)
+    raise ValueError(f"unknown renderer {name!r}; choose pytorch3d, opengl or auto")
