@@ -54,6 +54,38 @@ def _cmd_mano_show(args) -> int:
     return 0
 
 
+def _cmd_validate(args) -> int:
+    from sinks.validate import validate
+
+    report = validate(args.dir, renderer=args.renderer, mano_dir=args.mano_dir, render=not args.no_render,
+                      limit=args.limit)  # fmt: skip
+    print(report.table())
+    for err in report.errors[:20]:
+        print(f"FAIL {err}")
+    if len(report.errors) > 20:
+        print(f"... and {len(report.errors) - 20} more failures")
+    print("valid" if report.passed else "INVALID")
+    return 0 if report.passed else 1
+
+
+def _cmd_preview(args) -> int:
+    from sinks.preview import preview
+
+    n = preview(args.dir, args.out, n=args.n, tile=args.tile)
+    print(f"wrote {args.out} ({n} records)")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hands", description="Synthetic 3D hand dataset generation (AttentionHand pipeline).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -74,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--tile", type=int, default=320, help="tile size in pixels")
     sh.add_argument("--out", required=True, help="output PNG")
     sh.set_defaults(func=_cmd_mano_show)
+    v = sub.add_parser("validate", help="check every record, the index and the manifest of an output folder")
+    v.add_argument("dir", help="output folder of a run")
+    v.add_argument("--renderer", choices=("opengl", "pytorch3d"), default=None,
+                   help="re-render with this backend (default: the one that wrote the run)")
+    v.add_argument("--mano-dir", default=None, help="MANO folder, for runs made with the official model")
+    v.add_argument("--no-render", action="store_true", help="skip the re-render check")
+    v.add_argument("--limit", type=_positive_int, default=None, help="check at most N records per shard")
+    v.set_defaults(func=_cmd_validate)
+    pv = sub.add_parser("preview", help="contact sheet: image + skeleton, mesh image, local image, caption")
+    pv.add_argument("dir", help="output folder of a run")
+    pv.add_argument("--out", required=True, help="output PNG")
+    pv.add_argument("--n", type=_positive_int, default=16, help="number of records")
+    pv.add_argument("--tile", type=_positive_int, default=256, help="tile size in pixels")
+    pv.set_defaults(func=_cmd_preview)
     return p
 
 
@@ -81,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.hand_model import HandModelError
     from pipeline.schema import SchemaError
+    from renderers.base import RendererError
+    from sinks.reader import ShardReadError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -88,13 +136,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, HandModelError, SchemaError, FileNotFoundError, PermissionError) as exc:
+    except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, FileNotFoundError,
+            PermissionError, NotADirectoryError) as exc:
         print(f"hands: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # full disk, unwritable folder, ...
-        print(f"hands: error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})", file=sys.stderr)
+    except OSError as exc:  # full disk, unwritable folder, ... (StoreError carries its own one-line message)
+        msg = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"hands: error: {msg.splitlines()[0] if msg else type(exc).__name__}", file=sys.stderr)
         return 2
+
+
+def entry() -> None:
+    """Console-script entry point: run ``main`` and leave without native-library teardown.
+
+    The GL (llvmpipe), torch and arrow thread pools can race at interpreter teardown and abort an otherwise
+    finished process ("terminate called without an active exception"); everything is written and flushed
+    by then, so the process exits directly with main's code.
+    """
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

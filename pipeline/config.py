@@ -37,7 +37,7 @@ class RunConfig(_Frozen):
     generator: str = "composite"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_size: int = Field(512, ge=64, le=4096)
-    run_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_.]+$")
+    run_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     hand_model: HandModelConfig = HandModelConfig()
 
     @field_validator("source")

@@ -32,7 +32,7 @@ CLIP_MAX_TOKENS = 77
 #: Largest coordinate (metres) accepted for positions in camera space; beyond it a value is almost
 #: surely in millimetres.
 MAX_METRES = 10.0
-_KEY_RE = re.compile(r"^(?P<tag>[A-Za-z0-9_.]+)-(?P<index>\d{10})$")
+_KEY_RE = re.compile(r"^(?P<tag>[A-Za-z0-9_]+)-(?P<index>\d{10})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -41,9 +41,10 @@ class SchemaError(ValueError):
 
 
 def make_key(run_tag: str, index: int) -> str:
-    """Record key ``<run_tag>-<index:010d>``."""
-    if not re.fullmatch(r"[A-Za-z0-9_.]+", run_tag or ""):
-        raise SchemaError(f"run_tag: must be letters, digits, '_' or '.', got {run_tag!r}")
+    """Record key ``<run_tag>-<index:010d>``. The tag has no '.' or '-': WebDataset splits a record's key
+    from its file names at the first dot."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", run_tag or ""):
+        raise SchemaError(f"run_tag: must be letters, digits or '_', got {run_tag!r}")
     if not isinstance(index, (int, np.integer)) or index < 0 or index >= 10**10:
         raise SchemaError(f"index: must be an integer in [0, 1e10), got {index!r}")
     return f"{run_tag}-{int(index):010d}"

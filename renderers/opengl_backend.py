@@ -113,6 +113,10 @@ class OpenGLRenderer(Renderer):
 
     def rasterize(self, jobs: Sequence[RasterJob]) -> list[RasterOut]:
         ctx = self._context()
+        with ctx:  # make this renderer's context current: another renderer may have switched it
+            return self._rasterize(ctx, jobs)
+
+    def _rasterize(self, ctx, jobs: Sequence[RasterJob]) -> list[RasterOut]:
         import moderngl
 
         outs = []
@@ -162,6 +166,9 @@ class OpenGLRenderer(Renderer):
         return self._vao
 
     def close(self) -> None:
+        if self._ctx is None:
+            return
+        self._ctx.__enter__()
         for obj in (self._vao, self._vbo, self._ibo):
             if obj is not None:
                 obj.release()

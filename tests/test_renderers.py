@@ -247,3 +247,16 @@ def test_auto_and_bad_names():
     with pytest.raises(RendererError, match="no CUDA device"):
         make_renderer("pytorch3d", device="cuda") if not __import__("torch").cuda.is_available() else (_ for _ in ()).throw(
             RendererError("no CUDA device (skipped: CUDA present)"))
+
+
+def test_two_opengl_renderers_interleave(hand_model, gl):
+    """Each renderer makes its own EGL context current; closing one leaves the other working."""
+    items = _items(hand_model, 2, size=(64, 80), seed=9)
+    first = gl.render(RenderBatch(items, hand_model.faces))
+    other = make_renderer("opengl", config=SMALL)
+    second = other.render(RenderBatch(items, hand_model.faces))
+    other.close()
+    again = gl.render(RenderBatch(items, hand_model.faces))
+    for a, b, c in zip(first, second, again, strict=True):
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, c.mask)
+        assert np.array_equal(a.mesh_image, c.mesh_image)

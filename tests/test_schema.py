@@ -148,7 +148,9 @@ def test_unfilled_sample_names_the_stage(hand_model):
 
 
 def test_make_key():
-    assert make_key("run.1", 42) == "run.1-0000000042"
+    assert make_key("run_1", 42) == "run_1-0000000042"
+    with pytest.raises(SchemaError, match="run_tag"):
+        make_key("run.1", 1)  # a dot would split the WebDataset key
     with pytest.raises(SchemaError, match="run_tag"):
         make_key("a/b", 1)
     with pytest.raises(SchemaError, match="index"):

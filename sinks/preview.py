@@ -1,0 +1,96 @@
+"""``hands preview DIR --out sheet.png``: a contact sheet of records.
+
+Each row: the image with the projected skeleton (one colour per finger; right hand solid lines with filled
+joints, left hand thinner lines with hollow joints; occluded joints greyed), the mesh image, the local mesh
+image, and the caption underneath.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.schema import SIDES
+
+logger = logging.getLogger(__name__)
+
+FINGER_COLOURS = {
+    "thumb": (255, 80, 80), "index": (255, 200, 0), "middle": (80, 220, 80), "ring": (0, 190, 255),
+    "pinky": (200, 110, 255),
+}  # fmt: skip
+_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
+
+
+def draw_skeleton(image: np.ndarray, joints_2d: dict, visible: dict, scale: float = 1.0) -> Image.Image:
+    """Image (H, W, 3) uint8 with the skeletons drawn; ``joints_2d``/``visible``: side -> (21, 2)/(21,) or None."""
+    im = Image.fromarray(image).convert("RGB")
+    if scale != 1.0:
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
+    d = ImageDraw.Draw(im)
+    for side in SIDES:
+        uv = joints_2d.get(side)
+        if uv is None:
+            continue
+        uv = (np.asarray(uv, dtype=np.float64) + 0.5) * scale - 0.5
+        vis = np.asarray(visible[side], dtype=bool)
+        width, r = (3, 3) if side == "right" else (1, 3)
+        for f, finger in enumerate(_FINGERS):
+            chain = [0] + [1 + 4 * f + k for k in range(4)]
+            colour = FINGER_COLOURS[finger]
+            for a, b in zip(chain, chain[1:], strict=False):
+                c = colour if vis[a] and vis[b] else (110, 110, 110)
+                d.line([tuple(uv[a]), tuple(uv[b])], fill=c, width=width)
+            for j in chain[1:]:
+                c = colour if vis[j] else (110, 110, 110)
+                box = [uv[j, 0] - r, uv[j, 1] - r, uv[j, 0] + r, uv[j, 1] + r]
+                d.ellipse(box, fill=c if side == "right" else None, outline=c)
+        d.rectangle([uv[0, 0] - r, uv[0, 1] - r, uv[0, 0] + r, uv[0, 1] + r], outline=(255, 255, 255))
+    return im
+
+
+def contact_sheet(records: list[dict], tile: int = 256) -> Image.Image:
+    """Rows of [image + skeleton | mesh | local mesh] with the caption below, one row per training dict
+    (``sinks.reader.to_arrays`` output)."""
+    cap_h = 44
+    sheet = Image.new("RGB", (3 * tile, len(records) * (tile + cap_h)), (20, 20, 20))
+    d = ImageDraw.Draw(sheet)
+    for r, rec in enumerate(records):
+        H, W = rec["image"].shape[:2]
+        scale = tile / max(H, W)
+        j2d = {s: rec["joints_2d"][i] if rec["hand_present"][i] else None for i, s in enumerate(SIDES)}
+        vis = {s: rec["joints_visible"][i] for i, s in enumerate(SIDES)}
+        tiles = [
+            draw_skeleton(rec["image"], j2d, vis, scale),
+            Image.fromarray(rec["mesh"]).convert("RGB").resize((round(W * scale), round(H * scale))),
+            Image.fromarray(rec["mesh_local"]).convert("RGB").resize((tile, tile)),
+        ]
+        y = r * (tile + cap_h)
+        for c, t in enumerate(tiles):
+            sheet.paste(t, (c * tile, y))
+        caption = f"{rec['key']} [{rec['hand_type']}]: {rec['caption']}"
+        d.text((4, y + tile + 2), "\n".join(textwrap.wrap(caption, width=3 * tile // 7)[:3]), fill=(230, 230, 230))
+    return sheet
+
+
+def preview(out_dir: str | Path, out_png: str | Path, n: int = 16, tile: int = 256) -> int:
+    """Write a contact sheet of the first ``n`` records of ``out_dir``; returns the number of records drawn."""
+    from sinks.reader import open_shards
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    records = []
+    for rec in open_shards(out_dir, split_by_worker=False):
+        records.append(rec)
+        if len(records) >= n:
+            break
+    if not records:
+        raise FileNotFoundError(f"no records in {out_dir}")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(records, tile).save(out)
+    logger.info("wrote %s (%d records)", out, len(records))
+    return len(records)

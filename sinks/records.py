@@ -1,0 +1,114 @@
+"""The one mapping between a ``Sample`` and the files of a WebDataset record (DESIGN section 3), both ways.
+
+Record files: ``image.jpg`` (quality 95; ``image.png`` when lossless), ``mesh.png``, ``mesh_local.png``,
+``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``. Encoding is deterministic:
+equal samples give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.schema import Label, Sample, SchemaError
+
+RECORD_FILES = ("label.json", "verts.npy", "mesh.png", "mesh_local.png", "mask.png")
+IMAGE_FILES = ("image.jpg", "image.png")
+JPEG_QUALITY = 95
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _jpg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()
+
+
+def _check_image(name: str, arr, shape_hw: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+    if arr is None:
+        raise SchemaError(f"{name}: not filled in (stage missing?)")
+    a = np.asarray(arr)
+    want = (*shape_hw, channels) if channels else tuple(shape_hw or ())
+    if a.dtype != np.uint8 or (shape_hw is not None and a.shape != want):
+        raise SchemaError(f"{name}: expected uint8 array of shape {want}, got {a.dtype} {a.shape}")
+    return a
+
+
+def encode_record(sample: Sample, lossless: bool = False) -> tuple[dict[str, bytes], Label]:
+    """Files of one record (name -> bytes, plus ``__key__``) and the validated label."""
+    label = sample.to_label()
+    H, W = label.image_size
+    image = _check_image("image", sample.image, (H, W), 3)
+    mesh = _check_image("mesh_image", sample.mesh_image, (H, W), 3)
+    mask = _check_image("mask", sample.mask, (H, W), None)
+    local = _check_image("mesh_local", sample.mesh_local, None, None)
+    if local.ndim != 3 or local.shape[0] != local.shape[1] or local.shape[2] != 3:
+        raise SchemaError(f"mesh_local: expected a square (L, L, 3) uint8 image, got {local.shape}")
+    if mask.max(initial=0) > 2:
+        raise SchemaError(f"mask: values must be 0, 1 or 2, got max {int(mask.max())}")
+    files = {
+        "__key__": label.key,
+        "image.png" if lossless else "image.jpg": _png(image) if lossless else _jpg(image),
+        "mesh.png": _png(mesh),
+        "mesh_local.png": _png(local),
+        "mask.png": _png(mask),
+        "verts.npy": label.verts_bytes(),
+        "label.json": label.label_bytes(),
+    }
+    return files, label
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 array (H, W, 3) or (H, W) for single-channel PNGs."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def decode_record(files: dict) -> dict:
+    """Record files (name -> bytes; names with or without a leading '.') -> decoded dict.
+
+    Returns ``label`` (``Label``), ``image`` (H, W, 3) uint8, ``mesh`` (H, W, 3), ``mesh_local`` (L, L, 3),
+    ``mask`` (H, W) uint8. Raises ``SchemaError`` for a missing file or a label that breaks the schema
+    (including a newer schema version).
+    """
+    f = {k.lstrip("."): v for k, v in files.items()}
+    missing = [n for n in RECORD_FILES if n not in f]
+    image_name = next((n for n in IMAGE_FILES if n in f), None)
+    if missing or image_name is None:
+        raise SchemaError(f"record {f.get('__key__', '?')}: missing files {missing + ([] if image_name else ['image.jpg'])}")
+    label = Label.from_bytes(f["label.json"], f["verts.npy"])
+    return {
+        "label": label,
+        "image": decode_image(f[image_name]),
+        "mesh": decode_image(f["mesh.png"]),
+        "mesh_local": decode_image(f["mesh_local.png"]),
+        "mask": decode_image(f["mask.png"]),
+    }
+
+
+def index_row(label: Label, shard: str) -> dict:
+    """The ``index.parquet`` row of one record."""
+    src = label.source
+    return {
+        "key": label.key,
+        "index": label.index,
+        "shard": shard,
+        "hand_type": label.hand_type,
+        "dataset": src.get("dataset"),
+        "split": None if src.get("split") is None else str(src.get("split")),
+        "capture": None if src.get("capture") is None else str(src.get("capture")),
+        "frame": None if src.get("frame") is None else str(src.get("frame")),
+        "camera": None if src.get("camera") is None else str(src.get("camera")),
+        "caption": label.caption,
+        "bbox_right": None if label.hands["right"] is None else label.hands["right"].bbox.tolist(),
+        "bbox_left": None if label.hands["left"] is None else label.hands["left"].bbox.tolist(),
+        "crop_box": label.crop_box.tolist(),
+        "generator": label.generator.get("name"),
+    }
