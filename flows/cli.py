@@ -76,6 +76,15 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_caption_tag(args) -> int:
+    import json
+
+    from captioning.tagging import HandTokenTagger
+
+    print(json.dumps(HandTokenTagger().tag(args.text).to_json(), ensure_ascii=False))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -106,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--tile", type=int, default=320, help="tile size in pixels")
     sh.add_argument("--out", required=True, help="output PNG")
     sh.set_defaults(func=_cmd_mano_show)
+    cap = sub.add_parser("caption", help="captioning tools")
+    csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
+    ct = csub.add_parser("tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens")
+    ct.add_argument("text", help="a prompt")
+    ct.set_defaults(func=_cmd_caption_tag)
     v = sub.add_parser("validate", help="check every record, the index and the manifest of an output folder")
     v.add_argument("dir", help="output folder of a run")
     v.add_argument("--renderer", choices=("opengl", "pytorch3d"), default=None,

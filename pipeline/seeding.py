@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 
@@ -16,3 +18,10 @@ def sample_seed(run_seed: int, index: int) -> int:
 def sample_rng(seed: int) -> np.random.Generator:
     """The numpy generator every stage derives its randomness from, for one sample seed."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed))))
+
+
+def stage_rng(seed: int, stage: str) -> np.random.Generator:
+    """An independent generator for one stage (e.g. 'caption', 'camera') of one sample: stages draw from
+    their own streams, so changing one stage's use of randomness leaves the others' draws unchanged."""
+    key = zlib.crc32(stage.encode("utf-8"))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(key,))))

@@ -6,6 +6,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _project_data_dir(tmp_path_factory):
+    """Tagger and CLIP vocabulary prepared into a per-session folder (tests never write to ~/.cache)."""
+    os.environ["HANDGEN_DATA"] = str(tmp_path_factory.mktemp("handgen_data"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def hand_model():
     from pipeline.hand_model import HandModel
