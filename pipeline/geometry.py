@@ -39,8 +39,20 @@ def boundary_loops(faces: np.ndarray) -> list[list[int]]:
 
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:
-    """(E, 2) sorted unique undirected edges."""
-    f = np.asarray(faces, dtype=np.int64)
+    """(E, 2) sorted unique undirected edges (cached per triangle list)."""
+    f = np.ascontiguousarray(faces, dtype=np.int64)
+    key = (f.shape, hash(f.tobytes()))
+    hit = _EDGE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    _EDGE_CACHE[key] = out = _unique_edges(f)
+    return out
+
+
+_EDGE_CACHE: dict = {}
+
+
+def _unique_edges(f: np.ndarray) -> np.ndarray:
     e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
     return np.unique(np.sort(e, axis=1), axis=0)
 
@@ -63,6 +75,18 @@ def edge_triangle_intersections(
     edges = unique_edges(faces_a)
     p0, p1 = va[edges[:, 0]], va[edges[:, 1]]
     tri = vb[fb]
+    face_ids = None
+    if not same:  # only edges and faces inside the other mesh's box can cross (two hands rarely overlap much)
+        lo_b, hi_b = tri.reshape(-1, 3).min(0), tri.reshape(-1, 3).max(0)
+        near = ((np.minimum(p0, p1) <= hi_b) & (np.maximum(p0, p1) >= lo_b)).all(axis=1)
+        idx = np.nonzero(near)[0]
+        edges, p0, p1 = edges[idx], p0[idx], p1[idx]
+        keep_ids = idx
+        lo_a, hi_a = va.min(0), va.max(0)
+        face_ids = np.nonzero(((tri.min(1) <= hi_a) & (tri.max(1) >= lo_a)).all(axis=1))[0]
+        tri, fb = tri[face_ids], fb[face_ids]
+    else:
+        keep_ids = None
     e_lo, e_hi = np.minimum(p0, p1), np.maximum(p0, p1)
     t_lo, t_hi = tri.min(axis=1), tri.max(axis=1)
     hits = []
@@ -90,5 +114,12 @@ def edge_triangle_intersections(
         v = inv * (d * q).sum(1)
         t = inv * (e2 * q).sum(1)
         inside = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
-        hits.append(np.stack([ei[inside], fi[inside]], axis=1))
+        ids = ei[inside] if keep_ids is None else keep_ids[ei[inside]]
+        fids = fi[inside] if face_ids is None else face_ids[fi[inside]]
+        hits.append(np.stack([ids, fids], axis=1))
     return np.concatenate(hits) if hits else np.zeros((0, 2), dtype=np.int64)
+
+
+def meshes_interpenetrate(va, fa, vb, fb) -> bool:
+    """True when two closed-ish surfaces cross each other (an edge of either crosses a face of the other)."""
+    return bool(len(edge_triangle_intersections(va, fa, vb, fb)) or len(edge_triangle_intersections(vb, fb, va, fa)))

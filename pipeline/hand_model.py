@@ -338,6 +338,12 @@ class HandModel:
                 )
             self.layers[side] = layer.to(self.device).eval()
             self.faces[side] = np.asarray(data[side]["f"], dtype=np.int64)
+        #: per side: (J_regressor[0] @ v_template (3,), J_regressor[0] @ shapedirs (3, 10)) for root joints.
+        self._root = {
+            side: (np.asarray(data[side]["J_regressor"][0]) @ np.asarray(data[side]["v_template"]),
+                   np.einsum("v,vcb->cb", np.asarray(data[side]["J_regressor"][0]), np.asarray(data[side]["shapedirs"])[..., :10]))
+            for side in SIDES
+        }  # fmt: skip
         self._tips = torch.tensor([TIP_VERTEX_IDS[t] for t in _TIP_ORDER], device=self.device)
         self._order = torch.as_tensor(SMPLX_TO_PROJECT, device=self.device)
 
@@ -366,6 +372,12 @@ class HandModel:
         return HandOutput(vertices=verts, joints=joints)
 
     __call__ = forward
+
+    def root_joint(self, side: str, shape) -> np.ndarray:
+        """(3,) root (wrist) joint of the zero-translation hand for ``shape`` (10,), metres; it does not depend
+        on the pose (MANO rotates about it)."""
+        base, dirs = self._root[side]
+        return base + dirs @ np.asarray(shape, dtype=np.float64).reshape(10)
 
     def rest_joints(self, side: str, shape=None) -> np.ndarray:
         """(21, 3) joints of the mean pose at zero translation for ``shape`` (default: zeros), metres."""

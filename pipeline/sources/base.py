@@ -1,0 +1,122 @@
+"""Pose sources: where a sample's hands and camera come from.
+
+A source turns (run seed, sample index) into a ``Sample`` whose hands carry MANO parameters in camera space
+(``pose`` 48 axis-angle relative to the mean pose, ``shape`` 10, ``trans`` metres), with the camera, image size,
+source ids and, for datasets, the source image path. ``sample(i)`` is a pure function of the run seed, ``i`` and
+the source's configuration. A sample that cannot be used raises ``SkipSample`` with a reason; runs count skips
+by reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+
+import numpy as np
+
+from pipeline.camera import project_points
+from pipeline.schema import SIDES, Camera, HandState, Sample, make_key
+from pipeline.seeding import sample_seed
+
+logger = logging.getLogger(__name__)
+
+
+class SkipSample(Exception):
+    """This sample cannot be used; ``reason`` is the short label it is counted under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class SourceError(ValueError):
+    """A source that cannot be opened (missing root, unreadable file); the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    """Per-sample filters applied after the hand model (projected joints and vertices).
+
+    min_hand_px: smallest side of a hand's projected box, pixels. max_truncation: largest fraction of a hand's
+    vertices outside the image. Both 0 / 1 disable the filter.
+    """
+
+    min_hand_px: float = 0.0
+    max_truncation: float = 1.0
+
+
+class PoseSource(abc.ABC):
+    """Base class: subclasses implement ``_draw(index, seed) -> Sample``."""
+
+    name = "source"
+
+    def __init__(self, run_seed: int = 0, run_tag: str = "run", filters: FilterConfig | None = None) -> None:
+        self.run_seed, self.run_tag = int(run_seed), run_tag
+        self.filters = filters or FilterConfig()
+
+    def sample(self, index: int) -> Sample:
+        """Sample ``index`` of the run (raises ``SkipSample``)."""
+        seed = sample_seed(self.run_seed, index)
+        return self._draw(index, seed)
+
+    @abc.abstractmethod
+    def _draw(self, index: int, seed: int) -> Sample:
+        """Build sample ``index`` from its seed."""
+
+    def inspect(self) -> dict:
+        """Counts describing the source (frames, hand types, cameras, ...)."""
+        return {"source": self.name}
+
+    def _new_sample(self, index, seed, image_size, K, dist, hands: dict, source: dict, source_image=None) -> Sample:
+        present = [s for s in SIDES if hands.get(s) is not None]
+        if not present:
+            raise SkipSample("no_valid_hand")
+        hand_type = "interacting" if len(present) == 2 else present[0]
+        states = {s: None for s in SIDES}
+        for s in present:
+            pose, shape, trans = (np.asarray(x, dtype=np.float64) for x in hands[s])
+            for nm, x, n in (("pose", pose, 48), ("shape", shape, 10), ("trans", trans, 3)):
+                if x.shape != (n,):
+                    raise SkipSample("bad_mano_params", f"{s} {nm} has shape {x.shape}, expected ({n},)")
+                if not np.isfinite(x).all():
+                    raise SkipSample("bad_mano_params", f"{s} {nm} is not finite")
+            states[s] = HandState(pose, shape, trans)
+        return Sample(index=index, seed=seed, key=make_key(self.run_tag, index), image_size=tuple(image_size),
+                      camera=Camera(K, dist), hand_type=hand_type, hands=states, source=source,
+                      source_image=source_image)  # fmt: skip
+
+
+def pose_hands(sample: Sample, hand_model) -> Sample:
+    """Run the hand model: fills ``sample.verts`` (2, 778, 3) float32, ``hands[*].joints_3d`` and ``hand_model``."""
+    verts = np.full((2, 778, 3), np.nan, dtype=np.float32)
+    for i, s in enumerate(SIDES):
+        h = sample.hands[s]
+        if h is None:
+            continue
+        out = hand_model(s, h.pose[None], h.shape[None], h.trans[None])
+        verts[i] = out.vertices[0].cpu().numpy()
+        h.joints_3d = out.joints[0].cpu().numpy().astype(np.float64)
+    sample.verts = verts
+    sample.hand_model = hand_model.info.to_json()
+    return sample
+
+
+def apply_filters(sample: Sample, filters: FilterConfig) -> None:
+    """Raise ``SkipSample`` when a hand is behind the camera, too small, or too truncated."""
+    H, W = sample.image_size
+    for i, s in enumerate(SIDES):
+        if sample.hands[s] is None:
+            continue
+        v = sample.verts[i]
+        if (v[:, 2] < 0.05).any():
+            raise SkipSample("behind_camera", f"{s} hand is closer than 5 cm or behind the camera")
+        uv = project_points(v, sample.camera.K, sample.camera.dist)
+        inside = (uv[:, 0] >= -0.5) & (uv[:, 0] < W - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < H - 0.5)
+        if not inside.any():
+            raise SkipSample("outside_image", f"{s} hand is fully outside the image")
+        if 1.0 - inside.mean() > filters.max_truncation:
+            raise SkipSample("truncated", f"{s} hand is {100 * (1 - inside.mean()):.0f}% outside the image")
+        side = min(np.ptp(uv[inside, 0]), np.ptp(uv[inside, 1]))
+        if side < filters.min_hand_px:
+            raise SkipSample("too_small", f"{s} hand is {side:.0f} px")
