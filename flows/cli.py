@@ -85,6 +85,45 @@ def _cmd_caption_tag(args) -> int:
     return 0
 
 
+def _source(args):
+    from pipeline.hand_model import HandModel
+    from pipeline.sources import make_source
+
+    return make_source(args.source, HandModel(args.mano_dir), run_seed=args.seed, cache_dir=args.cache_dir)
+
+
+def _cmd_sources_dump(args) -> int:
+    import json
+    from collections import Counter
+
+    from pipeline.sources import SkipSample, apply_filters, dump_record, pose_hands
+    from sinks.store import Store
+
+    src = _source(args)
+    skipped: Counter = Counter()
+    lines = []
+    for i in range(args.limit):
+        try:
+            s = pose_hands(src.sample(i), src.hm)
+            apply_filters(s, src.filters)
+        except SkipSample as exc:
+            skipped[exc.reason] += 1
+            logger.info("skipped sample %d: %s", i, exc)
+            continue
+        lines.append(json.dumps(dump_record(s), allow_nan=False))
+    out = Path(args.out)
+    Store(str(out.parent) if str(out.parent) else ".").write_bytes(out.name, ("\n".join(lines) + "\n").encode())
+    print(f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} {dict(skipped) if skipped else ''}")
+    return 0
+
+
+def _cmd_sources_inspect(args) -> int:
+    import json
+
+    print(json.dumps(_source(args).inspect(), indent=1))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -115,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--tile", type=int, default=320, help="tile size in pixels")
     sh.add_argument("--out", required=True, help="output PNG")
     sh.set_defaults(func=_cmd_mano_show)
+    so = sub.add_parser("sources", help="pose sources: dump samples, inspect counts")
+    sosub = so.add_subparsers(dest="sources_command", parser_class=_Parser, required=True)
+    for name, fn, hlp in (("dump", _cmd_sources_dump, "write one JSON line per sample (label schema v1 fields)"),
+                          ("inspect", _cmd_sources_inspect, "print counts: frames, hand types, cameras")):  # fmt: skip
+        sp = sosub.add_parser(name, help=hlp)
+        sp.add_argument("source", help="prior | prior:NAMES | interhand:ROOT[,split=S] | reinterhand:ROOT")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
+        sp.add_argument("--cache-dir", default=None, help="where dataset indexes are cached")
+        if name == "dump":
+            sp.add_argument("--out", required=True, help="output .jsonl")
+            sp.add_argument("--limit", type=_positive_int, default=100, help="number of sample indices")
+        sp.set_defaults(func=fn)
     cap = sub.add_parser("caption", help="captioning tools")
     csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
     ct = csub.add_parser("tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens")
@@ -141,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.hand_model import HandModelError
     from pipeline.schema import SchemaError
+    from pipeline.sources import SourceError
     from renderers.base import RendererError
     from sinks.reader import ShardReadError
 
@@ -150,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, FileNotFoundError,
+    except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, SourceError,
+            FileNotFoundError,
             PermissionError, NotADirectoryError) as exc:
         print(f"hands: error: {exc}", file=sys.stderr)
         return 2

@@ -219,6 +219,9 @@ class PriorSource(PoseSource):
         cv = rng.uniform(0.3, 0.7) * H if not ego else rng.uniform(0.45, 0.8) * H
         lateral = np.array([(cu - K[0, 2]) / f * z, (cv - K[1, 2]) / f * z, z])
         t = lateral - R @ centre
+        nearest = (scene_verts @ R.T + t)[:, 2].min()
+        if nearest < 0.12:  # keep every vertex at least 12 cm in front of the camera
+            t = t * ((t[2] + 0.12 - nearest) / t[2])  # along the viewing ray: the hands stay where they appear
         return K, R, t
 
     # -- sample ----------------------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""Pose sources: InterHand2.6M, Re:InterHand and the prior; conversion, validity, determinism, CLI."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline import geometry
+from pipeline.camera import project_points
+from pipeline.hand_model import PROJECT_TO_INTERHAND
+from pipeline.sources import FilterConfig, SkipSample, SourceError, apply_filters, make_source, pose_hands
+from tests.source_fixtures import write_interhand, write_reinterhand
+
+
+@pytest.fixture(scope="module")
+def interhand(tmp_path_factory, hand_model):
+    root = tmp_path_factory.mktemp("ih")
+    info = write_interhand(root, hand_model)
+    return root, info
+
+
+def _all(src, n):
+    out, skips = {}, Counter()
+    for i in range(n):
+        try:
+            out[i] = pose_hands(src.sample(i), src.hm)
+        except SkipSample as exc:
+            skips[exc.reason] += 1
+    return out, skips
+
+
+def test_interhand_conversion_and_validity(interhand, hand_model, tmp_path):
+    root, info = interhand
+    src = make_source(f"interhand:{root},split=train", hand_model, cache_dir=tmp_path)
+    assert len(src) == 16
+    samples, skips = _all(src, len(src))
+    # 13: hand_type_valid 0 (2 cameras); 15: NaN pose, 16: 45-value pose (2 cameras each); camera 400999 missing
+    assert skips == Counter({"hand_type_invalid": 2, "bad_mano_params": 4, "no_camera": 1}), skips
+    by_frame = {(s.source["capture"], s.source["frame"], s.source["camera"]): s for s in samples.values()}
+    assert by_frame[(0, 11, 400262)].hand_type == "right"  # left was null
+    assert by_frame[(0, 12, 400263)].hand_type == "left"
+    assert by_frame[(0, 14, 400262)].hand_type == "left"  # right root invalid -> right dropped
+    assert by_frame[(1, 5, 400262)].hand_type == "interacting"
+    checked = 0
+    for (cap, fr, cam), s in by_frame.items():
+        R, pos = info["cameras"][str(cam)]
+        t = -R @ pos / 1000.0
+        for side in ("right", "left"):
+            if s.hands[side] is None:
+                continue
+            params, j_world = info["world"][(cap, fr, side)]
+            w = hand_model(side, np.array(params["pose"])[None], np.array(params["shape"])[None],
+                           np.array(params["trans"])[None]).vertices[0].numpy()  # fmt: skip
+            v_cam = s.verts[0 if side == "right" else 1]
+            assert np.abs(w @ R.T + t - v_cam).max() < 1e-5  # converted parameters == moved world mesh
+            # joint order: InterHand's joint_3d (mm, its own order) moved to camera space == our joints_3d
+            ih = json.loads((root / "annotations/train/InterHand2.6M_train_joint_3d.json").read_text())
+            wc = np.array(ih[str(cap)][str(fr)]["world_coord"]) / 1000.0
+            wc = wc[:21] if side == "right" else wc[21:]
+            assert np.abs(wc[PROJECT_TO_INTERHAND] @ R.T + t - s.hands[side].joints_3d).max() < 1e-5
+            checked += 1
+    assert checked >= 8
+    s0 = by_frame[(0, 10, 400262)]
+    assert s0.source_image is not None and s0.source_image.endswith("image0010.jpg")  # zero-padded file name
+    assert by_frame[(0, 10, 400263)].source_image is None  # no image file: the label still comes out
+    assert s0.image_size == (512, 334) and np.allclose(s0.camera.K[0], [1200.0, 0.0, 166.0])
+
+
+def test_interhand_index_is_cached(interhand, hand_model, tmp_path, monkeypatch):
+    root, _ = interhand
+    make_source(f"interhand:{root}", hand_model, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("interhand_train_*.npz"))) == 1
+    import pipeline.sources.interhand as ih
+
+    monkeypatch.setattr(ih, "build_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    src = make_source(f"interhand:{root}", hand_model, cache_dir=tmp_path)
+    assert src.inspect()["images"] == 16 and src.inspect()["hand_types"]["interacting"] >= 8
+
+
+def test_interhand_dedup_and_stratify(interhand, hand_model, tmp_path):
+    root, _ = interhand
+    huge = make_source(f"interhand:{root},dedup=1000", hand_model, cache_dir=tmp_path)
+    assert len(huge) == 4  # every capture keeps only its first frame (2 cameras each)
+    strat = make_source(f"interhand:{root},stratify=1", hand_model, cache_dir=tmp_path)
+    types = [strat.index["hand_type"][strat.entry(i)] for i in range(6)]
+    assert len(set(types[:3])) == 3  # round robin over right, left, interacting
+
+
+def test_interhand_bad_input(tmp_path, hand_model):
+    with pytest.raises(SourceError, match="root not found"):
+        make_source(f"interhand:{tmp_path / 'none'}", hand_model)
+    (tmp_path / "annotations" / "train").mkdir(parents=True)
+    with pytest.raises(SourceError, match="files not found"):
+        make_source(f"interhand:{tmp_path}", hand_model)
+    for k in ("data", "camera", "joint_3d", "MANO_NeuralAnnot"):
+        (tmp_path / "annotations" / "train" / f"InterHand2.6M_train_{k}.json").write_text("{}")
+    (tmp_path / "annotations" / "train" / "InterHand2.6M_train_MANO_NeuralAnnot.json").write_text('{"0": {"1": [')
+    with pytest.raises(SourceError, match="malformed JSON"):
+        make_source(f"interhand:{tmp_path}", hand_model, cache_dir=tmp_path / "c")
+    with pytest.raises(SourceError, match="unknown source option"):
+        make_source(f"interhand:{tmp_path},colour=red", hand_model)
+
+
+def test_reinterhand(tmp_path, hand_model):
+    info = write_reinterhand(tmp_path, hand_model)
+    src = make_source(f"reinterhand:{tmp_path}", hand_model)
+    assert len(src) == 8 and src.inspect()["frames"] == 2
+    samples, skips = _all(src, len(src))
+    assert not skips
+    kept, reasons = [], Counter()
+    for s in samples.values():
+        try:
+            apply_filters(s, src.filters)
+            kept.append(s)
+        except SkipSample as exc:
+            reasons[exc.reason] += 1
+    assert reasons and set(reasons) <= {"behind_camera", "outside_image", "truncated"}  # cam03 looks away
+    ego = [s for s in kept if s.source["viewpoint"] == "ego"]
+    assert ego and all(s.camera.dist is not None and len(s.camera.dist) == 4 for s in ego)
+    for s in ego:  # fisheye keypoints: differ from the pinhole projection
+        h = next(h for h in s.hands.values() if h is not None)
+        assert not np.allclose(project_points(h.joints_3d, s.camera.K, s.camera.dist), project_points(h.joints_3d, s.camera.K))
+    third = [s for s in kept if s.source["camera"] == "cam01"]
+    assert third and third[0].source_image.endswith("000001.png") or third[0].source_image.endswith("000002.png")
+    cam02 = [s for s in kept if s.source["camera"] == "cam02"]
+    assert cam02 and cam02[0].image_size == (480, 640)  # from the size in its parameters
+    s = next(s for s in samples.values() if s.source["camera"] == "cam01" and s.source["frame"] == "000001")
+    params, _ = info["world"][("000001", "right")]
+    R = np.asarray(info["cameras"]["cam01"]["R"])
+    t = np.asarray(info["cameras"]["cam01"]["t"]) / 1000.0
+    w = hand_model("right", np.array(params["pose"])[None], np.array(params["shape"])[None],
+                   np.array(params["trans"])[None]).vertices[0].numpy()  # fmt: skip
+    assert np.abs(w @ R.T + t - s.verts[0]).max() < 1e-5
+    assert next(x for x in samples.values() if x.source["frame"] == "000002").hand_type == "left"
+
+
+def test_reinterhand_bad_files(tmp_path, hand_model):
+    write_reinterhand(tmp_path, hand_model)
+    p = tmp_path / "m--capture01" / "mano_fits" / "params" / "000002_left.json"
+    p.write_text('{"pose": [0.1, 0.2], "shape": [0], "trans": [0, 0, 0]}')
+    src = make_source(f"reinterhand:{tmp_path}", hand_model)
+    _, skips = _all(src, len(src))
+    assert skips["bad_mano_params"] == 4  # frame 2 in all four cameras
+    with pytest.raises(SourceError, match="no Re:InterHand capture"):
+        make_source(f"reinterhand:{tmp_path / 'm--capture01' / 'mano_fits'}", hand_model)
+
+
+@pytest.fixture(scope="module")
+def prior_samples(hand_model):
+    src = make_source("prior", hand_model, run_seed=3, image_size=(256, 256))
+    out = []
+    for i in range(30):
+        s = pose_hands(src.sample(i), hand_model)
+        apply_filters(s, FilterConfig())
+        out.append(s)
+    return src, out
+
+
+def test_prior_hands_in_frame_and_apart(prior_samples, hand_model):
+    src, samples = prior_samples
+    types = Counter(s.hand_type for s in samples)
+    assert set(types) == {"right", "left", "interacting"}
+    assert {s.source["camera"] for s in samples} == {"ego", "third"}
+    for s in samples:
+        H, W = s.image_size
+        uv = np.concatenate([project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]])
+        centre = (uv.min(0) + uv.max(0)) / 2
+        assert 0 <= centre[0] <= W and 0 <= centre[1] <= H  # never fully outside
+        if s.hand_type == "interacting":
+            assert not geometry.meshes_interpenetrate(s.verts[0], hand_model.faces["right"], s.verts[1],
+                                                      hand_model.faces["left"])  # fmt: skip
+
+
+def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
+    src = make_source("prior", hand_model, run_seed=5)
+    a = pose_hands(src.sample(7), hand_model)
+    b = pose_hands(make_source("prior", hand_model, run_seed=5).sample(7), hand_model)
+    assert np.array_equal(a.verts, b.verts, equal_nan=True) and a.seed == b.seed
+    outs = []
+    for _ in range(2):
+        f = tmp_path / f"d{len(outs)}.jsonl"
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "sources", "dump", "prior", "--out", str(f),
+                            "--limit", "4", "--seed", "5"], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outs.append(f.read_text())
+    assert outs[0] == outs[1]
+    rec = json.loads(outs[0].splitlines()[0])
+    assert set(rec) == {"key", "index", "seed", "hand_type", "hands", "camera", "image_size", "source"}
+    mine = pose_hands(make_source("prior", hand_model, run_seed=5).sample(rec["index"]), hand_model)
+    side = "right" if mine.hands["right"] is not None else "left"
+    assert rec["hand_type"] == mine.hand_type  # the other process drew the same sample
+    assert np.allclose(rec["hands"][side]["mano_pose"], mine.hands[side].pose)
+    assert np.allclose(rec["hands"][side]["joints_3d"], mine.hands[side].joints_3d)
+
+
+def test_prior_text_control(hand_model):
+    src = make_source("prior:pinch", hand_model, run_seed=1)
+    for i in range(6):
+        s = src.sample(i)
+        assert all(g.startswith("pinch") or g == "pinch+pinch" for g in s.source["gestures"].values())
+    inter = make_source("prior:clasped,fingertips_touching", hand_model, run_seed=1)
+    for i in range(4):
+        s = pose_hands(inter.sample(i), hand_model)
+        assert s.hand_type == "interacting" and s.source["interaction"] in ("clasped", "fingertips_touching")
+        assert not geometry.meshes_interpenetrate(s.verts[0], hand_model.faces["right"], s.verts[1],
+                                                  hand_model.faces["left"])  # fmt: skip
+    with pytest.raises(SourceError, match="unknown prior names"):
+        make_source("prior:karate_chop", hand_model)
+
+
+def test_prior_stratified_and_fraction(hand_model):
+    from pipeline.sources.prior import PriorConfig, PriorSource
+
+    src = PriorSource(hand_model, PriorConfig(stratify=True, hand_fraction=(0.3, 0.3), image_size=(300, 400)), 2)
+    got = [src.sample(i) for i in range(6)]
+    assert [s.hand_type for s in got[:3]] == ["right", "left", "interacting"]
+    for s in got:
+        pose_hands(s, hand_model)
+        uv = np.concatenate([project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]])
+        frac = max(np.ptp(uv[:, 0]) / 400, np.ptp(uv[:, 1]) / 300)
+        assert 0.2 < frac < 0.45  # the target 0.3 (depth scaling is exact only to first order)
