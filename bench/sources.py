@@ -88,12 +88,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("root", nargs="?", help=argparse.SUPPRESS)  # internal: the split the child process indexes
     args = ap.parse_args()
     if args.frames < 0:  # child: build the index and report time and peak memory
         t = time.perf_counter()
         from pipeline.sources.interhand import build_index
 
-        idx = build_index(Path(sys.argv[-1]), "train")
+        idx = build_index(Path(args.root), "train")
         print(json.dumps({"seconds": time.perf_counter() - t, "images": int(len(idx["capture"])),
                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
         return
