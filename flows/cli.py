@@ -124,6 +124,14 @@ def _cmd_sources_inspect(args) -> int:
     return 0
 
 
+def _cmd_attentionhand_tiny(args) -> int:
+    from generators.attention_hand.models import save_tiny
+
+    out = save_tiny(args.out_dir, seed=args.seed)
+    print(f"wrote a tiny random-weight AttentionHand model to {out}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -167,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", required=True, help="output .jsonl")
             sp.add_argument("--limit", type=_positive_int, default=100, help="number of sample indices")
         sp.set_defaults(func=fn)
+    ah = sub.add_parser("attentionhand", help="AttentionHand model files")
+    ahsub = ah.add_subparsers(dest="ah_command", parser_class=_Parser, required=True)
+    at = ahsub.add_parser("tiny", help="write a tiny random-weight model (smoke tests, CI)")
+    at.add_argument("out_dir")
+    at.add_argument("--seed", type=int, default=0)
+    at.set_defaults(func=_cmd_attentionhand_tiny)
     cap = sub.add_parser("caption", help="captioning tools")
     csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
     ct = csub.add_parser("tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens")
@@ -190,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from generators.attention_hand.models import AttentionHandLoadError
     from pipeline.config import ConfigError
     from pipeline.hand_model import HandModelError
     from pipeline.schema import SchemaError
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
     except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, SourceError,
-            FileNotFoundError,
+            AttentionHandLoadError, FileNotFoundError,
             PermissionError, NotADirectoryError) as exc:
         print(f"hands: error: {exc}", file=sys.stderr)
         return 2

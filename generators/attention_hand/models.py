@@ -1,0 +1,101 @@
+"""Loading AttentionHand models, and a tiny random-weight model for smoke tests and CI.
+
+``attentionhand:PATH`` accepts:
+
+* a diffusers-layout folder with ``model_index.json`` and ``unet/ vae/ text_encoder/ tokenizer/ scheduler/
+  guidance/`` (what ``hands attentionhand tiny`` and ``hands attentionhand convert`` write);
+* a base Stable Diffusion 1.5 folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) plus a guidance module
+  given separately (a ``ControlNetModel`` folder), or found in ``PATH/guidance``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from generators.attention_hand.pipeline import AttentionHandPipeline
+
+logger = logging.getLogger(__name__)
+
+
+class AttentionHandLoadError(RuntimeError):
+    """A model folder that cannot be loaded; the message names the folder and what is missing."""
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Tiny random SD-style components (64x64 images, 32x32 latents) with the real CLIP tokenizer.
+
+    The guidance module is ``ControlNetModel.from_unet`` (zero convolutions), so it starts as a no-op.
+    """
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from captioning.tagging import clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
+    )  # fmt: skip
+    guidance = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=16, sample_size=64,
+    )  # fmt: skip
+    tokenizer = clip_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    return {"vae": vae.eval(), "text_encoder": text.eval(), "tokenizer": tokenizer, "unet": unet.eval(),
+            "guidance": guidance.eval(), "scheduler": scheduler}  # fmt: skip
+
+
+def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight model in the loadable layout."""
+    pipe = AttentionHandPipeline(**tiny_components(seed))
+    pipe.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def load_pipeline(path: str | Path, guidance: str | Path | None = None, device: str = "auto",
+                  dtype: torch.dtype | None = None) -> AttentionHandPipeline:  # fmt: skip
+    """Load an AttentionHand pipeline (module doc). fp16 (bf16 where supported) on CUDA, float32 on CPU."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AttentionHandLoadError(f"AttentionHand model folder not found: {path}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.startswith("cuda") \
+            else torch.float32  # fmt: skip
+    need = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    missing = [n for n in need if not (path / n).is_dir()]
+    if missing:
+        raise AttentionHandLoadError(f"{path} is not a Stable Diffusion / AttentionHand folder: missing {missing}")
+    g = Path(guidance) if guidance else path / "guidance"
+    if not g.is_dir():
+        raise AttentionHandLoadError(f"no guidance module: {g} missing (give one with attentionhand:PATH,guidance=DIR)")
+    try:
+        pipe = AttentionHandPipeline(
+            vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype),
+            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype),
+            tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer", model_max_length=77),
+            unet=UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype),
+            guidance=ControlNetModel.from_pretrained(g, torch_dtype=dtype),
+            scheduler=DDIMScheduler.from_pretrained(path / "scheduler"),
+        )
+    except (OSError, ValueError) as exc:
+        raise AttentionHandLoadError(f"cannot load the AttentionHand model in {path}: {str(exc).splitlines()[0]}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
