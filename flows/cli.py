@@ -124,6 +124,56 @@ def _cmd_sources_inspect(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from flows import stages
+    from pipeline.config import load_config
+
+    overrides = {"out": args.out, "samples": args.samples, "shard_size": args.shard_size, "source": args.source,
+                 "captioner": args.captioner, "generator": args.generator, "seed": args.seed, "device": args.device,
+                 "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
+                 "run_tag": args.run_tag, "backgrounds": args.backgrounds,
+                 "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
+    cfg = load_config(args.config, **overrides)
+    bar = tqdm(total=cfg.samples, unit="sample", desc="generate", disable=args.quiet, dynamic_ncols=True)
+    stages.set_progress(bar.update)
+    t0 = time.perf_counter()
+    try:
+        if args.no_prefect:
+            out = stages.output_for(cfg)
+            out.prepare(resume=args.resume)
+            for k in range(cfg.num_shards):
+                if out.is_complete(k):
+                    bar.update(len(cfg.shard_indices(k)))
+                    continue
+                stages.run_shard(cfg, k)
+            manifest = stages.finalize(cfg)
+            from sinks.preview import preview
+
+            preview(str(cfg.out), str(cfg.out / "preview.png"), n=16)
+        else:
+            import json
+
+            from flows.generate import generate_shards
+
+            generate_shards(cfg.model_dump(mode="json"), resume=args.resume)
+            manifest = json.loads((cfg.out / "manifest.json").read_text())
+    finally:
+        stages.set_progress(None)
+        bar.close()
+    dt = time.perf_counter() - t0
+    counts = manifest["counts"]
+    print(f"wrote {counts['written']} samples in {len(manifest['shards'])} shards to {cfg.out} "
+          f"({counts['written'] / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")
+    if counts["skipped"]:
+        print("skipped: " + ", ".join(f"{k} {v}" for k, v in counts["skipped"].items()))
+    print(f"manifest: {cfg.out / 'manifest.json'}  index: {cfg.out / 'index.parquet'}  preview: {cfg.out / 'preview.png'}")
+    return 0
+
+
 def _cmd_attentionhand_tiny(args) -> int:
     from generators.attention_hand.models import save_tiny
 
@@ -147,6 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
+    g = sub.add_parser("generate", help="generate WebDataset shards (runs the generate-shards flow locally)")
+    g.add_argument("--out", required=True, help="output folder (or fsspec URL)")
+    g.add_argument("--samples", type=_positive_int, default=None, help="number of samples (default 64)")
+    g.add_argument("--shard-size", type=_positive_int, default=None, help="samples per shard (default 32)")
+    g.add_argument("--source", default=None, help="prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT")
+    g.add_argument("--captioner", default=None, help="labels | qwen-vl:PATH")
+    g.add_argument("--generator", default=None, help="composite | attentionhand:PATH")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    g.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
+    g.add_argument("--resume", action="store_true", help="continue a run in --out (complete shards are kept)")
+    g.add_argument("--image-size", type=_positive_int, default=None)
+    g.add_argument("--batch-size", type=_positive_int, default=None)
+    g.add_argument("--renderer", choices=("auto", "opengl", "pytorch3d"), default=None)
+    g.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
+    g.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
+    g.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
+    g.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
     mano = sub.add_parser("mano", help="hand model files: stand-in, conversion, pictures")
     msub = mano.add_subparsers(dest="mano_command", parser_class=_Parser, required=True)
     s = msub.add_parser("standin", help="write the procedural stand-in MANO_RIGHT.pkl / MANO_LEFT.pkl")

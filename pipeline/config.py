@@ -39,6 +39,41 @@ class RunConfig(_Frozen):
     image_size: int = Field(512, ge=64, le=4096)
     run_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     hand_model: HandModelConfig = HandModelConfig()
+    renderer: Literal["auto", "opengl", "pytorch3d"] = "auto"
+    batch_size: int = Field(8, ge=1, le=256)
+    shard_prefix: str = Field("hands", pattern=r"^[A-Za-z0-9_.-]+$")
+    lossless: bool = False
+    backgrounds: str | None = None
+    min_hand_px: float = Field(0.0, ge=0.0)
+    max_truncation: float = Field(1.0, ge=0.0, le=1.0)
+    steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0.0)
+    tas: bool = True
+    cache_dir: str | None = None
+
+    @field_validator("captioner")
+    @classmethod
+    def _captioner(cls, v: str) -> str:
+        if v != "labels" and not v.startswith("qwen-vl:"):
+            raise ValueError(f"captioner must be labels or qwen-vl:PATH, got {v!r}")
+        return v
+
+    @field_validator("generator")
+    @classmethod
+    def _generator(cls, v: str) -> str:
+        if v != "composite" and not v.startswith("attentionhand:"):
+            raise ValueError(f"generator must be composite or attentionhand:PATH, got {v!r}")
+        return v
+
+    @property
+    def num_shards(self) -> int:
+        return (self.samples + self.shard_size - 1) // self.shard_size
+
+    def shard_indices(self, k: int) -> range:
+        """Sample indices of shard ``k``: ``[k * shard_size, min((k + 1) * shard_size, samples))``."""
+        if not 0 <= k < self.num_shards:
+            raise ValueError(f"shard {k} is outside 0..{self.num_shards - 1}")
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.samples))
 
     @field_validator("source")
     @classmethod

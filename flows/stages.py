@@ -1,0 +1,180 @@
+"""The generation run in plain Python (no Prefect): stage objects, one shard, finalisation.
+
+``Stages`` builds every model once (hand model, source, renderer, captioner, tagger, generator); a worker
+process keeps one per run config (``stages_for``). ``run_shard`` produces shard ``k`` of a run: the samples
+with indices in ``config.shard_indices(k)`` go through sample -> hand model -> render -> caption -> generate
+-> write, in batches; a bad sample is skipped and counted by reason. The Prefect flow (``flows.generate``) and
+``hands generate --no-prefect`` call exactly this code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from pipeline.config import RunConfig
+from pipeline.schema import SIDES, SchemaError
+from sinks.webdataset_sink import ShardedOutput, ShardReport
+
+logger = logging.getLogger(__name__)
+_STAGES: dict[str, Stages] = {}
+_PROGRESS: list = []  # callbacks (samples done) of a local progress bar, set by the command line
+
+
+def set_progress(callback: Callable[[int], None] | None) -> None:
+    """Report processed sample counts to ``callback`` (None: stop reporting)."""
+    _PROGRESS.clear()
+    if callback is not None:
+        _PROGRESS.append(callback)
+
+
+class Stages:
+    """Every stage of a run, built once (models load here)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        import torch
+
+        from captioning.tagging import HandTokenTagger
+        from pipeline.hand_model import HandModel
+        from pipeline.sources import FilterConfig, make_source
+        from renderers.base import RenderConfig, make_renderer
+
+        self.config = config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.hand_model = HandModel(config.hand_model.mano_dir, device=device)
+        filters = FilterConfig(min_hand_px=config.min_hand_px, max_truncation=config.max_truncation)
+        size = (config.image_size, config.image_size)
+        self.source = make_source(config.source, self.hand_model, run_seed=config.seed,
+                                  run_tag=config.effective_run_tag(), cache_dir=config.cache_dir, image_size=size,
+                                  filters=filters)  # fmt: skip
+        self.render_config = RenderConfig(local_size=512)
+        self.renderer = make_renderer(config.renderer, device=device, config=self.render_config)
+        if config.captioner == "labels":
+            from captioning.labels import LabelCaptioner
+
+            self.captioner = LabelCaptioner()
+        else:
+            from captioning.qwen_vl import QwenVLCaptioner
+
+            self.captioner = QwenVLCaptioner(config.captioner.split(":", 1)[1], device=device)
+        self.tagger = HandTokenTagger()
+        if config.generator == "composite":
+            from generators.composite import CompositeConfig, CompositeGenerator
+
+            self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds))
+        else:
+            from generators.attention_hand.generator import AttentionHandGenerator
+            from generators.attention_hand.pipeline import TASConfig
+
+            self.generator = AttentionHandGenerator(
+                config.generator.split(":", 1)[1], steps=config.steps, guidance_scale=config.guidance_scale,
+                tas=TASConfig(enabled=config.tas), batch_size=config.batch_size, device=device,
+            )  # fmt: skip
+
+    def renderer_record(self) -> dict:
+        """What the validator needs to re-render labels exactly."""
+        import dataclasses
+
+        return {"name": self.renderer.name, **dataclasses.asdict(self.render_config)}
+
+    def draw(self, index: int, skips: Counter):
+        """Sample ``index`` with hands posed and filters applied, or None (counted in ``skips``)."""
+        from pipeline.sources import SkipSample, apply_filters, pose_hands
+
+        try:
+            s = pose_hands(self.source.sample(index), self.hand_model)
+            apply_filters(s, self.source.filters)
+            return s
+        except SkipSample as exc:
+            skips[exc.reason] += 1
+            logger.info("skipped sample %d: %s", index, exc)
+            return None
+
+    def process(self, samples: list, skips: Counter) -> list:
+        """Render, caption and generate a batch; returns the samples that made it."""
+        from renderers.base import RenderBatch, RenderItem
+
+        items = []
+        for s in samples:
+            verts = {side: s.verts[i] for i, side in enumerate(SIDES) if s.hands[side] is not None}
+            joints = {side: s.hands[side].joints_3d for side in verts}
+            items.append(RenderItem(verts, joints, s.camera.K, s.image_size, s.camera.dist))
+        kept = []
+        for s, r in zip(samples, self.renderer.render(RenderBatch(items, self.hand_model.faces)), strict=True):
+            for side in SIDES:
+                if s.hands[side] is not None:
+                    h = s.hands[side]
+                    h.joints_2d, h.joints_visible, h.bbox = r.joints_2d[side], r.joints_visible[side], r.bbox[side]
+            s.crop_box, s.mesh_image, s.mesh_local = r.crop_box, r.mesh_image, r.mesh_local
+            s.mask, s.depth = r.mask, r.depth
+            if not (r.mask > 0).any():
+                skips["not_visible"] += 1
+                continue
+            kept.append(s)
+        for s, cap in zip(kept, self.captioner.caption(kept), strict=True):
+            s.caption, s.caption_meta = cap.text, cap.record()
+            s.hand_token_indices = tuple(self.tagger.tag(cap.text).hand_token_indices)
+        self.generator.generate(kept)
+        for s in kept:
+            s.generator = {**s.generator, "prompt": s.caption_meta}
+        return kept
+
+    def close(self) -> None:
+        for obj in (self.renderer, self.captioner, self.generator):
+            obj.close()
+
+
+def stages_for(config: RunConfig) -> Stages:
+    """The process-wide ``Stages`` of a run config (models load once per worker process)."""
+    key = config.config_sha256()
+    if key not in _STAGES:
+        _STAGES[key] = Stages(config)
+    return _STAGES[key]
+
+
+def output_for(config: RunConfig) -> ShardedOutput:
+    return ShardedOutput(str(config.out), prefix=config.shard_prefix, lossless=config.lossless)
+
+
+def run_shard(config: RunConfig, k: int, progress: Callable[[int], None] | None = None) -> ShardReport:
+    """Write shard ``k`` (idempotent: a complete shard is returned as it is; a partial one is rewritten)."""
+    output = output_for(config)
+    if output.is_complete(k):
+        return output.report(k)
+    stages = stages_for(config)
+    skips: Counter = Counter()
+    t0 = time.perf_counter()
+    with output.shard(k) as writer:
+        indices = list(config.shard_indices(k))
+        for i in range(0, len(indices), config.batch_size):
+            chunk = indices[i : i + config.batch_size]
+            batch = [s for s in (stages.draw(j, skips) for j in chunk) if s is not None]
+            for s in stages.process(batch, skips) if batch else []:
+                try:
+                    writer.write(s)
+                except SchemaError as exc:
+                    skips["invalid_label"] += 1
+                    logger.warning("skipped %s: %s", s.key, exc)
+            for cb in [progress, *_PROGRESS]:
+                if cb is not None:
+                    cb(len(chunk))
+        for reason, n in skips.items():
+            writer._skips[reason] += n
+    report = writer.report
+    logger.info("shard %d: %d written, %d skipped in %.1f s", k, report.count, sum(skips.values()),
+                time.perf_counter() - t0)  # fmt: skip
+    return report
+
+
+def finalize(config: RunConfig) -> dict:
+    """Write index and manifest for all shards of the run (all must be complete)."""
+    stages = stages_for(config)
+    extra = {"run_tag": config.effective_run_tag(), "renderer": stages.renderer_record(),
+             "hand_model": stages.hand_model.info.to_json(), "source": stages.source.inspect()}  # fmt: skip
+    cfg = config.model_dump(mode="json")
+    return output_for(config).finalize(list(range(config.num_shards)), cfg, config.config_sha256(), extra)
