@@ -306,13 +306,17 @@ def entry() -> None:
     finished process ("terminate called without an active exception"); everything is written and flushed
     by then, so the process exits directly with main's code.
     """
+    import atexit
     import os
 
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    try:
+        atexit._run_exitfuncs()  # Python-level cleanup still runs (e.g. Prefect stops its temporary server)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
 
 
 if __name__ == "__main__":

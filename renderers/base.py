@@ -16,9 +16,9 @@ All backends share this module's geometry, so labels do not depend on the backen
 
 Visibility: joint j of hand h is visible when it projects inside the image and the first surface along its
 pixel's ray is not in front of it by more than ``own_tolerance`` (its own hand: joints lie inside fingers,
-about one finger radius under the skin) or ``other_tolerance`` (the other hand). A joint over background
-(a tip on the silhouette) is visible when its own hand's mask is within 1 px, so every visible joint lies
-on (or within 1 px of) its hand's mask.
+about one finger radius under the skin) or ``other_tolerance`` (the other hand). A joint whose pixel shows
+background or the other hand (a tip on its silhouette) must also have its own hand's mask within 1 px, so
+every visible joint lies on (or within 1 px of) its hand's mask.
 """
 
 from __future__ import annotations
@@ -182,14 +182,15 @@ def joint_visibility(
         c, r = int(round(uv[j, 0])), int(round(uv[j, 1]))
         c, r = min(max(c, 0), W - 1), min(max(r, 0), H - 1)
         m = mask[r, c]
-        if m == 0:  # just off the silhouette: visible when its own hand's mask is within 1 px
-            r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, H), max(c - 1, 0), min(c + 2, W)
-            rows, cols = np.nonzero(mask[r0:r1, c0:c1] == hand_id)
-            vis[j] = bool(len(rows)) and np.hypot(cols + c0 - uv[j, 0], rows + r0 - uv[j, 1]).min() <= 1.0
-        elif m == hand_id:
+        if m == hand_id:
             vis[j] = depth[r, c] >= z[j] - own_tolerance
-        else:
-            vis[j] = depth[r, c] >= z[j] - other_tolerance
+            continue
+        # over background or the other hand: visible only on (within 1 px of) its own hand's mask, and not
+        # behind the other hand by more than other_tolerance
+        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, H), max(c - 1, 0), min(c + 2, W)
+        rows, cols = np.nonzero(mask[r0:r1, c0:c1] == hand_id)
+        near_own = bool(len(rows)) and np.hypot(cols + c0 - uv[j, 0], rows + r0 - uv[j, 1]).min() <= 1.0
+        vis[j] = near_own and (m == 0 or depth[r, c] >= z[j] - other_tolerance)
     return vis
 
 
