@@ -29,24 +29,65 @@ def generate_shard(config: dict, shard: int) -> dict:
             "sha256": report.sha256}  # fmt: skip
 
 
+def shard_ranges(num_shards: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``[0, num_shards)`` into at most ``parts`` contiguous, disjoint, covering ranges."""
+    parts = max(1, min(parts, num_shards))
+    bounds = [round(i * num_shards / parts) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _fan_out(cfg: RunConfig, fan_out: int, deployment: str, log) -> None:
+    """Run child flow runs of ``deployment`` on disjoint shard ranges (on whichever workers pick them up) and wait."""
+    from prefect.deployments import run_deployment
+
+    runs = []
+    for a, b in shard_ranges(cfg.num_shards, fan_out):
+        runs.append(run_deployment(name=deployment, parameters={"config": cfg.model_dump(mode="json"), "first_shard": a,
+                                   "stop_shard": b, "resume": True}, timeout=0, as_subflow=True))  # fmt: skip
+        log.info("child run %s: shards [%d, %d)", runs[-1].name, a, b)
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        pending = {r.id for r in runs}
+        while pending:
+            time.sleep(2.0)
+            for rid in list(pending):
+                state = client.read_flow_run(rid).state
+                if state is not None and state.is_final():
+                    pending.discard(rid)
+                    if state.type != StateType.COMPLETED:
+                        raise RuntimeError(f"child run {rid} ended {state.type.value}; rerun with resume to finish")
+
+
 @flow(name="generate-shards", log_prints=False)
-def generate_shards(config: dict, first_shard: int = 0, stop_shard: int | None = None, resume: bool = True) -> dict:
-    """Generate shards ``[first_shard, stop_shard)`` of the run described by ``config``; when they complete
-    the run, write ``index.parquet``, ``manifest.json`` and ``preview.png``. Returns a summary."""
+def generate_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
+                    stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
+                    deployment: str = "generate-shards/adhoc") -> dict:  # fmt: skip
+    """Generate shards ``[first_shard, stop_shard)`` of the run described by ``preset`` (a YAML file, see
+    ``presets/``) updated with ``config``; when they complete the run, write ``index.parquet``,
+    ``manifest.json`` and ``preview.png``. With ``fan_out = N`` the shards are split into N disjoint ranges,
+    each run as a child flow run of ``deployment`` (so N workers share the run), then the run is finalised.
+    Returns a summary."""
+    from pipeline.config import load_config
+
     log = get_run_logger()
-    cfg = RunConfig(**config)
+    cfg = load_config(preset, **(config or {}))
     stop = cfg.num_shards if stop_shard is None else min(stop_shard, cfg.num_shards)
     if not 0 <= first_shard < stop:
         raise ValueError(f"empty shard range [{first_shard}, {stop}) for {cfg.num_shards} shards")
     output = output_for(cfg)
-    output.prepare(resume=resume or first_shard > 0 or stop < cfg.num_shards)
+    output.prepare(resume=resume or first_shard > 0 or stop < cfg.num_shards or fan_out > 0)
     t0 = time.perf_counter()
-    todo = [k for k in range(first_shard, stop) if not output.is_complete(k)]
+    if fan_out > 0:
+        _fan_out(cfg, fan_out, deployment, log)
+    todo = [k for k in range(first_shard, stop) if not output.is_complete(k)]  # after a fan-out: none left
     log.info("%d of %d shards to write (%s)", len(todo), stop - first_shard, cfg.out)
     # one shard after another in this process (the models and the GL context are not shared across threads);
     # parallelism comes from several workers taking disjoint shard ranges
     reports = [generate_shard(cfg.model_dump(mode="json"), k) for k in todo]
-    summary = {"shards_written": len(reports), "samples_written": sum(r["count"] for r in reports),
+    summary = {"shards": [first_shard, stop], "shards_written": len(reports),
+               "samples_written": sum(r["count"] for r in reports),
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     if all(output.is_complete(k) for k in range(cfg.num_shards)):
         manifest = finalize(cfg)

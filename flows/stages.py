@@ -42,6 +42,7 @@ class Stages:
         from renderers.base import RenderConfig, make_renderer
 
         self.config = config
+        self.timings: Counter = Counter()  # seconds spent per stage in this process
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -86,14 +87,24 @@ class Stages:
         """Sample ``index`` with hands posed and filters applied, or None (counted in ``skips``)."""
         from pipeline.sources import SkipSample, apply_filters, pose_hands
 
+        t0 = time.perf_counter()
         try:
-            s = pose_hands(self.source.sample(index), self.hand_model)
+            s = self.source.sample(index)
+            t1 = time.perf_counter()
+            s = pose_hands(s, self.hand_model)
             apply_filters(s, self.source.filters)
             return s
         except SkipSample as exc:
             skips[exc.reason] += 1
             logger.info("skipped sample %d: %s", index, exc)
             return None
+        finally:
+            t2 = time.perf_counter()
+            if "t1" in locals():
+                self.timings["sample"] += t1 - t0
+                self.timings["hand_model"] += t2 - t1
+            else:
+                self.timings["sample"] += t2 - t0
 
     def process(self, samples: list, skips: Counter) -> list:
         """Render, caption and generate a batch; returns the samples that made it."""
@@ -105,7 +116,11 @@ class Stages:
             joints = {side: s.hands[side].joints_3d for side in verts}
             items.append(RenderItem(verts, joints, s.camera.K, s.image_size, s.camera.dist))
         kept = []
-        for s, r in zip(samples, self.renderer.render(RenderBatch(items, self.hand_model.faces)), strict=True):
+        t0 = time.perf_counter()
+        results = self.renderer.render(RenderBatch(items, self.hand_model.faces))
+        t1 = time.perf_counter()
+        self.timings["render"] += t1 - t0
+        for s, r in zip(samples, results, strict=True):
             for side in SIDES:
                 if s.hands[side] is not None:
                     h = s.hands[side]
@@ -116,10 +131,17 @@ class Stages:
                 skips["not_visible"] += 1
                 continue
             kept.append(s)
-        for s, cap in zip(kept, self.captioner.caption(kept), strict=True):
+        t0 = time.perf_counter()
+        caps = self.captioner.caption(kept)
+        t1 = time.perf_counter()
+        for s, cap in zip(kept, caps, strict=True):
             s.caption, s.caption_meta = cap.text, cap.record()
             s.hand_token_indices = tuple(self.tagger.tag(cap.text).hand_token_indices)
+        t2 = time.perf_counter()
         self.generator.generate(kept)
+        self.timings["caption"] += t1 - t0
+        self.timings["tag"] += t2 - t1
+        self.timings["generate"] += time.perf_counter() - t2
         for s in kept:
             s.generator = {**s.generator, "prompt": s.caption_meta}
         return kept
@@ -155,11 +177,13 @@ def run_shard(config: RunConfig, k: int, progress: Callable[[int], None] | None 
             chunk = indices[i : i + config.batch_size]
             batch = [s for s in (stages.draw(j, skips) for j in chunk) if s is not None]
             for s in stages.process(batch, skips) if batch else []:
+                tw = time.perf_counter()
                 try:
                     writer.write(s)
                 except SchemaError as exc:
                     skips["invalid_label"] += 1
                     logger.warning("skipped %s: %s", s.key, exc)
+                stages.timings["write"] += time.perf_counter() - tw
             for cb in [progress, *_PROGRESS]:
                 if cb is not None:
                     cb(len(chunk))
