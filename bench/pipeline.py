@@ -34,6 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect_bench_"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows import stages
     from flows.generate import generate_shards
     from pipeline.config import RunConfig

@@ -15,11 +15,19 @@ import json
 import resource
 import subprocess
 import sys
+
+# bench/pipeline.py would shadow the `pipeline` package: keep this folder off the import path
+import sys as _sys
 import tempfile
 import time
 from pathlib import Path
+from pathlib import Path as _Path
 
 import numpy as np
+
+_HERE = _Path(__file__).resolve().parent
+_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _HERE]
+_sys.path.insert(0, str(_HERE.parent))
 
 
 def rate(src, hm, n: int) -> float:
@@ -41,8 +49,9 @@ def rate(src, hm, n: int) -> float:
     return done / (time.perf_counter() - t)
 
 
-def write_synthetic_split(root: Path, frames: int) -> None:
-    """InterHand-format files for ``frames`` frames (1 capture per 1000 frames, one camera), streamed to disk."""
+def write_synthetic_split(root: Path, frames: int, cameras: int = 1) -> None:
+    """InterHand-format files for ``frames`` frames (1 capture per 1000 frames) seen by ``cameras`` cameras each,
+    streamed to disk."""
     rng = np.random.default_rng(0)
     ann = root / "annotations" / "train"
     ann.mkdir(parents=True)
@@ -67,17 +76,19 @@ def write_synthetic_split(root: Path, frames: int) -> None:
                         f'"hand_type": "interacting", "hand_type_valid": 1}}')
             f.write("}")
         f.write("}")
-    cams = {str(c): {"campos": {"400262": [0, 0, -1000]}, "camrot": {"400262": np.eye(3).tolist()},
-                     "focal": {"400262": [1200, 1200]}, "princpt": {"400262": [166, 255]}} for c in caps}  # fmt: skip
+    ids = [str(400262 + j) for j in range(cameras)]
+    cams = {str(c): {"campos": {i: [0, 0, -1000] for i in ids}, "camrot": {i: np.eye(3).tolist() for i in ids},
+                     "focal": {i: [1200, 1200] for i in ids}, "princpt": {i: [166, 255] for i in ids}} for c in caps}  # fmt: skip
     (ann / "InterHand2.6M_train_camera.json").write_text(json.dumps(cams))
     with open(ann / "InterHand2.6M_train_data.json", "w") as f:
         f.write('{"images": [')
         i = 0
         for c in caps:
             for k in range(1000):
-                f.write(("," if i else "") + json.dumps({"id": i, "file_name": f"Capture{c}/seq/cam400262/image{k:05d}.jpg",
-                        "width": 334, "height": 512, "capture": c, "seq_name": "seq", "camera": "400262", "frame_idx": k}))
-                i += 1
+                for cam in ids:
+                    f.write(("," if i else "") + json.dumps({"id": i, "file_name": f"Capture{c}/seq/cam{cam}/image{k:05d}.jpg",
+                            "width": 334, "height": 512, "capture": c, "seq_name": "seq", "camera": cam, "frame_idx": k}))
+                    i += 1
         f.write('], "annotations": [')
         for j in range(i):
             f.write(("," if j else "") + f'{{"id": {j}, "image_id": {j}, "hand_type": "interacting", "hand_type_valid": 1}}')
@@ -88,6 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--cameras", type=int, default=1, help="cameras per frame in the synthetic split")
     ap.add_argument("root", nargs="?", help=argparse.SUPPRESS)  # internal: the split the child process indexes
     args = ap.parse_args()
     if args.frames < 0:  # child: build the index and report time and peak memory
@@ -114,9 +126,10 @@ def main() -> None:
         for name, r in rows:
             print(f"{name:24s} {r:8.1f} samples/s (with the MANO forward)")
         t = time.perf_counter()
-        write_synthetic_split(d / "big", args.frames)
+        write_synthetic_split(d / "big", args.frames, args.cameras)
         size = sum(p.stat().st_size for p in (d / "big").rglob("*.json")) / 1e6
-        print(f"synthetic split: {args.frames} frames, {size:.0f} MB of JSON (written in {time.perf_counter() - t:.0f} s)")
+        print(f"synthetic split: {args.frames} frames x {args.cameras} cameras, {size:.0f} MB of JSON "
+              f"(written in {time.perf_counter() - t:.0f} s)")
         out = subprocess.run([sys.executable, __file__, "--frames", "-1", str(d / "big")], capture_output=True,
                              text=True, check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
         r = json.loads(out.stdout.strip().splitlines()[-1])

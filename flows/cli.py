@@ -125,7 +125,11 @@ def _cmd_sources_inspect(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    import os
     import time
+
+    # Prefect's temporary local API migrates a fresh database first: allow for a slow, busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     from tqdm import tqdm
 
@@ -136,6 +140,7 @@ def _cmd_generate(args) -> int:
                  "captioner": args.captioner, "generator": args.generator, "seed": args.seed, "device": args.device,
                  "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
                  "run_tag": args.run_tag, "backgrounds": args.backgrounds,
+                 "min_visible_joints": args.min_visible_joints,
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
     bar = tqdm(total=cfg.samples, unit="sample", desc="generate", disable=args.quiet, dynamic_ncols=True)
@@ -151,9 +156,12 @@ def _cmd_generate(args) -> int:
                     continue
                 stages.run_shard(cfg, k)
             manifest = stages.finalize(cfg)
-            from sinks.preview import preview
+            if manifest["counts"]["written"]:
+                from sinks.preview import preview
 
-            preview(str(cfg.out), str(cfg.out / "preview.png"), n=16)
+                preview(str(cfg.out), str(cfg.out / "preview.png"), n=16)
+            else:
+                logger.warning("every sample was skipped: no preview")
         else:
             import json
 
@@ -214,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
     g.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
     g.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
+    g.add_argument("--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints")
     g.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)

@@ -96,6 +96,9 @@ def generate_shards(config: dict | None = None, preset: str | None = None, first
         try:
             from sinks.preview import preview
 
+            if not manifest["counts"]["written"]:
+                raise FileNotFoundError("every sample was skipped")
+
             preview(str(cfg.out), str(cfg.out / "preview.png") if output.store.is_local else "/tmp/preview.png", n=16)
         except Exception as exc:  # a preview is a convenience; the shards are what matter
             log.warning("preview not written: %s", exc)

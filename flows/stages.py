@@ -130,6 +130,10 @@ class Stages:
             if not (r.mask > 0).any():
                 skips["not_visible"] += 1
                 continue
+            vis = [int(r.joints_visible[side].sum()) for side in SIDES if s.hands[side] is not None]
+            if min(vis) < self.config.min_visible_joints:  # the visibility filter (per present hand)
+                skips["too_few_visible_joints"] += 1
+                continue
             kept.append(s)
         t0 = time.perf_counter()
         caps = self.captioner.caption(kept)

@@ -46,6 +46,7 @@ class RunConfig(_Frozen):
     backgrounds: str | None = None
     min_hand_px: float = Field(0.0, ge=0.0)
     max_truncation: float = Field(1.0, ge=0.0, le=1.0)
+    min_visible_joints: int = Field(0, ge=0, le=21)
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0.0)
     tas: bool = True

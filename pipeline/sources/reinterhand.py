@@ -63,7 +63,8 @@ class ReInterHandSource(PoseSource):
     name = "reinterhand"
 
     def __init__(self, root: str | Path, hand_model, run_seed: int = 0, run_tag: str = "run",
-                 filters: FilterConfig | None = None, ego: bool = True, stratify: bool = False) -> None:  # fmt: skip
+                 filters: FilterConfig | None = None, ego: bool = True, stratify: bool = False,
+                 dedup: float = 0.0) -> None:  # fmt: skip
         super().__init__(run_seed, run_tag, filters or FilterConfig(max_truncation=0.5))
         self.root, self.hm = Path(root), hand_model
         if not self.root.is_dir():
@@ -75,6 +76,8 @@ class ReInterHandSource(PoseSource):
         self._mugsy: dict[str, dict] = {}
         for cap in captures:
             frames = [ln.strip() for ln in (cap / "frame_list.txt").read_text().splitlines() if ln.strip()]
+            if dedup > 0:
+                frames = self._dedup(cap, frames, dedup)
             cam_file = cap / "Mugsy_cameras" / "cam_params.json"
             try:
                 cams = json.loads(cam_file.read_text()) if cam_file.is_file() else {}
@@ -95,6 +98,23 @@ class ReInterHandSource(PoseSource):
             self._strata = [perm[kinds == k] for k in (0, 1) if (kinds == k).any()]
         else:
             self._strata = [perm]
+
+    @staticmethod
+    def _dedup(cap: Path, frames: list[str], threshold: float) -> list[str]:
+        """Drop frames whose two-hand pose is within ``threshold`` (L2 over 96 values) of the last kept frame."""
+        kept, last = [], None
+        for fr in frames:
+            pose = np.zeros(96)
+            for i, s in enumerate(("right", "left")):
+                p = cap / "mano_fits" / "params" / f"{fr}_{s}.json"
+                try:
+                    pose[48 * i : 48 * (i + 1)] = np.asarray(json.loads(p.read_text())["pose"], dtype=float).reshape(48)
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass  # missing or malformed: compared as zeros; the sample itself reports the problem
+            if last is None or np.linalg.norm(pose - last) >= threshold:
+                kept.append(fr)
+                last = pose
+        return kept
 
     def __len__(self) -> int:
         return len(self.entries)
