@@ -190,6 +190,14 @@ def _cmd_attentionhand_tiny(args) -> int:
     return 0
 
 
+def _cmd_attentionhand_convert(args) -> int:
+    from generators.attention_hand.convert import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.out_dir, config_from=args.config_from)
+    print(f"wrote {out} (load it with --generator attentionhand:{out})")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -260,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("out_dir")
     at.add_argument("--seed", type=int, default=0)
     at.set_defaults(func=_cmd_attentionhand_tiny)
+    ac = ahsub.add_parser("convert", help="convert the official AttentionHand checkpoint to the loadable layout")
+    ac.add_argument("src", help="official checkpoint (.ckpt/.pt/.safetensors, ControlNet-style LDM keys)")
+    ac.add_argument("out_dir", help="output folder (diffusers layout with guidance/)")
+    ac.add_argument("--config-from", default=None, help="model folder whose architecture to use (default: SD 1.5)")
+    ac.set_defaults(func=_cmd_attentionhand_convert)
     cap = sub.add_parser("caption", help="captioning tools")
     csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
     ct = csub.add_parser("tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens")
@@ -283,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from generators.attention_hand.convert import ConversionError
     from generators.attention_hand.models import AttentionHandLoadError
     from pipeline.config import ConfigError
     from pipeline.hand_model import HandModelError
@@ -298,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
     except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, SourceError,
-            AttentionHandLoadError, FileNotFoundError,
+            AttentionHandLoadError, ConversionError, FileNotFoundError,
             PermissionError, NotADirectoryError) as exc:
         print(f"hands: error: {exc}", file=sys.stderr)
         return 2

@@ -194,3 +194,64 @@ def test_composite_hand_pixels_are_the_mask(hand_model, tmp_path):
     assert np.array_equal(procedural[0].image, again[0].image)  # deterministic per sample seed
     with pytest.raises(FileNotFoundError, match="backgrounds folder not found"):
         CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "none")))
+
+
+def _converter_components():
+    """Tiny components with the standard ControlNet hint encoder (the layout of official checkpoints)."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    from generators.attention_hand.models import tiny_components
+
+    c = tiny_components(seed=3)
+    torch.manual_seed(2)
+    c["unet"] = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
+    )  # fmt: skip
+    c["guidance"] = ControlNetModel.from_unet(c["unet"])
+    c["vae"] = AutoencoderKL(block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=4,
+                             norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
+                             up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)  # fmt: skip
+    for m in c.values():
+        if isinstance(m, torch.nn.Module):
+            for p in m.parameters():
+                p.data.normal_(0.0, 0.02)  # no zero convolutions: every weight must land in its place
+    return c
+
+
+def test_converter_round_trips_an_official_layout_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from generators.attention_hand.convert import to_ldm_state_dict
+    from generators.attention_hand.models import load_pipeline
+
+    c = _converter_components()
+    AttentionHandPipeline(**c).save_pretrained(str(tmp_path / "tpl"))
+    sd = to_ldm_state_dict(c["unet"], c["guidance"], c["vae"], c["text_encoder"])
+    assert {k.split(".")[0] for k in sd} == {"model", "control_model", "first_stage_model", "cond_stage_model"}
+    assert any(k.startswith("control_model.input_hint_block.14.") for k in sd)  # official ControlNet layout
+    assert any(k.startswith("model.diffusion_model.output_blocks.") for k in sd)
+    torch.save({"state_dict": sd}, tmp_path / "ah.ckpt")
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "ah.ckpt"),
+                        str(tmp_path / "out"), "--config-from", str(tmp_path / "tpl")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = load_pipeline(tmp_path / "out", device="cpu")
+    for name in ("unet", "guidance", "vae", "text_encoder"):
+        a, b = c[name].state_dict(), getattr(p, name).state_dict()
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # every weight converted exactly
+
+
+def test_converter_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, tmp_path / "x.ckpt")
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "x.ckpt"),
+                        str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "not an AttentionHand" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "none.ckpt"),
+                        str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
