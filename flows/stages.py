@@ -72,8 +72,10 @@ class Stages:
             from generators.attention_hand.generator import AttentionHandGenerator
             from generators.attention_hand.pipeline import TASConfig
 
+            path, *opts = config.generator.split(":", 1)[1].split(",")
+            guidance = next((o.split("=", 1)[1] for o in opts if o.startswith("guidance=")), None)
             self.generator = AttentionHandGenerator(
-                config.generator.split(":", 1)[1], steps=config.steps, guidance_scale=config.guidance_scale,
+                path, guidance=guidance, steps=config.steps, guidance_scale=config.guidance_scale,
                 tas=TASConfig(enabled=config.tas), batch_size=config.batch_size, device=device,
             )  # fmt: skip
 

@@ -53,6 +53,26 @@ def test_visibility_filter_counts_skips(tmp_path):
         assert rec["joints_visible"][rec["hand_present"]].all()
 
 
+def test_generate_with_attentionhand_base_plus_guidance(tmp_path):
+    """attentionhand:PATH,guidance=DIR: a base SD folder plus a separate guidance module, through hands generate."""
+    import shutil
+
+    tiny = tmp_path / "tiny"
+    assert subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(tiny)]).returncode == 0
+    shutil.move(str(tiny / "guidance"), str(tmp_path / "guidance"))  # the base folder alone has no guidance
+    out = tmp_path / "ah"
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "2",
+                        "--image-size", "64", "--no-prefect", "-q",
+                        "--generator", f"attentionhand:{tiny},guidance={tmp_path / 'guidance'}"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert validate(out).passed
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["generator"].startswith("attentionhand:")
+    rec = next(iter(__import__("sinks.reader", fromlist=["open_shards"]).open_shards(out, split_by_worker=False)))
+    assert rec["image"].shape == (64, 64, 3)
+
+
 def test_bad_arguments(tmp_path):
     r = _generate(tmp_path / "x", "--samples", "0")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "positive integer" in r.stderr
