@@ -6,7 +6,7 @@
 * peak RSS after runs of ``--small`` and ``--large`` samples (flat memory: the second should not grow with the
   sample count).
 
-Usage: python bench/pipeline.py [--n 96] [--size 256] [--small 200] [--large 1000]
+Usage: python bench/pipeline.py [--n 96] [--size 256] [--small 200] [--large 1000] [--shard-size 32]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--large", type=int, default=1000)
+    ap.add_argument("--shard-size", type=int, default=32)
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect_bench_"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -40,7 +41,7 @@ def main() -> None:
     from pipeline.config import RunConfig
 
     d = tempfile.mkdtemp(prefix="bench_pipeline_")
-    base = {"samples": args.n, "shard_size": 32, "image_size": args.size, "seed": 1, "run_tag": "bench"}
+    base = {"samples": args.n, "shard_size": args.shard_size, "image_size": args.size, "seed": 1, "run_tag": "bench"}
     direct = RunConfig(out=f"{d}/direct", **base)
     st = stages.stages_for(direct)  # models load here, once, outside the timings
     stages.output_for(direct).prepare(resume=False)
