@@ -11,17 +11,10 @@ Usage: python bench/caption.py [--n 2000]
 from __future__ import annotations
 
 import argparse
-
-# bench/pipeline.py would shadow the `pipeline` package: keep this folder off the import path
-import sys as _sys
 import time
-from pathlib import Path as _Path
 
+import _benchpath  # noqa: F401 - first: fixes the import path
 import numpy as np
-
-_HERE = _Path(__file__).resolve().parent
-_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _HERE]
-_sys.path.insert(0, str(_HERE.parent))
 
 
 def make_samples(n: int):

@@ -14,15 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-# this file is bench/pipeline.py: keep its folder off the import path so `pipeline` is the package
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import _benchpath  # noqa: F401 - first: fixes the import path
 
 
 def main() -> None:

@@ -15,19 +15,12 @@ import json
 import resource
 import subprocess
 import sys
-
-# bench/pipeline.py would shadow the `pipeline` package: keep this folder off the import path
-import sys as _sys
 import tempfile
 import time
 from pathlib import Path
-from pathlib import Path as _Path
 
+import _benchpath  # noqa: F401 - first: fixes the import path
 import numpy as np
-
-_HERE = _Path(__file__).resolve().parent
-_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _HERE]
-_sys.path.insert(0, str(_HERE.parent))
 
 
 def rate(src, hm, n: int) -> float:

@@ -95,7 +95,7 @@ def ensure_nltk_tagger(root: Path | None = None) -> Path:
     return root
 
 
-def _bytes_to_unicode() -> list[str]:
+def bytes_to_unicode() -> list[str]:
     """CLIP's reversible byte -> printable character table (the order of the first 256 vocabulary entries)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -117,7 +117,7 @@ def ensure_clip_vocab(root: Path | None = None) -> Path:
         src = _package_file("clip-anytorch", "bpe_simple_vocab_16e6.txt.gz")
         lines = gzip.open(src).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-        base = _bytes_to_unicode()
+        base = bytes_to_unicode()
         vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ def _cmd_sources_dump(args) -> int:
             continue
         lines.append(json.dumps(dump_record(s), allow_nan=False))
     out = Path(args.out)
-    Store(str(out.parent) if str(out.parent) else ".").write_bytes(out.name, ("\n".join(lines) + "\n").encode())
+    Store(str(out.parent)).write_bytes(out.name, ("\n".join(lines) + "\n").encode())
     print(f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} {dict(skipped) if skipped else ''}")
     return 0
 

@@ -90,6 +90,7 @@ class Stages:
         from pipeline.sources import SkipSample, apply_filters, pose_hands
 
         t0 = time.perf_counter()
+        t1 = None
         try:
             s = self.source.sample(index)
             t1 = time.perf_counter()
@@ -102,11 +103,8 @@ class Stages:
             return None
         finally:
             t2 = time.perf_counter()
-            if "t1" in locals():
-                self.timings["sample"] += t1 - t0
-                self.timings["hand_model"] += t2 - t1
-            else:
-                self.timings["sample"] += t2 - t0
+            self.timings["sample"] += (t1 or t2) - t0
+            self.timings["hand_model"] += t2 - (t1 or t2)
 
     def process(self, samples: list, skips: Counter) -> list:
         """Render, caption and generate a batch; returns the samples that made it."""
@@ -193,8 +191,7 @@ def run_shard(config: RunConfig, k: int, progress: Callable[[int], None] | None 
             for cb in [progress, *_PROGRESS]:
                 if cb is not None:
                     cb(len(chunk))
-        for reason, n in skips.items():
-            writer._skips[reason] += n
+        writer.add_skips(skips)
     report = writer.report
     logger.info("shard %d: %d written, %d skipped in %.1f s", k, report.count, sum(skips.values()),
                 time.perf_counter() - t0)  # fmt: skip

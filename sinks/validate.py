@@ -104,9 +104,9 @@ class _Rerender:
 
         name, sha = hand_model.get("name"), hand_model.get("sha256")
         if sha not in self._models:
-            model = HandModel(None if name == "standin" else self.mano_dir) if (name == "standin" or self.mano_dir) else None
-            if model is None:
+            if name != "standin" and not self.mano_dir:
                 raise SchemaError("labels use MANO: pass --mano-dir to re-render them")
+            model = HandModel(None if name == "standin" else self.mano_dir)
             if model.info.sha256 != sha:
                 raise SchemaError(f"hand model sha256 {model.info.sha256[:12]} differs from the label's {sha[:12]}")
             self._models[sha] = model.faces

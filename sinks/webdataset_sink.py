@@ -177,6 +177,10 @@ class ShardWriter:
         """Bytes of the shard so far, including those still in the write buffer."""
         return self._buffered.tell()
 
+    def add_skips(self, counts: dict) -> None:
+        """Count skips (reason -> number) already logged elsewhere."""
+        self._skips.update(counts)
+
     def skip(self, key: str, reason: str) -> None:
         self._skips[reason] += 1
         logger.warning("skipped %s: %s", key, reason)

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _byte_chars() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+from captioning.tagging import bytes_to_unicode
 
 
 def save_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:
@@ -29,7 +19,7 @@ def save_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:
         Qwen2VLVideoProcessor,
     )
 
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(_byte_chars())}, merges=[]))
+    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(bytes_to_unicode())}, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -215,7 +215,7 @@ class PriorSource(PoseSource):
         side = max(np.ptp(uv[:, 0]) / W, np.ptp(uv[:, 1]) / H)
         target = rng.uniform(*cfg.hand_fraction)
         z = z0 * side / target  # apparent size ~ 1 / depth
-        cu = rng.uniform(0.3, 0.7) * W if not ego else rng.uniform(0.3, 0.7) * W
+        cu = rng.uniform(0.3, 0.7) * W
         cv = rng.uniform(0.3, 0.7) * H if not ego else rng.uniform(0.45, 0.8) * H
         lateral = np.array([(cu - K[0, 2]) / f * z, (cv - K[1, 2]) / f * z, z])
         t = lateral - R @ centre
