@@ -136,14 +136,15 @@ def _cmd_generate(args) -> int:
     from flows import stages
     from pipeline.config import load_config
 
-    overrides = {"out": args.out, "samples": args.samples, "shard_size": args.shard_size, "source": args.source,
-                 "captioner": args.captioner, "generator": args.generator, "seed": args.seed, "device": args.device,
+    prepare = args.command == "prepare"
+    overrides = {"mode": "prepare" if prepare else None, "out": args.out, "samples": args.samples, "shard_size": args.shard_size, "source": args.source,
+                 "captioner": args.captioner, "generator": getattr(args, "generator", None), "seed": args.seed, "device": args.device,
                  "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
-                 "run_tag": args.run_tag, "backgrounds": args.backgrounds,
+                 "run_tag": args.run_tag, "backgrounds": getattr(args, "backgrounds", None),
                  "min_visible_joints": args.min_visible_joints,
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
-    bar = tqdm(total=cfg.samples, unit="sample", desc="generate", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=cfg.samples, unit="sample", desc=args.command, disable=args.quiet, dynamic_ncols=True)
     stages.set_progress(bar.update)
     t0 = time.perf_counter()
     try:
@@ -165,9 +166,10 @@ def _cmd_generate(args) -> int:
         else:
             import json
 
-            from flows.generate import generate_shards
+            from flows.generate import generate_shards, prepare_training_shards
 
-            generate_shards(cfg.model_dump(mode="json"), resume=args.resume)
+            run_flow = prepare_training_shards if prepare else generate_shards
+            run_flow(cfg.model_dump(mode="json"), resume=args.resume)
             manifest = json.loads((cfg.out / "manifest.json").read_text())
     finally:
         stages.set_progress(None)
@@ -198,6 +200,24 @@ def _cmd_attentionhand_convert(args) -> int:
     return 0
 
 
+def _cmd_train_generator(args) -> int:
+    from flows.train import run_training
+    from generators.attention_hand.train import load_train_config
+
+    overrides = {"model": args.model, "guidance_init": args.guidance_init, "data": args.data, "out": args.out,
+                 "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "lr": args.lr,
+                 "tas_iterations": args.tas_iterations, "resolution": args.resolution,
+                 "mixed_precision": args.mixed_precision, "seed": args.seed, "save_every": args.save_every,
+                 "sample_every": args.sample_every, "log_every": args.log_every, "num_workers": args.num_workers,
+                 "device": args.device}  # fmt: skip
+    cfg = load_train_config(args.config, **overrides)
+    summary = run_training(cfg, resume=args.resume, prefect=not args.no_prefect, quiet=args.quiet)
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; mean loss of the last steps "
+          f"{summary['final_loss']:.4f}")  # fmt: skip
+    print(f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -214,26 +234,58 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     g = sub.add_parser("generate", help="generate WebDataset shards (runs the generate-shards flow locally)")
-    g.add_argument("--out", required=True, help="output folder (or fsspec URL)")
-    g.add_argument("--samples", type=_positive_int, default=None, help="number of samples (default 64)")
-    g.add_argument("--shard-size", type=_positive_int, default=None, help="samples per shard (default 32)")
-    g.add_argument("--source", default=None, help="prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT")
-    g.add_argument("--captioner", default=None, help="labels | qwen-vl:PATH")
-    g.add_argument("--generator", default=None, help="composite | attentionhand:PATH")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    g.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
-    g.add_argument("--resume", action="store_true", help="continue a run in --out (complete shards are kept)")
-    g.add_argument("--image-size", type=_positive_int, default=None)
-    g.add_argument("--batch-size", type=_positive_int, default=None)
-    g.add_argument("--renderer", choices=("auto", "opengl", "pytorch3d"), default=None)
-    g.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
-    g.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
-    g.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
-    g.add_argument("--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints")
-    g.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    g.set_defaults(func=_cmd_generate)
+    pr = sub.add_parser("prepare", help="write AttentionHand training shards from a dataset's real images "
+                                        "(runs the prepare-training-shards flow locally)")  # fmt: skip
+    for q in (g, pr):
+        prep = q is pr
+        q.add_argument("--out", required=True, help="output folder (or fsspec URL)")
+        q.add_argument("--samples", type=_positive_int, default=None, help="number of samples (default 64)")
+        q.add_argument("--shard-size", type=_positive_int, default=None, help="samples per shard (default 32)")
+        q.add_argument("--source", default=None, required=prep,
+                       help="interhand:ROOT[,split=S] | reinterhand:ROOT" if prep else
+                       "prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT")  # fmt: skip
+        q.add_argument("--captioner", default=None, help="labels | qwen-vl:PATH")
+        if not prep:
+            q.add_argument("--generator", default=None, help="composite | attentionhand:PATH")
+            q.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
+        q.add_argument("--seed", type=int, default=None)
+        q.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+        q.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
+        q.add_argument("--resume", action="store_true", help="continue a run in --out (complete shards are kept)")
+        q.add_argument("--image-size", type=_positive_int, default=None,
+                       help="side of the letterboxed images (default 512)" if prep else None)  # fmt: skip
+        q.add_argument("--batch-size", type=_positive_int, default=None)
+        q.add_argument("--renderer", choices=("auto", "opengl", "pytorch3d"), default=None)
+        q.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
+        q.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
+        q.add_argument("--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints")
+        q.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
+        q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        q.set_defaults(func=_cmd_generate)
+    t = sub.add_parser("train-generator", help="train the AttentionHand guidance module on prepared shards "
+                                               "(runs the train-generator flow locally)")  # fmt: skip
+    t.add_argument("--model", default=None, help="base Stable Diffusion 1.5 folder (diffusers layout)")
+    t.add_argument("--data", default=None, help="training shards written by hands prepare (folder or glob)")
+    t.add_argument("--out", default=None, help="output folder: checkpoints/, logs/, samples/, model/")
+    t.add_argument("--config", default=None, help="YAML file of training settings (command-line values override it)")
+    t.add_argument("--guidance-init", default=None, help="guidance module folder to start from (default: from the UNet)")
+    t.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 1000)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help="tuples per micro-batch and GPU (default 1)")
+    t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-5)")
+    t.add_argument("--tas-iterations", type=int, default=None, help="TAS updates per step (default 1; 0 = off)")
+    t.add_argument("--resolution", type=_positive_int, default=None, help="training image side (default 512)")
+    t.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--save-every", type=_positive_int, default=None, help="checkpoint every N steps (default 500)")
+    t.add_argument("--sample-every", type=int, default=None, help="sample grid every N steps (default 500; 0 = never)")
+    t.add_argument("--log-every", type=_positive_int, default=None, help="loss line every N steps (default 10)")
+    t.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.add_argument("--no-prefect", action="store_true", help="train directly instead of through the Prefect flow")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train_generator)
     mano = sub.add_parser("mano", help="hand model files: stand-in, conversion, pictures")
     msub = mano.add_subparsers(dest="mano_command", parser_class=_Parser, required=True)
     s = msub.add_parser("standin", help="write the procedural stand-in MANO_RIGHT.pkl / MANO_LEFT.pkl")
@@ -298,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from generators.attention_hand.convert import ConversionError
     from generators.attention_hand.models import AttentionHandLoadError
+    from generators.attention_hand.train import TrainError
     from pipeline.config import ConfigError
     from pipeline.hand_model import HandModelError
     from pipeline.schema import SchemaError
@@ -312,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
     except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, SourceError,
-            AttentionHandLoadError, ConversionError, FileNotFoundError,
+            AttentionHandLoadError, ConversionError, TrainError, FileNotFoundError,
             PermissionError, NotADirectoryError) as exc:
         print(f"hands: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Prefect flow ``generate-shards``: one task run per shard, then the index, manifest and preview.
+"""Prefect flows ``generate-shards`` and ``prepare-training-shards``: one task run per shard, then the index,
+manifest and preview.
 
 Parameters: the run config (as a dict; ``pipeline.config.RunConfig``), an optional shard range
 ``[first, stop)`` (workers of a scaled-out run each take a disjoint range; the run's manifest is written by the
@@ -27,6 +28,9 @@ def generate_shard(config: dict, shard: int) -> dict:
     report = run_shard(RunConfig(**config), shard)
     return {"name": report.name, "shard": report.shard, "count": report.count, "skipped": report.skipped,
             "sha256": report.sha256}  # fmt: skip
+
+
+prepare_shard = generate_shard.with_options(name="prepare-shard")
 
 
 def shard_ranges(num_shards: int, parts: int) -> list[tuple[int, int]]:
@@ -60,19 +64,11 @@ def _fan_out(cfg: RunConfig, fan_out: int, deployment: str, log) -> None:
                         raise RuntimeError(f"child run {rid} ended {state.type.value}; rerun with resume to finish")
 
 
-@flow(name="generate-shards", log_prints=False)
-def generate_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
-                    stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
-                    deployment: str = "generate-shards/adhoc") -> dict:  # fmt: skip
-    """Generate shards ``[first_shard, stop_shard)`` of the run described by ``preset`` (a YAML file, see
-    ``presets/``) updated with ``config``; when they complete the run, write ``index.parquet``,
-    ``manifest.json`` and ``preview.png``. With ``fan_out = N`` the shards are split into N disjoint ranges,
-    each run as a child flow run of ``deployment`` (so N workers share the run), then the run is finalised.
-    Returns a summary."""
-    from pipeline.config import load_config
-
+def _run(cfg: RunConfig, first_shard: int, stop_shard: int | None, resume: bool, fan_out: int, deployment: str,
+         task, flow_name: str) -> dict:  # fmt: skip
+    """Shards ``[first_shard, stop_shard)`` of ``cfg``, then index, manifest, preview and summary artifact when the
+    run is complete (the body shared by ``generate-shards`` and ``prepare-training-shards``)."""
     log = get_run_logger()
-    cfg = load_config(preset, **(config or {}))
     stop = cfg.num_shards if stop_shard is None else min(stop_shard, cfg.num_shards)
     if not 0 <= first_shard < stop:
         raise ValueError(f"empty shard range [{first_shard}, {stop}) for {cfg.num_shards} shards")
@@ -85,7 +81,7 @@ def generate_shards(config: dict | None = None, preset: str | None = None, first
     log.info("%d of %d shards to write (%s)", len(todo), stop - first_shard, cfg.out)
     # one shard after another in this process (the models and the GL context are not shared across threads);
     # parallelism comes from several workers taking disjoint shard ranges
-    reports = [generate_shard(cfg.model_dump(mode="json"), k) for k in todo]
+    reports = [task(cfg.model_dump(mode="json"), k) for k in todo]
     summary = {"shards": [first_shard, stop], "shards_written": len(reports),
                "samples_written": sum(r["count"] for r in reports),
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
@@ -103,11 +99,40 @@ def generate_shards(config: dict | None = None, preset: str | None = None, first
         except Exception as exc:  # a preview is a convenience; the shards are what matter
             log.warning("preview not written: %s", exc)
         rate = summary["samples_written"] / max(summary["seconds"], 1e-9)
+        skipped = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["skipped"].items()) or "none"
         create_markdown_artifact(
-            key="generate-shards-summary",
-            markdown=(f"# generate-shards\n\n- output: `{cfg.out}`\n- written: {manifest['counts']['written']}\n"
-                      f"- skipped: {manifest['counts']['skipped']}\n- samples/s (this run): {rate:.2f}\n"
+            key=f"{flow_name}-summary",
+            markdown=(f"# {flow_name}\n\n- output: `{cfg.out}`\n- written: {manifest['counts']['written']}\n"
+                      f"- skipped: {skipped}\n- samples/s (this run): {rate:.2f}\n"
                       f"- shards: {', '.join(s['name'] for s in manifest['shards'])}\n"),
-            description="generate-shards run summary",
+            description=f"{flow_name} run summary",
         )  # fmt: skip
     return summary
+
+
+@flow(name="generate-shards", log_prints=False)
+def generate_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
+                    stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
+                    deployment: str = "generate-shards/adhoc") -> dict:  # fmt: skip
+    """Generate shards ``[first_shard, stop_shard)`` of the run described by ``preset`` (a YAML file, see
+    ``presets/``) updated with ``config``; when they complete the run, write ``index.parquet``,
+    ``manifest.json`` and ``preview.png``. With ``fan_out = N`` the shards are split into N disjoint ranges,
+    each run as a child flow run of ``deployment`` (so N workers share the run), then the run is finalised.
+    Returns a summary."""
+    from pipeline.config import load_config
+
+    cfg = load_config(preset, **(config or {}))
+    return _run(cfg, first_shard, stop_shard, resume, fan_out, deployment, generate_shard, "generate-shards")
+
+
+@flow(name="prepare-training-shards", log_prints=False)
+def prepare_training_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
+                            stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
+                            deployment: str = "prepare-training-shards/adhoc") -> dict:  # fmt: skip
+    """Write AttentionHand training tuples (``mode: prepare``, see ``pipeline.config.RunConfig``) from a dataset
+    source: the real image letterboxed, its mesh images, crop, local crop, caption, hand tokens and label, as
+    WebDataset shards with index and manifest. Parameters as ``generate-shards``."""
+    from pipeline.config import load_config
+
+    cfg = load_config(preset, **{**(config or {}), "mode": "prepare"})
+    return _run(cfg, first_shard, stop_shard, resume, fan_out, deployment, prepare_shard, "prepare-training-shards")

@@ -64,7 +64,11 @@ class Stages:
 
             self.captioner = QwenVLCaptioner(config.captioner.split(":", 1)[1], device=device)
         self.tagger = HandTokenTagger()
-        if config.generator == "composite":
+        if config.mode == "prepare":
+            from generators.real import RealImageGenerator
+
+            self.generator = RealImageGenerator()
+        elif config.generator == "composite":
             from generators.composite import CompositeConfig, CompositeGenerator
 
             self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds))
@@ -87,12 +91,14 @@ class Stages:
 
     def draw(self, index: int, skips: Counter):
         """Sample ``index`` with hands posed and filters applied, or None (counted in ``skips``)."""
-        from pipeline.sources import SkipSample, apply_filters, pose_hands
+        from pipeline.sources import SkipSample, apply_filters, letterbox_sample, pose_hands
 
         t0 = time.perf_counter()
         t1 = None
         try:
             s = self.source.sample(index)
+            if self.config.mode == "prepare":  # training tuples: the real image, letterboxed, and its camera
+                letterbox_sample(s, self.config.image_size)
             t1 = time.perf_counter()
             s = pose_hands(s, self.hand_model)
             apply_filters(s, self.source.filters)
@@ -130,6 +136,9 @@ class Stages:
             if not (r.mask > 0).any():
                 skips["not_visible"] += 1
                 continue
+            if "letterbox" in s.source and not ((r.mask > 0) & self._valid_region(s)).any():
+                skips["no_overlap"] += 1  # the hands render only onto the letterbox padding
+                continue
             vis = [int(r.joints_visible[side].sum()) for side in SIDES if s.hands[side] is not None]
             if min(vis) < self.config.min_visible_joints:  # the visibility filter (per present hand)
                 skips["too_few_visible_joints"] += 1
@@ -149,6 +158,12 @@ class Stages:
         for s in kept:
             s.generator = {**s.generator, "prompt": s.caption_meta}
         return kept
+
+    @staticmethod
+    def _valid_region(s):
+        from pipeline.imaging import Letterbox
+
+        return Letterbox.from_json(s.source["letterbox"]).valid_region()
 
     def close(self) -> None:
         for obj in (self.renderer, self.captioner, self.generator):

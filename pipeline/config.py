@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -26,8 +26,14 @@ class HandModelConfig(_Frozen):
 
 
 class RunConfig(_Frozen):
-    """One generation run. ``out`` is where outputs go and is not part of the config hash."""
+    """One generation run. ``out`` is where outputs go and is not part of the config hash.
 
+    ``mode``: ``generate`` (synthetic images from the generator) or ``prepare`` (AttentionHand training tuples:
+    the dataset's real image letterboxed to ``image_size``, rendered in that image's camera; the generator
+    setting is not used). ``prepare`` needs a dataset source (interhand:ROOT or reinterhand:ROOT).
+    """
+
+    mode: Literal["generate", "prepare"] = "generate"
     out: Path = Path("out")
     samples: int = Field(64, ge=1)
     shard_size: int = Field(32, ge=1)
@@ -83,9 +89,18 @@ class RunConfig(_Frozen):
             raise ValueError(f"source must be prior, interhand:ROOT or reinterhand:ROOT, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _prepare_needs_images(self) -> RunConfig:
+        if self.mode == "prepare" and not self.source.startswith(("interhand:", "reinterhand:")):
+            raise ValueError(f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
+                             f"got {self.source!r}")  # fmt: skip
+        return self
+
     def config_sha256(self) -> str:
         """sha256 of the canonical JSON of everything but the output location."""
         d = self.model_dump(mode="json", exclude={"out"})
+        if d["mode"] == "generate":  # runs made before ``mode`` existed keep their hash (and run tag)
+            del d["mode"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def effective_run_tag(self) -> str:
@@ -93,8 +108,9 @@ class RunConfig(_Frozen):
         return self.run_tag or self.config_sha256()[:8]
 
 
-def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
-    """Read a YAML preset (optional) and apply ``overrides`` (None values ignored)."""
+def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -> BaseModel:
+    """An instance of the config model ``cls`` from a YAML file (optional) and ``overrides`` (None values
+    ignored); any problem is a ``ConfigError`` naming the field or the file."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -109,8 +125,13 @@ def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
         data.update(loaded or {})
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return RunConfig(**data)
+        return cls(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         raise ConfigError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from exc
+
+
+def load_config(path: str | Path | None = None, **overrides) -> RunConfig:
+    """Read a YAML preset (optional) and apply ``overrides`` (None values ignored)."""
+    return load_model(RunConfig, path, overrides)

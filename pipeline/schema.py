@@ -385,7 +385,8 @@ class Sample:
     hands[*].joints_3d, hand_model. By the renderer: hands[*].joints_2d/joints_visible/bbox, crop_box,
     mesh_image (H, W, 3) uint8, mesh_local (512, 512, 3) uint8, mask (H, W) uint8, depth (H, W) float32.
     By the captioner: caption, hand_token_indices, caption_meta. By the generator: image (H, W, 3) uint8,
-    generator (settings dict).
+    generator (settings dict). Training tuples (``mode: prepare``) also carry image_local (L, L, 3) uint8,
+    the real image's crop box resampled like mesh_local.
     """
 
     index: int
@@ -408,6 +409,7 @@ class Sample:
     hand_token_indices: tuple[int, ...] = ()
     caption_meta: dict = dataclasses.field(default_factory=dict)
     image: np.ndarray | None = None
+    image_local: np.ndarray | None = None
     generator: dict | None = None
 
     def to_label(self) -> Label:

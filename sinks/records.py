@@ -1,8 +1,9 @@
 """The one mapping between a ``Sample`` and the files of a WebDataset record (DESIGN section 3), both ways.
 
 Record files: ``image.jpg`` (quality 95; ``image.png`` when lossless), ``mesh.png``, ``mesh_local.png``,
-``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``. Encoding is deterministic:
-equal samples give byte-identical files.
+``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``; training tuples (``hands prepare``)
+add ``image_local.jpg`` (``.png`` when lossless), the real image's crop. Encoding is deterministic: equal samples
+give byte-identical files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipeline.schema import Label, Sample, SchemaError
 
 RECORD_FILES = ("label.json", "verts.npy", "mesh.png", "mesh_local.png", "mask.png")
 IMAGE_FILES = ("image.jpg", "image.png")
+LOCAL_IMAGE_FILES = ("image_local.jpg", "image_local.png")
 JPEG_QUALITY = 95
 
 
@@ -62,6 +64,9 @@ def encode_record(sample: Sample, lossless: bool = False) -> tuple[dict[str, byt
         "verts.npy": label.verts_bytes(),
         "label.json": label.label_bytes(),
     }
+    if sample.image_local is not None:
+        crop = _check_image("image_local", sample.image_local, local.shape[:2], 3)
+        files["image_local.png" if lossless else "image_local.jpg"] = _png(crop) if lossless else _jpg(crop)
     return files, label
 
 
@@ -75,7 +80,7 @@ def decode_record(files: dict) -> dict:
     """Record files (name -> bytes; names with or without a leading '.') -> decoded dict.
 
     Returns ``label`` (``Label``), ``image`` (H, W, 3) uint8, ``mesh`` (H, W, 3), ``mesh_local`` (L, L, 3),
-    ``mask`` (H, W) uint8. Raises ``SchemaError`` for a missing file or a label that breaks the schema
+    ``mask`` (H, W) uint8, and ``image_local`` (L, L, 3) for training tuples (absent otherwise). Raises ``SchemaError`` for a missing file or a label that breaks the schema
     (including a newer schema version).
     """
     f = {k.lstrip("."): v for k, v in files.items()}
@@ -84,13 +89,17 @@ def decode_record(files: dict) -> dict:
     if missing or image_name is None:
         raise SchemaError(f"record {f.get('__key__', '?')}: missing files {missing + ([] if image_name else ['image.jpg'])}")
     label = Label.from_bytes(f["label.json"], f["verts.npy"])
-    return {
+    out = {
         "label": label,
         "image": decode_image(f[image_name]),
         "mesh": decode_image(f["mesh.png"]),
         "mesh_local": decode_image(f["mesh_local.png"]),
         "mask": decode_image(f["mask.png"]),
     }
+    local_name = next((n for n in LOCAL_IMAGE_FILES if n in f), None)
+    if local_name is not None:
+        out["image_local"] = decode_image(f[local_name])
+    return out
 
 
 def index_row(label: Label, shard: str) -> dict:

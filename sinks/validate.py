@@ -142,6 +142,7 @@ def _check_record(dec: dict, report: ValidationReport, where: str) -> None:
         dec["image"].shape == (H, W, 3) and dec["mesh"].shape[:2] == (H, W) and dec["mask"].shape == (H, W)
         and dec["mesh_local"].ndim == 3 and dec["mesh_local"].shape[0] == dec["mesh_local"].shape[1]
         and set(np.unique(dec["mask"]).tolist()) <= {0, 1, 2}
+        and ("image_local" not in dec or dec["image_local"].shape == dec["mesh_local"].shape)
     )  # fmt: skip
     if not shapes_ok:
         report.fail("schema", f"{where}: image/mesh/mask shapes {dec['image'].shape}, {dec['mesh'].shape}, "

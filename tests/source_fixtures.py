@@ -129,3 +129,61 @@ def write_reinterhand(root: Path, hm) -> dict:
         (ego / "params" / f"{fr}.json").write_text(json.dumps(params))
         Image.new("RGB", (640, 480), (10, 10, 10)).save(ego / "images" / f"{fr}.png")
     return {"world": world, "cameras": cams}
+
+
+def write_interhand_photos(root: Path, hm, split: str = "train", missing=(), wrong_size=(), padding_only=None) -> dict:
+    """Tiny JPEG "photos" for the InterHand2.6M fixture: each valid image shows its hands (skin colour, the
+    rendered silhouette in that image's own camera) over a dark textured background, so a training tuple's
+    alignment can be checked against real pixels. Returns ``file_name -> (H, W) hand mask`` of the photos.
+
+    missing: file names left without a photo; wrong_size: file names whose photo is 300x512 instead of
+    334x512; padding_only: an (capture, camera) whose images become 100x512 with the camera moved so that,
+    letterboxed to a square, the hands fall on the black padding only.
+    """
+    from PIL import Image
+
+    from pipeline.sources import SkipSample, pose_hands
+    from pipeline.sources.interhand import InterHandSource
+    from renderers.base import RenderBatch, RenderItem, make_renderer
+
+    ann = root / "annotations" / split
+    if padding_only is not None:
+        cap, cam = (str(x) for x in padding_only)
+        cam_path, data_path = ann / f"InterHand2.6M_{split}_camera.json", ann / f"InterHand2.6M_{split}_data.json"
+        cams, data = json.loads(cam_path.read_text()), json.loads(data_path.read_text())
+        cams[cap]["focal"][cam] = [400.0, 400.0]
+        cams[cap]["princpt"][cam] = [-110.0, 255.0]  # hands centred 110 px left of a 100 px wide image
+        cam_path.write_text(json.dumps(cams))
+        for im in data["images"]:
+            if str(im["capture"]) == cap and str(im["camera"]) == cam:
+                im["width"] = 100
+        data_path.write_text(json.dumps(data))
+    src = InterHandSource(root, hm, split=split, cache_dir=root / "cache")
+    renderer = make_renderer("opengl")
+    masks = {}
+    rng = np.random.default_rng(11)
+    try:
+        for i in range(len(src)):
+            try:
+                s = pose_hands(src.sample(i), hm)
+            except SkipSample:
+                continue
+            name = s.source["file_name"]
+            path = root / "images" / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name in missing:
+                path.unlink(missing_ok=True)
+                continue
+            H, W = s.image_size
+            verts = {side: s.verts[j] for j, side in enumerate(("right", "left")) if s.hands[side] is not None}
+            joints = {side: s.hands[side].joints_3d for side in verts}
+            r = renderer.render(RenderBatch([RenderItem(verts, joints, s.camera.K, (H, W))], hm.faces))[0]
+            photo = (rng.integers(20, 60, size=(H, W, 3))).astype(np.uint8)
+            photo[r.mask > 0] = (225, 180, 150)
+            if name in wrong_size:
+                photo = photo[:, :300]
+            Image.fromarray(photo).save(path, quality=90)
+            masks[name] = r.mask > 0
+    finally:
+        renderer.close()
+    return masks

@@ -65,37 +65,58 @@ def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     return Path(out_dir)
 
 
-def load_pipeline(path: str | Path, guidance: str | Path | None = None, device: str = "auto",
-                  dtype: torch.dtype | None = None) -> AttentionHandPipeline:  # fmt: skip
-    """Load an AttentionHand pipeline (module doc). fp16 (bf16 where supported) on CUDA, float32 on CPU."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    path = Path(path)
-    if not path.is_dir():
-        raise AttentionHandLoadError(f"AttentionHand model folder not found: {path}")
+def _resolve(device: str, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.startswith("cuda") \
             else torch.float32  # fmt: skip
+    return device, dtype
+
+
+def load_base(path: str | Path, dtype: torch.dtype = torch.float32) -> dict:
+    """The frozen Stable Diffusion components of a model folder: ``vae``, ``text_encoder``, ``tokenizer``, ``unet``
+    (``dtype``) and ``scheduler`` (DDIM, from the folder's scheduler config)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AttentionHandLoadError(f"AttentionHand model folder not found: {path}")
     need = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     missing = [n for n in need if not (path / n).is_dir()]
     if missing:
         raise AttentionHandLoadError(f"{path} is not a Stable Diffusion / AttentionHand folder: missing {missing}")
-    g = Path(guidance) if guidance else path / "guidance"
+    try:
+        return {
+            "vae": AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype),
+            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype),
+            "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer", model_max_length=77),
+            "unet": UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype),
+            "scheduler": DDIMScheduler.from_pretrained(path / "scheduler"),
+        }
+    except (OSError, ValueError) as exc:
+        raise AttentionHandLoadError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_guidance(path: str | Path, dtype: torch.dtype = torch.float32):
+    """A guidance module (``ControlNetModel`` folder)."""
+    from diffusers import ControlNetModel
+
+    g = Path(path)
     if not g.is_dir():
         raise AttentionHandLoadError(f"no guidance module: {g} missing (give one with attentionhand:PATH,guidance=DIR)")
     try:
-        pipe = AttentionHandPipeline(
-            vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype),
-            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype),
-            tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer", model_max_length=77),
-            unet=UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype),
-            guidance=ControlNetModel.from_pretrained(g, torch_dtype=dtype),
-            scheduler=DDIMScheduler.from_pretrained(path / "scheduler"),
-        )
+        return ControlNetModel.from_pretrained(g, torch_dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise AttentionHandLoadError(f"cannot load the AttentionHand model in {path}: {str(exc).splitlines()[0]}") from exc
+        raise AttentionHandLoadError(f"cannot load the guidance module in {g}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_pipeline(path: str | Path, guidance: str | Path | None = None, device: str = "auto",
+                  dtype: torch.dtype | None = None) -> AttentionHandPipeline:  # fmt: skip
+    """Load an AttentionHand pipeline (module doc). fp16 (bf16 where supported) on CUDA, float32 on CPU."""
+    device, dtype = _resolve(device, dtype)
+    base = load_base(path, dtype)
+    pipe = AttentionHandPipeline(**base, guidance=load_guidance(guidance or Path(path) / "guidance", dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

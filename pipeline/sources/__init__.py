@@ -8,10 +8,18 @@ import numpy as np
 
 from pipeline.camera import project_points
 from pipeline.schema import SIDES, Sample
-from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError, apply_filters, pose_hands
+from pipeline.sources.base import (
+    FilterConfig,
+    PoseSource,
+    SkipSample,
+    SourceError,
+    apply_filters,
+    letterbox_sample,
+    pose_hands,
+)
 
-__all__ = ["FilterConfig", "PoseSource", "SkipSample", "SourceError", "apply_filters", "dump_record", "make_source",
-           "pose_hands"]  # fmt: skip
+__all__ = ["FilterConfig", "PoseSource", "SkipSample", "SourceError", "apply_filters", "dump_record",
+           "letterbox_sample", "make_source", "pose_hands"]  # fmt: skip
 
 
 def _options(parts: list[str], allowed: dict) -> dict:

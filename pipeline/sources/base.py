@@ -120,3 +120,32 @@ def apply_filters(sample: Sample, filters: FilterConfig) -> None:
         side = min(np.ptp(uv[inside, 0]), np.ptp(uv[inside, 1]))
         if side < filters.min_hand_px:
             raise SkipSample("too_small", f"{s} hand is {side:.0f} px")
+
+
+def letterbox_sample(sample: Sample, size: int) -> Sample:
+    """Replace the sample's image by its real source image letterboxed to ``size`` x ``size`` (never stretched)
+    and its camera by that image's camera (``pipeline.imaging.Letterbox``); ``source['letterbox']`` records how.
+
+    Skips (``SkipSample``): no source image, an unreadable file, or a file whose size differs from the
+    annotation's (the intrinsics would not match it).
+    """
+    from pipeline.imaging import Letterbox, load_rgb
+
+    src = sample.source_image
+    if src is None:
+        raise SkipSample("no_source_image", f"{sample.source.get('file_name', sample.key)}")
+    if isinstance(src, np.ndarray):
+        img = src
+    else:
+        try:
+            img = load_rgb(src)
+        except (OSError, ValueError) as exc:
+            raise SkipSample("unreadable_image", f"{src}: {exc}") from exc
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(sample.image_size):
+        raise SkipSample("image_size_mismatch", f"image is {img.shape}, the annotation says {tuple(sample.image_size)}")
+    lb = Letterbox.fit(img.shape[:2], size)
+    sample.source_image = lb.apply(img)
+    sample.camera = Camera(lb.intrinsics(sample.camera.K), sample.camera.dist)
+    sample.image_size = (size, size)
+    sample.source = {**sample.source, "letterbox": lb.to_json()}
+    return sample

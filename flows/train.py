@@ -1,0 +1,80 @@
+"""Prefect flow ``train-generator``: AttentionHand guidance-module training as one task run.
+
+The flow takes the training config (a dict; ``generators.attention_hand.train.TrainConfig``) or a YAML preset,
+runs the training task (tag ``gpu``; it resumes from the latest checkpoint in ``out`` when there is one, so a
+retried or re-run flow continues instead of starting over), and publishes a summary artifact (steps, final
+loss, checkpoint, exported model, latest sample grid). For several GPUs on one node, run
+``accelerate launch --num_processes N $(which hands) train-generator ... --no-prefect`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from generators.attention_hand.train import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry crashes and runtime failures, not setup errors (bad folders, incompatible checkpoints)."""
+    from generators.attention_hand.models import AttentionHandLoadError
+    from generators.attention_hand.train import TrainError
+
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, (TrainError, AttentionHandLoadError, FileNotFoundError))
+
+
+@task(name="train-guidance", retries=1, retry_delay_seconds=30, retry_condition_fn=_transient, tags=["gpu"])
+def train_task(config: dict, resume: bool = True) -> dict:
+    """Train (or continue) the run described by ``config``; returns the summary without the per-step losses."""
+    summary = train(TrainConfig(**config), resume=resume)
+    summary.pop("losses", None)
+    return summary
+
+
+@flow(name="train-generator", log_prints=False)
+def train_generator(config: dict | None = None, preset: str | None = None, resume: bool = True) -> dict:
+    """Train the AttentionHand guidance module on shards written by ``prepare-training-shards``; continue from
+    the latest checkpoint of ``out`` when ``resume`` (the default). Returns the summary."""
+    from generators.attention_hand.train import load_train_config
+
+    log = get_run_logger()
+    cfg = load_train_config(preset, **(config or {}))
+    log.info("training %s on %s for %d steps into %s", cfg.model, cfg.data, cfg.steps, cfg.out)
+    summary = train_task(cfg.model_dump(mode="json"), resume=resume)
+    grids = sorted((Path(cfg.out) / "samples").glob("step_*.png"))
+    create_markdown_artifact(
+        key="train-generator-summary",
+        markdown=(f"# train-generator\n\n- steps: {summary['steps']}\n- mean loss of the last steps: "
+                  f"{summary['final_loss']:.4f}\n- checkpoint: `{summary['checkpoint']}`\n"
+                  f"- model: `{summary.get('model')}`\n- latest sample grid: `{grids[-1] if grids else None}`\n"),
+        description="train-generator run summary",
+    )  # fmt: skip
+    return summary
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, prefect: bool = True, quiet: bool = False) -> dict:
+    """``hands train-generator``: the flow in-process (or the trainer directly), with a progress bar."""
+    import os
+
+    from tqdm import tqdm
+
+    from generators.attention_hand.train import TrainError, list_checkpoints
+
+    if not resume and list_checkpoints(Path(cfg.out) / "checkpoints"):
+        raise TrainError(f"{cfg.out} already holds checkpoints; pass --resume to continue or use a new --out")
+    for what, path in (("model", cfg.model), ("training data", cfg.data)):
+        if "*" not in path and not Path(path).exists():  # fail before any model loads or a flow starts
+            raise TrainError(f"{what} not found: {path}")
+    if not prefect:
+        with tqdm(total=cfg.steps, unit="step", desc="train", disable=quiet, dynamic_ncols=True) as bar:
+            done = list_checkpoints(Path(cfg.out) / "checkpoints")
+            bar.update(int(done[-1].name.split("_")[1]) if resume and done else 0)
+            return train(cfg, resume=resume, progress=bar.update)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return train_generator(cfg.model_dump(mode="json"), resume=resume)
