@@ -128,7 +128,7 @@ def generate_shards(config: dict | None = None, preset: str | None = None, first
 @flow(name="prepare-training-shards", log_prints=False)
 def prepare_training_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
                             stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
-                            deployment: str = "prepare-training-shards/adhoc") -> dict:  # fmt: skip
+                            deployment: str = "prepare-training-shards/default") -> dict:  # fmt: skip
     """Write AttentionHand training tuples (``mode: prepare``, see ``pipeline.config.RunConfig``) from a dataset
     source: the real image letterboxed, its mesh images, crop, local crop, caption, hand tokens and label, as
     WebDataset shards with index and manifest. Parameters as ``generate-shards``."""

@@ -86,6 +86,12 @@ def test_deployment_run_with_two_workers(prefect_server, tmp_path):
                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
     r = run("--no-prompt", "deploy", "--name", "adhoc", "--pool", "test-pool")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # the training deployments load (their flows import, their parameters validate) and register
+    for name in ("train-generator/default", "prepare-training-shards/default"):
+        r = run("--no-prompt", "deploy", "--name", name, "--pool", "test-pool")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        r = run("deployment", "inspect", name)
+        assert r.returncode == 0 and "test-pool" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     out = tmp_path / "out"
     config = {"out": str(out), "samples": 9, "shard_size": 3, "image_size": 128, "seed": 4, "run_tag": "srv"}
     r = run("deployment", "run", "generate-shards/adhoc", "--param", f"config={json.dumps(config)}",

@@ -131,3 +131,28 @@ def test_prepare_refuses_prior(tmp_path):
     r = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--source", "prior", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "needs a dataset source" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prepare_reinterhand_with_fisheye(tmp_path, hand_model):
+    """Re:InterHand: Mugsy photos (square) and egocentric fisheye photos (640x480, letterboxed to 512x384 + padding,
+    distortion kept); the records re-render exactly (hands validate)."""
+    from tests.source_fixtures import write_reinterhand
+
+    write_reinterhand(tmp_path / "rih", hand_model)
+    out = tmp_path / "prepared"
+    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"reinterhand:{tmp_path / 'rih'},ego=1", "--out",
+           str(out), "--samples", "12", "--shard-size", "12", "--no-prefect", "-q"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = _records(out)
+    assert recs
+    ego = [x for x in recs if x["label"].camera.dist is not None]
+    assert ego, [x["label"].source for x in recs]
+    for rec in ego:
+        lb = Letterbox.from_json(rec["label"].source["letterbox"])
+        assert lb.orig_size == (480, 640) and lb.new_size == (384, 512) and lb.offset == (0, 64)
+        assert len(rec["label"].camera.dist) == 4
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["written"] == len(recs) and m["counts"]["written"] + sum(m["counts"]["skipped"].values()) == 12
+    report = validate(out)
+    assert report.passed, report.errors

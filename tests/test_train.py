@@ -116,3 +116,20 @@ def test_train_generator_cli(data, tmp_path):
     bad = subprocess.run([*cmd[:6], "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "training data" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
+    """Same micro-step (same noise and timesteps), different local photo: only the local loss changes. (Noising
+    the local branch from the global latent, as the official code does, would leave the local loss unchanged.)"""
+    tr = Trainer(_cfg(data, tmp_path / "b", steps=1, tas_iterations=0), tiny_components(0))
+    items = [tr.data[0], tr.data[1]]
+    batch = {"pixels": torch.stack([x["pixels"] for x in items]), "mesh": torch.stack([x["mesh"] for x in items]),
+             "caption": [x["caption"] for x in items], "key": [x["key"] for x in items]}  # fmt: skip
+    a = tr.train_step(batch, micro_step=3)
+    other = dict(batch, pixels=batch["pixels"].clone())
+    other["pixels"][:, 1] = -other["pixels"][:, 1]  # a different local photo
+    b = tr.train_step(other, micro_step=3)
+    assert a["loss_global"] == b["loss_global"] and a["loss_local"] != b["loss_local"]
+    assert a["tas_loss"] is None
+    again = tr.train_step(batch, micro_step=3)
+    assert again == a  # a micro-step's randomness depends only on (seed, micro-step, rank)

@@ -273,9 +273,12 @@ class Trainer:
         elif guidance is None:  # conditioning encoder: downsamples images by the VAE's factor (8 for SD 1.5)
             levels = int(round(math.log2(2 ** (len(comps["vae"].config.block_out_channels) - 1)))) + 1
             guidance = ControlNetModel.from_unet(comps["unet"], conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels])
-        guidance = guidance.to(torch.float32)  # trainable master weights stay in float32
+        if guidance.dtype != torch.float32:
+            guidance = guidance.to(dtype=torch.float32)  # trainable master weights stay in float32
         for name in ("vae", "text_encoder", "unet"):
-            comps[name].requires_grad_(False).eval().to(acc.device, self.weight_dtype)
+            m = comps[name].requires_grad_(False).eval().to(acc.device)
+            if m.dtype != self.weight_dtype:
+                m.to(dtype=self.weight_dtype)
         noise_cfg = comps["scheduler"].config
         if noise_cfg.get("prediction_type", "epsilon") != "epsilon":
             raise TrainError(f"only epsilon-prediction models are supported, got {noise_cfg.get('prediction_type')}")
@@ -340,8 +343,9 @@ class Trainer:
         if cfg.tas_iterations:
             target_res = x0.shape[-1] // 4
             for _ in range(cfg.tas_iterations):
-                x_hat, loss_tas, _ = pipe.tas_step(x_hat.to(wd), t2, emb2, cond, 1.0, indices * 2, eot * 2,
-                                                   self.tas, cfg.tas_alpha, target_res)  # fmt: skip
+                with acc.autocast():  # float32 guidance outputs meet the half-precision UNet under autocast
+                    x_hat, loss_tas, _ = pipe.tas_step(x_hat.to(wd), t2, emb2, cond, 1.0, indices * 2, eot * 2,
+                                                       self.tas, cfg.tas_alpha, target_res)  # fmt: skip
                 tas_losses.append(float(loss_tas.float().mean()))
             x_hat = x_hat.float()
         # 5. the residual noise between X_0 and the updated latents
@@ -469,9 +473,10 @@ class Trainer:
             mesh = [(x["mesh"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for x in items]
             mesh_l = [(x["mesh"][1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for x in items]
             caps = [x["caption"] for x in items]
-            out = pipe(caps, np.stack(mesh), np.stack(mesh_l), [self.tagger.tag(c).hand_token_indices for c in caps],
-                       seeds=list(range(len(items))), height=cfg.resolution, width=cfg.resolution,
-                       num_inference_steps=cfg.sample_steps, progress=False)  # fmt: skip
+            with self.accelerator.autocast():
+                out = pipe(caps, np.stack(mesh), np.stack(mesh_l), [self.tagger.tag(c).hand_token_indices for c in caps],
+                           seeds=list(range(len(items))), height=cfg.resolution, width=cfg.resolution,
+                           num_inference_steps=cfg.sample_steps, progress=False)  # fmt: skip
         finally:
             g.train()
         rows = []
