@@ -212,7 +212,10 @@ class Renderer(abc.ABC):
             alb[HAND_ID[s]] = TINTS[s] if self.config.tint else GREY
         return alb
 
-    def _job(self, item: RenderItem, faces: dict, K: np.ndarray, size: tuple[int, int], normals: dict) -> RasterJob:
+    def _job(self, item: RenderItem, faces: dict, K: np.ndarray, size: tuple[int, int], normals: dict,
+             projected: dict | None = None) -> RasterJob:  # fmt: skip
+        """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions already
+        computed with this K (reused instead of projecting again)."""
         screens, views, norms, hands, tris = [], [], [], [], []
         offset = 0
         for s in SIDES:
@@ -220,7 +223,7 @@ class Renderer(abc.ABC):
             if v is None:
                 continue
             v = np.asarray(v, dtype=np.float64)
-            uv = project_points(v, K, item.dist)
+            uv = projected[s] if projected is not None else project_points(v, K, item.dist)
             f = np.asarray(faces[s], dtype=np.int64)
             keep = (v[f, 2] >= NEAR).all(axis=1)  # drop triangles touching the near plane (both backends)
             screens.append(np.concatenate([np.nan_to_num(uv), v[:, 2:3]], axis=1))
@@ -249,13 +252,13 @@ class Renderer(abc.ABC):
                 raise ValueError("a render item needs at least one hand")
             H, W = (int(x) for x in item.image_size)
             normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
-            j2d, amodal, clipped = {}, {}, {}
+            j2d, amodal, clipped, uv_v = {}, {}, {}, {}
             for s in SIDES:
                 if s not in present:
                     j2d[s] = amodal[s] = clipped[s] = None
                     continue
-                uv_v = project_points(item.verts[s], item.K, item.dist)
-                amodal[s] = _box(uv_v)
+                uv_v[s] = project_points(np.asarray(item.verts[s], dtype=np.float64), item.K, item.dist)
+                amodal[s] = _box(uv_v[s])
                 b = amodal[s].copy()
                 if np.isfinite(b).all():
                     b[[0, 2]] = np.clip(b[[0, 2]], 0, W - 1)
@@ -264,7 +267,7 @@ class Renderer(abc.ABC):
                 j2d[s] = project_points(item.joints[s], item.K, item.dist)
             crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
             K_local = crop_intrinsics(item.K, crop, cfg.local_size)
-            jobs.append(self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals))
+            jobs.append(self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals, uv_v))
             jobs.append(self._job(item, batch.faces, K_local, (cfg.local_size, cfg.local_size), normals))
             metas.append((item, present, j2d, clipped, crop))
         outs = self.rasterize(jobs)

@@ -156,3 +156,23 @@ def test_prepare_reinterhand_with_fisheye(tmp_path, hand_model):
     assert m["counts"]["written"] == len(recs) and m["counts"]["written"] + sum(m["counts"]["skipped"].values()) == 12
     report = validate(out)
     assert report.passed, report.errors
+
+
+def test_prepare_captions_the_photo_with_qwen_vl(prepared, tmp_path):
+    """--captioner qwen-vl:PATH sees each tuple's letterboxed photo (never the 'no source image' fallback)."""
+    from tests.qwen_tiny import save_tiny_qwen2vl
+
+    root = prepared[0]
+    qwen = save_tiny_qwen2vl(tmp_path / "qwen")
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"interhand:{root}", "--out", str(out),
+           "--samples", "6", "--captioner", f"qwen-vl:{qwen}", "--no-prefect", "-q"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = _records(out)
+    assert recs
+    for rec in recs:
+        prompt = rec["label"].generator["prompt"]
+        assert prompt.get("fallback") != "no source image"
+        assert prompt["captioner"] == "qwen-vl" or prompt.get("fallback") == "empty answer", prompt
+        assert rec["label"].caption

@@ -270,8 +270,9 @@ class Trainer:
         guidance = comps.pop("guidance", None)
         if cfg.guidance_init:
             guidance = load_guidance(cfg.guidance_init)
-        elif guidance is None:  # conditioning encoder: downsamples images by the VAE's factor (8 for SD 1.5)
-            levels = int(round(math.log2(2 ** (len(comps["vae"].config.block_out_channels) - 1)))) + 1
+        elif guidance is None:
+            # the conditioning encoder downsamples by 2 ** (levels - 1): the VAE's factor (8 for SD 1.5's 4 levels)
+            levels = len(comps["vae"].config.block_out_channels)
             guidance = ControlNetModel.from_unet(comps["unet"], conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels])
         if guidance.dtype != torch.float32:
             guidance = guidance.to(dtype=torch.float32)  # trainable master weights stay in float32
