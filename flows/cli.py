@@ -201,6 +201,8 @@ def _cmd_attentionhand_convert(args) -> int:
 
 
 def _cmd_train_generator(args) -> int:
+    import os
+
     from flows.train import run_training
     from generators.attention_hand.train import load_train_config
 
@@ -212,6 +214,8 @@ def _cmd_train_generator(args) -> int:
                  "device": args.device}  # fmt: skip
     cfg = load_train_config(args.config, **overrides)
     summary = run_training(cfg, resume=args.resume, prefect=not args.no_prefect, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")):  # one summary for a multi-process run (accelerate launch, torchrun)
+        return 0
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; mean loss of the last steps "
           f"{summary['final_loss']:.4f}")  # fmt: skip
     print(f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}")

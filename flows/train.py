@@ -4,7 +4,7 @@ The flow takes the training config (a dict; ``generators.attention_hand.train.Tr
 runs the training task (tag ``gpu``; it resumes from the latest checkpoint in ``out`` when there is one, so a
 retried or re-run flow continues instead of starting over), and publishes a summary artifact (steps, final
 loss, checkpoint, exported model, latest sample grid). For several GPUs on one node, run
-``accelerate launch --num_processes N $(which hands) train-generator ... --no-prefect`` instead.
+``accelerate launch --multi_gpu --num_processes N -m flows.cli train-generator ... --no-prefect`` instead.
 """
 
 from __future__ import annotations

@@ -133,3 +133,21 @@ def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
     assert a["tas_loss"] is None
     again = tr.train_step(batch, micro_step=3)
     assert again == a  # a micro-step's randomness depends only on (seed, micro-step, rank)
+
+
+def test_two_processes_share_the_run(data, tmp_path):
+    """Two processes (torchrun, gloo on CPU; what accelerate launch does on GPUs): one checkpoint with both RNG
+    states, one summary, and the logged loss is the mean over both processes."""
+    model = save_tiny(tmp_path / "tiny")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "flows.cli",
+           "train-generator", "--model", str(model), "--data", str(data), "--out", str(out), "--steps", "2",
+           "--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--sample-every", "0", "--log-every", "1",
+           "--device", "cpu", "--no-prefect", "-q"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("trained 2 steps") == 1
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert json.loads((ckpt / "trainer_state.json").read_text())["num_processes"] == 2
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert len((out / "logs" / "loss.jsonl").read_text().splitlines()) == 2

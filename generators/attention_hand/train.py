@@ -17,7 +17,7 @@ One step, for a batch of B tuples (``train_step``):
 
 Only the guidance module trains (initialised with ``ControlNetModel.from_unet``: a copy of the UNet encoder
 with zero convolutions). AdamW, gradient accumulation, mixed precision and gradient checkpointing on CUDA,
-several GPUs through ``accelerate launch``.
+several processes / GPUs through ``accelerate launch`` or ``torchrun`` (each process draws its own micro-batches).
 
 Determinism: the data order and every random draw of micro-step m depend only on (seed, m, process rank),
 so a run resumed from a checkpoint (weights, optimiser, LR schedule, RNG states, step) continues exactly as
@@ -394,9 +394,13 @@ class Trainer:
             if not acc.sync_gradients:
                 continue
             self.global_step += 1
-            rec = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "loss_global", "loss_local")}
             tas = [w["tas_loss"] for w in window if w["tas_loss"] is not None]
-            rec["tas_loss"] = float(np.mean(tas)) if tas else None
+            vals = [float(np.mean([w[k] for w in window])) for k in ("loss", "loss_global", "loss_local")]
+            vals.append(float(np.mean(tas)) if tas else math.nan)
+            if acc.num_processes > 1:  # the step's loss over all processes' micro-batches
+                vals = acc.reduce(torch.tensor(vals, device=acc.device), "mean").tolist()
+            rec = dict(zip(("loss", "loss_global", "loss_local"), vals[:3], strict=True))
+            rec["tas_loss"] = None if math.isnan(vals[3]) else vals[3]
             window = []
             losses.append(rec["loss"])
             step = self.global_step
