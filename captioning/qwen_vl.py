@@ -41,10 +41,9 @@ def _load_image(src) -> np.ndarray:
             raise ValueError(f"source image must be (H, W, 3) uint8, got {src.dtype} {src.shape}")
         img = src[..., :3]
     else:
-        from PIL import Image
+        from pipeline.imaging import load_rgb
 
-        with Image.open(src) as im:
-            img = np.asarray(im.convert("RGB"))
+        img = load_rgb(src)
     return img if img.flags.writeable else img.copy()  # torch wants writable arrays
 
 

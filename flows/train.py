@@ -64,16 +64,11 @@ def run_training(cfg: TrainConfig, resume: bool = False, prefect: bool = True, q
 
     from tqdm import tqdm
 
-    from generators.attention_hand.train import TrainError, list_checkpoints
+    from generators.attention_hand.train import preflight
 
-    if not resume and list_checkpoints(Path(cfg.out) / "checkpoints"):
-        raise TrainError(f"{cfg.out} already holds checkpoints; pass --resume to continue or use a new --out")
-    for what, path in (("model", cfg.model), ("training data", cfg.data)):
-        if "*" not in path and not Path(path).exists():  # fail before any model loads or a flow starts
-            raise TrainError(f"{what} not found: {path}")
+    done = preflight(cfg, resume)  # fail before any model loads or a flow starts
     if not prefect:
         with tqdm(total=cfg.steps, unit="step", desc="train", disable=quiet, dynamic_ncols=True) as bar:
-            done = list_checkpoints(Path(cfg.out) / "checkpoints")
             bar.update(int(done[-1].name.split("_")[1]) if resume and done else 0)
             return train(cfg, resume=resume, progress=bar.update)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

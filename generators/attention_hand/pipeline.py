@@ -185,13 +185,16 @@ class AttentionHandPipeline(DiffusionPipeline):
             raise ValueError(f"height and width must be multiples of {m}, got {height}x{width}")
         return list(prompt)
 
-    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")  # fmt: skip
-        ids = tok.input_ids.to(self.device)
-        cond = self.text_encoder(ids)[0]
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """CLIP input ids (B, 77) int64 on CPU, padded and truncated, and the position of ``<eot>`` per prompt."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
         eos = self.tokenizer.eos_token_id
-        eot = [int((row == eos).nonzero()[0]) if (row == eos).any() else len(row) - 1 for row in tok.input_ids]
+        return ids, [int((row == eos).nonzero()[0]) if (row == eos).any() else len(row) - 1 for row in ids]
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        ids, eot = self.tokenize(prompts)
+        cond = self.text_encoder(ids.to(self.device))[0]
         empty = self.tokenizer([""] * len(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                                return_tensors="pt").input_ids.to(self.device)  # fmt: skip
         uncond = self.text_encoder(empty)[0]

@@ -172,10 +172,14 @@ class TrainingTuples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read(self, shard: int, span: tuple[int, int]) -> bytes:
+    def _read(self, shard: int, files: dict[str, tuple[int, int]], names: list[str]) -> list[bytes]:
+        """The bytes of the record members ``names`` (one open of the shard)."""
+        out = []
         with open(self.shards[shard], "rb") as f:
-            f.seek(span[0])
-            return f.read(span[1])
+            for n in names:
+                f.seek(files[n][0])
+                out.append(f.read(files[n][1]))
+        return out
 
     def _image(self, data: bytes, resample) -> np.ndarray:
         import io
@@ -188,11 +192,12 @@ class TrainingTuples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         shard, files = self.items[i]
-        label = json.loads(self._read(shard, files["label.json"]))
         name = next(n for n in ("image.jpg", "image.png") if n in files)
         local = next(n for n in ("image_local.jpg", "image_local.png") if n in files)
-        rgb = [self._image(self._read(shard, files[n]), Image.Resampling.BICUBIC) for n in (name, local)]
-        mesh = [self._image(self._read(shard, files[n]), Image.Resampling.BILINEAR) for n in ("mesh.png", "mesh_local.png")]
+        label, img, img_l, mesh_g, mesh_l = self._read(shard, files, ["label.json", name, local, "mesh.png", "mesh_local.png"])
+        label = json.loads(label)
+        rgb = [self._image(b, Image.Resampling.BICUBIC) for b in (img, img_l)]
+        mesh = [self._image(b, Image.Resampling.BILINEAR) for b in (mesh_g, mesh_l)]
         pixels = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return {"pixels": pixels, "mesh": torch.from_numpy(np.stack(mesh)).permute(0, 3, 1, 2).float() / 255.0,
                 "caption": label["caption"], "key": label["key"]}  # fmt: skip
@@ -306,13 +311,10 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, list[list[int]], list[int]]:
-        tok = self.pipe.tokenizer(captions, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt")  # fmt: skip
-        eos = self.pipe.tokenizer.eos_token_id
-        eot = [int((row == eos).nonzero()[0]) if (row == eos).any() else len(row) - 1 for row in tok.input_ids]
+        ids, eot = self.pipe.tokenize(captions)
         indices = [list(self.tagger.tag(c).hand_token_indices) for c in captions]
         with torch.no_grad():
-            emb = self.pipe.text_encoder(tok.input_ids.to(self.accelerator.device))[0]
+            emb = self.pipe.text_encoder(ids.to(self.accelerator.device))[0]
         return emb, indices, eot
 
     def train_step(self, batch: dict, micro_step: int) -> dict:
@@ -528,15 +530,26 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def preflight(config: TrainConfig, resume: bool, check_model: bool = True) -> list[Path]:
+    """Check a run can start before any model loads: ``out`` holds no checkpoints unless resuming, and the model
+    folder (when ``check_model``) and the training data exist. Returns the complete checkpoints, oldest first."""
+    ckpts = list_checkpoints(Path(config.out) / "checkpoints")
+    if not resume and ckpts:
+        raise TrainError(f"{config.out} already holds checkpoints; pass --resume (resume: true) to continue or use a "
+                         "new out folder")  # fmt: skip
+    for what, path in (("model", config.model if check_model else None), ("training data", config.data)):
+        if path is not None and "*" not in path and not Path(path).exists():
+            raise TrainError(f"{what} not found: {path}")
+    return ckpts
+
+
 def train(config: TrainConfig, resume: bool = False, components: dict | None = None,
           progress: Callable[[int], None] | None = None, export: bool = True) -> dict:  # fmt: skip
     """Run (or, with ``resume``, continue from the latest checkpoint in ``config.out``) a training run; export
     the model to ``out/model`` at the end. Returns a summary: steps, the losses of this call's steps, seconds,
     checkpoint and model paths."""
     out = Path(config.out)
-    ckpts = list_checkpoints(out / "checkpoints")
-    if not resume and ckpts:
-        raise TrainError(f"{out} already holds checkpoints; pass resume to continue or use a new out folder")
+    ckpts = preflight(config, resume, check_model=components is None)
     trainer = Trainer(config, components)
     if resume and ckpts:
         trainer.load_checkpoint(ckpts[-1])
