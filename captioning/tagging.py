@@ -237,8 +237,12 @@ class HandTokenTagger:
         backend = getattr(self.tokenizer, "_tokenizer", None)
         if backend is not None:  # the Rust tokenizer directly: same ids, no wrapper overhead
             enc = backend.encode(text)
-            if len(enc.ids) <= CLIP_MAX_TOKENS:
+            if len(enc.ids) < CLIP_MAX_TOKENS:
                 return enc.ids, enc.offsets, enc.tokens
+            # a padded batch call on the same (shared) tokenizer leaves padding to 77 enabled on its backend
+            keep = [i for i, m in enumerate(enc.attention_mask) if m]
+            if len(keep) <= CLIP_MAX_TOKENS:
+                return [enc.ids[i] for i in keep], [enc.offsets[i] for i in keep], [enc.tokens[i] for i in keep]
         enc = self.tokenizer(text, truncation=True, max_length=CLIP_MAX_TOKENS, return_offsets_mapping=True)
         ids = enc["input_ids"]
         return ids, enc["offset_mapping"], self.tokenizer.convert_ids_to_tokens(ids)

@@ -29,6 +29,19 @@ def test_real_clip_vocabulary_known_ids(tagger):
     assert r.tokens[0] == "<|startoftext|>" and r.tokens[-1] == "<|endoftext|>"
 
 
+def test_tagging_ignores_padding_left_on_a_shared_tokenizer():
+    """The diffusion pipeline pads batches to 77 with the same tokenizer object the tagger uses; that leaves
+    padding enabled on the fast backend, and tagging must not pick it up."""
+    from captioning.tagging import HandTokenTagger, clip_tokenizer
+
+    tok = clip_tokenizer()
+    tagger = HandTokenTagger(tokenizer=tok)
+    before = tagger.tag("a man holding a cup")
+    tok(["a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    after = tagger.tag("a man holding a cup")
+    assert after == before and len(after.input_ids) == 7 and after.input_ids[-1] == 49407
+
+
 def test_multi_token_words_map_to_all_their_tokens(tagger):
     r = tagger.tag("A woman gesticulating with her thumbs in a park.")
     assert [r.tokens[i] for i in r.hand_token_indices] == ["ge", "stic", "ul", "ating</w>", "thumbs</w>"]
