@@ -21,6 +21,7 @@ import numpy as np
 
 from captioning.base import Caption, Captioner
 from captioning.postprocess import clean_caption
+from pipeline.errors import HandgenError, one_line
 from pipeline.schema import Sample
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _MANUAL_TEMPLATE = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end
                     "<|im_start|>assistant\n")  # fmt: skip
 
 
-class QwenVLError(RuntimeError):
+class QwenVLError(HandgenError, RuntimeError):
     """A model folder that cannot be used; the message names the folder and the problem."""
 
 
@@ -68,9 +69,14 @@ class QwenVLCaptioner(Captioner):
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2VLVideoProcessor
 
         path = Path(path)
+        if not path.is_dir():
+            raise QwenVLError(f"Qwen-VL model folder not found: {path}")
         if not (path / "config.json").is_file():
             raise QwenVLError(f"no Qwen-VL model in {path} (config.json missing)")
-        cfg = AutoConfig.from_pretrained(path)
+        try:
+            cfg = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:  # a broken or foreign config.json
+            raise QwenVLError(f"cannot read {path / 'config.json'}: {one_line(exc)}") from exc
         classes = {
             "qwen2_vl": (transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLProcessor),
             "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLProcessor),
@@ -85,8 +91,11 @@ class QwenVLCaptioner(Captioner):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.float32
-        self.model = model_cls.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            self.model = model_cls.from_pretrained(path, dtype=dtype).to(self.device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:  # missing or damaged weights / tokenizer files
+            raise QwenVLError(f"cannot load the Qwen-VL model in {path}: {one_line(exc)}") from exc
         tokenizer.padding_side = "left"
         self.processor = proc_cls(
             image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer,

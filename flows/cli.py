@@ -10,10 +10,12 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.errors import HandgenError, one_line
+
 logger = logging.getLogger("hands")
 
 
-class UsageError(Exception):
+class UsageError(HandgenError):
     """Bad command-line arguments or inputs: reported as one line, exit code 2."""
 
 
@@ -44,12 +46,12 @@ def _cmd_mano_convert(args) -> int:
 def _cmd_mano_show(args) -> int:
     from pipeline.hand_model import HandModel
     from renderers.quicklook import gesture_sheet
+    from sinks.preview import check_image_name, save_image
 
+    check_image_name(args.out)  # a bad name fails before the hand model is rendered
     model = HandModel(args.mano_dir)
     sheet = gesture_sheet(model, side=args.side, tile=args.tile)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    out = save_image(sheet, args.out)
     print(f"wrote {out} ({model.info.name} hand model, sha256 {model.info.sha256[:12]})")
     return 0
 
@@ -71,7 +73,7 @@ def _cmd_validate(args) -> int:
 def _cmd_preview(args) -> int:
     from sinks.preview import preview
 
-    n = preview(args.dir, args.out, n=args.n, tile=args.tile)
+    n = preview(args.dir, args.out, n=args.n, tile=args.tile)  # one-line HandgenErrors for bad names/folders
     print(f"wrote {args.out} ({n} records)")
     return 0
 
@@ -131,56 +133,50 @@ def _cmd_generate(args) -> int:
     # Prefect's temporary local API migrates a fresh database first: allow for a slow, busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-    from tqdm import tqdm
-
     from flows import stages
     from pipeline.config import load_config
+    from sinks.run import RunFolder
 
     prepare = args.command == "prepare"
-    overrides = {"mode": "prepare" if prepare else None, "out": args.out, "samples": args.samples, "shard_size": args.shard_size, "source": args.source,
-                 "captioner": args.captioner, "generator": getattr(args, "generator", None), "seed": args.seed, "device": args.device,
+    overrides = {"mode": "prepare" if prepare else None, "out": args.out, "samples": args.samples,
+                 "shard_size": args.shard_size, "source": args.source, "captioner": args.captioner,
+                 "generator": getattr(args, "generator", None), "seed": args.seed, "device": args.device,
                  "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
                  "run_tag": args.run_tag, "backgrounds": getattr(args, "backgrounds", None),
-                 "min_visible_joints": args.min_visible_joints,
+                 "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir,
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
-    bar = tqdm(total=cfg.samples, unit="sample", desc=args.command, disable=args.quiet, dynamic_ncols=True)
-    stages.set_progress(bar.update)
-    t0 = time.perf_counter()
-    try:
-        if args.no_prefect:
-            out = stages.output_for(cfg)
-            out.prepare(resume=args.resume)
-            for k in range(cfg.num_shards):
-                if out.is_complete(k):
-                    bar.update(len(cfg.shard_indices(k)))
-                    continue
-                stages.run_shard(cfg, k)
-            manifest = stages.finalize(cfg)
-            if manifest["counts"]["written"]:
-                from sinks.preview import preview
+    folder = RunFolder(cfg)
+    state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
+    if state == "finished":
+        print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
+        return 0
+    from flows.workers import LocalWorkers
 
-                preview(str(cfg.out), str(cfg.out / "preview.png"), n=16)
-            else:
-                logger.warning("every sample was skipped: no preview")
+    t0 = time.perf_counter()
+    with LocalWorkers(cfg, args.workers - 1) as workers, stages.progress_bar(cfg, args.command, args.quiet, workers):
+        if args.no_prefect:
+            stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
+            manifest = stages.finalize(cfg, folder)
+            try:
+                stages.write_preview(cfg, manifest)
+            except HandgenError as exc:  # the shards are complete: a preview failure does not fail the run
+                logger.warning("preview not written: %s", exc.one_line())
         else:
             import json
 
             from flows.generate import generate_shards, prepare_training_shards
 
             run_flow = prepare_training_shards if prepare else generate_shards
-            run_flow(cfg.model_dump(mode="json"), resume=args.resume)
-            manifest = json.loads((cfg.out / "manifest.json").read_text())
-    finally:
-        stages.set_progress(None)
-        bar.close()
+            run_flow(cfg.model_dump(mode="json"), resume=True)
+            manifest = json.loads(folder.store.read_bytes("manifest.json"))
     dt = time.perf_counter() - t0
     counts = manifest["counts"]
     print(f"wrote {counts['written']} samples in {len(manifest['shards'])} shards to {cfg.out} "
-          f"({counts['written'] / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")
+          f"({counts['written'] / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")  # fmt: skip
     if counts["skipped"]:
         print("skipped: " + ", ".join(f"{k} {v}" for k, v in counts["skipped"].items()))
-    print(f"manifest: {cfg.out / 'manifest.json'}  index: {cfg.out / 'index.parquet'}  preview: {cfg.out / 'preview.png'}")
+    print(f"manifest: {cfg.out}/manifest.json  index: {cfg.out}/index.parquet  preview: {cfg.out}/preview.png")
     return 0
 
 
@@ -232,9 +228,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"hands (handgen) {version('handgen')}"
+    except PackageNotFoundError:
+        return "hands (handgen) unknown version"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hands", description="Synthetic 3D hand dataset generation (AttentionHand pipeline).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=_version(), help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     g = sub.add_parser("generate", help="generate WebDataset shards (runs the generate-shards flow locally)")
@@ -264,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
         q.add_argument("--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints")
         q.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
+        q.add_argument("--workers", type=_positive_int, default=1,
+                       help="local worker processes sharing the run (default 1)")  # fmt: skip
+        q.add_argument("--cache-dir", default=None,
+                       help="where dataset indexes are cached (default: the user cache folder)")  # fmt: skip
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         q.set_defaults(func=_cmd_generate)
     t = sub.add_parser("train-generator", help="train the AttentionHand guidance module on prepared shards "
@@ -302,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh = msub.add_parser("show", help="render the hand model in four gestures (open, fist, point, pinch)")
     sh.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
     sh.add_argument("--side", choices=("right", "left"), default="right")
-    sh.add_argument("--tile", type=int, default=320, help="tile size in pixels")
-    sh.add_argument("--out", required=True, help="output PNG")
+    sh.add_argument("--tile", type=_positive_int, default=320, help="tile size in pixels")
+    sh.add_argument("--out", required=True, help="output image (.png or .jpg; a path or fsspec URL)")
     sh.set_defaults(func=_cmd_mano_show)
     so = sub.add_parser("sources", help="pose sources: dump samples, inspect counts")
     sosub = so.add_subparsers(dest="sources_command", parser_class=_Parser, required=True)
@@ -313,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("source", help="prior | prior:NAMES | interhand:ROOT[,split=S] | reinterhand:ROOT")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
-        sp.add_argument("--cache-dir", default=None, help="where dataset indexes are cached")
+        sp.add_argument(
+            "--cache-dir",
+            default=None,
+            help="where dataset indexes are cached (default: sources/ in $HANDGEN_CACHE or ~/.cache/handgen)",
+        )
         if name == "dump":
             sp.add_argument("--out", required=True, help="output .jsonl")
             sp.add_argument("--limit", type=_positive_int, default=100, help="number of sample indices")
@@ -344,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
     pv = sub.add_parser("preview", help="contact sheet: image + skeleton, mesh image, local image, caption")
     pv.add_argument("dir", help="output folder of a run")
-    pv.add_argument("--out", required=True, help="output PNG")
+    pv.add_argument("--out", required=True, help="output image (.png or .jpg; a path or fsspec URL)")
     pv.add_argument("--n", type=_positive_int, default=16, help="number of records")
     pv.add_argument("--tile", type=_positive_int, default=256, help="tile size in pixels")
     pv.set_defaults(func=_cmd_preview)
@@ -352,31 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from generators.attention_hand.convert import ConversionError
-    from generators.attention_hand.models import AttentionHandLoadError
-    from generators.attention_hand.train import TrainError
-    from pipeline.config import ConfigError
-    from pipeline.hand_model import HandModelError
-    from pipeline.schema import SchemaError
-    from pipeline.sources import SourceError
-    from renderers.base import RendererError
-    from sinks.reader import ShardReadError
-
+    """Run the command line; every user-caused error (``HandgenError``) is one stderr line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args = build_parser().parse_args(argv)
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, HandModelError, SchemaError, RendererError, ShardReadError, SourceError,
-            AttentionHandLoadError, ConversionError, TrainError, FileNotFoundError,
-            PermissionError, NotADirectoryError) as exc:
-        print(f"hands: error: {exc}", file=sys.stderr)
+    except HandgenError as exc:
+        print(f"hands: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
+        msg = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else one_line(exc)
+        print(f"hands: error: {msg}", file=sys.stderr)
         return 2
-    except OSError as exc:  # full disk, unwritable folder, ... (StoreError carries its own one-line message)
-        msg = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
-        print(f"hands: error: {msg.splitlines()[0] if msg else type(exc).__name__}", file=sys.stderr)
+    except OSError as exc:  # full disk, unwritable folder, ...
+        msg = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else one_line(exc)
+        print(f"hands: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hands: interrupted; continue with --resume", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

@@ -9,6 +9,7 @@ with indices in ``config.shard_indices(k)`` go through sample -> hand model -> r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -16,11 +17,51 @@ from collections.abc import Callable
 
 from pipeline.config import RunConfig
 from pipeline.schema import SIDES, SchemaError
+from sinks.run import RunFolder, wait_for
 from sinks.webdataset_sink import ShardedOutput, ShardReport
 
 logger = logging.getLogger(__name__)
 _STAGES: dict[str, Stages] = {}
 _PROGRESS: list = []  # callbacks (samples done) of a local progress bar, set by the command line
+
+
+@contextlib.contextmanager
+def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
+    """A tqdm bar over the run's samples for the ``with`` block, fed by this process's shards and, when
+    given, the local ``workers``' counts (``flows.workers.LocalWorkers``)."""
+    import threading
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.samples, unit="sample", desc=desc, disable=quiet, dynamic_ncols=True)
+    lock = threading.Lock()
+    stop = threading.Event()
+    seen = [0]
+
+    def update(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            now = workers.done()
+            if now > seen[0]:
+                update(now - seen[0])
+                seen[0] = now
+
+    set_progress(update)
+    thread = None
+    if workers is not None and workers.extra:
+        thread = threading.Thread(target=poll, name="progress", daemon=True)
+        thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        set_progress(None)
+        bar.close()
 
 
 def set_progress(callback: Callable[[int], None] | None) -> None:
@@ -43,6 +84,7 @@ class Stages:
 
         self.config = config
         self.timings: Counter = Counter()  # seconds spent per stage in this process
+        self._run_info: dict | None = None
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,6 +130,18 @@ class Stages:
         import dataclasses
 
         return {"name": self.renderer.name, **dataclasses.asdict(self.render_config)}
+
+    def run_info(self) -> dict:
+        """What a shard report records about the stages that wrote it (the manifest takes it from there)."""
+        if self._run_info is None:
+            g = self.generator
+            self._run_info = {
+                "renderer": self.renderer_record(),
+                "hand_model": self.hand_model.info.to_json(),
+                "source": self.source.inspect(),
+                "generator": {"name": g.name, "version": g.version, "weights_id": getattr(g, "weights_id", None)},
+            }
+        return self._run_info
 
     def draw(self, index: int, skips: Counter):
         """Sample ``index`` with hands posed and filters applied, or None (counted in ``skips``)."""
@@ -179,44 +233,97 @@ def stages_for(config: RunConfig) -> Stages:
 
 
 def output_for(config: RunConfig) -> ShardedOutput:
-    return ShardedOutput(str(config.out), prefix=config.shard_prefix, lossless=config.lossless)
+    return ShardedOutput(config.out, prefix=config.shard_prefix, lossless=config.lossless)
 
 
-def run_shard(config: RunConfig, k: int, progress: Callable[[int], None] | None = None) -> ShardReport:
-    """Write shard ``k`` (idempotent: a complete shard is returned as it is; a partial one is rewritten)."""
-    output = output_for(config)
-    if output.is_complete(k):
-        return output.report(k)
-    stages = stages_for(config)
-    skips: Counter = Counter()
-    t0 = time.perf_counter()
-    with output.shard(k) as writer:
-        indices = list(config.shard_indices(k))
-        for i in range(0, len(indices), config.batch_size):
-            chunk = indices[i : i + config.batch_size]
-            batch = [s for s in (stages.draw(j, skips) for j in chunk) if s is not None]
-            for s in stages.process(batch, skips) if batch else []:
-                tw = time.perf_counter()
-                try:
-                    writer.write(s)
-                except SchemaError as exc:
-                    skips["invalid_label"] += 1
-                    logger.warning("skipped %s: %s", s.key, exc)
-                stages.timings["write"] += time.perf_counter() - tw
-            for cb in [progress, *_PROGRESS]:
-                if cb is not None:
+def run_shard(config: RunConfig, k: int, folder: RunFolder | None = None) -> ShardReport | None:
+    """Write shard ``k`` under its claim (``sinks.run``). Returns its report, or None when this call wrote
+    nothing: the shard is complete already, or another worker holds a live claim on it."""
+    folder = folder or RunFolder(config)
+    if folder.is_complete(k):
+        folder.report(k)  # refuses a shard of another run
+        return None
+    with folder.writing(k) as held:
+        if held is None:
+            return None
+        claim, writer = held
+        stages = stages_for(config)
+        writer.report.run.update(stages.run_info())
+        skips: Counter = Counter()
+        t0 = time.perf_counter()
+        with writer:
+            indices = list(config.shard_indices(k))
+            for i in range(0, len(indices), config.batch_size):
+                claim.check()
+                chunk = indices[i : i + config.batch_size]
+                batch = [s for s in (stages.draw(j, skips) for j in chunk) if s is not None]
+                for s in stages.process(batch, skips) if batch else []:
+                    tw = time.perf_counter()
+                    try:
+                        writer.write(s)
+                    except SchemaError as exc:
+                        skips["invalid_label"] += 1
+                        logger.warning("skipped %s: %s", s.key, exc)
+                    stages.timings["write"] += time.perf_counter() - tw
+                for cb in _PROGRESS:
                     cb(len(chunk))
-        writer.add_skips(skips)
+            writer.add_skips(skips)
     report = writer.report
-    logger.info("shard %d: %d written, %d skipped in %.1f s", k, report.count, sum(skips.values()),
-                time.perf_counter() - t0)  # fmt: skip
+    logger.info(
+        "shard %d: %d written, %d skipped in %.1f s", k, report.count, sum(skips.values()), time.perf_counter() - t0
+    )
     return report
 
 
-def finalize(config: RunConfig) -> dict:
-    """Write index and manifest for all shards of the run (all must be complete)."""
-    stages = stages_for(config)
-    extra = {"run_tag": config.effective_run_tag(), "renderer": stages.renderer_record(),
-             "hand_model": stages.hand_model.info.to_json(), "source": stages.source.inspect()}  # fmt: skip
-    cfg = config.model_dump(mode="json")
-    return output_for(config).finalize(list(range(config.num_shards)), cfg, config.config_sha256(), extra)
+def run_shards(
+    config: RunConfig,
+    shards: list[int],
+    folder: RunFolder,
+    write: Callable[[int], ShardReport | None] | None = None,
+    wait: bool = True,
+    poll: float = 2.0,
+) -> list[ShardReport]:
+    """Write every shard of ``shards`` that no other worker holds, then (``wait``) wait for the others,
+    taking over any whose worker died. ``write(k)`` writes one shard (default ``run_shard``; the Prefect flow
+    passes its task). Returns the reports of the shards this call wrote."""
+    write = write or (lambda k: run_shard(config, k, folder))
+    reports: list[ShardReport] = []
+
+    def take(k: int) -> bool:
+        rep = write(k)
+        if rep is not None:
+            reports.append(rep)
+        return rep is not None
+
+    for k in shards:
+        if folder.is_complete(k):
+            folder.report(k)  # a complete shard must be this run's: refuses a foreign one
+        else:
+            take(k)
+    if wait:
+        wait_for(lambda: [k for k in shards if not folder.is_complete(k)], take, poll=poll)
+    return reports
+
+
+def finalize(config: RunConfig, folder: RunFolder | None = None, wait: bool = True, poll: float = 1.0) -> dict:
+    """Write index and manifest for all shards of the run (all must be complete). Loads no models: the run's
+    records come from ``run.json`` and the shard reports. When another worker is finalising, waits for its
+    manifest (``wait``)."""
+    folder = folder or RunFolder(config)
+    while True:
+        manifest = folder.finalize()
+        if manifest is not None or not wait:
+            return manifest
+        time.sleep(poll)
+
+
+def write_preview(config: RunConfig, manifest: dict) -> str | None:
+    """Write the run's ``preview.png`` contact sheet (16 records); None when every sample was skipped."""
+    if not manifest["counts"]["written"]:
+        logger.warning("every sample was skipped: no preview")
+        return None
+    from sinks.preview import preview
+
+    path = output_for(config).store.path("preview.png")
+    preview(config.out, path, n=16)
+    return path

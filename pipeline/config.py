@@ -10,8 +10,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import HandgenError
 
-class ConfigError(ValueError):
+
+class ConfigError(HandgenError, ValueError):
     """A configuration value or file that cannot be used; the message names it."""
 
 
@@ -34,7 +36,7 @@ class RunConfig(_Frozen):
     """
 
     mode: Literal["generate", "prepare"] = "generate"
-    out: Path = Path("out")
+    out: str = "out"
     samples: int = Field(64, ge=1)
     shard_size: int = Field(32, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
@@ -57,6 +59,15 @@ class RunConfig(_Frozen):
     guidance_scale: float = Field(7.5, ge=0.0)
     tas: bool = True
     cache_dir: str | None = None
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, v) -> str:
+        # a local path or a URL (file://, s3://, gs://, memory://, ...); kept as a string so "s3://b/x" stays whole
+        v = str(v) if isinstance(v, Path) else v
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"out must be a folder path or URL, got {v!r}")
+        return v.rstrip("/") if v.rstrip("/") else v
 
     @field_validator("captioner")
     @classmethod
@@ -96,16 +107,43 @@ class RunConfig(_Frozen):
                              f"got {self.source!r}")  # fmt: skip
         return self
 
-    def config_sha256(self) -> str:
-        """sha256 of the canonical JSON of everything but the output location."""
-        d = self.model_dump(mode="json", exclude={"out"})
+    def identity(self) -> dict:
+        """The run's identity: the config as JSON without the output location and the purely operational
+        settings (``OPERATIONAL``: where the run writes, which device computes it, where caches go). Two
+        configs with equal identities write the same records, so they may resume or share one run folder."""
+        d = self.model_dump(mode="json", exclude=set(OPERATIONAL))
         if d["mode"] == "generate":  # runs made before ``mode`` existed keep their hash (and run tag)
             del d["mode"]
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return d
+
+    def config_sha256(self) -> str:
+        """sha256 of the canonical JSON of ``identity()``."""
+        return canonical_sha256(self.identity())
 
     def effective_run_tag(self) -> str:
         """``run_tag`` if given, else the first 8 hex digits of ``config_sha256``."""
         return self.run_tag or self.config_sha256()[:8]
+
+
+OPERATIONAL = ("out", "device", "cache_dir")
+"""RunConfig fields that say how or where a run is computed, not what it writes (left out of its identity)."""
+
+
+def canonical_sha256(data: dict) -> str:
+    """sha256 (hex) of the canonical JSON of ``data`` (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def identity_diff(a: dict, b: dict) -> list[str]:
+    """Dotted names of the fields whose values differ between two identity dicts (``RunConfig.identity``)."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += [f"{k}.{sub}" for sub in identity_diff(va, vb)]
+        elif va != vb:
+            out.append(k)
+    return out
 
 
 def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -> BaseModel:
@@ -127,9 +165,22 @@ def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -
     try:
         return cls(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # one line naming the dotted field; a validator's own message as it is (it names the value), pydantic's
+        # built-in messages with the offending value (short, never the whole config)
+        errors = exc.errors()
+        err = errors[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"
-        raise ConfigError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from exc
+        cause = (err.get("ctx") or {}).get("error")
+        if err["type"] in ("value_error", "assertion_error") and cause is not None:
+            msg = str(cause)
+        else:
+            msg = err["msg"]
+            if "input" in err and not isinstance(err["input"], dict):
+                shown = repr(err["input"])
+                msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        msg = " ".join(msg.split())  # one line
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{loc}: {msg}{more}") from exc
 
 
 def load_config(path: str | Path | None = None, **overrides) -> RunConfig:

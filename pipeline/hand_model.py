@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline import standin
+from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ MANO_KEYS = (
 )  # fmt: skip
 
 
-class HandModelError(ValueError):
+class HandModelError(HandgenError, ValueError):
     """A MANO folder or file that cannot be used; the message names the file and the problem."""
 
 

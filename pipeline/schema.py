@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import HandgenError
+
 SCHEMA_VERSION = 1
 SIDES = ("right", "left")
 HAND_TYPES = ("right", "left", "interacting")
@@ -36,7 +38,7 @@ _KEY_RE = re.compile(r"^(?P<tag>[A-Za-z0-9_]+)-(?P<index>\d{10})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class SchemaError(ValueError):
+class SchemaError(HandgenError, ValueError):
     """A record that breaks label schema v1; the message names the field and the bad value."""
 
 
@@ -227,7 +229,7 @@ class Label:
         if int(m.group("index")) != index:
             raise SchemaError(f"key: index part {m.group('index')} does not match index {index}")
         object.__setattr__(self, "index", index)
-        object.__setattr__(self, "seed", _int("seed", self.seed, 0, 2**64 - 1))
+        object.__setattr__(self, "seed", _int("seed", self.seed, 0, 2**63 - 1))  # int64: readable by HF datasets
         size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else ()
         if len(size) != 2:
             raise SchemaError(f"image_size: expected [H, W], got {_fmt(self.image_size)}")

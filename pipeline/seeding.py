@@ -6,13 +6,22 @@ import zlib
 
 import numpy as np
 
+#: Per-sample seeds lie in ``[0, SEED_LIMIT)``: they fit a signed 64-bit integer (int64), so tools that read
+#: ``label.json`` into int64 columns (Hugging Face ``datasets``, pandas, Arrow) accept every label.
+SEED_LIMIT = 2**63
+
 
 def sample_seed(run_seed: int, index: int) -> int:
-    """64-bit seed for sample ``index`` of a run seeded with ``run_seed`` (numpy ``SeedSequence``)."""
+    """Seed in ``[0, 2**63)`` for sample ``index`` of a run seeded with ``run_seed``.
+
+    Two 32-bit words of numpy's ``SeedSequence(entropy=run_seed, spawn_key=(index,))`` make a 64-bit value
+    whose top bit is cleared, so the seed fits int64 (63 bits of entropy).
+    """
     if run_seed < 0 or index < 0:
         raise ValueError(f"run_seed and index must be >= 0, got {run_seed}, {index}")
-    words = np.random.SeedSequence(entropy=int(run_seed), spawn_key=(int(index),)).generate_state(2, np.uint32)
-    return int(words[0]) | (int(words[1]) << 32)
+    sequence = np.random.SeedSequence(entropy=int(run_seed), spawn_key=(int(index),))
+    words = sequence.generate_state(2, np.uint32)
+    return (int(words[0]) | (int(words[1]) << 32)) & (SEED_LIMIT - 1)
 
 
 def sample_rng(seed: int) -> np.random.Generator:

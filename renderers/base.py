@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, local_to_global, project_points
+from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ GREY = (0.8, 0.8, 0.8)
 TINTS = {"right": (0.86, 0.78, 0.72), "left": (0.72, 0.78, 0.86)}
 
 
-class RendererError(RuntimeError):
+class RendererError(HandgenError, RuntimeError):
     """A renderer that cannot run here (missing library, no device); the message says what to install."""
 
 

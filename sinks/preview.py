@@ -7,16 +7,24 @@ image, and the caption underneath.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import textwrap
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.errors import HandgenError, one_line
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
+
+
+class PreviewError(HandgenError, ValueError):
+    """A preview that cannot be made as asked (bad image name, bad sizes); the message is one line."""
+
 
 FINGER_COLOURS = {
     "thumb": (255, 80, 80), "index": (255, 200, 0), "middle": (80, 220, 80), "ring": (0, 190, 255),
@@ -72,25 +80,85 @@ def contact_sheet(records: list[dict], tile: int = 256) -> Image.Image:
         for c, t in enumerate(tiles):
             sheet.paste(t, (c * tile, y))
         caption = f"{rec['key']} [{rec['hand_type']}]: {rec['caption']}"
-        d.text((4, y + tile + 2), "\n".join(textwrap.wrap(caption, width=3 * tile // 7)[:3]), fill=(230, 230, 230))
+        d.text(
+            (4, y + tile + 2),
+            "\n".join(textwrap.wrap(caption, width=3 * tile // 7)[:3]),
+            fill=(230, 230, 230),
+        )
     return sheet
 
 
+def check_image_name(target: str | os.PathLike) -> str:
+    """The PIL format that ``target``'s extension names (``PreviewError`` when it has none or an unknown one)."""
+    target = str(target)
+    name = target.rstrip("/").rpartition("/")[2]
+    ext = os.path.splitext(name)[1].lower()
+    if not ext:
+        raise PreviewError(f"{target} has no file extension: name the image .png or .jpg")
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise PreviewError(f"{target}: unknown image extension {ext!r}; name the image .png or .jpg")
+    return fmt
+
+
+def save_image(image: Image.Image, target: str | os.PathLike) -> str:
+    """Write ``image`` to ``target`` (a local path or an fsspec URL, format from its extension) through
+    ``sinks.store.Store``: atomic, and a full disk or an unwritable place is a one-line ``StoreError`` naming
+    the file. Returns the path or URL written."""
+    from sinks.store import Store, StoreError, describe_os_error
+
+    target = str(target)
+    fmt = check_image_name(target)
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PreviewError(f"cannot write {target} as {fmt}: {one_line(exc)}") from exc
+    folder, _, name = target.rstrip("/").rpartition("/")
+    if "://" in target and "/" not in target.split("://", 1)[1]:
+        raise PreviewError(f"{target} names no file")
+    try:
+        store = Store(folder or ".")
+    except (ImportError, ValueError) as exc:  # an fsspec protocol whose package is not installed, a bad URL
+        raise StoreError(f"cannot write {target}: {one_line(exc)}") from exc
+    try:
+        if store.is_local:
+            if store.root.exists() and not store.root.is_dir():
+                raise StoreError(f"cannot write {target}: {store.root} is not a folder")
+            store.root.mkdir(parents=True, exist_ok=True)
+        else:
+            store.fs.makedirs(store.root, exist_ok=True)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(describe_os_error(exc, target)) from exc
+    store.write_bytes(name, buf.getvalue())
+    return target
+
+
 def preview(out_dir: str | Path, out_png: str | Path, n: int = 16, tile: int = 256) -> int:
-    """Write a contact sheet of the first ``n`` records of ``out_dir``; returns the number of records drawn."""
-    from sinks.reader import open_shards
+    """Write a contact sheet of the first ``n`` records of ``out_dir`` (a folder or URL) to ``out_png`` (a path
+    or URL; its extension names the format); returns the number of records drawn.
+
+    Errors are one-line ``HandgenError``s: a bad target name (``PreviewError``, checked before anything is
+    read), a missing or empty run folder or an unreadable shard (``ShardReadError``), a target that cannot be
+    written (``StoreError``).
+    """
+    from sinks.reader import ShardsNotFoundError, open_shards
 
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise PreviewError(f"the number of records must be >= 1, got {n}")
+    if tile < 1:
+        raise PreviewError(f"the tile size must be >= 1 pixel, got {tile}")
+    check_image_name(str(out_png))
     records = []
     for rec in open_shards(out_dir, split_by_worker=False):
         records.append(rec)
         if len(records) >= n:
             break
     if not records:
-        raise FileNotFoundError(f"no records in {out_dir}")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(records, tile).save(out)
-    logger.info("wrote %s (%d records)", out, len(records))
+        raise ShardsNotFoundError(f"no records in {out_dir}")
+    written = save_image(contact_sheet(records, tile), out_png)
+    logger.info("wrote %s (%d records)", written, len(records))
     return len(records)

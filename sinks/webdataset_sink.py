@@ -75,13 +75,15 @@ class ShardReport:
     sha256: str = ""
     skipped: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
+    run: dict | None = None  # the run that wrote it: config_sha256, run_tag, renderer, hand_model, source
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> ShardReport:
-        return cls(**d)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
 
 
 class _HashingWriter(io.RawIOBase):
@@ -137,12 +139,23 @@ class ShardWriter:
     counts a sample that was not written. ``close()`` writes the report, then renames the shard into place.
     """
 
-    def __init__(self, store: Store, name: str, shard: int, lossless: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        shard: int,
+        lossless: bool = False,
+        tmp_suffix: str = ".tmp",
+        run: dict | None = None,
+        before_commit=None,
+    ) -> None:
         self.store, self.name, self.lossless = store, name, lossless
-        self.report = ShardReport(name=name, shard=shard)
+        self.report = ShardReport(name=name, shard=shard, run=dict(run) if run else None)
+        self._tmp_suffix = tmp_suffix
+        self._before_commit = before_commit  # called just before the shard is renamed into place; may raise
         self._skips: Counter = Counter()
         self._stack = contextlib.ExitStack()
-        raw = self._stack.enter_context(store.open_write(name))
+        raw = self._stack.enter_context(store.open_write(name, name + tmp_suffix))
         self._hashing = _HashingWriter(raw)
         # tar stream mode writes ~10 KB blocks: buffer them in C so the hashing wrapper sees 1 MB chunks
         self._buffered = io.BufferedWriter(self._hashing, buffer_size=1 << 20)
@@ -194,8 +207,13 @@ class ShardWriter:
             self.report.bytes = self._hashing.size
             self.report.sha256 = self._hashing.hexdigest()
             self.report.skipped = dict(sorted(self._skips.items()))
-            meta = json.dumps(self.report.to_json(), indent=1, sort_keys=True).encode()
-            self.store.write_bytes(meta_name(self.name), meta)
+            report = self.report.to_json()
+            if report["run"] is None:
+                del report["run"]
+            meta = json.dumps(report, indent=1, sort_keys=True).encode()
+            if self._before_commit is not None:
+                self._before_commit()
+            self.store.write_bytes(meta_name(self.name), meta, meta_name(self.name) + self._tmp_suffix)
         except BaseException as exc:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
             self._closed = True
@@ -244,14 +262,11 @@ class ShardedOutput:
         return f"{self.prefix}-{k:06d}.tar"
 
     def prepare(self, resume: bool) -> None:
-        """Create the folder. Removes ``.tmp`` leftovers; without ``resume`` refuses a folder that already
-        holds shards or a manifest of this prefix."""
+        """Create the folder; without ``resume`` refuse a folder that already holds shards or a manifest of
+        this prefix. Leftover ``.tmp`` files are not touched here: another worker may be writing them (a
+        shard's leftovers are removed by the worker that claims it, ``sinks.run.RunFolder.writing``)."""
         self.store.makedirs()
         names = self.store.listdir()
-        for n in names:
-            if n.endswith(".tmp"):
-                logger.info("removing leftover %s", n)
-                self.store.remove(n)
         ours = [n for n in names if n.startswith(self.prefix + "-") and n.endswith(".tar")]
         if not resume and (ours or "manifest.json" in names):
             raise StoreError(
@@ -267,10 +282,11 @@ class ShardedOutput:
         name = self.shard_name(k)
         return ShardReport.from_json(json.loads(self.store.read_bytes(meta_name(name))))
 
-    def shard(self, k: int) -> ShardWriter:
-        """Writer for shard ``k`` (overwrites an incomplete one)."""
-        self.store.remove(self.shard_name(k) + ".tmp")
-        return ShardWriter(self.store, self.shard_name(k), k, self.lossless)
+    def shard(self, k: int, tmp_suffix: str = ".tmp", run: dict | None = None, before_commit=None) -> ShardWriter:
+        """Writer for shard ``k`` through ``<name><tmp_suffix>`` (an incomplete file of that name is replaced).
+        ``run`` goes into the shard's report; ``before_commit()`` runs before the rename and may abort it."""
+        self.store.remove(self.shard_name(k) + tmp_suffix)
+        return ShardWriter(self.store, self.shard_name(k), k, self.lossless, tmp_suffix, run, before_commit)
 
     def finalize(self, shards: list[int], config: dict, config_sha256: str, extra: dict | None = None) -> dict:
         """Write ``index.parquet`` then ``manifest.json`` for ``shards`` (all must be complete)."""

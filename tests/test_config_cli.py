@@ -23,7 +23,7 @@ def test_config_frozen_and_strict(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="samples: Input should be greater than or equal to 1"):
         load_config(samples=0)
-    with pytest.raises(ConfigError, match="source: Value error, source must be prior"):
+    with pytest.raises(ConfigError, match="source: source must be prior"):
         load_config(source="coco")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")

@@ -10,7 +10,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from pipeline.config import RunConfig
 from sinks.reader import ShardReadError, collate, open_shards
+from sinks.run import run_record
 from sinks.store import StoreError
 from sinks.validate import validate
 from sinks.webdataset_sink import SequentialWriter, ShardedOutput
@@ -41,7 +43,10 @@ def write_run(out, hand_model, gl, n=7, resume=False, shards=None, run_tag="t"):
                 w.write(s)
             w.skip(f"{run_tag}-x", "test skip")
     renderer = {"name": "opengl", "local_size": 64}
-    return output.finalize(list(range(n_shards)), {"samples": n}, "0" * 64, {"renderer": renderer})
+    cfg = RunConfig(out=str(out), samples=n, shard_size=SHARD, run_tag=run_tag)
+    output.store.write_bytes("run.json", json.dumps(run_record(cfg), indent=1).encode())
+    extra = {"renderer": renderer, "run_tag": cfg.effective_run_tag()}
+    return output.finalize(list(range(n_shards)), cfg.model_dump(mode="json"), cfg.config_sha256(), extra)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import HandgenError, one_line
+
 logger = logging.getLogger(__name__)
 
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280),
@@ -29,26 +31,64 @@ SD15_CLIP = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_
                  bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)  # fmt: skip
 
 
-class ConversionError(ValueError):
+class ConversionError(HandgenError, ValueError):
     """A checkpoint that does not convert; the message says which part and which keys."""
 
 
+_NOT_A_CHECKPOINT = "is not a PyTorch checkpoint or safetensors file"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian) and then ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _torch_error(exc: Exception) -> str:
+    """The informative line of a ``torch.load`` error (a refused global for weights-only loads)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    refused = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler error" in ln), None)
+    return refused or (lines[0] if lines else type(exc).__name__)
+
+
 def load_state_dict(path: str | Path) -> dict:
-    """Tensors of a ``.ckpt``/``.pt`` (``state_dict`` inside, if any) or ``.safetensors`` file."""
+    """Tensors of a ``.ckpt``/``.pt`` (``state_dict`` inside, if any) or ``.safetensors`` file.
+
+    Anything else is a one-line ``ConversionError`` saying what the file is not: missing, a folder, empty, not
+    a PyTorch checkpoint or safetensors file, unsafe to unpickle, or holding no state dict.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path} is a folder, not a checkpoint file (.ckpt, .pt or .safetensors)")
     if not path.is_file():
         raise ConversionError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise ConversionError(f"cannot read checkpoint {path}: {exc.strerror or one_line(exc)}") from exc
+    if size == 0:
+        raise ConversionError(f"{path} is empty: it {_NOT_A_CHECKPOINT}")
+    if path.suffix == ".safetensors" or _is_safetensors(head, size):
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
-        raise ConversionError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        try:
+            sd = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for bad headers)
+            raise ConversionError(f"{path} is not a valid safetensors file ({one_line(exc)})") from exc
+    elif not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive, or a legacy pickle
+        raise ConversionError(f"{path} {_NOT_A_CHECKPOINT}")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (pickle and zip errors come in many types)
+            if "Weights only load failed" in str(exc):
+                refused = _torch_error(exc)
+                raise ConversionError(f"{path} holds objects that a safe load refuses ({refused})") from exc
+            raise ConversionError(f"{path} {_NOT_A_CHECKPOINT} ({_torch_error(exc)})") from exc
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    if not isinstance(sd, dict):
-        raise ConversionError(f"checkpoint {path} holds no state dict")
+    if not isinstance(sd, dict) or not any(torch.is_tensor(v) for v in sd.values()):
+        raise ConversionError(f"{path} holds no state dict (no tensors in it)")
     return sd
 
 
@@ -165,16 +205,22 @@ def _load_strict(model, sd: dict, part: str):
 
 def convert_checkpoint(src: str | Path, out_dir: str | Path, config_from: str | Path | None = None) -> Path:
     """Convert an official AttentionHand checkpoint into ``out_dir`` (diffusers layout with ``guidance/``)."""
+    sd = load_state_dict(src)  # bad inputs fail before diffusers is imported
+    for prefix in ("model.diffusion_model.", "control_model.", "first_stage_model.", "cond_stage_model."):
+        if not any(k.startswith(prefix) for k in sd):
+            raise ConversionError(f"{src}: no '{prefix}*' weights; not an AttentionHand (ControlNet LDM) checkpoint")
+    if config_from is not None:
+        parts = ("unet", "guidance", "vae", "text_encoder", "tokenizer", "scheduler")
+        missing = [f"{p}/" for p in parts if not (Path(config_from) / p).is_dir()]
+        if missing:
+            raise ConversionError(f"--config-from {config_from} is not a model folder: no {', '.join(missing)}")
+
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from diffusers.loaders import single_file_utils as sfu
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from generators.attention_hand.pipeline import AttentionHandPipeline
 
-    sd = load_state_dict(src)
-    for prefix in ("model.diffusion_model.", "control_model.", "first_stage_model.", "cond_stage_model."):
-        if not any(k.startswith(prefix) for k in sd):
-            raise ConversionError(f"{src}: no '{prefix}*' weights; not an AttentionHand (ControlNet LDM) checkpoint")
     if config_from is not None:
         base = Path(config_from)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))

@@ -48,12 +48,13 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from pipeline.config import _Frozen, load_model
+from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)
 _STATE = "trainer_state.json"
 
 
-class TrainError(ValueError):
+class TrainError(HandgenError, ValueError):
     """A training setup that cannot run (bad data folder, incompatible checkpoint); the message is one line."""
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.camera import project_points
+from pipeline.errors import HandgenError
 from pipeline.schema import SIDES, Camera, HandState, Sample, make_key
 from pipeline.seeding import sample_seed
 
@@ -30,8 +32,17 @@ class SkipSample(Exception):
         self.reason = reason
 
 
-class SourceError(ValueError):
+class SourceError(HandgenError, ValueError):
     """A source that cannot be opened (missing root, unreadable file); the message is one line."""
+
+
+def default_cache_dir() -> Path:
+    """Where dataset indexes are cached when no ``cache_dir`` is given: ``sources/`` in the user's handgen cache
+    folder (``$HANDGEN_CACHE``, else ``$XDG_CACHE_HOME/handgen``, else ``~/.cache/handgen``; see
+    ``pipeline.weights.user_cache_dir``). Never inside the dataset, which may be on a read-only mount."""
+    from pipeline.weights import user_cache_dir
+
+    return user_cache_dir().expanduser() / "sources"
 
 
 @dataclasses.dataclass(frozen=True)

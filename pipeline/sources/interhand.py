@@ -3,8 +3,9 @@
 Reads ``ROOT/annotations/<split>/InterHand2.6M_<split>_{data,camera,joint_3d,MANO_NeuralAnnot}.json`` (formats
 in DESIGN section 7). The files are large, so an index is built once by streaming them (ijson, one capture at
 a time) into compact numpy arrays, cached as ``<cache_dir>/interhand_<split>_<key>.npz`` where the key hashes
-the files' sizes and modification times (and the near-duplicate threshold). Peak memory stays far below the
-raw JSON size.
+the files' sizes and modification times, the root folder and the near-duplicate threshold. Peak memory stays
+far below the raw JSON size. ``cache_dir`` defaults to the user's cache folder
+(``pipeline.sources.base.default_cache_dir``), never the dataset, so datasets on read-only mounts work.
 
 Sample i (a pure function of the run seed and the config) picks an image (capture, frame, camera) from a
 seeded permutation of the index (optionally round-robin over hand types), then applies the validity rules:
@@ -16,9 +17,11 @@ skips with a reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ import numpy as np
 from pipeline.rotations import move_mano
 from pipeline.schema import Sample
 from pipeline.seeding import stage_rng
-from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError
+from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -215,20 +218,31 @@ class InterHandSource(PoseSource):
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise SourceError(f"InterHand2.6M files not found: {', '.join(missing)}")
-        stamp = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files.values()] + [dedup, _INDEX_VERSION])
+        stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files.values()]
+        stamp = json.dumps([*stats, dedup, _INDEX_VERSION, str(self.root.resolve())])
         key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-        cache = Path(cache_dir) if cache_dir else self.root / "annotations" / split / ".handgen_cache"
+        # the user's cache folder by default, never the dataset itself (it may be read-only)
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
         path = cache / f"interhand_{split}_{key}.npz"
+        self.index = None
         if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                self.index = {k: z[k] for k in z.files}
-        else:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    self.index = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as exc:  # a damaged cache file is rebuilt
+                logger.warning("ignoring the unreadable index cache %s: %s", path, exc)
+        if self.index is None:
             logger.info("building the InterHand2.6M %s index (once) into %s", split, path)
             self.index = build_index(self.root, split, dedup)
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.npz")
-            np.savez(tmp, **self.index)
-            tmp.replace(path)
+            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                np.savez(tmp, **self.index)
+                tmp.replace(path)
+            except OSError as exc:  # an unwritable cache only costs a rebuild next time
+                logger.warning("cannot cache the InterHand2.6M index in %s (%s); set a writable cache_dir", cache, exc)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
         try:
             with open(files["camera"], encoding="utf-8") as f:
                 self.cameras = json.load(f)

@@ -1,0 +1,291 @@
+"""Run integrity: one run identity (run.json), shard claims with leases, cooperation and refusal of concurrent
+runs, finalisation once without models, foreign shards, and a chaos test with killed workers."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import stages
+from pipeline.config import RunConfig
+from sinks.run import RunFolder, RunMismatchError, claim_file, try_claim
+from sinks.store import Store, StoreError
+from sinks.validate import validate
+
+BASE = {"samples": 6, "shard_size": 3, "image_size": 96, "batch_size": 3}
+
+
+def _cfg(out, **kw) -> RunConfig:
+    return RunConfig(out=str(out), **{**BASE, **kw})
+
+
+def _run(cfg: RunConfig) -> dict:
+    folder = RunFolder(cfg)
+    folder.open(resume=True)
+    stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
+    return stages.finalize(cfg, folder)
+
+
+def _hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(out).glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """A complete single-process run of ``BASE`` (seed 0)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    _run(_cfg(out))
+    return out
+
+
+def _cli(out, *extra, env=None, **kw):
+    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--no-prefect", "-q"]
+    for k, v in BASE.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    return subprocess.Popen(
+        cmd + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ, **kw
+    )
+
+
+def _stderr_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_run_json_is_written_first_and_records_identity(reference):
+    rec = json.loads((reference / "run.json").read_text())
+    cfg = _cfg(reference)
+    assert rec["config_sha256"] == cfg.config_sha256() and rec["run_tag"] == cfg.effective_run_tag()
+    assert "out" not in rec["config"] and "device" not in rec["config"]
+    assert rec["num_shards"] == 2 and rec["shard_size"] == 3
+    meta = json.loads((reference / "hands-000000.meta.json").read_text())
+    assert meta["run"]["config_sha256"] == rec["config_sha256"]
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["config_sha256"] == rec["config_sha256"] and manifest["renderer"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"), [({"seed": 5}, "seed"), ({"shard_size": 2}, "shard_size"), ({"tas": False}, "tas")]
+)
+def test_resume_with_another_config_is_refused(reference, tmp_path, change, field):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "manifest.json").unlink()
+    before = _hashes(out)
+    with pytest.raises(RunMismatchError, match=field):
+        RunFolder(_cfg(out, **change)).open(resume=True)
+    assert _hashes(out) == before
+
+
+def test_operational_settings_do_not_change_identity(tmp_path):
+    a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b", device="cpu", cache_dir=str(tmp_path / "c"))
+    assert a.config_sha256() == b.config_sha256() and a.effective_run_tag() == b.effective_run_tag()
+
+
+def test_resume_cli_mismatch_is_one_line(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    p = _cli(out, "--resume", "--seed", "5")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "seed" in lines[0] and "Traceback" not in err, err
+
+
+def test_folder_without_run_json_is_refused(reference, tmp_path):
+    out = tmp_path / "legacy"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()
+    with pytest.raises(RunMismatchError, match="no run.json"):
+        RunFolder(_cfg(out)).open(resume=True)
+
+
+def test_foreign_shard_is_refused(reference, tmp_path):
+    other = tmp_path / "other"
+    _run(_cfg(other, seed=1, samples=3))
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "manifest.json").unlink()
+    for suffix in (".tar", ".meta.json"):
+        shutil.copy(other / f"hands-000000{suffix}", out / f"hands-000000{suffix}")
+    cfg = _cfg(out)
+    folder = RunFolder(cfg)
+    assert folder.open(resume=True) == "resumed"
+    with pytest.raises(RunMismatchError, match="belongs to another run"):
+        stages.run_shards(cfg, [0, 1], folder)
+
+
+def test_claims_are_exclusive_and_expire(tmp_path):
+    store = Store(str(tmp_path))
+    a = try_claim(store, "s.tar", "ownerA", lease=0.6)
+    assert a is not None and try_claim(store, "s.tar", "ownerB", lease=0.6) is None
+    a._stop.set()  # owner A "dies": no more heartbeats
+    a._thread.join()
+    time.sleep(0.8)
+    b = try_claim(store, "s.tar", "ownerB", lease=5)
+    assert b is not None and b.gen == 1 and not (tmp_path / claim_file("s.tar", 0)).exists()
+    b.release()
+    assert not list(tmp_path.glob("*.claim*"))
+
+
+def test_heartbeat_keeps_a_claim_alive(tmp_path):
+    store = Store(str(tmp_path))
+    a = try_claim(store, "s.tar", "ownerA", lease=0.4)
+    time.sleep(1.2)  # three leases: only the heartbeat keeps it
+    assert try_claim(store, "s.tar", "ownerB", lease=0.4) is None and not a.lost
+    a.release()
+
+
+def test_sibling_in_progress_file_is_not_removed(reference, tmp_path):
+    """A worker of shards [0, 1) leaves shard 1's in-progress file (held by a live claim) alone; once that
+    claim expires, the shard is taken over and its leftover removed."""
+    out = tmp_path / "run"
+    cfg = _cfg(out)
+    folder = RunFolder(cfg, owner="me")
+    folder.open(resume=False)
+    store = folder.store
+    sibling = try_claim(store, "hands-000001.tar", "sibling", lease=1.0)
+    (out / "hands-000001.tar.sibling.tmp").write_bytes(b"partial")
+    stages.run_shards(cfg, [0], folder, wait=False)
+    assert (out / "hands-000001.tar.sibling.tmp").exists() and folder.is_complete(0)
+    assert stages.run_shard(cfg, 1, folder) is None  # the sibling's claim is live
+    sibling._stop.set()
+    sibling._thread.join()
+    time.sleep(1.2)
+    stages.run_shards(cfg, [1], folder, poll=0.2)
+    assert not (out / "hands-000001.tar.sibling.tmp").exists() and folder.is_complete(1)
+    stages.finalize(cfg, folder)
+    assert _hashes(out) == _hashes(reference)
+
+
+def test_finalize_loads_no_models(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("manifest.json", "index.parquet"):
+        (out / name).unlink()
+    saved = dict(stages._STAGES)
+    stages._STAGES.clear()
+    try:
+        manifest = stages.finalize(_cfg(out))
+        assert not stages._STAGES  # no stage (hand model, renderer, generator) was built
+    finally:
+        stages._STAGES.update(saved)
+    assert manifest["counts"]["written"] == 6
+    mine, ref = (json.loads((d / "manifest.json").read_text()) for d in (out, reference))
+    assert mine["config"].pop("out") != ref["config"].pop("out")
+    assert mine == ref and (out / "index.parquet").read_bytes() == (reference / "index.parquet").read_bytes()
+
+
+def test_concurrent_runs_same_config_cooperate(reference, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HANDGEN_LEASE_SECONDS": "20"}
+    procs = [_cli(out, "--samples", "12", "--shard-size", "2", env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
+    single = tmp_path / "single"
+    _run(_cfg(single, samples=12, shard_size=2))
+    assert _hashes(out) == _hashes(single) and len(_hashes(out)) == 6
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.claim*"))
+    report = validate(out)
+    assert report.passed, report.errors
+
+
+def test_concurrent_runs_other_config_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    procs = [_cli(out, "--seed", str(seed)) for seed in (0, 7)]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    err = next(r[1] for p, r in zip(procs, results, strict=True) if p.returncode == 2)
+    assert len(_stderr_lines(err)) == 1 and "seed" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert manifest["config"]["seed"] == run["config"]["seed"]
+    assert validate(out).passed
+
+
+def test_unfinished_run_without_resume_is_refused(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
+        (out / name).unlink()
+    with pytest.raises(StoreError, match="--resume"):
+        RunFolder(_cfg(out)).open(resume=False)
+
+
+def test_chaos_kill_a_worker_mid_shard(tmp_path):
+    """4 local processes (a parent that owns the whole range + 3 workers); one worker is killed with SIGKILL
+    while it writes a shard. Its shard is taken over after the lease; every shard exists once, byte-identical
+    to a single-process run, and the run validates. A rerun finds the run finished."""
+    out = tmp_path / "run"
+    kw = {"samples": 24, "shard_size": 4, "image_size": 192}
+    env = {**os.environ, "HANDGEN_LEASE_SECONDS": "3"}
+    p = _cli(out, "--workers", "4", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), []), env=env)
+    victim = None
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline and p.poll() is None:
+        for claim in out.glob("*.claim*"):
+            if claim.name.endswith(".tmp"):
+                continue
+            try:
+                held = json.loads(claim.read_text())
+            except (OSError, ValueError):
+                continue
+            shard = claim.name.split(".claim")[0]
+            if held["pid"] != p.pid and list(out.glob(f"{shard}.{held['owner']}.tmp")):
+                victim = (held["pid"], shard)
+                os.kill(held["pid"], signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    _, err = p.communicate(timeout=300)
+    assert victim is not None, "no worker was caught mid-shard"
+    assert p.returncode == 0, err[-3000:]
+    single = tmp_path / "single"
+    _run(_cfg(single, **kw))
+    assert _hashes(out) == _hashes(single) and len(_hashes(out)) == 6
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.claim*"))
+    report = validate(out)
+    assert report.passed, report.errors
+    again = _cli(out, "--resume", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), []))
+    stdout, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "nothing to do" in stdout
+
+
+def test_s3_kill_resume_validate_read(s3_bucket, tmp_path):
+    """On s3:// (a real moto server process): generate, kill -9 after the first shard lands, resume, then
+    validate and read the shards back; the shards equal a local single-process run byte for byte."""
+    from sinks.reader import open_shards
+
+    url = f"{s3_bucket}/run"
+    kw = {"samples": 12, "shard_size": 3}
+    args = sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), [])
+    store = Store(url)
+    p = _cli(url, *args, cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and p.poll() is None:
+        if "hands-000000.tar" in store.listdir():
+            break
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    names = store.listdir()
+    assert "hands-000000.tar" in names and "manifest.json" not in names, names
+    again = _cli(url, "--resume", *args, cwd=tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    names = store.listdir()
+    assert not [n for n in names if n.endswith(".tmp") or ".claim" in n], names
+    single = tmp_path / "single"
+    _run(_cfg(single, **kw))
+    remote = {n: hashlib.sha256(store.read_bytes(n)).hexdigest() for n in names if n.endswith(".tar")}
+    assert remote == _hashes(single)
+    report = validate(url)
+    assert report.passed, report.errors
+    keys = [rec["key"] for rec in open_shards(url, split_by_worker=False)]
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert sorted(os.listdir(tmp_path)) == ["single"]  # nothing went to a local folder named after the URL
