@@ -127,13 +127,21 @@ def _cmd_sources_inspect(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    import os
+    from flows import runtime
+
+    # the temporary Prefect API starts first, so that its start-up overlaps the config and folder checks
+    server = None if args.no_prefect else runtime.TemporaryServer().start()
+    try:
+        return _generate(args, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _generate(args, server) -> int:
     import time
 
-    # Prefect's temporary local API migrates a fresh database first: allow for a slow, busy machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-    from flows import stages
+    from flows import runtime, stages
     from pipeline.config import load_config
     from sinks.run import RunFolder
 
@@ -147,6 +155,8 @@ def _cmd_generate(args) -> int:
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
     folder = RunFolder(cfg)
+    if not folder.finished():
+        stages.stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
     state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
     if state == "finished":
         print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
@@ -167,8 +177,9 @@ def _cmd_generate(args) -> int:
 
             from flows.generate import generate_shards, prepare_training_shards
 
-            run_flow = prepare_training_shards if prepare else generate_shards
-            run_flow(cfg.model_dump(mode="json"), resume=True)
+            flow = prepare_training_shards if prepare else generate_shards
+            with runtime.temporary_server(server):
+                runtime.run_flow(flow, cfg.model_dump(mode="json"), resume=True)
             manifest = json.loads(folder.store.read_bytes("manifest.json"))
     dt = time.perf_counter() - t0
     counts = manifest["counts"]
@@ -191,7 +202,7 @@ def _cmd_attentionhand_tiny(args) -> int:
 def _cmd_attentionhand_convert(args) -> int:
     from generators.attention_hand.convert import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.out_dir, config_from=args.config_from)
+    out = convert_checkpoint(args.src, args.out_dir, config_from=args.config_from, guidance_prefix=args.guidance_prefix)
     print(f"wrote {out} (load it with --generator attentionhand:{out})")
     return 0
 
@@ -339,9 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--seed", type=int, default=0)
     at.set_defaults(func=_cmd_attentionhand_tiny)
     ac = ahsub.add_parser("convert", help="convert the official AttentionHand checkpoint to the loadable layout")
-    ac.add_argument("src", help="official checkpoint (.ckpt/.pt/.safetensors, ControlNet-style LDM keys)")
+    ac.add_argument("src", help="official checkpoint (.ckpt/.pt/.safetensors: the official VAS.* layout or a "
+                                "ControlNet-style control_model.* fork)")  # fmt: skip
     ac.add_argument("out_dir", help="output folder (diffusers layout with guidance/)")
     ac.add_argument("--config-from", default=None, help="model folder whose architecture to use (default: SD 1.5)")
+    ac.add_argument("--guidance-prefix", default=None,
+                    help="key prefix of the guidance module when it is neither VAS. nor control_model.")  # fmt: skip
     ac.set_defaults(func=_cmd_attentionhand_convert)
     cap = sub.add_parser("caption", help="captioning tools")
     csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
@@ -367,11 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; every user-caused error (``HandgenError``) is one stderr line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from flows import runtime
+
+    runtime.quiet_logging(False)  # before anything imports prefect: it reads its logging settings at import
     try:
         args = build_parser().parse_args(argv)
         if args.verbose:
-            logging.getLogger().setLevel(logging.DEBUG)
+            runtime.quiet_logging(2)  # DEBUG, third-party libraries included
         return int(args.func(args) or 0)
     except HandgenError as exc:
         print(f"hands: error: {exc.one_line()}", file=sys.stderr)
@@ -385,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hands: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hands: interrupted; continue with --resume", file=sys.stderr)
+        print(f"hands: {runtime.INTERRUPTED}", file=sys.stderr)
         return 130
 
 

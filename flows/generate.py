@@ -18,25 +18,16 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stages import finalize, run_shard, run_shards, write_preview
+from flows.runtime import no_retry_for_user_errors
+from flows.stages import finalize, run_shard, run_shards, stages_for, write_preview
 from pipeline.config import ConfigError, RunConfig
-from pipeline.errors import HandgenError, one_line
+from pipeline.errors import one_line
 from sinks.run import RunFolder, process_owner
 
 logger = logging.getLogger(__name__)
 
 
-def _retry_transient(task, task_run, state) -> bool:
-    """Retry a shard only for failures that may pass on a retry; a user error (``HandgenError``: bad input,
-    an unusable output folder, a run mismatch) fails at once."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception as err:  # the result itself could not be read: treat that error as the cause
-        exc = err
-    return not isinstance(exc, HandgenError)
-
-
-@task(name="generate-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_transient, tags=["gpu"])
+@task(name="generate-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=no_retry_for_user_errors, tags=["gpu"])
 def generate_shard(config: dict, shard: int) -> dict | None:
     """Write one shard under its claim; returns its small report (name, count, skips, sha256), or None when
     this task wrote nothing (the shard is complete, or another worker holds it)."""
@@ -95,6 +86,8 @@ def _run(cfg: RunConfig, first_shard: int, stop_shard: int | None, resume: bool,
         raise ConfigError(f"empty shard range [{first_shard}, {stop}) for {cfg.num_shards} shards")
     whole = first_shard == 0 and stop == cfg.num_shards
     folder = RunFolder(cfg, owner=process_owner())
+    if fan_out == 0 and not folder.finished():
+        stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
     folder.open(resume=resume or not whole or fan_out > 0)
     t0 = time.perf_counter()
     if fan_out > 0:

@@ -32,6 +32,7 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
     import threading
 
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     bar = tqdm(total=config.samples, unit="sample", desc=desc, disable=quiet, dynamic_ncols=True)
     lock = threading.Lock()
@@ -54,13 +55,20 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
     if workers is not None and workers.extra:
         thread = threading.Thread(target=poll, name="progress", daemon=True)
         thread.start()
+    failed = False
     try:
-        yield bar
+        with logging_redirect_tqdm():  # log lines print above the bar, not through it
+            yield bar
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         if thread is not None:
             thread.join()
         set_progress(None)
+        if failed:  # an error ends the command with its one line: the bar goes away first
+            bar.leave = False
         bar.close()
 
 
@@ -243,11 +251,11 @@ def run_shard(config: RunConfig, k: int, folder: RunFolder | None = None) -> Sha
     if folder.is_complete(k):
         folder.report(k)  # refuses a shard of another run
         return None
+    stages = stages_for(config)  # models load before the claim: a bad setting fails with nothing begun
     with folder.writing(k) as held:
         if held is None:
             return None
         claim, writer = held
-        stages = stages_for(config)
         writer.report.run.update(stages.run_info())
         skips: Counter = Counter()
         t0 = time.perf_counter()

@@ -15,21 +15,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.runtime import retry_unless
 from generators.attention_hand.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry crashes and runtime failures, not setup errors (bad folders, incompatible checkpoints)."""
-    from generators.attention_hand.models import AttentionHandLoadError
-    from generators.attention_hand.train import TrainError
-
-    exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, (TrainError, AttentionHandLoadError, FileNotFoundError))
-
-
-@task(name="train-guidance", retries=1, retry_delay_seconds=30, retry_condition_fn=_transient, tags=["gpu"])
+@task(name="train-guidance", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_unless(FileNotFoundError), tags=["gpu"])
 def train_task(config: dict, resume: bool = True) -> dict:
     """Train (or continue) the run described by ``config``; returns the summary without the per-step losses."""
     summary = train(TrainConfig(**config), resume=resume)
@@ -60,8 +52,6 @@ def train_generator(config: dict | None = None, preset: str | None = None, resum
 
 def run_training(cfg: TrainConfig, resume: bool = False, prefect: bool = True, quiet: bool = False) -> dict:
     """``hands train-generator``: the flow in-process (or the trainer directly), with a progress bar."""
-    import os
-
     from tqdm import tqdm
 
     from generators.attention_hand.train import preflight
@@ -71,5 +61,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, prefect: bool = True, q
         with tqdm(total=cfg.steps, unit="step", desc="train", disable=quiet, dynamic_ncols=True) as bar:
             bar.update(int(done[-1].name.split("_")[1]) if resume and done else 0)
             return train(cfg, resume=resume, progress=bar.update)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    return train_generator(cfg.model_dump(mode="json"), resume=resume)
+    from flows import runtime
+
+    with runtime.temporary_server():
+        return runtime.run_flow(train_generator, cfg.model_dump(mode="json"), resume=resume)

@@ -64,8 +64,6 @@ def worker_main(config: dict, counter, processes: int, parent: int, verbose: boo
 
         stages.set_progress(progress)
         stages.run_shards(cfg, list(range(cfg.num_shards)), RunFolder(cfg), wait=False)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except HandgenError as exc:
         logger.error("%s", exc.one_line())
         sys.exit(2)
@@ -91,10 +89,16 @@ class LocalWorkers:
         limit_threads(processes)
         os.environ.setdefault("LP_NUM_THREADS", str(_threads_per_process(processes)))
         args = (self.cfg.model_dump(mode="json"), self._counter, processes, os.getpid(), self.verbose)
-        for i in range(self.extra):
-            p = self._ctx.Process(target=worker_main, args=args, name=f"hands-worker-{i + 1}", daemon=False)
-            p.start()
-            self._procs.append(p)
+        # workers ignore Ctrl-C (SIG_IGN is inherited from the start on): the main process handles it, prints
+        # its one line and stops them with SIGTERM
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for i in range(self.extra):
+                p = self._ctx.Process(target=worker_main, args=args, name=f"hands-worker-{i + 1}", daemon=False)
+                p.start()
+                self._procs.append(p)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         logger.info("started %d extra local workers", self.extra)
         return self
 

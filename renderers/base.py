@@ -11,8 +11,14 @@ All backends share this module's geometry, so labels do not depend on the backen
   stretched); the local image is re-rendered with the crop's own intrinsics (``crop_intrinsics``), so
   ``global_to_local``/``local_to_global`` are the exact mapping, and local pixels that fall outside the
   global image are black (padding);
-* shading: two-sided Lambert with a head light at the camera, ``albedo * (AMBIENT + DIFFUSE * |n . l|)``,
-  light grey on black like AttentionHand's conditioning images (optional per-hand tint).
+* shading: a head light at the camera, two-sided, ``albedo * (ambient + (1 - ambient) * |n . l| ** gamma)``
+  with ``l`` from the surface point to the camera; the conditioning style (``RenderConfig.style``, ``STYLES``)
+  sets albedo, ambient and gamma. ``official`` (the default) matches AttentionHand's conditioning images
+  (``samples/mesh/*.jpg`` of the official repository): bright, slightly cyan hands on black, hand-pixel mean
+  about 225/255, 10th percentile about 195, 90th about 249 (the compressed Lambert term keeps grazing surfaces
+  bright). ``grey`` is the earlier look (plain Lambert, albedo 0.8: mean about 146), kept to reproduce and
+  validate older runs. ``tint`` swaps the albedo for per-hand colours (right warm, left cool) of the style's
+  brightness.
 
 Visibility: joint j of hand h is visible when it projects inside the image and the first surface along its
 pixel's ray is not in front of it by more than ``own_tolerance`` (its own hand: joints lie inside fingers,
@@ -37,9 +43,39 @@ logger = logging.getLogger(__name__)
 
 SIDES = ("right", "left")
 HAND_ID = {"right": 1, "left": 2}
-AMBIENT, DIFFUSE = 0.25, 0.75
-GREY = (0.8, 0.8, 0.8)
-TINTS = {"right": (0.86, 0.78, 0.72), "left": (0.72, 0.78, 0.86)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """A conditioning style: ``albedo`` (r, g, b) in [0, 1], ``tints`` side -> albedo with ``tint``, and the
+    shading ``ambient + (1 - ambient) * |n . l| ** gamma`` (see module doc)."""
+
+    albedo: tuple
+    tints: dict
+    ambient: float
+    gamma: float
+
+
+STYLES = {
+    # fitted to the hand pixels of the official samples/mesh/*.jpg (mean 225.7, p10 195.7, p90 249.3,
+    # R 218.5 / G 229.2 / B 229.4, so R / G = 0.953) over renders of the prior source
+    "official": Style(
+        albedo=(0.955, 1.0, 1.0),
+        tints={"right": (1.0, 0.91, 0.84), "left": (0.84, 0.91, 1.0)},
+        ambient=0.4,
+        gamma=0.35,
+    ),
+    # the look before styles existed: Lambert, albedo 0.8 (pixels reproduced exactly)
+    "grey": Style(
+        albedo=(0.8, 0.8, 0.8),
+        tints={"right": (0.86, 0.78, 0.72), "left": (0.72, 0.78, 0.86)},
+        ambient=0.25,
+        gamma=1.0,
+    ),
+}
+DEFAULT_STYLE = "official"
+# the style of runs whose renderer record has no ``style`` (written before styles existed)
+LEGACY_STYLE = "grey"
 
 
 class RendererError(HandgenError, RuntimeError):
@@ -52,7 +88,9 @@ class RenderConfig:
 
     local_size: side of the local (crop) images, pixels. crop_margin: added on each side of the hands' box,
     as a fraction of its larger side. min_crop: smallest crop side, pixels. tint: per-hand colours instead of
-    grey. own_tolerance / other_tolerance: visibility depth tolerances, metres.
+    the style's albedo. own_tolerance / other_tolerance: visibility depth tolerances, metres. style: the
+    conditioning style of mesh images, a key of ``STYLES`` (``official``: AttentionHand's look; ``grey``: the
+    look of runs written before styles, which ``hands validate`` assumes when a run records no style).
     """
 
     local_size: int = 512
@@ -61,10 +99,13 @@ class RenderConfig:
     tint: bool = False
     own_tolerance: float = 0.015
     other_tolerance: float = 0.002
+    style: str = DEFAULT_STYLE
 
     def __post_init__(self) -> None:
         if self.local_size < 8 or self.crop_margin < 0 or self.min_crop <= 0:
             raise ValueError(f"bad RenderConfig: {self}")
+        if self.style not in STYLES:
+            raise ValueError(f"unknown render style {self.style!r}; choose one of {sorted(STYLES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +159,8 @@ class RenderResult:
 @dataclasses.dataclass(frozen=True)
 class RasterJob:
     """What a backend draws: screen (V, 3) = (u, v, z) pixels/metres, view (V, 3) camera-space positions,
-    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per hand id (3, 3)."""
+    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per hand id (3, 3), and the
+    shading's ambient and gamma (``albedo * (ambient + (1 - ambient) * |n . l| ** gamma)``)."""
 
     screen: np.ndarray
     view: np.ndarray
@@ -127,6 +169,8 @@ class RasterJob:
     faces: np.ndarray
     size: tuple[int, int]
     albedo: np.ndarray
+    ambient: float = STYLES[DEFAULT_STYLE].ambient
+    gamma: float = STYLES[DEFAULT_STYLE].gamma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,9 +252,10 @@ class Renderer(abc.ABC):
         """Draw each job; returns one ``RasterOut`` per job."""
 
     def _albedo(self) -> np.ndarray:
+        style = STYLES[self.config.style]
         alb = np.zeros((3, 3), dtype=np.float32)
         for s in SIDES:
-            alb[HAND_ID[s]] = TINTS[s] if self.config.tint else GREY
+            alb[HAND_ID[s]] = style.tints[s] if self.config.tint else style.albedo
         return alb
 
     def _job(self, item: RenderItem, faces: dict, K: np.ndarray, size: tuple[int, int], normals: dict,
@@ -241,6 +286,8 @@ class Renderer(abc.ABC):
             faces=np.concatenate(tris).astype(np.int32),
             size=(int(size[0]), int(size[1])),
             albedo=self._albedo(),
+            ambient=STYLES[self.config.style].ambient,
+            gamma=STYLES[self.config.style].gamma,
         )
 
     def render(self, batch: RenderBatch) -> list[RenderResult]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from renderers.base import AMBIENT, DIFFUSE, RasterJob, RasterOut, RenderConfig, Renderer, RendererError
+from renderers.base import RasterJob, RasterOut, RenderConfig, Renderer, RendererError
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,16 @@ flat in int v_hand;
 uniform vec3 albedo[3];
 uniform float ambient;
 uniform float diffuse;
+uniform float gamma;
 layout(location = 0) out vec4 color;
 layout(location = 1) out float z_out;
 void main() {
     vec3 n = normalize(v_normal);
     vec3 l = normalize(-v_view);
     float c = abs(dot(n, l));
+    if (gamma != 1.0) {
+        c = pow(max(c, 1e-12), gamma);  // exp2/log2 in most drivers: skipped for gamma 1 (exact Lambert)
+    }
     color = vec4(albedo[v_hand] * (ambient + diffuse * c), float(v_hand) / 255.0);
     z_out = v_z;
 }
@@ -96,8 +100,6 @@ class OpenGLRenderer(Renderer):
             b = -2.0 * _Z_FAR * _Z_NEAR / (_Z_FAR - _Z_NEAR)
             self._prog["depth_a"].value = a
             self._prog["depth_b"].value = b
-            self._prog["ambient"].value = AMBIENT
-            self._prog["diffuse"].value = DIFFUSE
             logger.debug("EGL context: %s", self._ctx.info.get("GL_RENDERER"))
         return self._ctx
 
@@ -129,6 +131,9 @@ class OpenGLRenderer(Renderer):
             ctx.disable(moderngl.CULL_FACE)
             self._prog["size"].value = (float(W), float(H))
             self._prog["albedo"].write(np.ascontiguousarray(job.albedo, dtype="f4").tobytes())
+            self._prog["ambient"].value = float(job.ambient)
+            self._prog["diffuse"].value = 1.0 - float(job.ambient)
+            self._prog["gamma"].value = float(job.gamma)
             data = np.concatenate(
                 [job.screen, job.view, job.normals, job.hand[:, None].astype(np.float32)], axis=1
             ).astype("f4")

@@ -4,7 +4,8 @@ The rasterizer's ``transform`` is replaced by the shared projection of ``rendere
 pixel coordinates and view depth and are mapped to PyTorch3D's NDC (+x left, +y up, the shorter image side
 spanning [-1, 1]); rasterization is perspective-correct with the view depth. The shader interpolates
 normals and positions with the barycentric coordinates and applies the same shading formula as the OpenGL
-backend. On CPU PyTorch3D rasterizes naively (about 2.5 s per 512x512 image here): use it on a GPU.
+backend (``renderers.base``: the style's albedo, ambient and gamma). On CPU PyTorch3D rasterizes naively
+(about 2.5 s per 512x512 image here): use it on a GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from renderers.base import AMBIENT, DIFFUSE, RasterJob, RasterOut, RenderConfig, Renderer, RendererError
+from renderers.base import RasterJob, RasterOut, RenderConfig, Renderer, RendererError
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,12 @@ class PyTorch3DRenderer(Renderer):
         from pytorch3d.structures import Meshes
 
         outs: list[RasterOut | None] = [None] * len(jobs)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}  # one raster pass per image size and shading
         for i, job in enumerate(jobs):
-            groups.setdefault(job.size, []).append(i)
+            alb = np.asarray(job.albedo, dtype=np.float32).tobytes()
+            groups.setdefault((job.size, float(job.ambient), float(job.gamma), alb), []).append(i)
         dev = self.device
-        for size, idx in groups.items():
+        for (size, ambient, gamma, _), idx in groups.items():
             settings = RasterizationSettings(
                 image_size=size, blur_radius=0.0, faces_per_pixel=1, perspective_correct=True,
                 z_clip_value=1e-6, cull_backfaces=False,
@@ -92,7 +94,9 @@ class PyTorch3DRenderer(Renderer):
             face_hand = hand_v[packed_faces[:, 0]]
             hand = torch.where(hit, face_hand[pix[..., 0].clamp(min=0)], torch.zeros_like(pix[..., 0]))
             albedo = torch.as_tensor(jobs[idx[0]].albedo, device=dev)[hand]  # (N, H, W, 3)
-            rgb = albedo * (AMBIENT + DIFFUSE * c)[..., None]
+            if gamma != 1.0:  # as the OpenGL shader: exact Lambert for gamma 1
+                c = c.clamp_min(1e-12).pow(gamma)
+            rgb = albedo * (ambient + (1.0 - ambient) * c)[..., None]
             rgb = torch.where(hit[..., None], rgb, torch.zeros_like(rgb))
             rgb8 = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
             depth = torch.where(hit, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0])).float().cpu().numpy()

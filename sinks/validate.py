@@ -401,13 +401,14 @@ class _Rerender:
     """Re-renders labels with the manifest's renderer settings (or another backend)."""
 
     def __init__(self, manifest: dict, backend: str | None, models: _HandModels) -> None:
-        from renderers.base import RenderConfig, make_renderer
+        from renderers.base import LEGACY_STYLE, RenderConfig, make_renderer
 
         info = manifest.get("renderer") or {}
         self.written_by = info.get("name", "opengl")
         self.backend = backend or self.written_by
         fields = ("local_size", "crop_margin", "min_crop", "tint", "own_tolerance", "other_tolerance")
-        cfg = {k: info[k] for k in fields if k in info}
+        # a run written before conditioning styles records none: it was drawn in the grey style
+        cfg = {"style": info.get("style", LEGACY_STYLE), **{k: info[k] for k in fields if k in info}}
         self.renderer = make_renderer(self.backend, device="auto", config=RenderConfig(**cfg))
         self.models = models
 

@@ -14,6 +14,17 @@ def _project_data_dir(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Tests that call ``flows.cli.main`` in-process get its environment settings (quiet Prefect logging, the
+    temporary API's URL); restore the environment after each test so they do not leak into later ones."""
+    saved = dict(os.environ)
+    yield
+    for k in set(os.environ) - set(saved):
+        del os.environ[k]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def hand_model():
     from pipeline.hand_model import HandModel

@@ -289,3 +289,46 @@ def test_s3_kill_resume_validate_read(s3_bucket, tmp_path):
     keys = [rec["key"] for rec in open_shards(url, split_by_worker=False)]
     assert len(keys) == 12 and len(set(keys)) == 12
     assert sorted(os.listdir(tmp_path)) == ["single"]  # nothing went to a local folder named after the URL
+
+
+def _generate_cmd(out, *extra, prefect: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "-q", "--samples", "4", "--image-size", "96"]
+    return cmd + ([] if prefect else ["--no-prefect"]) + list(extra)
+
+
+@pytest.mark.parametrize("prefect", [False, True], ids=["direct", "prefect"])
+def test_error_paths_are_one_line(reference, tmp_path, prefect):
+    """The same one stderr line and exit 2 on both paths, and no run folder for a bad model path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(reference, mismatch)
+    cases = [
+        (tmp_path / "q", ["--captioner", "qwen-vl:/nonexistent"], "Qwen-VL model folder not found"),
+        (blocker / "out", [], "file"),
+        (mismatch, ["--resume", "--seed", "9"], "seed"),
+    ]
+    for out, extra, needle in cases:
+        r = subprocess.run(_generate_cmd(out, *extra, prefect=prefect), capture_output=True, text=True, timeout=300)
+        lines = _stderr_lines(r.stderr)
+        assert r.returncode == 2 and len(lines) == 1, (extra, r.stderr[-3000:])
+        assert lines[0].startswith("hands: error: ") and needle in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "q").exists()
+
+
+def test_ctrl_c_is_one_line_and_resumable(tmp_path):
+    out = tmp_path / "run"
+    cmd = _generate_cmd(out, "--workers", "2", "--shard-size", "1", prefect=False)
+    cmd[cmd.index("4")] = "40"
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob("*.tar")):
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = p.communicate(timeout=60)
+    lines = _stderr_lines(err)
+    assert p.returncode == 130 and lines == ["hands: interrupted; continue with --resume"], err[-3000:]
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert validate(out).passed

@@ -1,0 +1,12 @@
+"""Evaluation of generated datasets (issue 16; docs/evaluation.md).
+
+* ``evaluation.detector``: MediaPipe Hands as a 2D hand detector (pixel, joint-order and handedness conventions);
+* ``evaluation.metrics``: the maths (PCK, normalised error, MSE-2D, keypoint matching, MPJPE, PA-MPJPE, alignment,
+  camera viewpoint in the hand's frame), pure functions;
+* ``evaluation.scorers``: the ``Scorer`` interface and registry (``make_scorer``), the MediaPipe scorer and the
+  hook for 3D estimators;
+* ``evaluation.run``: ``hands evaluate`` (scores.parquet, summary.json) and ``evaluation.report`` (report.html);
+* ``evaluation.fid``: FID/KID and FID-H/KID-H with the standard FID Inception network.
+
+Importing the package loads nothing heavy; each module imports its dependencies (mediapipe, torch) when used.
+"""
