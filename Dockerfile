@@ -13,7 +13,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv libegl1 libgl1 libgles2 libglvnd0 \
-       libegl-mesa0 libgl1-mesa-dri ca-certificates \
+       libegl-mesa0 libgl1-mesa-dri libglib2.0-0 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/handgen
@@ -24,6 +24,7 @@ COPY captioning/ captioning/
 COPY generators/ generators/
 COPY sinks/ sinks/
 COPY flows/ flows/
+COPY evaluation/ evaluation/
 RUN python3.11 -m venv /opt/venv \
     && pip install --no-cache-dir -c constraints.txt . \
     && pip install --no-cache-dir --no-deps -r requirements-data.txt \

@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--n", type=_positive_int, default=16, help="number of records")
     pv.add_argument("--tile", type=_positive_int, default=256, help="tile size in pixels")
     pv.set_defaults(func=_cmd_preview)
+    from flows import evaluate_cli
+
+    evaluate_cli.register(sub)
     return p
 
 

