@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from flows.argtypes import positive_int as _positive_int
 from pipeline.errors import HandgenError, one_line
 
 logger = logging.getLogger("hands")
@@ -227,16 +228,6 @@ def _cmd_train_generator(args) -> int:
           f"{summary['final_loss']:.4f}")  # fmt: skip
     print(f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def _version() -> str:

@@ -467,16 +467,9 @@ def _tokenizer_and_scheduler(config_from: str | Path | None) -> dict:
             "scheduler": DDIMScheduler.from_pretrained(base / "scheduler"),
         }
     from captioning.tagging import clip_tokenizer
+    from generators.attention_hand.models import sd15_ddim_scheduler
 
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return {"tokenizer": clip_tokenizer(), "scheduler": scheduler}
+    return {"tokenizer": clip_tokenizer(), "scheduler": sd15_ddim_scheduler()}
 
 
 def convert_checkpoint(

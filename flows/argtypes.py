@@ -1,0 +1,35 @@
+"""argparse value types of the ``hands`` command line: each refuses a bad value with one line."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= ``minimum``; ``what`` names it in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+count = int_at_least(0, "an integer >= 0")
+
+
+def pixels(text: str) -> float:
+    """An argparse type: a number of pixels >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels >= 0, got {text!r}")
+    return v
