@@ -219,13 +219,15 @@ def test_unfinished_run_without_resume_is_refused(reference, tmp_path):
 
 
 def test_chaos_kill_a_worker_mid_shard(tmp_path):
-    """4 local processes (a parent that owns the whole range + 3 workers); one worker is killed with SIGKILL
-    while it writes a shard. Its shard is taken over after the lease; every shard exists once, byte-identical
-    to a single-process run, and the run validates. A rerun finds the run finished."""
+    """4 local processes (a parent that owns the whole range + 3 workers); whichever process is caught writing
+    a shard is killed with SIGKILL. A killed worker's shard is taken over by the others; a killed parent takes
+    its workers with it and the rerun finishes the run. Either way every shard exists once, byte-identical to
+    a single-process run, the run validates, and a further rerun finds it finished."""
     out = tmp_path / "run"
     kw = {"samples": 24, "shard_size": 4, "image_size": 192}
+    args = sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), [])
     env = {**os.environ, "HANDGEN_LEASE_SECONDS": "3"}
-    p = _cli(out, "--workers", "4", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), []), env=env)
+    p = _cli(out, "--workers", "4", *args, env=env)
     victim = None
     deadline = time.monotonic() + 240
     while victim is None and time.monotonic() < deadline and p.poll() is None:
@@ -237,21 +239,28 @@ def test_chaos_kill_a_worker_mid_shard(tmp_path):
             except (OSError, ValueError):
                 continue
             shard = claim.name.split(".claim")[0]
-            if held["pid"] != p.pid and list(out.glob(f"{shard}.{held['owner']}.tmp")):
-                victim = (held["pid"], shard)
-                os.kill(held["pid"], signal.SIGKILL)
+            if list(out.glob(f"{shard}.{held['owner']}.tmp")):
+                victim = held["pid"]
+                os.kill(victim, signal.SIGKILL)
                 break
         time.sleep(0.02)
     _, err = p.communicate(timeout=300)
-    assert victim is not None, "no worker was caught mid-shard"
-    assert p.returncode == 0, err[-3000:]
+    assert victim is not None, "no process was caught mid-shard"
+    if victim == p.pid:  # the parent died (and its workers with it): the rerun finishes the run
+        assert p.returncode == -signal.SIGKILL
+        assert not (out / "manifest.json").exists()
+        rerun = _cli(out, "--resume", "--workers", "2", *args, env=env)
+        _, err = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, err[-3000:]
+    else:
+        assert p.returncode == 0, err[-3000:]
     single = tmp_path / "single"
     _run(_cfg(single, **kw))
     assert _hashes(out) == _hashes(single) and len(_hashes(out)) == 6
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.claim*"))
     report = validate(out)
     assert report.passed, report.errors
-    again = _cli(out, "--resume", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in kw.items()), []))
+    again = _cli(out, "--resume", *args)
     stdout, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "nothing to do" in stdout
 
