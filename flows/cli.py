@@ -142,7 +142,7 @@ def _cmd_generate(args) -> int:
 def _generate(args, server) -> int:
     import time
 
-    from flows import runtime, stages
+    from flows import stages
     from pipeline.config import load_config
     from sinks.run import RunFolder
 
@@ -155,17 +155,29 @@ def _generate(args, server) -> int:
                  "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir,
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
-    folder = RunFolder(cfg)
-    if not folder.finished():
-        stages.stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
-    state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
-    if state == "finished":
-        print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
-        return 0
     from flows.workers import LocalWorkers
 
+    folder = RunFolder(cfg)
+    finished = folder.finished()
     t0 = time.perf_counter()
-    with LocalWorkers(cfg, args.workers - 1) as workers, stages.progress_bar(cfg, args.command, args.quiet, workers):
+    # extra workers start first, so that their model loading overlaps this process's; each checks the models
+    # and the run folder itself before it claims a shard
+    with LocalWorkers(cfg, 0 if finished else args.workers - 1, resume=args.resume) as workers:
+        if not finished:
+            stages.stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
+        state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
+        if state == "finished":
+            print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
+            return 0
+        return _write(args, cfg, folder, workers, prepare, t0, server)
+
+
+def _write(args, cfg, folder, workers, prepare: bool, t0: float, server) -> int:
+    import time
+
+    from flows import runtime, stages
+
+    with stages.progress_bar(cfg, args.command, args.quiet, workers):
         if args.no_prefect:
             stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
             manifest = stages.finalize(cfg, folder)

@@ -41,7 +41,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
-def worker_main(config: dict, counter, processes: int, parent: int, verbose: bool = False) -> None:
+def worker_main(config: dict, counter, processes: int, parent: int, verbose: bool = False, resume: bool = True) -> None:
     """Entry point of one extra worker: write every shard nobody holds, then exit (0 done, 2 user error)."""
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
@@ -63,9 +63,12 @@ def worker_main(config: dict, counter, processes: int, parent: int, verbose: boo
                 counter.value += n
 
         stages.set_progress(progress)
-        stages.run_shards(cfg, list(range(cfg.num_shards)), RunFolder(cfg), wait=False)
-    except HandgenError as exc:
-        logger.error("%s", exc.one_line())
+        stages.stages_for(cfg)  # the models first, then the folder's identity, as the main process does
+        folder = RunFolder(cfg)
+        folder.open(resume=resume)
+        stages.run_shards(cfg, list(range(cfg.num_shards)), folder, wait=False)
+    except HandgenError as exc:  # the main process meets the same error and reports it: one line in all
+        logger.info("worker stops: %s", exc.one_line())
         sys.exit(2)
 
 
@@ -73,8 +76,8 @@ class LocalWorkers:
     """``extra`` worker processes for the duration of a ``with`` block (0: none). ``done()``: the samples
     they processed so far."""
 
-    def __init__(self, cfg, extra: int, verbose: bool = False) -> None:
-        self.cfg, self.extra, self.verbose = cfg, max(0, extra), verbose
+    def __init__(self, cfg, extra: int, verbose: bool = False, resume: bool = True) -> None:
+        self.cfg, self.extra, self.verbose, self.resume = cfg, max(0, extra), verbose, resume
         self._ctx = mp.get_context("spawn")
         self._counter = self._ctx.Value("q", 0)
         self._procs: list = []
@@ -88,7 +91,7 @@ class LocalWorkers:
         processes = self.extra + 1
         limit_threads(processes)
         os.environ.setdefault("LP_NUM_THREADS", str(_threads_per_process(processes)))
-        args = (self.cfg.model_dump(mode="json"), self._counter, processes, os.getpid(), self.verbose)
+        args = (self.cfg.model_dump(mode="json"), self._counter, processes, os.getpid(), self.verbose, self.resume)
         # workers ignore Ctrl-C (SIG_IGN is inherited from the start on): the main process handles it, prints
         # its one line and stops them with SIGTERM
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
