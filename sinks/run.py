@@ -323,12 +323,12 @@ class RunFolder:
             if self.is_complete(k):
                 yield None
                 return
+            leftovers = (name + ".", meta_name(name) + ".")  # this shard's temporary files, any owner's
             for n in self.store.listdir():
-                if n.startswith(name + ".") and n.endswith(".tmp") or n.startswith(meta_name(name) + "."):
-                    if n.endswith(".tmp"):
-                        logger.info("removing leftover %s", n)
-                        with contextlib.suppress(OSError):
-                            self.store.remove(n)
+                if n.endswith(".tmp") and n.startswith(leftovers):
+                    logger.info("removing leftover %s", n)
+                    with contextlib.suppress(OSError):
+                        self.store.remove(n)
             writer = self.output.shard(
                 k,
                 tmp_suffix=f".{self.owner}.tmp",
