@@ -10,8 +10,18 @@ With ``--workers N``, instead: ``hands generate --no-prefect --workers 1`` and `
 config (``--n`` samples, ``--size`` px), alternately ``--repeats`` times, whole commands timed (start-up and
 model loading included), and the samples/s ratio N / 1 (goal on this 2-core machine: >= 1.7 for N = 2).
 
+With ``--overlap SECONDS`` (default 0.1), instead: how well the CPU stages hide behind generation
+(``flows.prefetch``: draw + prepare run ahead of the generator, encoding + writing behind it). A simulated
+generator (``SleepGenerator``, bench only) costs SECONDS per sample in ``time.sleep``, which releases the GIL
+like a GPU computing, and fills each image from its mesh image. On the same samples, side by side: the CPU
+stages alone (draw + prepare, ms/sample), (a) the generator alone (samples/s), then ``run_shard`` with
+prefetch (depth ``DEFAULT_DEPTH``) and without (depth 0), alternately ``--repeats`` times; overlap efficiency
+= end-to-end rate / generator-only rate (goal with prefetch: >= 0.95). Each shard starts with an empty
+pipeline (the first batch's CPU stages are not hidden), so the efficiency grows with ``--shard-size``.
+
 Usage: python bench/pipeline.py [--n 96] [--size 256] [--small 200] [--large 1000] [--shard-size 32]
        python bench/pipeline.py --workers 2 [--n 192] [--size 512] [--shard-size 16] [--repeats 2]
+       python bench/pipeline.py --overlap [0.1] [--n 96] [--size 256] [--shard-size 32] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -34,9 +44,14 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0, help="compare hands generate --workers 1 and N")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--overlap", type=float, nargs="?", const=0.1, default=None, metavar="SECONDS_PER_SAMPLE",
+                    help="run_shard with and without prefetch against a simulated generator")  # fmt: skip
+    ap.add_argument("--batch-size", type=int, default=8, help="samples per batch (--overlap)")
     args = ap.parse_args()
     if args.workers:
         return compare_workers(args)
+    if args.overlap is not None:
+        return compare_overlap(args)
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect_bench_"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -101,6 +116,94 @@ def compare_workers(args) -> None:
         print(f"pair {i + 1}: ratio workers {args.workers} / 1 = {many / one:.2f}")
     mean = sum(rates[args.workers]) / sum(rates[1])
     print(f"overall ratio {args.workers} / 1 = {mean:.2f} (goal >= 1.7 for 2 workers on 2 cores)")
+
+
+class SleepGenerator:
+    """A simulated GPU generator (bench only, never shipped): ``seconds`` per sample in ``time.sleep``, which
+    releases the GIL as a GPU computing does; each image is its mesh image, with a generator record."""
+
+    name = "bench-sleep"
+    version = 1
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def generate(self, samples) -> None:
+        time.sleep(self.seconds * len(samples))
+        for s in samples:
+            s.image = s.mesh_image.copy()
+            s.generator = {"name": self.name, "version": self.version, "weights_id": None,
+                           "seed": int(s.seed), "seconds_per_sample": self.seconds}  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+
+def compare_overlap(args) -> None:
+    """Generator-only rate vs ``run_shard`` with and without prefetch, on the same samples (module doc)."""
+    from collections import Counter
+
+    from flows import stages
+    from flows.prefetch import DEFAULT_DEPTH
+    from pipeline.config import RunConfig
+    from sinks.run import RunFolder
+
+    d = tempfile.mkdtemp(prefix="bench_overlap_")
+    base = {"samples": args.n, "shard_size": args.shard_size, "image_size": args.size,
+            "batch_size": args.batch_size, "seed": 1, "run_tag": "bench"}  # fmt: skip
+    st = stages.stages_for(RunConfig(out=f"{d}/cpu", **base))  # models load here, once, outside the timings
+    st.generator = SleepGenerator(args.overlap)  # every run below shares these stages (one config)
+    print(f"{args.n} samples at {args.size}x{args.size}, batches of {args.batch_size}, shards of "
+          f"{args.shard_size}; simulated generator {args.overlap * 1000:.0f} ms/sample; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+
+    def cpu_and_generator_alone() -> tuple[float, float]:
+        """(CPU stages ms/sample, generator-only samples/s) on the run's samples."""
+        skips: Counter = Counter()
+        batches = []
+        t = time.perf_counter()
+        for i in range(0, args.n, args.batch_size):
+            chunk = range(i, min(i + args.batch_size, args.n))
+            drawn = [s for s in (st.draw(j, skips) for j in chunk) if s is not None]
+            batches.append(st.prepare(drawn, skips) if drawn else [])
+        cpu_ms = (time.perf_counter() - t) / args.n * 1000
+        t = time.perf_counter()
+        for b in batches:
+            st.generate(b, skips)  # the call run_shard makes
+        return cpu_ms, sum(len(b) for b in batches) / (time.perf_counter() - t)
+
+    warm = [s for s in (st.draw(j, Counter()) for j in range(args.batch_size)) if s is not None]
+    st.prepare(warm, Counter())  # warm-up: llvmpipe compiles its shaders on the first draw
+    eff: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
+    write_ms: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
+    for r in range(args.repeats):
+        cpu_ms, gen_rate = cpu_and_generator_alone()
+        print(f"run {r + 1}: CPU stages alone (draw + prepare) {cpu_ms:6.1f} ms/sample; "
+              f"(a) generator alone {gen_rate:6.2f} samples/s")  # fmt: skip
+        for depth in (DEFAULT_DEPTH, 0):
+            cfg = RunConfig(out=f"{d}/run{r}-depth{depth}", **base)
+            if stages.stages_for(cfg) is not st:
+                raise RuntimeError("the output folder changed the config identity: the stages are not shared")
+            folder = RunFolder(cfg)
+            folder.open(resume=False)
+            st.timings.clear()
+            t = time.perf_counter()
+            reports = stages.run_shards(cfg, list(range(cfg.num_shards)), folder,
+                                        write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
+                                            cfg, k, folder, prefetch=depth))  # fmt: skip
+            wall = time.perf_counter() - t
+            written = sum(rep.count for rep in reports)
+            eff[depth].append(written / wall / gen_rate)
+            write_ms[depth].append(st.timings["write"] / max(written, 1) * 1000)
+            what = f"(b) prefetch depth {depth}" if depth else "(c) no prefetch (depth 0)"
+            print(f"run {r + 1}: {what:26s} {written / wall:6.2f} samples/s  overlap efficiency "
+                  f"{eff[depth][-1]:.3f}  ({written} samples in {wall:.1f} s; "
+                  f"write {write_ms[depth][-1]:.1f} ms/sample)")  # fmt: skip
+    for depth in (DEFAULT_DEPTH, 0):
+        what = f"prefetch depth {depth}" if depth else "no prefetch"
+        goal = " (goal >= 0.95)" if depth else ""
+        print(f"mean overlap efficiency, {what}: {sum(eff[depth]) / len(eff[depth]):.3f}{goal}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,22 @@ def pixels(text: str) -> float:
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"expected a number of pixels >= 0, got {text!r}")
     return v
+
+
+def number_in(lo: float, hi: float | None, what: str):
+    """An argparse type: a finite number in ``[lo, hi]`` (``hi`` None: no upper bound); ``what`` names it."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (v >= lo and (hi is None or v <= hi)) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+unit_interval = number_in(0.0, 1.0, "a number in [0, 1]")
+non_negative = number_in(0.0, None, "a number >= 0")

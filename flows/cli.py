@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from flows.argtypes import count as _count
+from flows.argtypes import non_negative, unit_interval
 from flows.argtypes import positive_int as _positive_int
 from pipeline.errors import HandgenError, one_line
 
@@ -152,7 +154,10 @@ def _generate(args, server) -> int:
                  "generator": getattr(args, "generator", None), "seed": args.seed, "device": args.device,
                  "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
                  "run_tag": args.run_tag, "backgrounds": getattr(args, "backgrounds", None),
-                 "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir,
+                 "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir, "prefetch": args.prefetch,
+                 **{k: getattr(args, k, None) for k in ("steps", "guidance_scale", "conditioning_scale", "tas",
+                                                        "generation_batch_size", "min_alignment", "max_tries",
+                                                        "scorer")},
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
     from flows.workers import LocalWorkers
@@ -272,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
         if not prep:
             q.add_argument("--generator", default=None, help="composite | attentionhand:PATH")
             q.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
+            q.add_argument("--steps", type=_positive_int, default=None, help="diffusion sampling steps (default 20)")
+            q.add_argument("--guidance-scale", type=non_negative, default=None,
+                           help="classifier-free guidance scale (default 7.5; official 9.0)")
+            q.add_argument("--conditioning-scale", type=non_negative, default=None,
+                           help="strength of the mesh guidance module (default 1.0)")
+            q.add_argument("--tas", action=argparse.BooleanOptionalAction, default=None,
+                           help="Text Attention Stage at sampling time (default on; official inference: off)")
+            q.add_argument("--generation-batch-size", type=_positive_int, default=None,
+                           help="images per generator call (default: --batch-size)")
+            q.add_argument("--min-alignment", type=unit_interval, default=None,
+                           help="regenerate images whose alignment score with their label is below this (0..1)")
+            q.add_argument("--max-tries", type=_positive_int, default=None,
+                           help="tries per sample under --min-alignment before it is skipped (default 3)")
+            q.add_argument("--scorer", default=None, help="alignment scorer for --min-alignment (default mediapipe)")
         q.add_argument("--seed", type=int, default=None)
         q.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
         q.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
@@ -288,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local worker processes sharing the run (default 1)")  # fmt: skip
         q.add_argument("--cache-dir", default=None,
                        help="where dataset indexes are cached (default: the user cache folder)")  # fmt: skip
+        q.add_argument("--prefetch", type=_count, default=None,
+                       help="batches prepared ahead of the generator and written behind it (default 2; 0 = none)")
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         q.set_defaults(func=_cmd_generate)
     t = sub.add_parser("train-generator", help="train the AttentionHand guidance module on prepared shards "

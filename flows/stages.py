@@ -123,15 +123,21 @@ class Stages:
 
             self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds))
         else:
-            from generators.attention_hand.generator import AttentionHandGenerator
+            from generators.attention_hand.generator import AttentionHandGenerator, parse_spec
             from generators.attention_hand.pipeline import TASConfig
 
-            path, *opts = config.generator.split(":", 1)[1].split(",")
-            guidance = next((o.split("=", 1)[1] for o in opts if o.startswith("guidance=")), None)
+            spec = parse_spec(config.generator)  # an unknown or malformed option is one line
             self.generator = AttentionHandGenerator(
-                path, guidance=guidance, steps=config.steps, guidance_scale=config.guidance_scale,
-                tas=TASConfig(enabled=config.tas), batch_size=config.batch_size, device=device,
+                spec.path, guidance=spec.guidance, steps=config.steps, guidance_scale=config.guidance_scale,
+                conditioning_scale=config.conditioning_scale, tas=TASConfig(enabled=config.tas),
+                batch_size=config.generation_batch_size or config.batch_size, device=device,
             )  # fmt: skip
+
+        self.scorer = None
+        if config.min_alignment is not None:
+            from evaluation.scorers import make_scorer
+
+            self.scorer = make_scorer(config.scorer)
 
     def renderer_record(self) -> dict:
         """What the validator needs to re-render labels exactly."""
@@ -176,6 +182,10 @@ class Stages:
 
     def process(self, samples: list, skips: Counter) -> list:
         """Render, caption and generate a batch; returns the samples that made it."""
+        return self.generate(self.prepare(samples, skips), skips)
+
+    def prepare(self, samples: list, skips: Counter) -> list:
+        """Render, filter and caption a batch (the CPU side); returns the samples ready for ``generate``."""
         from renderers.base import RenderBatch, RenderItem
 
         items = []
@@ -212,14 +222,52 @@ class Stages:
         for s, cap in zip(kept, caps, strict=True):
             s.caption, s.caption_meta = cap.text, cap.record()
             s.hand_token_indices = tuple(self.tagger.tag(cap.text).hand_token_indices)
-        t2 = time.perf_counter()
-        self.generator.generate(kept)
         self.timings["caption"] += t1 - t0
-        self.timings["tag"] += t2 - t1
-        self.timings["generate"] += time.perf_counter() - t2
+        self.timings["tag"] += time.perf_counter() - t1
+        return kept
+
+    def generate(self, samples: list, skips: Counter) -> list:
+        """Generate the images of prepared samples; returns the samples that made it.
+
+        With ``min_alignment``, each image is scored against its label; the samples below it are generated
+        again, together, from the streams of their next try (``Sample.attempt``), at most ``max_tries`` tries
+        in all; those still below are skipped as ``misaligned``. Every kept sample carries the verdict on
+        its image in ``quality`` (with ``try``, 1-based)."""
+        pending = list(samples)
+        tries = 1 if self.scorer is None else self.config.max_tries
+        for attempt in range(tries):
+            for s in pending:
+                s.attempt = attempt
+            t0 = time.perf_counter()
+            self.generator.generate(pending)
+            t1 = time.perf_counter()
+            self.timings["generate"] += t1 - t0
+            if self.scorer is None:
+                pending = []
+                break
+            pending = [s for s in pending if not self._judge(s, attempt)]
+            self.timings["score"] += time.perf_counter() - t1
+            if not pending:
+                break
+        for s in pending:  # below min_alignment after the last try
+            skips["misaligned"] += 1
+            logger.info("skipped %s: alignment %s below %s after %d tries", s.key, s.quality.get("alignment"),
+                        self.config.min_alignment, tries)  # fmt: skip
+        rejected = {id(s) for s in pending}
+        kept = [s for s in samples if id(s) not in rejected]
         for s in kept:
             s.generator = {**s.generator, "prompt": s.caption_meta}
         return kept
+
+    def _judge(self, s, attempt: int) -> bool:
+        """Score ``s.image`` against its label, record the verdict in ``s.quality``; True when it passes."""
+        result = self.scorer.score(s.image, s)
+        s.quality = {**result.quality(), "try": attempt + 1}
+        ok = result.passes(self.config.min_alignment)
+        if not ok:
+            logger.debug("%s: try %d alignment %s below %s", s.key, attempt + 1, result.alignment,
+                         self.config.min_alignment)  # fmt: skip
+        return ok
 
     @staticmethod
     def _valid_region(s):
@@ -228,8 +276,9 @@ class Stages:
         return Letterbox.from_json(s.source["letterbox"]).valid_region()
 
     def close(self) -> None:
-        for obj in (self.renderer, self.captioner, self.generator):
-            obj.close()
+        for obj in (self.renderer, self.captioner, self.generator, self.scorer):
+            if obj is not None:
+                obj.close()
 
 
 def stages_for(config: RunConfig) -> Stages:
@@ -244,9 +293,21 @@ def output_for(config: RunConfig) -> ShardedOutput:
     return ShardedOutput(config.out, prefix=config.shard_prefix, lossless=config.lossless)
 
 
-def run_shard(config: RunConfig, k: int, folder: RunFolder | None = None) -> ShardReport | None:
+def run_shard(
+    config: RunConfig, k: int, folder: RunFolder | None = None, prefetch: int | None = None
+) -> ShardReport | None:
     """Write shard ``k`` under its claim (``sinks.run``). Returns its report, or None when this call wrote
-    nothing: the shard is complete already, or another worker holds a live claim on it."""
+    nothing: the shard is complete already, or another worker holds a live claim on it.
+
+    While this thread generates a batch, a background thread runs the CPU stages (draw, prepare) of up to
+    ``prefetch`` batches ahead and another encodes and writes up to ``prefetch`` batches behind
+    (``flows.prefetch``; default ``config.prefetch``); 0 runs every stage in turn on this thread. The shard's
+    bytes, its sample order and its skip counts are the same either way."""
+    import copy
+
+    from flows.prefetch import Prefetch, WriteBehind
+
+    depth = config.prefetch if prefetch is None else prefetch
     folder = folder or RunFolder(config)
     if folder.is_complete(k):
         folder.report(k)  # refuses a shard of another run
@@ -259,22 +320,47 @@ def run_shard(config: RunConfig, k: int, folder: RunFolder | None = None) -> Sha
         writer.report.run.update(stages.run_info())
         skips: Counter = Counter()
         t0 = time.perf_counter()
+        # Each batch's counters belong to one thread at a time; this thread merges them, in batch order.
+        counted: list[tuple[Counter, Counter, Counter]] = []  # per batch: skips before/while writing, timings
+
+        def prepared(chunks):  # on the prefetch thread
+            cpu = copy.copy(stages)  # the same models, with a ``timings`` of its own
+            for chunk in chunks:
+                cpu.timings, batch_skips = Counter(), Counter()
+                batch = [s for s in (cpu.draw(j, batch_skips) for j in chunk) if s is not None]
+                yield (cpu.prepare(batch, batch_skips) if batch else None), batch_skips, cpu.timings
+
+        def write(job):  # on the write-behind thread
+            samples, write_skips, write_timings = job
+            for s in samples:
+                tw = time.perf_counter()
+                try:
+                    writer.write(s)
+                except SchemaError as exc:
+                    write_skips["invalid_label"] += 1
+                    logger.warning("skipped %s: %s", s.key, exc)
+                write_timings["write"] += time.perf_counter() - tw
+
         with writer:
             indices = list(config.shard_indices(k))
-            for i in range(0, len(indices), config.batch_size):
-                claim.check()
-                chunk = indices[i : i + config.batch_size]
-                batch = [s for s in (stages.draw(j, skips) for j in chunk) if s is not None]
-                for s in stages.process(batch, skips) if batch else []:
-                    tw = time.perf_counter()
-                    try:
-                        writer.write(s)
-                    except SchemaError as exc:
-                        skips["invalid_label"] += 1
-                        logger.warning("skipped %s: %s", s.key, exc)
-                    stages.timings["write"] += time.perf_counter() - tw
-                for cb in _PROGRESS:
-                    cb(len(chunk))
+            chunks = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
+            with (
+                Prefetch(prepared(chunks), depth, name=f"prefetch-shard-{k}") as ahead,
+                WriteBehind(write, depth, name=f"write-shard-{k}") as behind,
+            ):
+                for chunk in chunks:
+                    claim.check()
+                    batch, batch_skips, batch_timings = next(ahead)
+                    stages.timings.update(batch_timings)
+                    done = stages.generate(batch, batch_skips) if batch is not None else []
+                    counted.append((batch_skips, Counter(), Counter()))
+                    behind.put((done, *counted[-1][1:]))
+                    for cb in _PROGRESS:  # the batch is generated; its writing may still be under way
+                        cb(len(chunk))
+            for before, writing, timings in counted:
+                skips.update(before)
+                skips.update(writing)
+                stages.timings.update(timings)
             writer.add_skips(skips)
     report = writer.report
     logger.info(

@@ -1,6 +1,7 @@
 """The weight-free ``composite`` generator (embedded default): a skin-shaded hand over a background.
 
-Per sample, drawn from its own stream (``stage_rng(seed, 'generator')``):
+Per sample, drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration under
+``--min-alignment`` draws from the stream of its try):
 
 * background: a random image from ``backgrounds`` (cropped to the image's aspect ratio, never stretched), or a
   procedural one (two-colour gradient along the light direction, low-frequency noise, a few soft shapes);
@@ -135,7 +136,7 @@ class CompositeGenerator(Generator):
         if sample.mask is None or sample.depth is None:
             raise ValueError(f"{sample.key}: mask and depth are not filled in (render stage missing?)")
         H, W = sample.image_size
-        rng = stage_rng(sample.seed, "generator")
+        rng = stage_rng(sample.seed, "generator", sample.attempt)
         light = rng.normal(0.0, 1.0, 3)
         light[2] = abs(light[2]) + 0.6  # travelling away from the camera: it lights what the camera sees
         light /= np.linalg.norm(light)

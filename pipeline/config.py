@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +34,15 @@ class RunConfig(_Frozen):
     ``mode``: ``generate`` (synthetic images from the generator) or ``prepare`` (AttentionHand training tuples:
     the dataset's real image letterboxed to ``image_size``, rendered in that image's camera; the generator
     setting is not used). ``prepare`` needs a dataset source (interhand:ROOT or reinterhand:ROOT).
+
+    ``batch_size`` samples are sampled, rendered and captioned together; ``generation_batch_size`` (default:
+    ``batch_size``) is the diffusion generator's batch. ``steps``, ``guidance_scale`` (classifier-free),
+    ``conditioning_scale`` (guidance-module strength) and ``tas`` set the AttentionHand sampler.
+    ``min_alignment`` (in [0, 1]; None = no filter): each generated image is scored against its label by
+    ``scorer`` (``evaluation.scorers``; default ``mediapipe``); a sample below it is generated again from the
+    next seed of its own streams, at most ``max_tries`` times in all, then skipped as ``misaligned``.
+    ``prefetch``: batches whose CPU stages run ahead of the generator, and whose writing runs behind it, on
+    background threads (0: every stage in turn; the output is the same either way).
     """
 
     mode: Literal["generate", "prepare"] = "generate"
@@ -57,8 +67,14 @@ class RunConfig(_Frozen):
     min_visible_joints: int = Field(0, ge=0, le=21)
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0.0)
+    conditioning_scale: float = Field(1.0, ge=0.0)
     tas: bool = True
+    generation_batch_size: int | None = Field(None, ge=1, le=256)
+    min_alignment: float | None = Field(None, ge=0.0, le=1.0)
+    max_tries: int = Field(3, ge=1, le=100)
+    scorer: str = "mediapipe"
     cache_dir: str | None = None
+    prefetch: int = Field(2, ge=0, le=64)
 
     @field_validator("out", mode="before")
     @classmethod
@@ -83,6 +99,13 @@ class RunConfig(_Frozen):
             raise ValueError(f"generator must be composite or attentionhand:PATH, got {v!r}")
         return v
 
+    @field_validator("scorer")
+    @classmethod
+    def _scorer(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]+(:.*)?$", v):
+            raise ValueError(f"scorer must be NAME or NAME:OPTIONS (e.g. mediapipe), got {v!r}")
+        return v
+
     @property
     def num_shards(self) -> int:
         return (self.samples + self.shard_size - 1) // self.shard_size
@@ -105,6 +128,8 @@ class RunConfig(_Frozen):
         if self.mode == "prepare" and not self.source.startswith(("interhand:", "reinterhand:")):
             raise ValueError(f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
                              f"got {self.source!r}")  # fmt: skip
+        if self.mode == "prepare" and self.min_alignment is not None:
+            raise ValueError("min_alignment filters generated images; mode prepare keeps the dataset's real images")
         return self
 
     def identity(self) -> dict:
@@ -112,8 +137,9 @@ class RunConfig(_Frozen):
         settings (``OPERATIONAL``: where the run writes, which device computes it, where caches go). Two
         configs with equal identities write the same records, so they may resume or share one run folder."""
         d = self.model_dump(mode="json", exclude=set(OPERATIONAL))
-        if d["mode"] == "generate":  # runs made before ``mode`` existed keep their hash (and run tag)
-            del d["mode"]
+        for name, default in ADDED_FIELDS.items():  # runs made before a field existed keep their hash (run tag)
+            if d[name] == default:
+                del d[name]
         return d
 
     def config_sha256(self) -> str:
@@ -125,7 +151,18 @@ class RunConfig(_Frozen):
         return self.run_tag or self.config_sha256()[:8]
 
 
-OPERATIONAL = ("out", "device", "cache_dir")
+ADDED_FIELDS = {
+    "mode": "generate",
+    "conditioning_scale": 1.0,
+    "generation_batch_size": None,
+    "min_alignment": None,
+    "max_tries": 3,
+    "scorer": "mediapipe",
+}
+"""RunConfig fields added after runs were made: left out of ``identity()`` while they hold these defaults, so
+an older run's identity, hash and run tag stay as they were."""
+
+OPERATIONAL = ("out", "device", "cache_dir", "prefetch")
 """RunConfig fields that say how or where a run is computed, not what it writes (left out of its identity)."""
 
 

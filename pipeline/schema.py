@@ -216,6 +216,7 @@ class Label:
     generator: dict
     verts: np.ndarray
     schema_version: int = SCHEMA_VERSION
+    quality: dict | None = None
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -268,6 +269,8 @@ class Label:
         if not isinstance(self.generator, dict) or not isinstance(self.generator.get("name"), str):
             raise SchemaError(f"generator: expected an object with a name, got {_fmt(self.generator)}")
         object.__setattr__(self, "verts", _check_verts(self.verts, present))
+        if self.quality is not None:
+            _check_quality(self.quality)
 
     # -- serialisation --------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -287,6 +290,7 @@ class Label:
             "source": self.source,
             "hand_model": self.hand_model,
             "generator": self.generator,
+            **({} if self.quality is None else {"quality": self.quality}),
         }
 
     def label_bytes(self) -> bytes:
@@ -324,6 +328,7 @@ class Label:
             camera=Camera.from_json(d["camera"]), hand_type=d["hand_type"], hands=hands,
             crop_box=d["crop_box"], caption=d["caption"], hand_token_indices=d["hand_token_indices"],
             source=d["source"], hand_model=d["hand_model"], generator=d["generator"], verts=verts,
+            quality=d.get("quality"),
         )  # fmt: skip
 
     @classmethod
@@ -338,6 +343,17 @@ class Label:
         except (ValueError, OSError) as exc:
             raise SchemaError(f"verts.npy: not a valid .npy array ({exc})") from exc
         return cls.from_json(d, verts)
+
+
+def _check_quality(q: Any) -> None:
+    """``quality`` (written by ``--min-alignment``): an object naming its scorer, with the sample's alignment
+    in [0, 1] (or null: no hand judged) and the try number (>= 1) of the image it judged."""
+    if not isinstance(q, dict) or not isinstance(q.get("scorer"), str):
+        raise SchemaError(f"quality: expected an object with a scorer name, got {_fmt(q)}")
+    a = q.get("alignment")
+    if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
+        raise SchemaError(f"quality.alignment: expected a number in [0, 1] or null, got {_fmt(a)}")
+    _int("quality.try", q.get("try"), 1)
 
 
 def _check_verts(value: Any, present: tuple[str, ...]) -> np.ndarray:
@@ -387,7 +403,9 @@ class Sample:
     hands[*].joints_3d, hand_model. By the renderer: hands[*].joints_2d/joints_visible/bbox, crop_box,
     mesh_image (H, W, 3) uint8, mesh_local (512, 512, 3) uint8, mask (H, W) uint8, depth (H, W) float32.
     By the captioner: caption, hand_token_indices, caption_meta. By the generator: image (H, W, 3) uint8,
-    generator (settings dict). Training tuples (``mode: prepare``) also carry image_local (L, L, 3) uint8,
+    generator (settings dict); generators draw from the streams of try ``attempt`` (0 for the first try;
+    ``pipeline.seeding.stage_rng(seed, stage, attempt)``). By the alignment filter (``--min-alignment``):
+    quality (the scorer's verdict, ``evaluation.scorers.ScoreResult.quality()``). Training tuples (``mode: prepare``) also carry image_local (L, L, 3) uint8,
     the real image's crop box resampled like mesh_local.
     """
 
@@ -413,6 +431,8 @@ class Sample:
     image: np.ndarray | None = None
     image_local: np.ndarray | None = None
     generator: dict | None = None
+    attempt: int = 0
+    quality: dict | None = None
 
     def to_label(self) -> Label:
         """Validate and freeze into the ``Label``; raises ``SchemaError`` naming the first missing or bad field."""
@@ -433,6 +453,6 @@ class Sample:
             key=self.key, index=self.index, seed=self.seed, image_size=tuple(self.image_size),
             camera=self.camera, hand_type=self.hand_type, hands=hands, crop_box=self.crop_box,
             caption=self.caption, hand_token_indices=tuple(self.hand_token_indices), source=self.source,
-            hand_model=self.hand_model, generator=self.generator, verts=self.verts,
+            hand_model=self.hand_model, generator=self.generator, verts=self.verts, quality=self.quality,
         )  # fmt: skip
 

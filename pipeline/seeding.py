@@ -29,8 +29,24 @@ def sample_rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed))))
 
 
-def stage_rng(seed: int, stage: str) -> np.random.Generator:
+def stage_rng(seed: int, stage: str, attempt: int = 0) -> np.random.Generator:
     """An independent generator for one stage (e.g. 'caption', 'camera') of one sample: stages draw from
-    their own streams, so changing one stage's use of randomness leaves the others' draws unchanged."""
+    their own streams, so changing one stage's use of randomness leaves the others' draws unchanged.
+
+    ``attempt`` > 0 gives the stream of a regeneration (``hands generate --min-alignment``: try
+    ``attempt + 1``), independent of the first try's; attempt 0 is the stream every sample starts with.
+    """
     key = zlib.crc32(stage.encode("utf-8"))
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(key,))))
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    spawn_key = (key,) if attempt == 0 else (key, int(attempt))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=spawn_key)))
+
+
+def diffusion_seed(seed: int, attempt: int = 0) -> int:
+    """The diffusion (latent noise) seed of one try of one sample, in ``[0, 2**62)``: draw ``attempt`` of
+    the sample's ``'diffusion'`` stream, so each regeneration takes the next seed of the same stream."""
+    rng = stage_rng(seed, "diffusion")
+    for _ in range(attempt):
+        rng.integers(2**62)
+    return int(rng.integers(2**62))

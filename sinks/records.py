@@ -120,4 +120,6 @@ def index_row(label: Label, shard: str) -> dict:
         "bbox_left": None if label.hands["left"] is None else label.hands["left"].bbox.tolist(),
         "crop_box": label.crop_box.tolist(),
         "generator": label.generator.get("name"),
+        "alignment": None if label.quality is None else label.quality.get("alignment"),
+        "tries": None if label.quality is None else label.quality.get("try"),
     }

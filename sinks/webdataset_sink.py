@@ -42,6 +42,7 @@ INDEX_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("split", pa.string()), ("capture", pa.string()), ("frame", pa.string()),
     ("camera", pa.string()), ("caption", pa.string()), ("bbox_right", pa.list_(pa.float64())),
     ("bbox_left", pa.list_(pa.float64())), ("crop_box", pa.list_(pa.float64())), ("generator", pa.string()),
+    ("alignment", pa.float64()), ("tries", pa.int64()),
 ])  # fmt: skip
 
 

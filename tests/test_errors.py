@@ -409,3 +409,21 @@ def test_every_stage_error_is_a_handgen_error():
         ShardsNotFoundError,
     ):
         assert issubclass(cls, HandgenError), cls
+
+
+# -- 8. generator specs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("attentionhand:/models/ah,foo=1", "unknown option 'foo' (known options: guidance)"),
+        ("attentionhand:/models/ah,guidance", "guidance"),
+        ("attentionhand:", "the model folder is missing"),
+    ],
+)
+def test_bad_attentionhand_spec_is_one_line_before_anything_is_written(tmp_path, capsys, spec, message):
+    out = tmp_path / "run"
+    code, err = _run_cli(capsys, "generate", "--out", str(out), "--samples", "2", "--generator", spec,
+                         "--no-prefect", "-q")  # fmt: skip
+    line = _one_error_line(err)
+    assert code == 2 and message in line, line
+    assert not out.exists()

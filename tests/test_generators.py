@@ -37,7 +37,7 @@ def run(pipe, inputs, seeds=(1, 2), **kw):
 
 
 def test_full_pipeline_with_tas(pipe, inputs):
-    out = run(pipe, inputs, return_attention=True)
+    out = run(pipe, inputs, return_attention=True, views=("global", "local"))
     assert out.images.shape == (2, 64, 64, 3) and out.local_images.shape == (2, 64, 64, 3)
     assert out.images.dtype == np.uint8
     assert len(out.attention_maps) == 2  # TAS on the first half of 3 steps (rounded): 2 passes
@@ -74,12 +74,12 @@ def test_one_tas_update_lowers_the_loss(pipe, inputs):
 
 
 def test_tas_changes_output_and_seeds_reproduce(pipe, inputs):
-    on = run(pipe, inputs)
-    off = run(pipe, inputs, tas=TASConfig(enabled=False))
-    assert not np.array_equal(on.images, off.images)
-    again = run(pipe, inputs)
+    on = run(pipe, inputs, views=("global", "local"))
+    off = run(pipe, inputs, tas=TASConfig(enabled=False), views=("global", "local"))
+    assert not np.array_equal(on.images, off.images) and not np.array_equal(on.local_images, off.local_images)
+    again = run(pipe, inputs, views=("global", "local"))
     assert np.array_equal(on.images, again.images) and np.array_equal(on.local_images, again.local_images)
-    other = run(pipe, inputs, seeds=(3, 2))
+    other = run(pipe, inputs, seeds=(3, 2), views=("global", "local"))
     assert not np.array_equal(other.images[0], on.images[0]) and np.array_equal(other.images[1], on.images[1])
 
 
@@ -90,9 +90,9 @@ def test_zero_guidance_equals_plain_stable_diffusion(pipe, inputs):
                                  scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
                                  requires_safety_checker=False)  # fmt: skip
     sd.set_progress_bar_config(disable=True)
-    lat = pipe._latents([5, 6], 64, 64, torch.float32)
+    lat = pipe._latents([5, 6], 64, 64, torch.float32, views=("global",))
     ours = run(pipe, inputs, tas=TASConfig(enabled=False), latents=lat, guidance_scale=5.0)
-    theirs = sd(PROMPTS, height=64, width=64, num_inference_steps=3, guidance_scale=5.0, latents=lat[:2] / 1.0,
+    theirs = sd(PROMPTS, height=64, width=64, num_inference_steps=3, guidance_scale=5.0, latents=lat / 1.0,
                 output_type="np").images  # fmt: skip
     theirs = (np.clip(theirs, 0, 1) * 255).round().astype(np.uint8)
     assert np.abs(ours.images.astype(int) - theirs.astype(int)).max() <= 1  # identical up to uint8 rounding
@@ -155,6 +155,7 @@ def test_generator_stage_on_samples(pipe, hand_model):
     for s in samples:
         assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
         assert s.generator["name"] == "attentionhand" and s.generator["tas"]["enabled"] and s.generator["steps"] == 2
+        assert s.generator["views"] == ["global"]
         assert list(s.hand_token_indices) == [3, 6]  # <sot> a person "holding" up a "hand"
     again = _rendered_samples(hand_model)
     gen.generate(again)

@@ -84,7 +84,7 @@ def test_resume_with_another_config_is_refused(reference, tmp_path, change, fiel
 
 
 def test_operational_settings_do_not_change_identity(tmp_path):
-    a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b", device="cpu", cache_dir=str(tmp_path / "c"))
+    a, b = _cfg(tmp_path / "a"), _cfg(tmp_path / "b", device="cpu", cache_dir=str(tmp_path / "c"), prefetch=0)
     assert a.config_sha256() == b.config_sha256() and a.effective_run_tag() == b.effective_run_tag()
 
 

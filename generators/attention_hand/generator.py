@@ -1,32 +1,126 @@
-"""``--generator attentionhand:PATH``: the AttentionHand pipeline as a pipeline stage over samples."""
+"""``--generator attentionhand:PATH``: the AttentionHand pipeline as a pipeline stage over samples.
+
+``parse_spec`` reads the ``--generator`` value (``attentionhand:PATH[,guidance=DIR]``);
+``AttentionHandGenerator`` generates each sample's image, in generation batches of its own size that shrink
+on CUDA out-of-memory.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from generators.attention_hand.pipeline import TASConfig
+from generators.attention_hand.pipeline import AttentionHandError, TASConfig, normalize_views
 from generators.base import Generator
+from pipeline.errors import HandgenError
 from pipeline.schema import Sample
-from pipeline.seeding import stage_rng
+from pipeline.seeding import diffusion_seed
 
 logger = logging.getLogger(__name__)
 
+SPEC_PREFIX = "attentionhand:"
+SPEC_OPTIONS = ("guidance",)
+"""The options ``attentionhand:PATH,NAME=VALUE,...`` knows: ``guidance=DIR`` (a separate guidance module)."""
+
+_OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+class AttentionHandSpecError(AttentionHandError):
+    """A ``--generator attentionhand:...`` value that cannot be parsed; the message names the bad part."""
+
+
+class AttentionHandOutOfMemoryError(HandgenError, RuntimeError):
+    """The device ran out of memory generating a single image (generation batch 1); the message names the
+    sample and what to change. Retrying as it is cannot help."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionHandSpec:
+    """A parsed ``attentionhand:PATH[,guidance=DIR]``: ``path`` the model folder, ``guidance`` a separate
+    guidance module folder (``None``: ``PATH/guidance``). Both exactly as given (not resolved)."""
+
+    path: str
+    guidance: str | None = None
+
+
+def parse_spec(spec: str) -> AttentionHandSpec:
+    """Parse a ``--generator`` value ``attentionhand:PATH[,NAME=VALUE...]`` (the ``attentionhand:`` prefix
+    may be left out). ``PATH`` cannot contain a comma; names and values are stripped of surrounding blanks.
+    Raises ``AttentionHandSpecError`` (one line) for a missing path, an empty, unknown or repeated option, an
+    option without ``=`` or without a value."""
+    usage = "attentionhand:PATH[,guidance=DIR]"
+    text = spec[len(SPEC_PREFIX) :] if spec.startswith(SPEC_PREFIX) else spec
+    path, *options = (part.strip() for part in text.split(","))
+    if not path:
+        raise AttentionHandSpecError(f"--generator {spec!r}: the model folder is missing (expected {usage})")
+    values: dict[str, str] = {}
+    known = ", ".join(SPEC_OPTIONS)
+    for opt in options:
+        if not opt:
+            raise AttentionHandSpecError(
+                f"--generator {spec!r}: empty option (a stray comma?); expected {usage}"
+            )
+        if "=" not in opt:
+            raise AttentionHandSpecError(
+                f"--generator {spec!r}: option {opt!r} needs the form NAME=VALUE (known options: {known})"
+            )
+        name, value = (x.strip() for x in opt.split("=", 1))
+        if name not in SPEC_OPTIONS:
+            raise AttentionHandSpecError(
+                f"--generator {spec!r}: unknown option {name!r} (known options: {known})"
+            )
+        if name in values:
+            raise AttentionHandSpecError(f"--generator {spec!r}: option {name!r} is given twice")
+        if not value:
+            raise AttentionHandSpecError(f"--generator {spec!r}: option {name!r} has no value")
+        values[name] = value
+    return AttentionHandSpec(path=path, guidance=values.get("guidance"))
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 resampled (bicubic) to ``size`` (H, W); the same array when it has that size."""
+    if image.shape[:2] == tuple(size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+
+
+def _release_cuda_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
 
 class AttentionHandGenerator(Generator):
-    """Generates each sample's image from its caption, hand tokens and global / local mesh images.
+    """Generates each sample's image from its caption, hand tokens and mesh images.
 
     Images are generated at the sample's image size (square, a multiple of the model's size step). The hand
     tokens are recomputed with the model's own tokenizer (``captioning.tagging``), so TAS attends to the right
-    positions whatever tokenizer captioned the sample; the sample's ``hand_token_indices`` are updated to match.
-    The diffusion seed is drawn from the sample's own stream (``stage_rng(seed, 'diffusion')``).
+    positions whatever tokenizer captioned the sample; the sample's ``hand_token_indices`` are updated to
+    match. The diffusion seed is drawn from the sample's own stream
+    (``pipeline.seeding.diffusion_seed(seed, attempt)``: a regeneration takes the next seed of the stream), so
+    a sample's noise does not depend on its batch.
+
+    Views: ``("global",)`` (default) conditions on the global mesh image only, as the official inference
+    does; with ``("global", "local")`` the local close-up is generated too (from ``mesh_local``, at the
+    sample's image size) and put into ``sample.image_local`` ((L, L, 3) uint8, resampled to the size of
+    ``mesh_local`` when that differs). The views are recorded in ``sample.generator["views"]``.
+
+    Generation batches hold ``batch_size`` samples (the generation batch, set apart from the run's render
+    batch). When the device runs out of memory, the batch is retried in halves (one warning line), and the
+    smaller size is kept for later batches (``current_batch_size``); at one sample per batch the error becomes
+    a one-line ``AttentionHandOutOfMemoryError``.
     """
 
     name = "attentionhand"
-    version = 1
+    version = 2  # 2: views (global only by default; version 1 always sampled the local view alongside)
 
     def __init__(
         self,
@@ -39,9 +133,12 @@ class AttentionHandGenerator(Generator):
         tas: TASConfig | None = None,
         batch_size: int = 4,
         device: str = "auto",
+        views: str | Sequence[str] = ("global",),
     ) -> None:
         """``path``: model folder (``models`` module doc); ``guidance``: a separate guidance folder (else
-        ``path/guidance``); or ``pipeline``: an already built pipeline.
+        ``path/guidance``); or ``pipeline``: an already built pipeline. ``batch_size``: samples per pipeline
+        call (>= 1). ``views``: ``("global",)`` or ``("global", "local")`` (or ``"global,local"``); others
+        raise ``AttentionHandError``.
 
         ``weights_id`` (recorded in every label) is the content hash of exactly the folders loaded
         (``models.model_weights_id``: 16 hex characters, cached per folder); ``"in-memory"`` for a pipeline
@@ -50,6 +147,9 @@ class AttentionHandGenerator(Generator):
         from captioning.tagging import HandTokenTagger
         from generators.attention_hand.models import load_pipeline, model_weights_id
 
+        self.views = normalize_views(views)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise AttentionHandError(f"generation batch size must be a whole number >= 1, got {batch_size!r}")
         if pipeline is None:
             if path is None:
                 raise ValueError("AttentionHandGenerator needs a model folder or a pipeline")
@@ -58,13 +158,59 @@ class AttentionHandGenerator(Generator):
         self.steps, self.guidance_scale, self.conditioning_scale = steps, guidance_scale, conditioning_scale
         self.tas = tas or TASConfig()
         self.batch_size = batch_size
+        self.current_batch_size = batch_size
         self.tagger = HandTokenTagger(tokenizer=self.pipe.tokenizer)
         self.weights_id = model_weights_id(path, guidance) if path is not None else "in-memory"
         logger.debug("attentionhand: weights_id %s (%s, guidance %s)", self.weights_id, path, guidance)
 
+    @classmethod
+    def from_spec(cls, spec: str | AttentionHandSpec, **kwargs) -> AttentionHandGenerator:
+        """A generator for a ``--generator attentionhand:PATH[,guidance=DIR]`` value (``parse_spec``);
+        ``kwargs`` go to ``__init__``."""
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        return cls(spec.path, guidance=spec.guidance, **kwargs)
+
     def generate(self, samples: Sequence[Sample]) -> None:
-        for i in range(0, len(samples), self.batch_size):
-            self._batch(list(samples[i : i + self.batch_size]))
+        self._generate_all(list(samples))
+
+    def _generate_all(self, samples: list[Sample]) -> None:
+        """Generate in batches of ``current_batch_size`` (re-read before each batch: it may shrink)."""
+        i = 0
+        while i < len(samples):
+            n = self.current_batch_size
+            self._generate_fitting(samples[i : i + n])
+            i += n
+
+    def _generate_fitting(self, batch: list[Sample]) -> None:
+        """Generate ``batch``; when the device runs out of memory, retry it in halves (keeping that size)."""
+        try:
+            self._batch(batch)
+            return
+        except _OOM_ERRORS as exc:
+            if len(batch) == 1:
+                s = batch[0]
+                H, W = s.image_size
+                fixes = ["a smaller --image-size"]
+                fixes += ["--views global"] if "local" in self.views else []
+                fixes += ["--no-tas"] if self.tas.enabled else []
+                device = getattr(self.pipe, "device", "the device")
+                raise AttentionHandOutOfMemoryError(
+                    f"{s.key}: out of memory on {device} generating one {H}x{W} image "
+                    f"(views {','.join(self.views)}); try {', '.join(fixes)}, "
+                    "or a device with more free memory"
+                ) from exc
+        # outside the except block, so the failed call's tensors (held by the traceback) can be freed
+        _release_cuda_memory()
+        half = (len(batch) + 1) // 2
+        self.current_batch_size = min(self.current_batch_size, half)
+        logger.warning(
+            "attentionhand: out of memory generating %d samples at once (from %s); "
+            "retrying in batches of %d, kept for later batches",
+            len(batch),
+            batch[0].key,
+            self.current_batch_size,
+        )
+        self._generate_all(batch)
 
     def _batch(self, batch: list[Sample]) -> None:
         sizes = {tuple(s.image_size) for s in batch}
@@ -72,18 +218,20 @@ class AttentionHandGenerator(Generator):
             raise ValueError(f"a generation batch needs one image size, got {sorted(sizes)}")
         H, W = sizes.pop()
         if H != W:
-            raise ValueError(
+            raise AttentionHandError(
                 f"AttentionHand generates square images; got {H}x{W} (letterbox the source first)"
             )
+        local = "local" in self.views
         for s in batch:
-            if s.caption is None or s.mesh_image is None or s.mesh_local is None:
-                raise ValueError(f"{s.key}: caption and mesh images must be filled in before generation")
+            if s.caption is None or s.mesh_image is None or (local and s.mesh_local is None):
+                need = "caption and mesh images" if local else "caption and mesh image"
+                raise ValueError(f"{s.key}: {need} must be filled in before generation")
             s.hand_token_indices = tuple(self.tagger.tag(s.caption).hand_token_indices)
-        seeds = [int(stage_rng(s.seed, "diffusion").integers(2**62)) for s in batch]
+        seeds = [diffusion_seed(s.seed, s.attempt) for s in batch]
         out = self.pipe(
             [s.caption for s in batch],
             np.stack([s.mesh_image for s in batch]),
-            np.stack([s.mesh_local for s in batch]),
+            np.stack([s.mesh_local for s in batch]) if local else None,
             [list(s.hand_token_indices) for s in batch],
             seeds,
             height=H,
@@ -92,10 +240,14 @@ class AttentionHandGenerator(Generator):
             guidance_scale=self.guidance_scale,
             conditioning_scale=self.conditioning_scale,
             tas=self.tas,
+            views=self.views,
             progress=False,
         )
-        for s, img, seed in zip(batch, out.images, seeds, strict=True):
+        local_images = out.local_images if local else [None] * len(batch)
+        for s, img, img_local, seed in zip(batch, out.images, local_images, seeds, strict=True):
             s.image = img
+            if local:
+                s.image_local = _resized(img_local, s.mesh_local.shape[:2])
             s.generator = {
                 "name": self.name,
                 "version": self.version,
@@ -105,6 +257,7 @@ class AttentionHandGenerator(Generator):
                 "conditioning_scale": self.conditioning_scale,
                 "scheduler": type(self.pipe.scheduler).__name__,
                 "tas": self.tas.to_json(),
+                "views": list(self.views),
                 "seed": seed,
                 "dtype": str(self.pipe.unet.dtype),
             }
