@@ -52,3 +52,12 @@ def number_in(lo: float, hi: float | None, what: str):
 
 unit_interval = number_in(0.0, 1.0, "a number in [0, 1]")
 non_negative = number_in(0.0, None, "a number >= 0")
+
+
+def device(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (one GPU of a multi-GPU node)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from flows.argtypes import count as _count
+from flows.argtypes import device as _device
 from flows.argtypes import non_negative, unit_interval
 from flows.argtypes import positive_int as _positive_int
 from pipeline.errors import HandgenError, one_line
@@ -20,6 +21,14 @@ logger = logging.getLogger("hands")
 
 class UsageError(HandgenError):
     """Bad command-line arguments or inputs: reported as one line, exit code 2."""
+
+
+def _views(text: str) -> str:
+    """An argparse type for ``--views``: ``global`` or ``global,local``."""
+    items = [v.strip() for v in text.split(",")]
+    if sorted(items) not in (["global"], ["global", "local"]):
+        raise argparse.ArgumentTypeError(f"expected global or global,local, got {text!r}")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +166,7 @@ def _generate(args, server) -> int:
                  "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir, "prefetch": args.prefetch,
                  **{k: getattr(args, k, None) for k in ("steps", "guidance_scale", "conditioning_scale", "tas",
                                                         "generation_batch_size", "min_alignment", "max_tries",
-                                                        "scorer")},
+                                                        "scorer", "views")},
                  "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
     cfg = load_config(args.config, **overrides)
     from flows.workers import LocalWorkers
@@ -167,7 +176,7 @@ def _generate(args, server) -> int:
     t0 = time.perf_counter()
     # extra workers start first, so that their model loading overlaps this process's; each checks the models
     # and the run folder itself before it claims a shard
-    with LocalWorkers(cfg, 0 if finished else args.workers - 1, resume=args.resume) as workers:
+    with LocalWorkers(cfg, 0 if finished else args.workers - 1, verbose=args.verbose, resume=args.resume) as workers:
         if not finished:
             stages.stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
         state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
@@ -201,8 +210,12 @@ def _write(args, cfg, folder, workers, prepare: bool, t0: float, server) -> int:
             manifest = json.loads(folder.store.read_bytes("manifest.json"))
     dt = time.perf_counter() - t0
     counts = manifest["counts"]
-    print(f"wrote {counts['written']} samples in {len(manifest['shards'])} shards to {cfg.out} "
-          f"({counts['written'] / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")  # fmt: skip
+    samples = counts["written"] // len(cfg.views)  # with views global,local: one local record per sample
+    what = f"{samples} samples"
+    if samples != counts["written"]:
+        what += f" ({counts['written']} records with their local views)"
+    print(f"wrote {what} in {len(manifest['shards'])} shards to {cfg.out} "
+          f"({samples / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")  # fmt: skip
     if counts["skipped"]:
         print("skipped: " + ", ".join(f"{k} {v}" for k, v in counts["skipped"].items()))
     print(f"manifest: {cfg.out}/manifest.json  index: {cfg.out}/index.parquet  preview: {cfg.out}/preview.png")
@@ -275,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT")  # fmt: skip
         q.add_argument("--captioner", default=None, help="labels | qwen-vl:PATH")
         if not prep:
-            q.add_argument("--generator", default=None, help="composite | attentionhand:PATH")
+            q.add_argument("--generator", default=None, help="composite[:background=natural,...] | attentionhand:PATH[,guidance=DIR]")
             q.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
             q.add_argument("--steps", type=_positive_int, default=None, help="diffusion sampling steps (default 20)")
             q.add_argument("--guidance-scale", type=non_negative, default=None,
@@ -291,8 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--max-tries", type=_positive_int, default=None,
                            help="tries per sample under --min-alignment before it is skipped (default 3)")
             q.add_argument("--scorer", default=None, help="alignment scorer for --min-alignment (default mediapipe)")
+            q.add_argument("--views", type=_views, default=None,
+                           help="global (default) | global,local: also write each sample's local close-up "
+                                "as a record of its own, right after it")  # fmt: skip
         q.add_argument("--seed", type=int, default=None)
-        q.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+        q.add_argument("--device", type=_device, default=None,
+                       help="auto | cpu | cuda | cuda:N (one worker per GPU: --device cuda:0, cuda:1, ...)")
         q.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
         q.add_argument("--resume", action="store_true", help="continue a run in --out (complete shards are kept)")
         q.add_argument("--image-size", type=_positive_int, default=None,

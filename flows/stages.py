@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, resolve_device
 from pipeline.schema import SIDES, SchemaError
 from sinks.run import RunFolder, wait_for
 from sinks.webdataset_sink import ShardedOutput, ShardReport
@@ -83,8 +83,6 @@ class Stages:
     """Every stage of a run, built once (models load here)."""
 
     def __init__(self, config: RunConfig) -> None:
-        import torch
-
         from captioning.tagging import HandTokenTagger
         from pipeline.hand_model import HandModel
         from pipeline.sources import FilterConfig, make_source
@@ -93,9 +91,7 @@ class Stages:
         self.config = config
         self.timings: Counter = Counter()  # seconds spent per stage in this process
         self._run_info: dict | None = None
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(config.device)  # a GPU that is not there is one line
         self.device = device
         self.hand_model = HandModel(config.hand_model.mano_dir, device=device)
         filters = FilterConfig(min_hand_px=config.min_hand_px, max_truncation=config.max_truncation)
@@ -118,10 +114,11 @@ class Stages:
             from generators.real import RealImageGenerator
 
             self.generator = RealImageGenerator()
-        elif config.generator == "composite":
-            from generators.composite import CompositeConfig, CompositeGenerator
+        elif config.generator.partition(":")[0] == "composite":
+            from generators.composite import CompositeConfig, CompositeGenerator, parse_spec
 
-            self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds))
+            options = parse_spec(config.generator)  # a bad option is one line
+            self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds, **options))
         else:
             from generators.attention_hand.generator import AttentionHandGenerator, parse_spec
             from generators.attention_hand.pipeline import TASConfig
@@ -131,6 +128,7 @@ class Stages:
                 spec.path, guidance=spec.guidance, steps=config.steps, guidance_scale=config.guidance_scale,
                 conditioning_scale=config.conditioning_scale, tas=TASConfig(enabled=config.tas),
                 batch_size=config.generation_batch_size or config.batch_size, device=device,
+                views=config.views,
             )  # fmt: skip
 
         self.scorer = None
@@ -204,7 +202,7 @@ class Stages:
                     h = s.hands[side]
                     h.joints_2d, h.joints_visible, h.bbox = r.joints_2d[side], r.joints_visible[side], r.bbox[side]
             s.crop_box, s.mesh_image, s.mesh_local = r.crop_box, r.mesh_image, r.mesh_local
-            s.mask, s.depth = r.mask, r.depth
+            s.mask, s.depth, s.local = r.mask, r.depth, r.local
             if not (r.mask > 0).any():
                 skips["not_visible"] += 1
                 continue
@@ -306,6 +304,7 @@ def run_shard(
     import copy
 
     from flows.prefetch import Prefetch, WriteBehind
+    from sinks.records import view_records
 
     depth = config.prefetch if prefetch is None else prefetch
     folder = folder or RunFolder(config)
@@ -335,7 +334,8 @@ def run_shard(
             for s in samples:
                 tw = time.perf_counter()
                 try:
-                    writer.write(s)
+                    for record in view_records(s, config.views):  # views global,local: + its local record
+                        writer.write(record)
                 except SchemaError as exc:
                     write_skips["invalid_label"] += 1
                     logger.warning("skipped %s: %s", s.key, exc)

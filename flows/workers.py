@@ -54,9 +54,9 @@ def worker_main(config: dict, counter, processes: int, parent: int, verbose: boo
     from pipeline.errors import HandgenError
     from sinks.run import RunFolder
 
+    cfg = RunConfig(**config)  # the main process's config, already valid
     try:
         limit_threads(processes)
-        cfg = RunConfig(**config)
 
         def progress(n: int) -> None:
             with counter.get_lock():
@@ -68,6 +68,9 @@ def worker_main(config: dict, counter, processes: int, parent: int, verbose: boo
         folder.open(resume=resume)
         stages.run_shards(cfg, list(range(cfg.num_shards)), folder, wait=False)
     except HandgenError as exc:  # the main process meets the same error and reports it: one line in all
+        if RunFolder(cfg).finished():  # the others finished the whole run before this worker got going
+            logger.info("worker stops: the run is finished")
+            return
         logger.info("worker stops: %s", exc.one_line())
         sys.exit(2)
 

@@ -1,47 +1,83 @@
 """The weight-free ``composite`` generator (embedded default): a skin-shaded hand over a background.
 
-Per sample, drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration under
-``--min-alignment`` draws from the stream of its try):
+Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
+under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
+``generator`` field. Version 2 (``CompositeConfig`` defaults; each component can be switched back to version 1
+for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
-* background: a random image from ``backgrounds`` (cropped to the image's aspect ratio, never stretched), or a
-  procedural one (two-colour gradient along the light direction, low-frequency noise, a few soft shapes);
-* skin: one tone from a palette (light to dark) for the person, with a low-frequency procedural texture;
-* shading: normals from the label's own depth map (back-projected with K), one light direction for hand and
-  background: ``albedo * (ambient + diffuse * max(0, n . l)) + specular * max(0, n . h)^shininess``;
-* the hand is pasted exactly where the label's mask says (binary alpha), then the whole image gets a mild blur,
-  sensor noise and a colour jitter.
+* **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
+  ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches the
+  right; a lighter, pinker palm (per pixel, by the surface normal against the label's palm normal); knuckle and
+  crease darkening at the label's visible 2D joints; nails at the visible fingertips on the back of the hand; a
+  mottled texture; subtle specular. ``"flat"``: one palette tone, a faint texture (version 1).
+* **light** (``light="presets"``): a key, a fill and a rim light from one of ``LIGHT_PRESETS`` (colour
+  temperatures, strengths), in linear RGB; the same lights shade the background (a falloff toward the key
+  light, their colours), exposure is metered on the hand. ``"single"``: one white light (version 1).
+* **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same lights;
+  MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``: ``dead_leaves`` (occluding shapes with a power-law size
+  distribution, textured), ``room`` (a wall and a table top with objects) or ``pink`` (coloured 1/f noise); all
+  have natural 1/f amplitude spectra, with a random depth-of-field blur. Photos from ``backgrounds`` (cropped to the aspect ratio, never stretched) replace
+  either, tinted by the lights.
+* **camera effects** (``camera_effects=True``): white balance with a residual cast, defocus, motion blur
+  (sometimes), signal-dependent sensor noise, a JPEG round trip (sometimes). False: a mild blur, noise and a
+  colour jitter (version 1).
+* **spectrum matching** (``spectrum_match > 0``, off by default): the whole image's radially averaged amplitude
+  spectrum is pulled toward a 1/f line, keeping the phase.
 
-The camera is the label's, so the label stays exact.
+The hand is pasted exactly where the label's mask says (binary alpha, ``compose``); only the camera effects,
+which act on the whole image, mix a few pixels across the silhouette. The camera is the label's, so the label
+stays exact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from generators.base import Generator
-from pipeline.schema import Sample
+from pipeline.errors import HandgenError
+from pipeline.schema import SIDES, Sample
 from pipeline.seeding import stage_rng
 
 logger = logging.getLogger(__name__)
 
-SKIN_TONES = (  # sRGB 0-1, light to dark
+SKIN_TONES = (  # sRGB 0-1, light to dark: the anchors of the continuous skin-tone range
     (0.96, 0.80, 0.69), (0.92, 0.74, 0.62), (0.87, 0.68, 0.55), (0.80, 0.60, 0.47), (0.72, 0.53, 0.40),
     (0.63, 0.45, 0.33), (0.55, 0.38, 0.27), (0.45, 0.31, 0.22), (0.37, 0.25, 0.18), (0.29, 0.20, 0.15),
 )  # fmt: skip
+#: lighting presets: (colour temperature K, strength) of key, fill and rim, and the ambient strength
+LIGHT_PRESETS = {
+    "studio": {"key": (5600, 1.00), "fill": (5600, 0.40), "rim": (6500, 0.55), "ambient": 0.22},
+    "daylight": {"key": (5500, 1.05), "fill": (8000, 0.45), "rim": (6500, 0.35), "ambient": 0.25},
+    "overcast": {"key": (6500, 0.60), "fill": (7000, 0.50), "rim": (6500, 0.20), "ambient": 0.40},
+    "warm_indoor": {"key": (3000, 0.95), "fill": (3400, 0.40), "rim": (4000, 0.40), "ambient": 0.20},
+    "mixed": {"key": (3400, 0.90), "fill": (5800, 0.45), "rim": (5000, 0.45), "ambient": 0.20},
+    "dramatic": {"key": (4800, 1.25), "fill": (5600, 0.12), "rim": (6000, 0.90), "ambient": 0.10},
+}
+BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+_FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))  # JOINT_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
 class CompositeConfig:
-    """backgrounds: folder of images (None: procedural). Shading and post-processing strengths."""
+    """backgrounds: folder of images (None: procedural). ``skin``, ``light``, ``background``,
+    ``camera_effects`` and ``spectrum_match`` select the components (module doc); the rest are strengths."""
 
     backgrounds: str | None = None
+    skin: str = "v2"  # "v2" | "flat"
+    light: str = "presets"  # "presets" | "single"
+    background: str = "blobs"  # "blobs" | "natural" (measured: blobs are detected more often, docs/benchmarks.md)
+    camera_effects: bool = True
+    spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     skin_tones: tuple = SKIN_TONES
     ambient: float = 0.38
     diffuse: float = 0.62
@@ -51,17 +87,186 @@ class CompositeConfig:
     blur: tuple = (0.3, 0.9)
     noise: tuple = (1.0, 4.0)
     jitter: float = 0.08
+    defocus: tuple = (0.0, 1.0)  # camera effects: Gaussian sigma, px
+    motion_blur: float = 0.2  # probability of a motion blur, 3-9 px long
+    jpeg: float = 0.5  # probability of a JPEG round trip, quality 50-95
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("skin", self.skin, ("v2", "flat")), ("light", self.light, ("presets", "single")),
+                                     ("background", self.background, ("natural", "blobs"))):  # fmt: skip
+            if value not in allowed:
+                raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.spectrum_match <= 1.0:
+            raise ValueError(f"composite spectrum_match must be in [0, 1], got {self.spectrum_match!r}")
 
 
+#: ``composite:NAME=VALUE,...`` options (``--generator``), the ``CompositeConfig`` fields a user may choose.
+SPEC_OPTIONS = {"skin": str, "light": str, "background": str, "camera_effects": bool, "spectrum_match": float}
+
+
+class CompositeSpecError(HandgenError, ValueError):
+    """A malformed ``composite:...`` generator spec; one line."""
+
+
+def parse_spec(spec: str) -> dict:
+    """The ``CompositeConfig`` overrides of ``composite`` or ``composite:background=natural,camera_effects=0``
+    (booleans: 1/0, true/false, yes/no, on/off); ``CompositeSpecError`` names a bad option or value."""
+    name, _, rest = str(spec).partition(":")
+    if name != "composite":
+        raise CompositeSpecError(f"--generator {spec!r}: not a composite spec")
+    out: dict = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))) if rest else ():
+        key, eq, value = item.partition("=")
+        if not eq or not value:
+            raise CompositeSpecError(f"--generator {spec!r}: expected NAME=VALUE, got {item!r}")
+        if key not in SPEC_OPTIONS:
+            raise CompositeSpecError(
+                f"--generator {spec!r}: unknown option {key!r} (known options: {', '.join(SPEC_OPTIONS)})"
+            )
+        if key in out:
+            raise CompositeSpecError(f"--generator {spec!r}: option {key!r} given twice")
+        kind = SPEC_OPTIONS[key]
+        try:
+            if kind is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                out[key] = kind(value)
+        except ValueError:
+            raise CompositeSpecError(f"--generator {spec!r}: {key} expects a {kind.__name__}, got {value!r}") from None
+    try:
+        CompositeConfig(**out)
+    except ValueError as exc:
+        raise CompositeSpecError(f"--generator {spec!r}: {exc}") from None
+    return out
+
+
+class Composite(NamedTuple):
+    """The layers of one image before the camera: linear RGB float32 (H, W, 3) each; ``alpha`` is the mask."""
+
+    image: np.ndarray
+    background: np.ndarray
+    hand: np.ndarray
+    alpha: np.ndarray
+    record: dict
+
+
+# -- colour --------------------------------------------------------------------------------------------------------
+_SRGB_LUT = None
+_LINEAR_LUT = None
+
+
+def to_linear(x):
+    """sRGB (0-1) -> linear."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def to_srgb8(x: np.ndarray) -> np.ndarray:
+    """Linear float (clipped to 0-1) -> sRGB uint8, through a 4096-entry table."""
+    global _SRGB_LUT
+    if _SRGB_LUT is None:
+        v = np.linspace(0.0, 1.0, 4096)
+        s = np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
+        _SRGB_LUT = np.clip(s * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    idx = np.clip(x * 4095.0 + 0.5, 0, 4095).astype(np.int32)
+    return _SRGB_LUT[idx]
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def linear_u8(x: np.ndarray) -> np.ndarray:
+    """sRGB uint8 -> linear float32, through a table."""
+    global _LINEAR_LUT
+    if _LINEAR_LUT is None:
+        _LINEAR_LUT = to_linear(np.arange(256) / 255.0)
+    return _LINEAR_LUT[x]
+
+
+def kelvin_rgb(t: float) -> np.ndarray:
+    """Linear RGB of a black body at ``t`` K (Tanner Helland's fit), normalised to luminance 1."""
+    t = min(max(t, 1500.0), 15000.0) / 100.0
+    r = 255.0 if t <= 66 else 329.698727446 * (t - 60) ** -0.1332047592
+    g = 99.4708025861 * math.log(t) - 161.1195681661 if t <= 66 else 288.1221695283 * (t - 60) ** -0.0755148492
+    b = 255.0 if t >= 66 else (0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307)
+    rgb = to_linear(np.clip(np.array([r, g, b]) / 255.0, 0, 1))
+    return (rgb / (rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32))).astype(np.float32)
+
+
+def skin_albedo(tone: float, tones: Sequence = SKIN_TONES) -> np.ndarray:
+    """sRGB albedo of ``tone`` in [0, 1] (light to dark): piecewise-linear along the anchors."""
+    anchors = np.asarray(tones, dtype=np.float32)
+    x = min(max(float(tone), 0.0), 1.0) * (len(anchors) - 1)
+    i = min(int(x), len(anchors) - 2)
+    return anchors[i] * (1 - (x - i)) + anchors[i + 1] * (x - i)
+
+
+# -- fields --------------------------------------------------------------------------------------------------------
 def _smooth_noise(rng, h: int, w: int, cells: int) -> np.ndarray:
     """(h, w) low-frequency noise in [-1, 1]: a random grid upsampled bicubically."""
     grid = rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32)
     return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
 
 
-def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray) -> np.ndarray:
+def pink_noise(rng, h: int, w: int, alpha: float = 1.0) -> np.ndarray:
+    """(h, w) float32 noise, zero mean and unit std, whose amplitude spectrum falls as 1/f^alpha (random phase).
+    Above 256 px it is drawn at half size and upsampled (its top octave is left to texture and sensor noise)."""
+    if max(h, w) > 256:
+        small = pink_noise(rng, (h + 1) // 2, (w + 1) // 2, alpha)
+        return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BILINEAR), dtype=np.float32)
+    fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
+    f = np.sqrt(fy * fy + fx * fx)
+    f[0, 0] = 1.0
+    amp = f ** -float(alpha)
+    amp[0, 0] = 0.0
+    spec = (rng.standard_normal(amp.shape, dtype=np.float32) + 1j * rng.standard_normal(amp.shape, dtype=np.float32))
+    x = np.fft.irfft2(spec * amp, s=(h, w)).astype(np.float32)
+    return (x - x.mean()) / max(float(x.std()), 1e-12)
+
+
+def radial_spectrum(img: np.ndarray, bins: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies in cycles per pixel, mean amplitude) of a greyscale image, in log-spaced radial bins."""
+    g = np.asarray(img, dtype=np.float64)
+    g = (g - g.mean()) * np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
+    a = np.abs(np.fft.rfft2(g))
+    f = np.sqrt(np.fft.fftfreq(g.shape[0])[:, None] ** 2 + np.fft.rfftfreq(g.shape[1])[None, :] ** 2)
+    edges = np.geomspace(2.0 / max(g.shape), 0.5, bins + 1)
+    idx = np.digitize(f.ravel(), edges) - 1
+    ok = (idx >= 0) & (idx < bins)
+    s = np.bincount(idx[ok], a.ravel()[ok], bins)
+    n = np.bincount(idx[ok], None, bins)
+    keep = n > 0
+    return np.sqrt(edges[:-1] * edges[1:])[keep], s[keep] / n[keep]
+
+
+def spectrum_slope(img: np.ndarray, fmin: float = 0.01, fmax: float = 0.25) -> float:
+    """The log-log slope of ``radial_spectrum`` between ``fmin`` and ``fmax`` cycles per pixel (natural: ~ -1)."""
+    f, a = radial_spectrum(img)
+    sel = (f >= fmin) & (f <= fmax)
+    return float(np.polyfit(np.log(f[sel]), np.log(a[sel]), 1)[0])
+
+
+def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
+    """Box blur of radius ``r`` along both first axes (edges clamped), via cumulative sums."""
+    for axis in (0, 1):
+        n = a.shape[axis]
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (r + 1, r)
+        c = np.cumsum(np.pad(a, pad, mode="edge"), axis=axis, dtype=np.float32)
+        hi = np.take(c, np.arange(2 * r + 1, n + 2 * r + 1), axis=axis)
+        lo = np.take(c, np.arange(0, n), axis=axis)
+        a = (hi - lo) / (2 * r + 1)
+    return a
+
+
+def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smooth: int = 0) -> np.ndarray:
     """(H, W, 3) unit camera-space normals (facing the camera) from a depth map; background depth is filled
-    from neighbouring hand pixels first so silhouettes do not create false slopes."""
+    from neighbouring hand pixels first so silhouettes do not create false slopes. ``smooth``: a box-blur radius
+    (twice, mask-weighted) that rounds off the mesh's facets."""
     d = depth.astype(np.float64).copy()
     valid = mask > 0
     for _ in range(3):  # spread hand depths 3 pixels outwards
@@ -81,14 +286,56 @@ def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray) -> n
     flip = (n * P).sum(-1) > 0  # make normals face the camera
     n[flip] *= -1.0
     n[~valid] = (0.0, 0.0, -1.0)
+    n = n.astype(np.float32)
+    if smooth > 0:
+        w = valid.astype(np.float32)[..., None]
+        acc = n * w
+        for _ in range(2):
+            acc, w = _box_blur(acc, smooth), _box_blur(w, smooth)
+        n = np.where(valid[..., None], acc / np.maximum(w, 1e-6), n)
+        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
     return n
+
+
+# -- lights --------------------------------------------------------------------------------------------------------
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _draw_lights(rng, mode: str) -> dict:
+    """Directions toward the lights (camera space: x right, y down, z forward), linear colours x strengths."""
+    if mode == "single":
+        light = rng.normal(0.0, 1.0, 3)
+        light[2] = abs(light[2]) + 0.6  # travelling away from the camera: it lights what the camera sees
+        light = _unit(light)
+        return {"preset": "single", "key": (-light, np.ones(3, np.float32), 1.0), "fill": None, "rim": None,
+                "ambient": None, "light": light}  # fmt: skip
+    name = list(LIGHT_PRESETS)[int(rng.integers(len(LIGHT_PRESETS)))]
+    p = LIGHT_PRESETS[name]
+    az = rng.uniform(-math.pi, math.pi)
+    el = rng.uniform(0.35, 1.1)  # key: in front of the hand, above the horizon of the view more often than not
+    key = _unit([math.sin(az) * math.cos(el), -abs(math.cos(az)) * math.cos(el) * rng.choice([1, 1, -1]),
+                 -math.sin(el)])  # fmt: skip
+    fill = _unit([-key[0] + rng.normal(0, 0.3), -key[1] * 0.5 + rng.normal(0, 0.3), -rng.uniform(0.6, 1.2)])
+    rim = _unit([-key[0] + rng.normal(0, 0.3), -key[1] + rng.normal(0, 0.3), rng.uniform(0.3, 1.0)])  # behind
+    jit = lambda t: float(t * math.exp(rng.normal(0, 0.08)))  # noqa: E731
+    out = {"preset": name, "ambient": None}
+    for role, d in (("key", key), ("fill", fill), ("rim", rim)):
+        temp, strength = p[role]
+        temp = jit(temp)
+        out[role] = (d, kelvin_rgb(temp), strength * float(rng.uniform(0.85, 1.15)))
+        out[f"{role}_k"] = round(temp)
+    temp = jit(p["fill"][0])
+    out["ambient"] = (kelvin_rgb(temp), p["ambient"] * float(rng.uniform(0.8, 1.2)))
+    return out
 
 
 class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 1
+    version = 2
 
     def __init__(self, config: CompositeConfig | None = None) -> None:
         self.config = config or CompositeConfig()
@@ -101,17 +348,21 @@ class CompositeGenerator(Generator):
             if not self._backgrounds:
                 raise FileNotFoundError(f"no images (jpg, png, webp, bmp) in backgrounds folder {root}")
 
-    def _background(self, rng, H: int, W: int, light2d: np.ndarray) -> tuple[np.ndarray, str]:
-        if self._backgrounds:
-            path = self._backgrounds[int(rng.integers(len(self._backgrounds)))]
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                scale = max(W / im.width, H / im.height)  # crop to the aspect ratio, then resize: no stretching
-                cw, ch = min(im.width, round(W / scale)), min(im.height, round(H / scale))
-                x0 = int(rng.integers(0, im.width - cw + 1))
-                y0 = int(rng.integers(0, im.height - ch + 1))
-                bg = np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)).resize((W, H), Image.BILINEAR), dtype=np.float32)
-            return bg / 255.0, path.name
+    # -- backgrounds -----------------------------------------------------------------------------------------------
+    def _photo(self, rng, H: int, W: int) -> tuple[np.ndarray, str]:
+        path = self._backgrounds[int(rng.integers(len(self._backgrounds)))]
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = max(W / im.width, H / im.height)  # crop to the aspect ratio, then resize: no stretching
+            cw, ch = min(im.width, round(W / scale)), min(im.height, round(H / scale))
+            x0 = int(rng.integers(0, im.width - cw + 1))
+            y0 = int(rng.integers(0, im.height - ch + 1))
+            bg = np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)).resize((W, H), Image.BILINEAR), dtype=np.uint8)
+        return bg, path.name
+
+    @staticmethod
+    def _blobs(rng, H: int, W: int, light2d: np.ndarray) -> np.ndarray:
+        """Version 1: a two-colour gradient along the light, low-frequency noise, a few soft shapes (sRGB uint8)."""
         c1, c2 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
         v, u = np.mgrid[0:H, 0:W].astype(np.float32)
         g = ((u / W - 0.5) * light2d[0] + (v / H - 0.5) * light2d[1]) + 0.5  # brighter toward the light
@@ -128,60 +379,389 @@ class CompositeGenerator(Generator):
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=col)
         layer = layer.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.0, 8.0))))
         canvas = Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
-        return np.asarray(canvas, dtype=np.float32) / 255.0, "procedural"
+        return np.asarray(canvas, dtype=np.uint8)
 
-    def render(self, sample: Sample) -> tuple[np.ndarray, dict]:
-        """(image (H, W, 3) uint8, generator record) for one sample with mask and depth filled in."""
+    @staticmethod
+    def _palette(rng, n: int) -> np.ndarray:
+        """(n, 3) sRGB colours of one scene: a few hues near a base hue, mostly desaturated, varied lightness."""
+        base = rng.uniform(0, 1)
+        sat = rng.uniform(0.04, 0.35)
+        out = []
+        for _ in range(n):
+            h = (base + rng.normal(0, 0.08) + (0.5 if rng.random() < 0.15 else 0.0)) % 1.0
+            s = min(max(sat * math.exp(rng.normal(0, 0.4)), 0.0), 0.9)
+            v = rng.uniform(0.2, 0.95)
+            i, f = int(h * 6) % 6, h * 6 - int(h * 6)
+            p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+            out.append([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+        return np.asarray(out, dtype=np.float32)
+
+    def _natural(self, rng, H: int, W: int) -> tuple[np.ndarray, str, dict]:
+        """A procedural background with a natural 1/f spectrum: sRGB reflectance (H, W, 3) uint8, kind, record."""
+        kind = BACKGROUND_KINDS[int(rng.choice(len(BACKGROUND_KINDS), p=(0.4, 0.35, 0.25)))]
+        alpha = float(rng.uniform(0.9, 1.1))
+        tex_amp = float(rng.uniform(0.04, 0.15))
+        pal = self._palette(rng, 6)
+        if kind == "pink":
+            lum = pink_noise(rng, H, W, alpha)
+            small = max(H // 4, 8), max(W // 4, 8)
+            chroma = [np.asarray(Image.fromarray(pink_noise(rng, *small, alpha), mode="F").resize((W, H)),
+                                 dtype=np.float32) for _ in range(2)]  # fmt: skip
+            t = np.clip(0.5 + 0.25 * chroma[0], 0, 1)[..., None]
+            bg = pal[0] * (1 - t) + pal[1] * t
+            bg = bg * np.exp(0.45 * lum)[..., None] * (1 + 0.1 * chroma[1])[..., None]
+            return _to_u8(bg), kind, {"alpha": round(alpha, 4)}
+        canvas = Image.new("RGB", (W, H), tuple(int(c * 255) for c in pal[0]))
+        draw = ImageDraw.Draw(canvas)
+        if kind == "room":  # a wall above, a table top below a tilted horizon line
+            y = rng.uniform(0.35, 0.8) * H
+            tilt = rng.normal(0, 0.08) * W
+            draw.polygon([(0, y - tilt), (W, y + tilt), (W, H), (0, H)], fill=tuple(int(c * 255) for c in pal[1]))
+            n, rmin, rmax = int(rng.integers(4, 14)), 0.03 * W, 0.25 * W
+        else:
+            n, rmin, rmax = int(rng.integers(250, 450)), 0.015 * W, 0.45 * W
+        # radii with density ~ r^-3 (dead leaves: a scale-invariant, 1/f image), larger ones first
+        u = rng.uniform(0, 1, n)
+        r = (rmin**-2 - u * (rmin**-2 - rmax**-2)) ** -0.5
+        r = np.sort(r)[::-1] if kind == "room" else r
+        cx, cy = rng.uniform(-0.1, 1.1, n) * W, rng.uniform(-0.1, 1.1, n) * H
+        shape = rng.integers(0, 3, n)
+        asp = np.exp(rng.normal(0, 0.4, n))
+        cols = _to_u8(pal[rng.integers(0, len(pal), n)] * rng.uniform(0.75, 1.2, (n, 1))).tolist()
+        for k in range(n):
+            rx, ry = r[k] * asp[k], r[k] / asp[k]
+            box = [cx[k] - rx, cy[k] - ry, cx[k] + rx, cy[k] + ry]
+            col = tuple(cols[k])
+            if shape[k] == 0:
+                draw.ellipse(box, fill=col)
+            elif shape[k] == 1:
+                draw.rectangle(box, fill=col)
+            else:
+                a = rng.uniform(0, math.pi)
+                pts = [(cx[k] + rx * math.cos(a + t), cy[k] + ry * math.sin(a + t)) for t in (0, 2.1, 4.2)]
+                draw.polygon(pts, fill=col)
+        bg = np.asarray(canvas, dtype=np.float32) / 255.0
+        bg = bg * np.exp(tex_amp * pink_noise(rng, H, W, alpha))[..., None]
+        return _to_u8(bg), kind, {"alpha": round(alpha, 4), "shapes": n}
+
+    # -- skin ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _marks(sample: Sample, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Crease lines, knuckle blobs and nails (each (h, w) float32 in [0, 1]) drawn at the label's visible 2D
+        joints, in the hands' box starting at (r0, c0)."""
+        layers = [Image.new("L", (w, h), 0) for _ in range(3)]
+        draws = [ImageDraw.Draw(x) for x in layers]
+        for side in SIDES:
+            hand = sample.hands.get(side)
+            if hand is None or hand.joints_2d is None:
+                continue
+            j2 = np.asarray(hand.joints_2d, dtype=np.float64) - (c0, r0)
+            vis = np.asarray(hand.joints_visible, dtype=bool)
+            for chain in _FINGERS:
+                for a, b in zip((0, *chain[:-1]), chain, strict=True):
+                    if b == chain[-1] or not vis[b]:
+                        continue
+                    nxt = chain[chain.index(b) + 1]
+                    d = j2[nxt] - j2[a]  # the bend's direction, averaged over both bones
+                    length = float(np.linalg.norm(j2[nxt] - j2[b]))
+                    if length < 2.0:
+                        continue
+                    d = d / max(np.linalg.norm(d), 1e-6)
+                    p = np.array([-d[1], d[0]])
+                    half = 0.38 * length * (1.4 if a == 0 else 1.0)  # about half the finger's width
+                    x, y = j2[b]
+                    for off in (-0.08, 0.08):  # a double crease line across the joint
+                        cx, cy = x + d[0] * off * length, y + d[1] * off * length
+                        draws[0].line([(cx - p[0] * half, cy - p[1] * half), (cx + p[0] * half, cy + p[1] * half)],
+                                      fill=255, width=max(1, round(length * 0.05)))  # fmt: skip
+                    rk = 0.3 * length
+                    draws[1].ellipse([x - rk, y - rk, x + rk, y + rk], fill=255)
+                tip, dip = chain[-1], chain[-2]
+                if vis[tip]:
+                    d = j2[tip] - j2[dip]
+                    length = float(np.linalg.norm(d))
+                    if length >= 2.0:
+                        d /= length
+                        c = j2[tip] - d * 0.38 * length
+                        a_len, b_len = 0.32 * length, 0.24 * length
+                        pts = [(c[0] + d[0] * a_len * math.cos(t) - d[1] * b_len * math.sin(t),
+                                c[1] + d[1] * a_len * math.cos(t) + d[0] * b_len * math.sin(t))
+                               for t in np.linspace(0, 2 * math.pi, 16, endpoint=False)]  # fmt: skip
+                        draws[2].polygon(pts, fill=255)
+                        draws[0].polygon(pts, outline=160)  # the nail's edge
+        creases = layers[0].filter(ImageFilter.GaussianBlur(0.8))
+        knuckles = layers[1].filter(ImageFilter.GaussianBlur(2.5))
+        nails = layers[2].filter(ImageFilter.GaussianBlur(0.7))
+        return tuple(np.asarray(x, dtype=np.float32) / 255.0 for x in (creases, knuckles, nails))
+
+    @staticmethod
+    def _palm_normals(sample: Sample) -> dict[int, np.ndarray]:
+        """Mask value (1 right, 2 left) -> unit palm normal (outward from the palm), from the label's joints."""
+        out = {}
+        for value, side in ((1, "right"), (2, "left")):
+            hand = sample.hands.get(side)
+            if hand is None:
+                continue
+            j = np.asarray(hand.joints_3d, dtype=np.float64)
+            n = np.cross(j[5] - j[0], j[17] - j[0]) * (-1.0 if side == "left" else 1.0)
+            out[value] = _unit(n).astype(np.float32)
+        return out
+
+    # -- the image -------------------------------------------------------------------------------------------------
+    def compose(self, sample: Sample) -> tuple[Composite, np.random.Generator]:
+        """The layers before the camera (linear RGB) and the stream to continue with (``render``)."""
         cfg = self.config
         if sample.mask is None or sample.depth is None:
             raise ValueError(f"{sample.key}: mask and depth are not filled in (render stage missing?)")
         H, W = sample.image_size
         rng = stage_rng(sample.seed, "generator", sample.attempt)
-        light = rng.normal(0.0, 1.0, 3)
-        light[2] = abs(light[2]) + 0.6  # travelling away from the camera: it lights what the camera sees
-        light /= np.linalg.norm(light)
-        bg, bg_name = self._background(rng, H, W, -light[:2] / max(np.linalg.norm(light[:2]), 1e-6))
-        tone = int(rng.integers(len(cfg.skin_tones)))
-        albedo = np.asarray(cfg.skin_tones[tone], dtype=np.float32)
-        K = sample.camera.K
-        img = bg.copy()
-        rows, cols = np.nonzero(sample.mask)
+        lights = _draw_lights(rng, cfg.light)
+        key_dir = lights["key"][0]
+        light2d = key_dir[:2] / max(float(np.linalg.norm(key_dir[:2])), 1e-6)  # toward the key, in the image
+        record: dict = {"lighting": {"preset": lights["preset"]}}
+        if cfg.light == "single":
+            record["light"] = [round(float(x), 6) for x in lights["light"]]
+        else:
+            record["lighting"].update({r: {"dir": [round(float(x), 4) for x in lights[r][0]], "kelvin": lights[f"{r}_k"],
+                                           "strength": round(lights[r][2], 4)} for r in ("key", "fill", "rim")})  # fmt: skip
+            record["lighting"]["ambient"] = round(lights["ambient"][1], 4)
+        # skin: one tone per person (both hands)
+        if cfg.skin == "v2":
+            tone = float(rng.uniform(0.0, 1.0))
+            srgb = skin_albedo(tone, cfg.skin_tones) * np.exp(rng.normal(0, 0.03, 3)).astype(np.float32)
+            srgb = np.clip(srgb, 0.02, 1.0)
+            record["skin_tone"] = round(tone, 4)
+            spec_strength = float(rng.uniform(0.03, 0.10))
+        else:
+            tone = int(rng.integers(len(cfg.skin_tones)))
+            srgb = np.asarray(cfg.skin_tones[tone], dtype=np.float32)
+            record["skin_tone"] = tone
+            spec_strength = cfg.specular
+        record["skin_rgb"] = [round(float(x), 4) for x in srgb]
+        # background (reflectance or photo, sRGB)
+        if self._backgrounds:
+            bg_srgb, bg_name = self._photo(rng, H, W)
+            kind, bg_rec = "photo", {}
+        elif cfg.background == "natural":
+            bg_srgb, kind, bg_rec = self._natural(rng, H, W)
+            bg_name = "procedural"
+        else:
+            bg_srgb, kind, bg_rec = self._blobs(rng, H, W, light2d), "blobs", {}
+            bg_name = "procedural"
+        dof = float(rng.uniform(0.5, 4.0)) if kind != "blobs" else 0.0
+        if dof > 0.3:  # depth of field: the hand is in focus, the background behind it is not
+            bg_srgb = np.asarray(Image.fromarray(bg_srgb).filter(ImageFilter.GaussianBlur(radius=dof)))
+            record["background_blur"] = round(dof, 3)
+        record.update(background=bg_name, background_kind=kind, **({"background_params": bg_rec} if bg_rec else {}))
         tex_noise = _smooth_noise(rng, H, W, 24)
-        if len(rows):  # shade only the hands' box (plus a margin for the depth fill)
+        if cfg.light == "single":
+            bg = bg_srgb.astype(np.float32) / 255.0  # version 1: the background is drawn lit already, display space
+            exposure = 1.0
+        else:
+            bg = linear_u8(bg_srgb)
+            v = np.linspace(-0.5, 0.5, H, dtype=np.float32)[:, None]
+            u = np.linspace(-0.5, 0.5, W, dtype=np.float32)[None, :]
+            g = np.clip(0.5 + u * float(light2d[0]) + v * float(light2d[1]), 0, 1)  # brighter toward the key
+            amb_c, amb_s = lights["ambient"]
+            _, key_c, key_s = lights["key"]
+            _, fill_c, fill_s = lights["fill"]
+            # a wall facing the camera: the key light falls off across it, the fill light is even
+            e_bg = (amb_c * amb_s + fill_c * fill_s * 0.45)[None, None] + (key_c * key_s)[None, None] * (0.35 + 0.5 * g)[..., None]
+            if kind == "photo":  # a photo is lit already: the lights only tint it, keeping its brightness
+                e_bg = e_bg / float(e_bg.mean())
+            # metered on the lights (not on the background): a surface facing them gets about 1.1
+            total = amb_s + key_s + 0.5 * fill_s
+            exposure = float(np.exp(rng.normal(0.0, 0.15))) * 1.1 / total
+            bg = bg * (e_bg * exposure)
+            record["exposure"] = round(exposure, 4)
+        img = bg.copy()
+        hand_img = np.zeros_like(img)
+        alpha = sample.mask > 0
+        rows, cols = np.nonzero(alpha)
+        if len(rows):
             r0, r1 = max(rows.min() - 4, 0), min(rows.max() + 5, H)
             c0, c1 = max(cols.min() - 4, 0), min(cols.max() + 5, W)
-            Kc = K.copy()
-            Kc[0, 2] -= c0
-            Kc[1, 2] -= r0
-            mask = sample.mask[r0:r1, c0:c1]
-            n = _normals_from_depth(sample.depth[r0:r1, c0:c1], mask, Kc)
-            v, u = np.mgrid[0 : r1 - r0, 0 : c1 - c0].astype(np.float64)
-            view = -np.stack([(u - Kc[0, 2]) / Kc[0, 0], (v - Kc[1, 2]) / Kc[1, 1], np.ones_like(u)], axis=-1)
-            view /= np.linalg.norm(view, axis=-1, keepdims=True)
-            to_light = -light  # light travels along `light`; shading uses the direction toward the light
-            diff = np.clip((n * to_light).sum(-1), 0.0, 1.0)
-            half = to_light + view
+            skin = self._shade(sample, rng, (r0, r1, c0, c1), srgb, tone, lights, spec_strength,
+                               tex_noise[r0:r1, c0:c1])  # fmt: skip
+            skin = skin * exposure  # the exposure does not depend on the background: metered on the lights
+            m = alpha[r0:r1, c0:c1]
+            hand_img[r0:r1, c0:c1] = np.where(m[..., None], skin, 0.0)
+            img[r0:r1, c0:c1] = np.where(m[..., None], skin, img[r0:r1, c0:c1])
+        return Composite(img, bg, hand_img, alpha, record), rng
+
+    def _shade(self, sample, rng, box, srgb, tone, lights, spec_strength, tex) -> np.ndarray:
+        """Shaded skin (h, w, 3) in the hands' box; linear RGB, or display space for the version-1 light."""
+        cfg = self.config
+        r0, r1, c0, c1 = box
+        K = sample.camera.K.copy()
+        K[0, 2] -= c0
+        K[1, 2] -= r0
+        mask = sample.mask[r0:r1, c0:c1]
+        v2 = cfg.skin == "v2"
+        n = _normals_from_depth(sample.depth[r0:r1, c0:c1], mask, K, smooth=2 if v2 else 0)
+        h, w = mask.shape
+        vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
+        view = -np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], axis=-1)
+        view /= np.linalg.norm(view, axis=-1, keepdims=True)
+        if v2:
+            back = to_linear(srgb)
+            palm_srgb = srgb / np.maximum(skin_albedo(tone, cfg.skin_tones), 1e-3) * skin_albedo(tone * 0.45, cfg.skin_tones)
+            palm = to_linear(np.clip(palm_srgb * np.array([1.02, 0.98, 0.98]), 0, 1))  # lighter, pinker palms
+            nails = to_linear(np.clip((srgb * 0.55 + np.array([0.95, 0.78, 0.76]) * 0.45) * 1.05, 0, 1))
+            palm_w = np.zeros((h, w), np.float32)
+            for value, pn in self._palm_normals(sample).items():
+                s = np.clip((n @ pn) * 1.5 + 0.5, 0.0, 1.0)
+                palm_w = np.where(mask == value, s * s * (3 - 2 * s), palm_w)
+            alb = back[None, None] * (1 - palm_w)[..., None] + palm[None, None] * palm_w[..., None]
+            creases, knuckles, nail = self._marks(sample, r0, c0, h, w)
+            dark = creases * (0.10 + 0.22 * palm_w) + knuckles * 0.10 * (1 - palm_w)
+            alb = alb * (1 - dark)[..., None]
+            nail_w = nail * (1 - palm_w)
+            alb = alb * (1 - nail_w)[..., None] + nails[None, None] * nail_w[..., None]
+            fine = rng.standard_normal((h, w), dtype=np.float32)
+            alb = alb * (1 + 0.08 * tex + 0.025 * fine)[..., None]
+        if cfg.light == "single":
+            to_light = lights["key"][0]
+            diff = np.clip(n @ to_light.astype(np.float32), 0.0, 1.0)
+            half = to_light.astype(np.float32) + view
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
             spec = np.clip((n * half).sum(-1), 0.0, 1.0) ** cfg.shininess
-            tex = 1.0 + cfg.texture * tex_noise[r0:r1, c0:c1]
-            skin = albedo[None, None] * tex[..., None] * (cfg.ambient + cfg.diffuse * diff)[..., None]
-            skin = skin + cfg.specular * spec[..., None]
-            img[r0:r1, c0:c1] = np.where((mask > 0)[..., None], skin, img[r0:r1, c0:c1])
+            if v2:  # linear skin under the version-1 light, back to display space
+                e = (cfg.ambient + cfg.diffuse * diff)[..., None]
+                lin = alb * e + spec_strength * spec[..., None]
+                return to_srgb8(np.clip(lin, 0, 1)).astype(np.float32) / 255.0
+            albedo = srgb[None, None] * (1.0 + cfg.texture * tex)[..., None]
+            return albedo * (cfg.ambient + cfg.diffuse * diff)[..., None] + spec_strength * spec[..., None]
+        if not v2:
+            alb = to_linear(srgb)[None, None] * (1.0 + cfg.texture * tex)[..., None]
+            nail_w = np.zeros((h, w), np.float32)
+        amb_c, amb_s = lights["ambient"]
+        e = np.broadcast_to((amb_c * amb_s)[None, None], (h, w, 3)).copy()
+        spec = np.zeros((h, w, 3), np.float32)
+        shin = 18.0 + 40.0 * nail_w
+        for role in ("key", "fill"):
+            d, c, s = lights[role]
+            d = d.astype(np.float32)
+            ndl = n @ d
+            e += (np.clip((ndl + 0.25) / 1.25, 0, 1) * s)[..., None] * c  # wrap lighting: skin scatters light
+            half = d + view
+            half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
+            spec += (np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0))[..., None] * c
+        d, c, s = lights["rim"]
+        ndv = np.clip((n * view).sum(-1), 0, 1)
+        side_dot = np.clip(n[..., :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
+        e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[..., None] * c
+        return alb * e + (spec_strength * (1 + 2 * nail_w))[..., None] * spec
+
+    def _camera(self, comp: Composite, rng) -> tuple[np.ndarray, dict]:
+        """Linear (or display-space, version-1 light) image -> uint8, with the camera's effects."""
+        cfg = self.config
+        img = comp.image
+        rec: dict = {}
+        linear = cfg.light != "single"
+        if cfg.camera_effects:
+            # white balance: the camera estimates the scene's colour temperature, with an error
+            gains = np.exp(rng.normal(0.0, 0.04, 3)).astype(np.float32)
+            if linear:
+                key_k = comp.record["lighting"]["key"]["kelvin"]
+                est = key_k * math.exp(rng.normal(0.0, 0.08))
+                corr = float(rng.uniform(0.5, 0.9))  # how much of the cast the camera removes
+                gains = gains / kelvin_rgb(6500.0 ** (1 - corr) * est**corr) * kelvin_rgb(6500.0)
+            gains = gains / float(gains @ np.array([0.2126, 0.7152, 0.0722], np.float32))
+            img = img * gains
+            out = to_srgb8(np.clip(img, 0, 1)) if linear else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+            rec["white_balance"] = [round(float(x), 4) for x in gains]
+            if cfg.spectrum_match > 0:
+                out = self._match_spectrum(out, cfg.spectrum_match)
+                rec["spectrum_match"] = cfg.spectrum_match
+            pil = Image.fromarray(out)
+            sigma = float(rng.uniform(*cfg.defocus))
+            if sigma > 0.05:
+                pil = pil.filter(ImageFilter.GaussianBlur(radius=sigma))
+            rec["defocus"] = round(sigma, 4)
+            arr = np.asarray(pil, dtype=np.float32)
+            if rng.random() < cfg.motion_blur:
+                length = int(rng.integers(3, 10))
+                angle = float(rng.uniform(0, math.pi))
+                acc = np.zeros_like(arr)
+                for t in np.linspace(-(length - 1) / 2, (length - 1) / 2, length):
+                    acc += np.roll(arr, (round(t * math.sin(angle)), round(t * math.cos(angle))), axis=(0, 1))
+                arr = acc / length
+                rec["motion_blur"] = {"length": length, "angle": round(angle, 4)}
+            else:  # the same fields in every record (tables such as Hugging Face datasets need one type)
+                rec["motion_blur"] = {"length": 0, "angle": 0.0}
+            read = float(rng.uniform(0.5, 3.0))  # read noise, in 8-bit levels
+            shot = float(rng.uniform(0.0, 0.08))  # shot noise variance per level of signal
+            std = np.sqrt(read * read + shot * arr.mean(-1, keepdims=True))
+            arr = arr + std * rng.standard_normal(arr.shape, dtype=np.float32)
+            out = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+            rec["noise"] = {"read": round(read, 4), "shot": round(shot, 5)}
+            if rng.random() < cfg.jpeg:
+                q = int(rng.integers(50, 96))
+                buf = io.BytesIO()
+                Image.fromarray(out).save(buf, "JPEG", quality=q)
+                with Image.open(buf) as im:
+                    out = np.asarray(im.convert("RGB"))
+                rec["jpeg_quality"] = q
+            else:
+                rec["jpeg_quality"] = 0  # 0: no JPEG round trip
+            return out, {"camera": rec}
+        # version 1: a colour jitter, a mild blur and sensor noise
         b = 1.0 + rng.uniform(-cfg.jitter, cfg.jitter)
         c = 1.0 + rng.uniform(-cfg.jitter, cfg.jitter)
         s = 1.0 + rng.uniform(-cfg.jitter, cfg.jitter)
+        if linear:
+            img = to_srgb8(np.clip(img, 0, 1)).astype(np.float32) / 255.0
         grey = img.mean(-1, keepdims=True)
         img = (grey + (img - grey) * s - 0.5) * c + 0.5
         img = np.clip(img * b, 0.0, 1.0)
-        out = Image.fromarray((img * 255.0 + 0.5).astype(np.uint8))
+        out = (img * 255.0 + 0.5).astype(np.uint8)
+        if cfg.spectrum_match > 0:
+            out = self._match_spectrum(out, cfg.spectrum_match)
+        out = Image.fromarray(out)
         sigma = float(rng.uniform(*cfg.blur))
         out = np.asarray(out.filter(ImageFilter.GaussianBlur(radius=sigma)), dtype=np.float32)
         noise_std = float(rng.uniform(*cfg.noise))
         out = np.clip(out + rng.normal(0.0, noise_std, out.shape), 0, 255).astype(np.uint8)
+        return out, {"blur": round(sigma, 4), "noise": round(noise_std, 4)}
+
+    @staticmethod
+    def _match_spectrum(img: np.ndarray, strength: float) -> np.ndarray:
+        """Pull each channel's radially averaged amplitude spectrum toward a 1/f line through its own mean
+        level (``strength`` 1: onto it), keeping the phase."""
+        H, W = img.shape[:2]
+        f = np.sqrt(np.fft.fftfreq(H)[:, None] ** 2 + np.fft.rfftfreq(W)[None, :] ** 2)
+        edges = np.geomspace(1.0 / max(H, W), 0.75, 33)
+        idx = np.clip(np.digitize(f, edges) - 1, 0, 31)
+        n = np.maximum(np.bincount(idx.ravel(), None, 32), 1)
+        fc = np.sqrt(edges[:-1] * edges[1:])
+        out = np.empty(img.shape, np.float32)
+        for ch in range(img.shape[2]):
+            x = img[..., ch].astype(np.float64)
+            F = np.fft.rfft2(x - x.mean())
+            a = np.abs(F)
+            mean = np.bincount(idx.ravel(), a.ravel(), 32) / n
+            ok = mean > 0
+            # the 1/f line through the measured spectrum's geometric mean, in the mid band
+            level = np.exp(np.mean(np.log(mean[ok] * fc[ok])))
+            gain = np.where(ok, (level / fc) / np.maximum(mean, 1e-9), 1.0) ** strength
+            gain = np.clip(gain, 0.25, 4.0)
+            gain[fc > 0.5] = 1.0  # leave the corners (beyond Nyquist radius) alone
+            F *= gain[idx]
+            F[0, 0] = 0
+            out[..., ch] = np.fft.irfft2(F, s=(H, W)) + x.mean()
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def render(self, sample: Sample) -> tuple[np.ndarray, dict]:
+        """(image (H, W, 3) uint8, generator record) for one sample with mask and depth filled in."""
+        comp, rng = self.compose(sample)
+        out, cam = self._camera(comp, rng)
+        cfg = self.config
         record = {"name": self.name, "version": self.version, "weights_id": None, "steps": None,
-                  "guidance_scale": None, "tas": None, "seed": int(sample.seed), "skin_tone": tone,
-                  "background": bg_name, "light": [round(float(x), 6) for x in light], "blur": round(sigma, 4),
-                  "noise": round(noise_std, 4)}  # fmt: skip
+                  "guidance_scale": None, "tas": None, "seed": int(sample.seed),
+                  "components": {"skin": cfg.skin, "light": cfg.light, "background": cfg.background,
+                                 "camera_effects": cfg.camera_effects, "spectrum_match": cfg.spectrum_match},
+                  **comp.record, **cam}  # fmt: skip
         return out, record
 
     def generate(self, samples: Sequence[Sample]) -> None:

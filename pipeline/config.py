@@ -43,6 +43,9 @@ class RunConfig(_Frozen):
     next seed of its own streams, at most ``max_tries`` times in all, then skipped as ``misaligned``.
     ``prefetch``: batches whose CPU stages run ahead of the generator, and whose writing runs behind it, on
     background threads (0: every stage in turn; the output is the same either way).
+    ``views``: ``("global",)`` or ``("global", "local")``: each sample's local close-up is also written, as a
+    record of its own right after the global one (``sinks.records.local_sample``), and AttentionHand samples
+    its local branch too.
     """
 
     mode: Literal["generate", "prepare"] = "generate"
@@ -53,7 +56,7 @@ class RunConfig(_Frozen):
     source: str = "prior"
     captioner: str = "labels"
     generator: str = "composite"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     image_size: int = Field(512, ge=64, le=4096)
     run_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     hand_model: HandModelConfig = HandModelConfig()
@@ -75,6 +78,7 @@ class RunConfig(_Frozen):
     scorer: str = "mediapipe"
     cache_dir: str | None = None
     prefetch: int = Field(2, ge=0, le=64)
+    views: tuple[str, ...] = ("global",)
 
     @field_validator("out", mode="before")
     @classmethod
@@ -95,9 +99,26 @@ class RunConfig(_Frozen):
     @field_validator("generator")
     @classmethod
     def _generator(cls, v: str) -> str:
-        if v != "composite" and not v.startswith("attentionhand:"):
-            raise ValueError(f"generator must be composite or attentionhand:PATH, got {v!r}")
+        if v != "composite" and not v.startswith(("composite:", "attentionhand:")):
+            raise ValueError(f"generator must be composite[:OPTIONS] or attentionhand:PATH, got {v!r}")
         return v
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views(cls, v) -> tuple[str, ...]:
+        # the records written per sample: ("global",) or ("global", "local") (each local close-up as a record)
+        from pipeline.schema import VIEWS
+
+        items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise ValueError(f"views must be a list of view names ({', '.join(VIEWS)}), got {v!r}")
+        bad = [x for x in items if x not in VIEWS]
+        if bad:
+            raise ValueError(f"unknown view {bad[0]!r}: the views are {', '.join(VIEWS)}")
+        if len(set(items)) != len(items) or "global" not in items:
+            raise ValueError(f"views must be global or global,local (global is always written), "
+                             f"got {','.join(items)}")  # fmt: skip
+        return tuple(x for x in VIEWS if x in items)
 
     @field_validator("scorer")
     @classmethod
@@ -128,6 +149,9 @@ class RunConfig(_Frozen):
         if self.mode == "prepare" and not self.source.startswith(("interhand:", "reinterhand:")):
             raise ValueError(f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
                              f"got {self.source!r}")  # fmt: skip
+        if self.mode == "prepare" and "local" in self.views:
+            raise ValueError("views global,local writes generated local close-ups; mode prepare's records "
+                             "already carry the real image's crop (image_local)")  # fmt: skip
         if self.mode == "prepare" and self.min_alignment is not None:
             raise ValueError("min_alignment filters generated images; mode prepare keeps the dataset's real images")
         return self
@@ -158,6 +182,7 @@ ADDED_FIELDS = {
     "min_alignment": None,
     "max_tries": 3,
     "scorer": "mediapipe",
+    "views": ["global"],
 }
 """RunConfig fields added after runs were made: left out of ``identity()`` while they hold these defaults, so
 an older run's identity, hash and run tag stay as they were."""
@@ -181,6 +206,22 @@ def identity_diff(a: dict, b: dict) -> list[str]:
         elif va != vb:
             out.append(k)
     return out
+
+
+def resolve_device(device: str) -> str:
+    """The torch device a run computes on: ``auto`` is ``cuda`` when CUDA is available, else ``cpu``;
+    ``cuda`` and ``cuda:N`` (one GPU of a node; one worker per GPU) must exist here (``ConfigError`` if not)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= n:
+            have = f"this machine has {n} CUDA device{'s' if n != 1 else ''}" if n else "CUDA is not available here"
+            raise ConfigError(f"device {device}: {have} (use --device cpu or auto)")
+    return device
 
 
 def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -> BaseModel:

@@ -34,7 +34,13 @@ CLIP_MAX_TOKENS = 77
 #: Largest coordinate (metres) accepted for positions in camera space; beyond it a value is almost
 #: surely in millimetres.
 MAX_METRES = 10.0
-_KEY_RE = re.compile(r"^(?P<tag>[A-Za-z0-9_]+)-(?P<index>\d{10})$")
+#: Record views: ``global`` (the sample's own record) and ``local`` (its close-up, written with ``--views
+#: global,local`` as a record of its own, key ``<run_tag>-<index:010d>-local``, right after the global one).
+VIEWS = ("global", "local")
+_KEY_RE = re.compile(r"^(?P<tag>[A-Za-z0-9_]+)-(?P<index>\d{10})(?:-(?P<view>local))?$")
+#: How a local record's image was made: the generator's own local image, or the global image resampled
+#: through the crop (``pipeline.imaging.crop_resample``) when the generator makes none (composite).
+LOCAL_IMAGE_ORIGINS = ("generated", "resampled")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -42,14 +48,16 @@ class SchemaError(HandgenError, ValueError):
     """A record that breaks label schema v1; the message names the field and the bad value."""
 
 
-def make_key(run_tag: str, index: int) -> str:
-    """Record key ``<run_tag>-<index:010d>``. The tag has no '.' or '-': WebDataset splits a record's key
-    from its file names at the first dot."""
+def make_key(run_tag: str, index: int, view: str = "global") -> str:
+    """Record key ``<run_tag>-<index:010d>`` (``view`` global) or ``<run_tag>-<index:010d>-local`` (the local
+    record of that sample). The tag has no '.' or '-': WebDataset splits a record's key from its file names at
+    the first dot."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", run_tag or ""):
         raise SchemaError(f"run_tag: must be letters, digits or '_', got {run_tag!r}")
     if not isinstance(index, (int, np.integer)) or index < 0 or index >= 10**10:
         raise SchemaError(f"index: must be an integer in [0, 1e10), got {index!r}")
-    return f"{run_tag}-{int(index):010d}"
+    _choice("view", view, VIEWS)
+    return f"{run_tag}-{int(index):010d}" + ("" if view == "global" else f"-{view}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -217,6 +225,7 @@ class Label:
     verts: np.ndarray
     schema_version: int = SCHEMA_VERSION
     quality: dict | None = None
+    view: dict | None = None
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -225,7 +234,8 @@ class Label:
             )
         m = _KEY_RE.match(self.key) if isinstance(self.key, str) else None
         if not m:
-            raise SchemaError(f"key: expected '<run_tag>-<10-digit index>', got {_fmt(self.key)}")
+            raise SchemaError(f"key: expected '<run_tag>-<10-digit index>' ('-local' appended for a local "
+                              f"record), got {_fmt(self.key)}")
         index = _int("index", self.index)
         if int(m.group("index")) != index:
             raise SchemaError(f"key: index part {m.group('index')} does not match index {index}")
@@ -271,6 +281,17 @@ class Label:
         object.__setattr__(self, "verts", _check_verts(self.verts, present))
         if self.quality is not None:
             _check_quality(self.quality)
+        _check_view(self.view, m, self.image_size)
+
+    @property
+    def view_name(self) -> str:
+        """``global`` (no ``view`` field: every record of a global-only run) or ``local``."""
+        return "global" if self.view is None else self.view["name"]
+
+    @property
+    def parent_key(self) -> str:
+        """The key of the sample's global record (this record's own key for a global record)."""
+        return self.key if self.view is None else self.view["parent"]
 
     # -- serialisation --------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -291,6 +312,7 @@ class Label:
             "hand_model": self.hand_model,
             "generator": self.generator,
             **({} if self.quality is None else {"quality": self.quality}),
+            **({} if self.view is None else {"view": self.view}),
         }
 
     def label_bytes(self) -> bytes:
@@ -328,7 +350,7 @@ class Label:
             camera=Camera.from_json(d["camera"]), hand_type=d["hand_type"], hands=hands,
             crop_box=d["crop_box"], caption=d["caption"], hand_token_indices=d["hand_token_indices"],
             source=d["source"], hand_model=d["hand_model"], generator=d["generator"], verts=verts,
-            quality=d.get("quality"),
+            quality=d.get("quality"), view=d.get("view"),
         )  # fmt: skip
 
     @classmethod
@@ -354,6 +376,35 @@ def _check_quality(q: Any) -> None:
     if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
         raise SchemaError(f"quality.alignment: expected a number in [0, 1] or null, got {_fmt(a)}")
     _int("quality.try", q.get("try"), 1)
+
+
+def _check_view(view: Any, key_match: re.Match, image_size: tuple[int, int]) -> None:
+    """``view``: absent (None) for a global record; for a local record (key ``...-local``) an object
+    ``{name: "local", parent: <the global record's key>, parent_image_size: [H, W], parent_crop_box: [x0, y0,
+    x1, y1] (global pixels), image: "generated" | "resampled"}``, with a square ``image_size``."""
+    if key_match.group("view") is None:
+        if view is not None:
+            raise SchemaError(f"view: a global record (key without '-local') has none, got {_fmt(view)}")
+        return
+    if not isinstance(view, dict) or view.get("name") != "local":
+        raise SchemaError(f"view: a local record (key ending '-local') needs name 'local', got {_fmt(view)}")
+    fields = {"name", "parent", "parent_image_size", "parent_crop_box", "image"}
+    if set(view) != fields:
+        raise SchemaError(f"view: expected fields {sorted(fields)}, got {sorted(view)}")
+    parent = f"{key_match.group('tag')}-{key_match.group('index')}"
+    if view["parent"] != parent:
+        raise SchemaError(f"view.parent: expected {parent!r} (its key without '-local'), got {_fmt(view['parent'])}")
+    size = view["parent_image_size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise SchemaError(f"view.parent_image_size: expected [H, W], got {_fmt(size)}")
+    for i, v in enumerate(size):
+        _int(f"view.parent_image_size[{i}]", v, 1)
+    box = _box("view.parent_crop_box", view["parent_crop_box"])
+    if not box[2] - box[0] > 0 or not np.isclose(box[2] - box[0], box[3] - box[1]):
+        raise SchemaError(f"view.parent_crop_box: expected a square box, got {box.tolist()}")
+    _choice("view.image", view["image"], LOCAL_IMAGE_ORIGINS)
+    if image_size[0] != image_size[1]:
+        raise SchemaError(f"image_size: a local record is square, got {list(image_size)}")
 
 
 def _check_verts(value: Any, present: tuple[str, ...]) -> np.ndarray:
@@ -407,6 +458,12 @@ class Sample:
     ``pipeline.seeding.stage_rng(seed, stage, attempt)``). By the alignment filter (``--min-alignment``):
     quality (the scorer's verdict, ``evaluation.scorers.ScoreResult.quality()``). Training tuples (``mode: prepare``) also carry image_local (L, L, 3) uint8,
     the real image's crop box resampled like mesh_local.
+
+    Views: ``local`` is the renderer's result for the local close-up in its own frame (a
+    ``renderers.base.RenderResult``: camera ``K``, local keypoints, mask and depth), from which
+    ``sinks.records.local_sample`` builds the local record (``--views global,local``); ``image_local`` is then
+    the generator's local image, if it makes one. ``view`` is the ``label.json`` view field: None for a global
+    record, set on the local record (``Label``).
     """
 
     index: int
@@ -433,6 +490,8 @@ class Sample:
     generator: dict | None = None
     attempt: int = 0
     quality: dict | None = None
+    local: Any = None
+    view: dict | None = None
 
     def to_label(self) -> Label:
         """Validate and freeze into the ``Label``; raises ``SchemaError`` naming the first missing or bad field."""
@@ -454,5 +513,6 @@ class Sample:
             camera=self.camera, hand_type=self.hand_type, hands=hands, crop_box=self.crop_box,
             caption=self.caption, hand_token_indices=tuple(self.hand_token_indices), source=self.source,
             hand_model=self.hand_model, generator=self.generator, verts=self.verts, quality=self.quality,
+            view=self.view,
         )  # fmt: skip
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.camera import NEAR, crop_intrinsics, local_to_global, project_points
+from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,15 @@ class RenderResult:
     joints_visible: side -> (21,) bool; bbox: side -> (4,) float64 [x0, y0, x1, y1] pixels, the box of the
     hand's projected vertices clipped to the image (absent hands: None). crop_box (4,) float64 square
     [x0, y0, x1, y1] in global pixels (may extend past the image). mesh_local (L, L, 3) uint8 and mask_local
-    (L, L) uint8: the crop re-rendered at L = local_size.
+    (L, L) uint8: the crop re-rendered at L = local_size. K (3, 3): the intrinsics of this frame.
+
+    local: the local view as a frame of its own (``--views global,local`` writes it as a record): a
+    ``RenderResult`` whose K is ``crop_intrinsics(K, crop_box, L)``, whose mesh_image / mask / depth are the
+    local render (black, 0 and 0 where the crop leaves the global image), joints_2d the joints projected with
+    that K, joints_visible the visibility rule of the module doc applied to the local mask and depth, bbox
+    each hand's box of projected vertices clipped to the part of the local image that the global image
+    covers; its crop_box is its whole frame ``[-0.5, -0.5, L - 0.5, L - 0.5]`` (for which ``crop_intrinsics``
+    is the identity), so its mesh_local / mask_local are its mesh_image / mask; its own ``local`` is None.
     """
 
     mesh_image: np.ndarray
@@ -154,6 +162,14 @@ class RenderResult:
     crop_box: np.ndarray
     mesh_local: np.ndarray
     mask_local: np.ndarray
+    K: np.ndarray | None = None
+    local: RenderResult | None = None
+
+
+def full_frame(size: int) -> np.ndarray:
+    """The crop box ``[-0.5, -0.5, size - 0.5, size - 0.5]`` of a whole ``size`` x ``size`` image: the local
+    record's ``crop_box`` (``crop_intrinsics`` of it at ``size`` is the identity)."""
+    return np.array([-0.5, -0.5, size - 0.5, size - 0.5])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,11 +309,10 @@ class Renderer(abc.ABC):
     def render(self, batch: RenderBatch) -> list[RenderResult]:
         """Render every item of ``batch``; one ``RenderResult`` per item (see its docstring)."""
         cfg = self.config
+        L = cfg.local_size
         jobs, metas = [], []
         for item in batch.items:
-            present = [s for s in SIDES if item.verts.get(s) is not None]
-            if not present:
-                raise ValueError("a render item needs at least one hand")
+            present = self._present(item)
             H, W = (int(x) for x in item.image_size)
             normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
             j2d, amodal, clipped, uv_v = {}, {}, {}, {}
@@ -314,33 +329,101 @@ class Renderer(abc.ABC):
                 clipped[s] = b
                 j2d[s] = project_points(item.joints[s], item.K, item.dist)
             crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
-            K_local = crop_intrinsics(item.K, crop, cfg.local_size)
+            K_local = crop_intrinsics(item.K, crop, L)
+            uv_local = self._project(item, present, K_local)
             jobs.append(self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals, uv_v))
-            jobs.append(self._job(item, batch.faces, K_local, (cfg.local_size, cfg.local_size), normals))
-            metas.append((item, present, j2d, clipped, crop))
+            jobs.append(self._job(item, batch.faces, K_local, (L, L), normals, uv_local))
+            metas.append((item, present, j2d, clipped, crop, K_local, uv_local))
         outs = self.rasterize(jobs)
         results = []
-        for i, (item, present, j2d, clipped, crop) in enumerate(metas):
+        for i, (item, present, j2d, clipped, crop, K_local, uv_local) in enumerate(metas):
             g, loc = outs[2 * i], outs[2 * i + 1]
-            vis = {}
-            for s in SIDES:
-                if s not in present:
-                    vis[s] = None
-                    continue
-                z = np.asarray(item.joints[s], dtype=np.float64)[:, 2]
-                vis[s] = joint_visibility(j2d[s], z, HAND_ID[s], g.mask, g.depth, cfg.own_tolerance, cfg.other_tolerance)
-            outside = self._outside_global(crop, item.image_size)
-            mesh_local, mask_local = loc.rgb.copy(), loc.mask.copy()
-            mesh_local[outside] = 0
-            mask_local[outside] = 0
+            vis = self._visibility(item, present, j2d, g.mask, g.depth)
+            local = self._local_result(item, present, K_local, uv_local, crop, item.image_size, loc)
             results.append(RenderResult(
                 mesh_image=g.rgb, mask=g.mask, depth=g.depth, joints_2d=j2d, joints_visible=vis, bbox=clipped,
-                crop_box=crop, mesh_local=mesh_local, mask_local=mask_local,
+                crop_box=crop, mesh_local=local.mesh_image, mask_local=local.mask,
+                K=np.asarray(item.K, dtype=np.float64), local=local,
             ))  # fmt: skip
         return results
 
-    def _outside_global(self, crop: np.ndarray, image_size) -> np.ndarray:
-        L = self.config.local_size
+    def render_local(
+        self, batch: RenderBatch, crop_boxes: Sequence, parent_sizes: Sequence
+    ) -> list[RenderResult]:
+        """Render local views from their own frame (what ``hands validate`` does for a local record): each
+        item carries the local camera (K of the crop, image_size (L, L)); ``crop_boxes[i]`` and
+        ``parent_sizes[i]`` are the global crop box and (H, W) image size the view was cut from (they give its
+        black padding). Returns the ``RenderResult.local`` that ``render`` gives for the parent, exactly."""
+        jobs, metas = [], []
+        for item, crop, size in zip(batch.items, crop_boxes, parent_sizes, strict=True):
+            present = self._present(item)
+            K = np.asarray(item.K, dtype=np.float64)
+            normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
+            uv = self._project(item, present, K)
+            jobs.append(self._job(item, batch.faces, K, tuple(item.image_size), normals, uv))
+            metas.append((item, present, K, uv, np.asarray(crop, dtype=np.float64), tuple(size)))
+        outs = self.rasterize(jobs)
+        return [self._local_result(item, present, K, uv, crop, size, out)
+                for (item, present, K, uv, crop, size), out in zip(metas, outs, strict=True)]  # fmt: skip
+
+    @staticmethod
+    def _present(item: RenderItem) -> list[str]:
+        present = [s for s in SIDES if item.verts.get(s) is not None]
+        if not present:
+            raise ValueError("a render item needs at least one hand")
+        return present
+
+    @staticmethod
+    def _project(item: RenderItem, present: Sequence[str], K: np.ndarray) -> dict:
+        return {s: project_points(np.asarray(item.verts[s], dtype=np.float64), K, item.dist) for s in present}
+
+    def _visibility(self, item: RenderItem, present, j2d: dict, mask: np.ndarray, depth: np.ndarray) -> dict:
+        cfg = self.config
+        vis = {}
+        for s in SIDES:
+            if s not in present:
+                vis[s] = None
+                continue
+            z = np.asarray(item.joints[s], dtype=np.float64)[:, 2]
+            vis[s] = joint_visibility(
+                j2d[s], z, HAND_ID[s], mask, depth, cfg.own_tolerance, cfg.other_tolerance
+            )
+        return vis
+
+    def _local_result(self, item: RenderItem, present, K_local: np.ndarray, uv_local: dict, crop: np.ndarray,
+                      parent_size, out: RasterOut) -> RenderResult:  # fmt: skip
+        """The local view's ``RenderResult`` (``RenderResult.local``) from its raster ``out``."""
+        L = out.mask.shape[0]
+        outside = self._outside_global(crop, parent_size, L)
+        mesh, mask, depth = out.rgb.copy(), out.mask.copy(), out.depth.copy()
+        mesh[outside] = 0
+        mask[outside] = 0
+        depth[outside] = 0
+        # the part of the local image that shows the global image: its pixel centres [0, W - 1] x [0, H - 1]
+        H, W = parent_size
+        lo = np.maximum(global_to_local(np.array([0.0, 0.0]), crop, L), 0.0)
+        hi = np.maximum(np.minimum(global_to_local(np.array([W - 1.0, H - 1.0]), crop, L), L - 1.0), lo)
+        j2d, bbox = {}, {}
+        for s in SIDES:
+            if s not in present:
+                j2d[s] = bbox[s] = None
+                continue
+            j2d[s] = project_points(item.joints[s], K_local, item.dist)
+            b = _box(uv_local[s])
+            if np.isfinite(b).all():
+                b[[0, 2]] = np.clip(b[[0, 2]], lo[0], hi[0])
+                b[[1, 3]] = np.clip(b[[1, 3]], lo[1], hi[1])
+            bbox[s] = b
+        vis = self._visibility(item, present, j2d, mask, depth)
+        return RenderResult(
+            mesh_image=mesh, mask=mask, depth=depth, joints_2d=j2d, joints_visible=vis, bbox=bbox,
+            crop_box=full_frame(L), mesh_local=mesh, mask_local=mask, K=np.asarray(K_local, dtype=np.float64),
+        )  # fmt: skip
+
+    def _outside_global(self, crop: np.ndarray, image_size, size: int | None = None) -> np.ndarray:
+        """(L, L) bool: the local pixels (L = ``size``, default local_size) whose centres fall outside the
+        global image of ``image_size`` (H, W)."""
+        L = size or self.config.local_size
         H, W = image_size
         ii = np.arange(L, dtype=np.float64)
         g = local_to_global(np.stack(np.meshgrid(ii, ii), axis=-1).reshape(-1, 2), crop, L).reshape(L, L, 2)
@@ -351,13 +434,14 @@ class Renderer(abc.ABC):
 
 
 def make_renderer(name: str = "auto", device: str = "auto", config: RenderConfig | None = None) -> Renderer:
-    """'pytorch3d', 'opengl' or 'auto' (pytorch3d on CUDA, opengl otherwise)."""
+    """'pytorch3d', 'opengl' or 'auto' (pytorch3d on CUDA, opengl otherwise); ``device``: auto, cpu, cuda or
+    cuda:N."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "auto":
-        name = "pytorch3d" if device == "cuda" else "opengl"
+        name = "pytorch3d" if str(device).startswith("cuda") else "opengl"
     if name == "pytorch3d":
         from renderers.pytorch3d_backend import PyTorch3DRenderer
 

@@ -7,7 +7,10 @@ Each sample is a dict of arrays (hands stacked right then left, zeros where a ha
     verts (2, 778, 3) float32 m; joints_3d (2, 21, 3) float32 m; joints_2d (2, 21, 2) float32 px;
     joints_visible (2, 21) bool; hand_present (2,) bool; mano_pose (2, 48) float32; mano_shape (2, 10);
     mano_trans (2, 3) m; K (3, 3) float32 px; dist (8,) float32 zero-padded, n_dist int; bbox (2, 4) px;
-    crop_box (4,) px; caption str; hand_token_indices list[int]; hand_type str; seed int.
+    crop_box (4,) px; caption str; hand_token_indices list[int]; hand_type str; seed int; view str
+    (``global``, or ``local`` for a local close-up record of a ``--views global,local`` run: its image, mesh,
+    mask, K and keypoints are in the crop's frame, see ``sinks.records``); parent str (the key of the
+    sample's global record: the record's own key for a global record).
 
 Shards are local paths, ``file://`` URLs or any fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; ``pipe:``
 commands go through WebDataset's opener). With ``verify=True`` each shard's sha256 is checked against the run's
@@ -168,6 +171,8 @@ def to_arrays(decoded: dict) -> dict:
         "hand_token_indices": list(label.hand_token_indices),
         "hand_type": label.hand_type,
         "seed": label.seed,
+        "view": label.view_name,
+        "parent": label.parent_key,
     }
 
 

@@ -4,16 +4,37 @@ Record files: ``image.jpg`` (quality 95; ``image.png`` when lossless), ``mesh.pn
 ``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``; training tuples (``hands prepare``)
 add ``image_local.jpg`` (``.png`` when lossless), the real image's crop. Encoding is deterministic: equal samples
 give byte-identical files.
+
+Views (``--views global,local``): ``local_sample`` turns a rendered, generated sample into its local record,
+a record of its own with the same files, written right after the global one:
+
+* key ``<run_tag>-<index:010d>-local``; camera K = ``crop_intrinsics(K, crop_box, L)`` (same distortion);
+  image_size (L, L);
+* per hand the same MANO parameters, joints_3d and verts, with joints_2d, joints_visible and bbox in the
+  local frame (the renderer's ``RenderResult.local``);
+* ``mesh.png`` / ``mask.png``: the local mesh image and mask (black / 0 where the crop leaves the global
+  image); ``crop_box`` its whole frame ``[-0.5, -0.5, L - 0.5, L - 0.5]``, so ``mesh_local.png`` is the same
+  image as ``mesh.png`` (the local view of a local record is itself);
+* ``image``: the generator's local image (AttentionHand with views global,local), or else the global image
+  resampled through the crop (``pipeline.imaging.crop_resample``: the composite);
+* the rest of the label (index, seed, caption, source, generator, quality) is the global record's, and
+  ``label.json`` adds ``view``: ``{name: "local", parent: <global key>, parent_image_size: [H, W],
+  parent_crop_box: [...] (global px), image: "generated" | "resampled"}``, what ``hands validate`` needs to
+  re-render it exactly.
+
+Global records have no ``view`` field (labels of global-only runs are unchanged), and do not carry the
+generator's local image (``image_local``): the local record does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 from PIL import Image
 
-from pipeline.schema import Label, Sample, SchemaError
+from pipeline.schema import Camera, HandState, Label, Sample, SchemaError, make_key
 
 RECORD_FILES = ("label.json", "verts.npy", "mesh.png", "mesh_local.png", "mask.png")
 IMAGE_FILES = ("image.jpg", "image.png")
@@ -70,6 +91,51 @@ def encode_record(sample: Sample, lossless: bool = False) -> tuple[dict[str, byt
     return files, label
 
 
+def local_sample(sample: Sample) -> Sample:
+    """The local record of a rendered, generated global ``sample`` (module doc); the input is not changed."""
+    from pipeline.imaging import crop_resample
+
+    loc = sample.local
+    if loc is None or sample.crop_box is None:
+        raise SchemaError(f"{sample.key}: local view: not rendered (stage missing?)")
+    if sample.image is None:
+        raise SchemaError(f"{sample.key}: image: not filled in (stage missing?)")
+    L = int(loc.mask.shape[0])
+    if sample.image_local is not None:
+        image, origin = _check_image("image_local", sample.image_local, (L, L), 3), "generated"
+    else:
+        image, origin = crop_resample(sample.image, sample.crop_box, L), "resampled"
+    hands = {}
+    for side, h in sample.hands.items():
+        if h is None:
+            hands[side] = None
+            continue
+        hands[side] = HandState(h.pose, h.shape, h.trans, joints_3d=h.joints_3d,
+                                joints_2d=loc.joints_2d[side], joints_visible=loc.joints_visible[side],
+                                bbox=loc.bbox[side])  # fmt: skip
+    H, W = (int(v) for v in sample.image_size)
+    crop = np.asarray(sample.crop_box, dtype=np.float64).tolist()
+    view = {"name": "local", "parent": sample.key, "parent_image_size": [H, W], "parent_crop_box": crop,
+            "image": origin}  # fmt: skip
+    tag, _, _ = sample.key.rpartition("-")
+    return dataclasses.replace(
+        sample, key=make_key(tag, sample.index, "local"), image_size=(L, L),
+        camera=Camera(loc.K, sample.camera.dist), hands=hands, crop_box=loc.crop_box,
+        mesh_image=loc.mesh_image, mesh_local=loc.mesh_local, mask=loc.mask, depth=loc.depth, image=image,
+        image_local=None, local=None, view=view,
+    )  # fmt: skip
+
+
+def view_records(sample: Sample, views) -> list[Sample]:
+    """The records of one sample for ``views`` (``RunConfig.views``): ``[sample]`` for the global view only;
+    with ``local``, the global record (without the generator's ``image_local``: the local record carries it)
+    and then its local record."""
+    if "local" not in views:
+        return [sample]
+    local = local_sample(sample)
+    return [dataclasses.replace(sample, image_local=None, local=None), local]
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 array (H, W, 3) or (H, W) for single-channel PNGs."""
     with Image.open(io.BytesIO(data)) as im:
@@ -109,6 +175,7 @@ def index_row(label: Label, shard: str) -> dict:
         "key": label.key,
         "index": label.index,
         "shard": shard,
+        "view": label.view_name,
         "hand_type": label.hand_type,
         "dataset": src.get("dataset"),
         "split": None if src.get("split") is None else str(src.get("split")),

@@ -15,10 +15,15 @@ Checks (each counted per item as passed/failed):
   other shard is present; every ``index.parquet`` row names a listed shard, as many rows per shard as the
   manifest counts;
 * index: ``index.parquet`` matches its sha256 and has one row per record, same keys;
-* keys: each record's key is ``<run_tag>-<index:010d>`` with the run's tag, its index lies in the index
-  range of the shard holding it (shard k: ``[k * shard_size, min((k + 1) * shard_size, samples))``), its
-  seed is the run's per-sample seed for that index, and ``index.parquet`` has its key with that index and
-  shard;
+* keys: each record's key is ``<run_tag>-<index:010d>`` (``-local`` appended for a local record) with the
+  run's tag, its index lies in the index range of the shard holding it (shard k: ``[k * shard_size,
+  min((k + 1) * shard_size, samples))``), its seed is the run's per-sample seed for that index, and
+  ``index.parquet`` has its key with that index, shard and view;
+* views: in a run with ``views`` global,local every global record is followed, in its shard, by its local
+  record (and a run without them has none); a local record agrees with its global record (its parent, the
+  record right before it): the same ``crop_box`` and image size as its ``view`` records, camera K equal to
+  ``crop_intrinsics(parent K, crop_box, L)`` and the same distortion, and the same hands (MANO parameters,
+  joints_3d, verts), seed, caption and hand type;
 * schema: each record decodes and its label validates (shapes, dtypes, finiteness, units);
 * params: per present hand, ``mano_pose/shape/trans`` run through the label's hand model (same sha256)
   reproduce ``verts.npy`` and ``joints_3d`` within 0.1 mm (absent hands are not counted);
@@ -26,6 +31,11 @@ Checks (each counted per item as passed/failed):
 * visibility: visible joints lie inside the image and on (or within 1 px of) their hand's mask;
 * render: the label re-rendered equals ``mesh.png``/``mask.png``/``mesh_local.png`` exactly with the backend
   that wrote them (the manifest's ``renderer``), or has mask IoU >= 0.995 with another backend.
+
+Local records (``--views global,local``) go through every check in their own frame: projection and
+visibility with the local camera and mask, and the re-render from the local camera at (L, L), with the
+pixels outside the parent's global image black (``Renderer.render_local``, from ``view.parent_crop_box`` and
+``view.parent_image_size``).
 
 When ``run.json`` is missing or unreadable (a failed "run" check), the keys are checked against the
 manifest's run tag and config instead, when it has them.
@@ -59,6 +69,7 @@ CHECKS = (
     "membership",
     "index",
     "keys",
+    "views",
     "schema",
     "params",
     "projection",
@@ -182,6 +193,7 @@ class _Identity:
     shard_size: int
     prefix: str
     origin: str  # "run.json" or "manifest.json"
+    views: tuple = ("global",)
 
     @property
     def num_shards(self) -> int:
@@ -266,7 +278,8 @@ def _check_run(
             report.fail("run", "manifest.json: " + "; ".join(problems))
         else:
             report.ok("run")
-    return _Identity(str(run["run_tag"]), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, RUN_FILE)
+    return _Identity(str(run["run_tag"]), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, RUN_FILE,
+                     tuple(cfg.views))  # fmt: skip
 
 
 def _manifest_identity(manifest: dict | None) -> _Identity | None:
@@ -281,7 +294,8 @@ def _manifest_identity(manifest: dict | None) -> _Identity | None:
     if cfg.config_sha256() != manifest.get("config_sha256"):
         return None
     tag = manifest.get("run_tag") or cfg.effective_run_tag()
-    return _Identity(str(tag), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, "manifest.json")
+    return _Identity(str(tag), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, "manifest.json",
+                     tuple(cfg.views))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -419,7 +433,12 @@ class _Rerender:
         verts = {s: label.verts[i] for i, s in enumerate(SIDES) if label.hands[s] is not None}
         joints = {s: label.hands[s].joints_3d for s in verts}
         item = RenderItem(verts, joints, label.camera.K, label.image_size, label.camera.dist)
-        res = self.renderer.render(RenderBatch([item], self.models.get(label.hand_model).faces))[0]
+        batch = RenderBatch([item], self.models.get(label.hand_model).faces)
+        if label.view is None:
+            res = self.renderer.render(batch)[0]
+        else:  # a local record: its own camera and size, black outside its parent's global image
+            view = label.view
+            res = self.renderer.render_local(batch, [view["parent_crop_box"]], [view["parent_image_size"]])[0]
         mesh = dec["mesh"][..., :3] if dec["mesh"].ndim == 3 else dec["mesh"]
         if self.backend == self.written_by:
             if not np.array_equal(res.mask, dec["mask"]):
@@ -510,6 +529,7 @@ class _Index:
     table: object = None
     error: str | None = None
     rows: dict = dataclasses.field(default_factory=dict)  # key -> (index, shard)
+    views: dict = dataclasses.field(default_factory=dict)  # key -> view (None: no view column)
     shards: Counter = dataclasses.field(default_factory=Counter)  # shard name -> rows
 
 
@@ -528,7 +548,9 @@ def _read_index(store: Store, manifest: dict) -> _Index:
     keys = idx.table.column("key").to_pylist() if "key" in cols else []
     indices = idx.table.column("index").to_pylist() if "index" in cols else [None] * len(keys)
     shards = idx.table.column("shard").to_pylist() if "shard" in cols else [None] * len(keys)
+    views = idx.table.column("view").to_pylist() if "view" in cols else [None] * len(keys)
     idx.rows = dict(zip(keys, zip(indices, shards, strict=True), strict=True))
+    idx.views = dict(zip(keys, views, strict=True))
     idx.shards = Counter(shards)
     return idx
 
@@ -543,7 +565,7 @@ def _check_key(
     if identity is None:
         return  # counted once, before the shards
     problems = []
-    want = f"{identity.run_tag}-{label.index:010d}"
+    want = f"{identity.run_tag}-{label.index:010d}" + ("" if label.view is None else "-local")
     if label.key != want:
         problems.append(f"key differs from {want!r} (run tag {identity.run_tag!r} from {identity.origin})")
     k = identity.shard_number(name)
@@ -565,6 +587,8 @@ def _check_key(
             problems.append(f"key is not in {index.name}")
         elif row != (label.index, name):
             problems.append(f"{index.name} has it as index {row[0]} in shard {row[1]}")
+        elif index.views.get(label.key) not in (None, label.view_name):
+            problems.append(f"{index.name} has it as view {index.views[label.key]!r}")
     if problems:
         report.fail("keys", f"{where}: " + "; ".join(problems))
     else:
@@ -729,19 +753,25 @@ def _check_shard(
     else:
         report.ok("shards")
     hands: list[_Hand] = []
-    for key, files in records[: limit or len(records)]:
+    checked = records[: limit or len(records)]
+    prev = None  # the label of the record before this one in the shard (None: the first, or unreadable)
+    for key, files in checked:
         keys.append(key)
         where = f"{name}:{key}"
         try:
             dec = decode_record({**files, "__key__": key})
         except (SchemaError, OSError, ValueError) as exc:
             report.fail("schema", f"{where}: {exc}")
+            prev = None
             continue
         label = dec["label"]
         if label.key != key:
             report.fail("schema", f"{where}: label key {label.key} differs from the record key")
+            prev = None
             continue
         _check_key(label, name, identity, index, seen, report)
+        _check_views(label, prev, identity, report, where)
+        prev = label
         _check_record(dec, report, where)
         hands += _hands_of(label, where)
         if rerender is not None:
@@ -753,4 +783,64 @@ def _check_shard(
                 report.ok("render")
             else:
                 report.fail("render", f"{where}: {err}")
+    local_run = identity is not None and "local" in identity.views
+    if local_run and prev is not None and prev.view is None and len(checked) == len(records):
+        report.fail("views", f"{name}:{prev.key}: the shard ends without its local record")
     _check_params(hands, models, report)
+
+
+def _check_views(label, prev, identity: _Identity | None, report: ValidationReport, where: str) -> None:
+    """The "views" check of one record; ``prev``: the label of the record before it in its shard (or None)."""
+    local_run = identity is not None and "local" in identity.views
+    if label.view is None:
+        if not local_run:
+            return  # a global-only run: nothing to pair
+        if prev is not None and prev.view is None:
+            report.fail("views", f"{where}: the record before it, {prev.key}, has no local record after it")
+        else:
+            report.ok("views")
+        return
+    problems = []
+    if identity is not None and not local_run:
+        problems.append(f"the run's views are {','.join(identity.views)} ({identity.origin}): no local records")
+    parent = label.view["parent"]
+    if prev is None or prev.key != parent:
+        before = prev.key if prev else "none"
+        problems.append(f"the record before it is {before}, not its global record {parent}")
+    else:
+        problems += _local_vs_parent(label, prev)
+    if problems:
+        report.fail("views", f"{where}: " + "; ".join(problems))
+    else:
+        report.ok("views")
+
+
+def _local_vs_parent(label, parent) -> list[str]:
+    """How a local record's label disagrees with its global record's (empty when it agrees)."""
+    from pipeline.camera import crop_intrinsics
+
+    view, out = label.view, []
+    if not np.array_equal(np.asarray(view["parent_crop_box"], dtype=np.float64), parent.crop_box):
+        out.append(f"view.parent_crop_box {view['parent_crop_box']} differs from {parent.key}'s crop_box "
+                   f"{parent.crop_box.tolist()}")  # fmt: skip
+    if list(view["parent_image_size"]) != list(parent.image_size):
+        out.append(f"view.parent_image_size {view['parent_image_size']} differs from {parent.key}'s")
+    K = crop_intrinsics(parent.camera.K, parent.crop_box, label.image_size[0])
+    if not np.allclose(label.camera.K, K, rtol=1e-12, atol=1e-9):
+        out.append(f"camera.K {label.camera.K.tolist()} is not the crop camera {K.tolist()} of {parent.key}")
+    d0, d1 = label.camera.dist, parent.camera.dist
+    if (d0 is None) != (d1 is None) or (d0 is not None and not np.array_equal(d0, d1)):
+        out.append("camera.dist differs from the global record's")
+    for name in ("index", "seed", "caption", "hand_type"):
+        if getattr(label, name) != getattr(parent, name):
+            out.append(f"{name} differs from the global record's")
+    if not np.array_equal(label.verts, parent.verts, equal_nan=True):
+        out.append("verts.npy differs from the global record's")
+    for s in SIDES:
+        a, b = label.hands[s], parent.hands[s]
+        if a is None or b is None:
+            continue  # presence follows hand_type, compared above
+        for f in ("mano_pose", "mano_shape", "mano_trans", "joints_3d"):
+            if not np.array_equal(getattr(a, f), getattr(b, f)):
+                out.append(f"hands.{s}.{f} differs from the global record's")
+    return out

@@ -38,10 +38,12 @@ from sinks.store import Store, StoreError, describe_os_error
 logger = logging.getLogger(__name__)
 
 INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()), ("hand_type", pa.string()),
-    ("dataset", pa.string()), ("split", pa.string()), ("capture", pa.string()), ("frame", pa.string()),
-    ("camera", pa.string()), ("caption", pa.string()), ("bbox_right", pa.list_(pa.float64())),
-    ("bbox_left", pa.list_(pa.float64())), ("crop_box", pa.list_(pa.float64())), ("generator", pa.string()),
+    # view: "global" or "local" (--views global,local); null in rows of shards written before views existed
+    ("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()), ("view", pa.string()),
+    ("hand_type", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("capture", pa.string()),
+    ("frame", pa.string()), ("camera", pa.string()), ("caption", pa.string()),
+    ("bbox_right", pa.list_(pa.float64())), ("bbox_left", pa.list_(pa.float64())),
+    ("crop_box", pa.list_(pa.float64())), ("generator", pa.string()),
     ("alignment", pa.float64()), ("tries", pa.int64()),
 ])  # fmt: skip
 

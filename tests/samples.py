@@ -26,7 +26,7 @@ def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(9
             pose = np.concatenate([rng.normal(0, 0.5, 3), rng.normal(0, 0.2, 45)])
             shape, trans = rng.normal(0, 0.5, 10), np.array([x, 0.0, 0.45])
             o = hand_model(s, pose[None], shape[None], trans[None])
-            verts[s], joints[s] = o.vertices[0].numpy(), o.joints[0].numpy()
+            verts[s], joints[s] = o.vertices[0].numpy().astype(np.float32), o.joints[0].numpy()  # as verts.npy
             allv[("right", "left").index(s)] = verts[s]
             hands[s] = HandState(pose, shape, trans, joints[s].astype(np.float64))
         items.append(RenderItem(verts, joints, K, size, dist))

@@ -142,14 +142,16 @@ def _digest(results) -> str:
     return h.hexdigest()
 
 
-# Produced BEFORE conditioning styles existed, with the code of the commit the style was added on
-# (``git archive HEAD`` of that tree, i.e. the plain Lambert look, albedo 0.8, ambient 0.25): the scenes of
-# ``_regression_items`` rendered with RenderConfig(local_size=64) (and tint=True), hashed by ``_digest``. OpenGL
-# on Mesa llvmpipe (the CPU driver; another GL driver may rasterize edges differently), PyTorch3D on CPU.
+# Produced BEFORE conditioning styles existed: the renderer of commit da52efc (the plain Lambert look, albedo
+# 0.8, ambient 0.25) rendered the scenes of ``_regression_items`` (hand model in float64, its CPU default) with
+# RenderConfig(local_size=64) (and tint=True), hashed by ``_digest``; the scenes were computed by this code and
+# handed to that tree's renderer. OpenGL on Mesa llvmpipe (the CPU driver; another GL driver may rasterize
+# edges differently), PyTorch3D on CPU. (Regenerated when the hand model moved to float64: float32 skinning
+# varied with the torch thread count and the CPU, and so did the earlier digests.)
 GREY_REFERENCE = {
-    ("opengl", False): "5bdad2b8146254014202fd0e68eddced9409e5e238e56168a877c426abadbf6f",
-    ("opengl", True): "8abf934d242d00c9fcd187fd103ce02d84859ac7be97f64a66d46504441ae3dc",
-    ("pytorch3d", False): "16c10806984c2332e790434f452e05291fd8d8178bcad49e731554bb1c00550f",
+    ("opengl", False): "69335665ad7215ea4de8c2135d828ef59984324cf400825024909c76887af036",
+    ("opengl", True): "e2c8b57be7664b347286a8df89e5d2b4af164761b54675ae980c8f1aea469725",
+    ("pytorch3d", False): "8373d1e6b37333674ded48f59f0ec164865447ddba136bc42ed2142ab506aae4",
 }
 
 

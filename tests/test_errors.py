@@ -427,3 +427,36 @@ def test_bad_attentionhand_spec_is_one_line_before_anything_is_written(tmp_path,
     line = _one_error_line(err)
     assert code == 2 and message in line, line
     assert not out.exists()
+
+
+# -- 9. devices --------------------------------------------------------------------------------------------
+def test_device_names_and_missing_gpus(monkeypatch):
+    import torch
+
+    from pipeline.config import ConfigError, load_config, resolve_device
+
+    assert load_config(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ConfigError, match="device"):
+        load_config(device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="device cuda:3: CUDA is not available here"):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match="device cuda:2: this machine has 2 CUDA devices"):
+        resolve_device("cuda:2")
+
+
+def test_cli_device_errors_are_one_line(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    if not torch.cuda.is_available():
+        code, err = _run_cli(capsys, "generate", "--out", str(out), "--samples", "2", "--device", "cuda:0",
+                             "--no-prefect", "-q")  # fmt: skip
+        assert code == 2 and "device cuda:0: CUDA is not available here" in _one_error_line(err)
+        assert not out.exists()
+    code, err = _run_cli(capsys, "generate", "--out", str(out), "--device", "gpu0")
+    assert code == 2 and "expected auto, cpu, cuda or cuda:N, got 'gpu0'" in err and "Traceback" not in err

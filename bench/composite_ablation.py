@@ -1,0 +1,110 @@
+"""Composite v2 ablation: each component of the composite generator added in turn (as HandSynthesis does),
+on the embedded default run (stand-in hand, prior, label captions, 512 px), scored by ``hands evaluate``.
+
+Every row is a full run (``flows.stages.run_shards`` with the stage's generator replaced by a
+``CompositeGenerator(CompositeConfig(...))``) into OUT_ROOT/<row>, then ``evaluation.run.evaluate_run``:
+detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., and the run's samples/s.
+``--before FILE``: also time a run with the composite module in FILE (e.g. the version-1 file), alternating with
+the default, ``--repeats`` times each (this machine is noisy: ratios measured side by side).
+
+Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
+       [--rows all|NAME,NAME] [--before /tmp/composite_v1.py --repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+import time
+from pathlib import Path
+
+try:
+    import _benchpath  # noqa: F401 - first: fixes the import path
+except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixed path, without bench/ on it
+    pass
+
+# cumulative: each row adds one component to the one before
+ROWS = (
+    ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False)),
+    ("+ skin", dict(light="single", background="blobs", camera_effects=False)),
+    ("+ light", dict(background="blobs", camera_effects=False)),
+    ("+ natural background", dict(camera_effects=False)),
+    ("+ camera effects (v2 default)", dict()),
+    ("+ spectrum match 0.5", dict(spectrum_match=0.5)),
+    ("skin + light + camera effects, blob background", dict(background="blobs")),
+)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def run_once(samples: int, out: Path, generator) -> float:
+    """One full run with ``generator`` in place of the stage's; returns samples/s (wall, shards + manifest)."""
+    from flows import stages
+    from pipeline.config import RunConfig
+    from sinks.run import RunFolder
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = RunConfig(out=str(out), samples=samples)
+    st = stages.stages_for(cfg)  # the hash excludes ``out``: every row shares these stages
+    st.generator = generator
+    folder = RunFolder(cfg)
+    folder.open(resume=False)
+    t = time.perf_counter()
+    stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
+    manifest = stages.finalize(cfg, folder)
+    return manifest["counts"]["written"] / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--out-root", default="/tmp/composite_ablation")
+    ap.add_argument("--rows", default="all", help="all, or comma-separated row numbers (0-based)")
+    ap.add_argument("--before", default=None, help="a composite module file to time against the default")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    import logging
+
+    logging.disable(logging.WARNING)
+    from evaluation.run import EvalConfig, evaluate_run
+    from generators.composite import CompositeConfig, CompositeGenerator
+
+    root = Path(args.out_root)
+    rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",") if i.strip()]
+    table = []
+    for name, opts in rows:  # --rows "" skips the table (throughput only)
+        out = root / _slug(name)
+        rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)))
+        s = evaluate_run(EvalConfig(run=str(out), quiet=True)).summary
+        table.append((name, s["detected_hands"], s["eligible_hands"], s["detection_rate"], s["pck_01"],
+                      s["hand_conf"], rate))  # fmt: skip
+        print(f"done: {name}", file=sys.stderr)
+    print(f"\n{args.samples} samples per row (prior, stand-in hand, label captions, 512 px); out: {root}")
+    print("| components | detected / eligible | detection rate | PCK@0.1 | Hand Conf. | samples/s |")
+    print("|---|---|---|---|---|---|")
+    for name, det, elig, rate, pck, conf, sps in table:
+        print(f"| {name} | {det} / {elig} | {rate:.2f} | {pck:.2f} | {conf:.2f} | {sps:.1f} |")
+
+    if args.before:
+        spec = importlib.util.spec_from_file_location("composite_before", args.before)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["composite_before"] = mod
+        spec.loader.exec_module(mod)
+        gens = {"before": mod.CompositeGenerator(), "after": CompositeGenerator()}
+        rates: dict[str, list[float]] = {k: [] for k in gens}
+        run_once(16, root / "warmup", gens["after"])
+        for _ in range(args.repeats):
+            for k, g in gens.items():
+                rates[k].append(run_once(args.samples, root / f"speed_{k}", g))
+        b, a = max(rates["before"]), max(rates["after"])
+        print(f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): before {b:.2f} samples/s,"
+              f" after {a:.2f} samples/s, after/before {a / b:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
