@@ -24,10 +24,13 @@ class UsageError(HandgenError):
 
 
 def _views(text: str) -> str:
-    """An argparse type for ``--views``: ``global`` or ``global,local``."""
-    items = [v.strip() for v in text.split(",")]
-    if sorted(items) not in (["global"], ["global", "local"]):
-        raise argparse.ArgumentTypeError(f"expected global or global,local, got {text!r}")
+    """An argparse type for ``--views``: ``global`` or ``global,local`` (``pipeline.schema.normalize_views``)."""
+    from pipeline.schema import SchemaError, normalize_views
+
+    try:
+        normalize_views(text)
+    except SchemaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -107,18 +107,9 @@ class RunConfig(_Frozen):
     @classmethod
     def _views(cls, v) -> tuple[str, ...]:
         # the records written per sample: ("global",) or ("global", "local") (each local close-up as a record)
-        from pipeline.schema import VIEWS
+        from pipeline.schema import normalize_views
 
-        items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
-        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
-            raise ValueError(f"views must be a list of view names ({', '.join(VIEWS)}), got {v!r}")
-        bad = [x for x in items if x not in VIEWS]
-        if bad:
-            raise ValueError(f"unknown view {bad[0]!r}: the views are {', '.join(VIEWS)}")
-        if len(set(items)) != len(items) or "global" not in items:
-            raise ValueError(f"views must be global or global,local (global is always written), "
-                             f"got {','.join(items)}")  # fmt: skip
-        return tuple(x for x in VIEWS if x in items)
+        return normalize_views(v)
 
     @field_validator("scorer")
     @classmethod

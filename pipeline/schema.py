@@ -48,6 +48,26 @@ class SchemaError(HandgenError, ValueError):
     """A record that breaks label schema v1; the message names the field and the bad value."""
 
 
+def normalize_views(views) -> tuple[str, ...]:
+    """``("global",)`` or ``("global", "local")`` from a sequence of view names or a comma-separated string
+    (``"global,local"``), in ``VIEWS`` order. ``SchemaError`` for an unknown or repeated view, or a set without
+    ``global`` (the global view is always generated and written)."""
+    if isinstance(views, str):
+        items = [v.strip() for v in views.split(",")]
+    elif isinstance(views, (list, tuple)) and all(isinstance(v, str) for v in views):
+        items = list(views)
+    else:
+        raise SchemaError(f"views must be a sequence of view names ({', '.join(VIEWS)}), got {views!r}")
+    bad = [v for v in items if v not in VIEWS]
+    if bad:
+        raise SchemaError(f"unknown view {bad[0]!r} in views {items}: the views are {', '.join(VIEWS)}")
+    if len(set(items)) != len(items):
+        raise SchemaError(f"views {items} name a view twice")
+    if "global" not in items:
+        raise SchemaError(f"views {items} lack 'global': the global view is always generated")
+    return tuple(v for v in VIEWS if v in items)
+
+
 def make_key(run_tag: str, index: int, view: str = "global") -> str:
     """Record key ``<run_tag>-<index:010d>`` (``view`` global) or ``<run_tag>-<index:010d>-local`` (the local
     record of that sample). The tag has no '.' or '-': WebDataset splits a record's key from its file names at

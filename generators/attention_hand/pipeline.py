@@ -32,12 +32,12 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import BaseOutput
 
+from pipeline import schema
 from pipeline.errors import HandgenError
+from pipeline.schema import VIEWS
 
 logger = logging.getLogger(__name__)
 
-VIEWS = ("global", "local")
-"""The views AttentionHand can sample, in output order; ``global`` is always one of them."""
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 
@@ -47,27 +47,12 @@ class AttentionHandError(HandgenError, ValueError):
 
 
 def normalize_views(views: str | Sequence[str]) -> tuple[str, ...]:
-    """``("global",)`` or ``("global", "local")`` from a sequence of view names or a comma-separated string
-    (``"global,local"``), in ``VIEWS`` order. Raises ``AttentionHandError`` for an unknown or repeated view,
-    or a set without ``global``."""
-    if isinstance(views, str):
-        items = [v.strip() for v in views.split(",")]
-    elif isinstance(views, Sequence):
-        items = list(views)
-    else:
-        raise AttentionHandError(
-            f"views must be a sequence of view names ({', '.join(VIEWS)}), got {views!r}"
-        )
-    bad = [v for v in items if v not in VIEWS]
-    if bad:
-        raise AttentionHandError(
-            f"unknown view {bad[0]!r} in views {items}: the views are {', '.join(VIEWS)}"
-        )
-    if len(set(items)) != len(items):
-        raise AttentionHandError(f"views {items} name a view twice")
-    if "global" not in items:
-        raise AttentionHandError(f"views {items} lack 'global': the global view is always generated")
-    return tuple(v for v in VIEWS if v in items)
+    """``pipeline.schema.normalize_views`` (the views AttentionHand samples, in output order; ``global`` is
+    always one of them), raising ``AttentionHandError``."""
+    try:
+        return schema.normalize_views(views)
+    except schema.SchemaError as exc:
+        raise AttentionHandError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
