@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from generators.base import Generator
+from generators.base import Generator, parse_options
 from pipeline.errors import HandgenError
 from pipeline.schema import SIDES, Sample
 from pipeline.seeding import stage_rng
@@ -114,17 +114,10 @@ def parse_spec(spec: str) -> dict:
     name, _, rest = str(spec).partition(":")
     if name != "composite":
         raise CompositeSpecError(f"--generator {spec!r}: not a composite spec")
+    usage = "composite[:NAME=VALUE,...]"
     out: dict = {}
-    for item in filter(None, (x.strip() for x in rest.split(","))) if rest else ():
-        key, eq, value = item.partition("=")
-        if not eq or not value:
-            raise CompositeSpecError(f"--generator {spec!r}: expected NAME=VALUE, got {item!r}")
-        if key not in SPEC_OPTIONS:
-            raise CompositeSpecError(
-                f"--generator {spec!r}: unknown option {key!r} (known options: {', '.join(SPEC_OPTIONS)})"
-            )
-        if key in out:
-            raise CompositeSpecError(f"--generator {spec!r}: option {key!r} given twice")
+    for key, value in parse_options(spec, rest.split(",") if rest else [], SPEC_OPTIONS, CompositeSpecError,
+                                    usage).items():  # fmt: skip
         kind = SPEC_OPTIONS[key]
         try:
             if kind is bool:

@@ -249,7 +249,7 @@ def test_composite_spec_options():
     }  # fmt: skip
     for spec, message in (
         ("composite:sky=blue", "unknown option 'sky' (known options: skin, light, background"),
-        ("composite:background", "expected NAME=VALUE"),
+        ("composite:background", "'background' needs the form NAME=VALUE"),
         ("composite:background=photo", "composite background must be one of"),
         ("composite:camera_effects=maybe", "camera_effects expects a bool"),
         ("composite:spectrum_match=2", "spectrum_match must be in [0, 1]"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from generators.attention_hand.pipeline import AttentionHandError, TASConfig, normalize_views
-from generators.base import Generator
+from generators.base import Generator, parse_options
 from pipeline.errors import HandgenError
 from pipeline.schema import Sample
 from pipeline.seeding import diffusion_seed
@@ -59,27 +59,7 @@ def parse_spec(spec: str) -> AttentionHandSpec:
     path, *options = (part.strip() for part in text.split(","))
     if not path:
         raise AttentionHandSpecError(f"--generator {spec!r}: the model folder is missing (expected {usage})")
-    values: dict[str, str] = {}
-    known = ", ".join(SPEC_OPTIONS)
-    for opt in options:
-        if not opt:
-            raise AttentionHandSpecError(
-                f"--generator {spec!r}: empty option (a stray comma?); expected {usage}"
-            )
-        if "=" not in opt:
-            raise AttentionHandSpecError(
-                f"--generator {spec!r}: option {opt!r} needs the form NAME=VALUE (known options: {known})"
-            )
-        name, value = (x.strip() for x in opt.split("=", 1))
-        if name not in SPEC_OPTIONS:
-            raise AttentionHandSpecError(
-                f"--generator {spec!r}: unknown option {name!r} (known options: {known})"
-            )
-        if name in values:
-            raise AttentionHandSpecError(f"--generator {spec!r}: option {name!r} is given twice")
-        if not value:
-            raise AttentionHandSpecError(f"--generator {spec!r}: option {name!r} has no value")
-        values[name] = value
+    values = parse_options(spec, options, SPEC_OPTIONS, AttentionHandSpecError, usage)
     return AttentionHandSpec(path=path, guidance=values.get("guidance"))
 
 
