@@ -203,3 +203,14 @@ def s3_bucket(s3_server, monkeypatch, tmp_path):
     s3fs.S3FileSystem.clear_instance_cache()  # no cached client from before these settings
     yield f"s3://{bucket}"
     s3fs.S3FileSystem.clear_instance_cache()  # nor one pointing at the test server afterwards
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random-weight AttentionHand pipeline (seed 0), progress bars off; one per test module."""
+    from generators.attention_hand.models import tiny_components
+    from generators.attention_hand.pipeline import AttentionHandPipeline
+
+    p = AttentionHandPipeline(**tiny_components(seed=0))
+    p.set_progress_bar_config(disable=True)
+    return p

@@ -48,3 +48,25 @@ def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(9
         s.crop_box, s.mesh_image, s.mesh_local, s.mask, s.depth = r.crop_box, r.mesh_image, r.mesh_local, r.mask, r.depth
         s.image = np.clip(r.mesh_image.astype(np.int16) + np.array([20, 0, -20]), 0, 255).astype(np.uint8)
     return samples
+
+
+def write_run(out, hand_model, n: int, shard_size: int, run_tag: str):
+    """A finalised run of ``make_samples`` records 0..n-1 in shards of ``shard_size`` under ``out`` (a folder),
+    written by the real sink with an OpenGL renderer (local size 64); returns ``out``."""
+    from renderers.base import make_renderer
+    from sinks.webdataset_sink import ShardedOutput
+
+    gl = make_renderer("opengl", config=RenderConfig(local_size=64))
+    output = ShardedOutput(str(out), prefix="hands")
+    output.prepare(resume=False)
+    shards = list(range((n + shard_size - 1) // shard_size))
+    try:
+        for k in shards:
+            with output.shard(k) as w:
+                for s in make_samples(hand_model, gl, range(k * shard_size, min((k + 1) * shard_size, n)),
+                                      run_tag=run_tag):  # fmt: skip
+                    w.write(s)
+    finally:
+        gl.close()
+    output.finalize(shards, {"samples": n}, "0" * 64, {"renderer": {"name": "opengl", "local_size": 64}})
+    return out

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generators.attention_hand.pipeline import AttentionHandPipeline, TASConfig
+from generators.attention_hand.pipeline import TASConfig
 
 PROMPTS = ["A man holding a cup with his right hand.", "A woman pointing with her left index finger."]
 
@@ -199,15 +199,6 @@ class Reference:
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipe():
-    from generators.attention_hand.models import tiny_components
-
-    p = AttentionHandPipeline(**tiny_components(seed=0))
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 @pytest.fixture(scope="module")
 def ref():
     from generators.attention_hand.models import tiny_components

@@ -18,8 +18,7 @@ import pytest
 from flows.cli import main
 from pipeline.errors import HandgenError
 from sinks.reader import ShardReadError, open_shards
-from sinks.webdataset_sink import ShardedOutput
-from tests.samples import make_samples
+from tests.samples import write_run
 
 SHARD = 2
 N = 5
@@ -29,21 +28,7 @@ KEYS = [f"e-{i:010d}" for i in range(N)]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, hand_model):
     """A finalised run of 5 records in 3 shards (2, 2, 1), written by the real sink."""
-    from renderers.base import RenderConfig, make_renderer
-
-    gl = make_renderer("opengl", config=RenderConfig(local_size=64))
-    out = tmp_path_factory.mktemp("run")
-    output = ShardedOutput(str(out), prefix="hands")
-    output.prepare(resume=False)
-    try:
-        for k in range(3):
-            with output.shard(k) as w:
-                for s in make_samples(hand_model, gl, range(k * SHARD, min((k + 1) * SHARD, N)), run_tag="e"):
-                    w.write(s)
-    finally:
-        gl.close()
-    output.finalize([0, 1, 2], {"samples": N}, "0" * 64, {"renderer": {"name": "opengl", "local_size": 64}})
-    return out
+    return write_run(tmp_path_factory.mktemp("run"), hand_model, N, SHARD, run_tag="e")
 
 
 def _copy_run(src, dst):

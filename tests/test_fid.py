@@ -380,22 +380,9 @@ def test_photo_reference_end_to_end(tmp_path, weights_file):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, hand_model):
     """A finalised run of 2 records (a right and a left hand) written by the real sink."""
-    from renderers.base import RenderConfig, make_renderer
-    from sinks.webdataset_sink import ShardedOutput
-    from tests.samples import make_samples
+    from tests.samples import write_run
 
-    gl = make_renderer("opengl", config=RenderConfig(local_size=64))
-    out = tmp_path_factory.mktemp("run")
-    output = ShardedOutput(str(out), prefix="hands")
-    output.prepare(resume=False)
-    try:
-        with output.shard(0) as w:
-            for s in make_samples(hand_model, gl, range(2), run_tag="f"):
-                w.write(s)
-    finally:
-        gl.close()
-    output.finalize([0], {"samples": 2}, "0" * 64, {"renderer": {"name": "opengl", "local_size": 64}})
-    return out
+    return write_run(tmp_path_factory.mktemp("run"), hand_model, 2, 2, run_tag="f")
 
 
 def test_shard_reference_gives_hand_crops(run_dir, weights_file):

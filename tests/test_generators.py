@@ -10,15 +10,6 @@ PROMPTS = ["A man holding a cup with his right hand.", "A woman pointing with he
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    from generators.attention_hand.models import tiny_components
-
-    p = AttentionHandPipeline(**tiny_components(seed=0))
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def inputs(pipe):
     from captioning.tagging import HandTokenTagger
 
