@@ -33,11 +33,26 @@ def make_samples(n: int):
         for s in sides:
             p = gesture_pose(names[int(rng.integers(len(names)))], hm.hands_mean[s], s, rng.normal(0, 1.0, 3))
             x = 0.0 if len(sides) == 1 else (0.1 if s == "right" else -0.1)
-            j = hm(s, p[None], np.zeros((1, 10)), np.array([[x, 0.0, 0.5]])).joints[0].numpy().astype(np.float64)
+            j = (
+                hm(s, p[None], np.zeros((1, 10)), np.array([[x, 0.0, 0.5]]))
+                .joints[0]
+                .numpy()
+                .astype(np.float64)
+            )
             hands[s] = HandState(p, np.zeros(10), np.zeros(3), j)
         ht = "interacting" if len(sides) == 2 else sides[0]
-        samples.append(Sample(index=i, seed=i, key=f"b-{i:010d}", image_size=(512, 512), camera=Camera(K),
-                              hand_type=ht, hands=hands, source={"dataset": "prior"}))  # fmt: skip
+        samples.append(
+            Sample(
+                index=i,
+                seed=i,
+                key=f"b-{i:010d}",
+                image_size=(512, 512),
+                camera=Camera(K),
+                hand_type=ht,
+                hands=hands,
+                source={"dataset": "prior"},
+            )
+        )
     return samples
 
 

@@ -81,8 +81,17 @@ def main() -> None:
         out = root / _slug(name)
         rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)))
         s = evaluate_run(EvalConfig(run=str(out), quiet=True)).summary
-        table.append((name, s["detected_hands"], s["eligible_hands"], s["detection_rate"], s["pck_01"],
-                      s["hand_conf"], rate))  # fmt: skip
+        table.append(
+            (
+                name,
+                s["detected_hands"],
+                s["eligible_hands"],
+                s["detection_rate"],
+                s["pck_01"],
+                s["hand_conf"],
+                rate,
+            )
+        )
         print(f"done: {name}", file=sys.stderr)
     print(f"\n{args.samples} samples per row (prior, stand-in hand, label captions, 512 px); out: {root}")
     print("| components | detected / eligible | detection rate | PCK@0.1 | Hand Conf. | samples/s |")
@@ -102,8 +111,10 @@ def main() -> None:
             for k, g in gens.items():
                 rates[k].append(run_once(args.samples, root / f"speed_{k}", g))
         b, a = max(rates["before"]), max(rates["after"])
-        print(f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): before {b:.2f} samples/s,"
-              f" after {a:.2f} samples/s, after/before {a / b:.2f}")  # fmt: skip
+        print(
+            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): before {b:.2f} samples/s,"
+            f" after {a:.2f} samples/s, after/before {a / b:.2f}"
+        )
 
 
 if __name__ == "__main__":

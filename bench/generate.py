@@ -38,15 +38,27 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeats):
             t = time.perf_counter()
-            pipe(prompts, mesh, mesh, idx, [1, 2], height=64, width=64, num_inference_steps=args.steps, tas=tas,
-                 progress=False)  # fmt: skip
+            pipe(
+                prompts,
+                mesh,
+                mesh,
+                idx,
+                [1, 2],
+                height=64,
+                width=64,
+                num_inference_steps=args.steps,
+                tas=tas,
+                progress=False,
+            )
             best = min(best, (time.perf_counter() - t) / args.steps)
         return best
 
     per_step(TASConfig(enabled=False))  # warm-up
     on, off = per_step(TASConfig(steps_fraction=1.0)), per_step(TASConfig(enabled=False))
-    print(f"tiny pipeline, batch 2 (x2 branches), 64x64: TAS on {on * 1000:.1f} ms/step, off {off * 1000:.1f} ms/step,"
-          f" ratio {on / off:.2f}")
+    print(
+        f"tiny pipeline, batch 2 (x2 branches), 64x64: TAS on {on * 1000:.1f} ms/step, off {off * 1000:.1f} ms/step,"
+        f" ratio {on / off:.2f}"
+    )
 
     from generators.composite import CompositeGenerator
     from pipeline.hand_model import HandModel

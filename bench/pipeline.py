@@ -44,8 +44,15 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0, help="compare hands generate --workers 1 and N")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--overlap", type=float, nargs="?", const=0.1, default=None, metavar="SECONDS_PER_SAMPLE",
-                    help="run_shard with and without prefetch against a simulated generator")  # fmt: skip
+    ap.add_argument(
+        "--overlap",
+        type=float,
+        nargs="?",
+        const=0.1,
+        default=None,
+        metavar="SECONDS_PER_SAMPLE",
+        help="run_shard with and without prefetch against a simulated generator",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="samples per batch (--overlap)")
     args = ap.parse_args()
     if args.workers:
@@ -61,7 +68,13 @@ def main() -> None:
     from sinks.run import RunFolder
 
     d = tempfile.mkdtemp(prefix="bench_pipeline_")
-    base = {"samples": args.n, "shard_size": args.shard_size, "image_size": args.size, "seed": 1, "run_tag": "bench"}
+    base = {
+        "samples": args.n,
+        "shard_size": args.shard_size,
+        "image_size": args.size,
+        "seed": 1,
+        "run_tag": "bench",
+    }
     direct = RunConfig(out=f"{d}/direct", **base)
     st = stages.stages_for(direct)  # models load here, once, outside the timings
     folder = RunFolder(direct)
@@ -69,22 +82,30 @@ def main() -> None:
     st.timings.clear()
     t = time.perf_counter()
     stages.run_shards(direct, list(range(direct.num_shards)), folder)
-    manifest = stages.finalize(direct, folder)  # the same finishing work as the flow: index, manifest, preview
+    manifest = stages.finalize(
+        direct, folder
+    )  # the same finishing work as the flow: index, manifest, preview
     stages.write_preview(direct, manifest)
     t_direct = time.perf_counter() - t
     timing = dict(st.timings)
-    print(f"direct stage calls: {args.n / t_direct:.2f} samples/s ({args.n} samples at {args.size}x{args.size})")
+    print(
+        f"direct stage calls: {args.n / t_direct:.2f} samples/s ({args.n} samples at {args.size}x{args.size})"
+    )
     total = sum(timing.values())
     for name, sec in sorted(timing.items(), key=lambda kv: -kv[1]):
         print(f"  {name:11s} {sec / args.n * 1000:8.1f} ms/sample  {100 * sec / total:5.1f}%")
 
-    generate_shards(RunConfig(out=f"{d}/warm", **{**base, "samples": 1}).model_dump(mode="json"))  # starts the API
+    generate_shards(
+        RunConfig(out=f"{d}/warm", **{**base, "samples": 1}).model_dump(mode="json")
+    )  # starts the API
     flow_cfg = RunConfig(out=f"{d}/flow", **base)
     stages._STAGES[flow_cfg.config_sha256()] = st  # same models: the comparison is orchestration only
     t = time.perf_counter()
     generate_shards(flow_cfg.model_dump(mode="json"))
     t_flow = time.perf_counter() - t
-    print(f"Prefect flow: {args.n / t_flow:.2f} samples/s; ratio flow / direct = {t_flow / t_direct:.3f} (goal <= 1.10)")
+    print(
+        f"Prefect flow: {args.n / t_flow:.2f} samples/s; ratio flow / direct = {t_flow / t_direct:.3f} (goal <= 1.10)"
+    )
 
     for n in (args.small, args.large):
         cfg = RunConfig(out=f"{d}/mem{n}", **{**base, "samples": n, "shard_size": 100})
@@ -92,7 +113,9 @@ def main() -> None:
         folder = RunFolder(cfg)
         folder.open(resume=False)
         stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
-        print(f"after {n:6d} samples: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        print(
+            f"after {n:6d} samples: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
 
 
 def compare_workers(args) -> None:
@@ -105,9 +128,26 @@ def compare_workers(args) -> None:
     for r in range(args.repeats):
         for n in (1, args.workers):
             out = f"{d}/w{n}-{r}"
-            cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", out, "--no-prefect", "-q", "--samples",
-                   str(args.n), "--shard-size", str(args.shard_size), "--image-size", str(args.size), "--seed", "1",
-                   "--workers", str(n)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "generate",
+                "--out",
+                out,
+                "--no-prefect",
+                "-q",
+                "--samples",
+                str(args.n),
+                "--shard-size",
+                str(args.shard_size),
+                "--image-size",
+                str(args.size),
+                "--seed",
+                "1",
+                "--workers",
+                str(n),
+            ]
             t = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             rates[n].append(args.n / (time.perf_counter() - t))
@@ -132,8 +172,13 @@ class SleepGenerator:
         time.sleep(self.seconds * len(samples))
         for s in samples:
             s.image = s.mesh_image.copy()
-            s.generator = {"name": self.name, "version": self.version, "weights_id": None,
-                           "seed": int(s.seed), "seconds_per_sample": self.seconds}  # fmt: skip
+            s.generator = {
+                "name": self.name,
+                "version": self.version,
+                "weights_id": None,
+                "seed": int(s.seed),
+                "seconds_per_sample": self.seconds,
+            }
 
     def close(self) -> None:
         pass
@@ -149,13 +194,21 @@ def compare_overlap(args) -> None:
     from sinks.run import RunFolder
 
     d = tempfile.mkdtemp(prefix="bench_overlap_")
-    base = {"samples": args.n, "shard_size": args.shard_size, "image_size": args.size,
-            "batch_size": args.batch_size, "seed": 1, "run_tag": "bench"}  # fmt: skip
+    base = {
+        "samples": args.n,
+        "shard_size": args.shard_size,
+        "image_size": args.size,
+        "batch_size": args.batch_size,
+        "seed": 1,
+        "run_tag": "bench",
+    }
     st = stages.stages_for(RunConfig(out=f"{d}/cpu", **base))  # models load here, once, outside the timings
     st.generator = SleepGenerator(args.overlap)  # every run below shares these stages (one config)
-    print(f"{args.n} samples at {args.size}x{args.size}, batches of {args.batch_size}, shards of "
-          f"{args.shard_size}; simulated generator {args.overlap * 1000:.0f} ms/sample; "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(
+        f"{args.n} samples at {args.size}x{args.size}, batches of {args.batch_size}, shards of "
+        f"{args.shard_size}; simulated generator {args.overlap * 1000:.0f} ms/sample; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
 
     def cpu_and_generator_alone() -> tuple[float, float]:
         """(CPU stages ms/sample, generator-only samples/s) on the run's samples."""
@@ -178,8 +231,10 @@ def compare_overlap(args) -> None:
     write_ms: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
     for r in range(args.repeats):
         cpu_ms, gen_rate = cpu_and_generator_alone()
-        print(f"run {r + 1}: CPU stages alone (draw + prepare) {cpu_ms:6.1f} ms/sample; "
-              f"(a) generator alone {gen_rate:6.2f} samples/s")  # fmt: skip
+        print(
+            f"run {r + 1}: CPU stages alone (draw + prepare) {cpu_ms:6.1f} ms/sample; "
+            f"(a) generator alone {gen_rate:6.2f} samples/s"
+        )
         for depth in (DEFAULT_DEPTH, 0):
             cfg = RunConfig(out=f"{d}/run{r}-depth{depth}", **base)
             if stages.stages_for(cfg) is not st:
@@ -188,17 +243,24 @@ def compare_overlap(args) -> None:
             folder.open(resume=False)
             st.timings.clear()
             t = time.perf_counter()
-            reports = stages.run_shards(cfg, list(range(cfg.num_shards)), folder,
-                                        write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
-                                            cfg, k, folder, prefetch=depth))  # fmt: skip
+            reports = stages.run_shards(
+                cfg,
+                list(range(cfg.num_shards)),
+                folder,
+                write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
+                    cfg, k, folder, prefetch=depth
+                ),
+            )
             wall = time.perf_counter() - t
             written = sum(rep.count for rep in reports)
             eff[depth].append(written / wall / gen_rate)
             write_ms[depth].append(st.timings["write"] / max(written, 1) * 1000)
             what = f"(b) prefetch depth {depth}" if depth else "(c) no prefetch (depth 0)"
-            print(f"run {r + 1}: {what:26s} {written / wall:6.2f} samples/s  overlap efficiency "
-                  f"{eff[depth][-1]:.3f}  ({written} samples in {wall:.1f} s; "
-                  f"write {write_ms[depth][-1]:.1f} ms/sample)")  # fmt: skip
+            print(
+                f"run {r + 1}: {what:26s} {written / wall:6.2f} samples/s  overlap efficiency "
+                f"{eff[depth][-1]:.3f}  ({written} samples in {wall:.1f} s; "
+                f"write {write_ms[depth][-1]:.1f} ms/sample)"
+            )
     for depth in (DEFAULT_DEPTH, 0):
         what = f"prefetch depth {depth}" if depth else "no prefetch"
         goal = " (goal >= 0.95)" if depth else ""

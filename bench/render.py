@@ -108,6 +108,7 @@ def main() -> None:
     jobs = [gl._job(it, hm.faces, it.K, it.image_size, _normals(hm, it)) for it in items]
 
     rows = []
+
     def gl_loop():  # like the bare loop: each result is dropped before the next draw
         for _ in range(20):
             gl.rasterize([jobs[0]])
@@ -116,8 +117,12 @@ def main() -> None:
     bare = bare_moderngl(jobs[0], repeats)
     gl16 = _rate(lambda: gl.rasterize(jobs), 16, repeats)
     full = _rate(lambda: gl.render(RenderBatch(items, hm.faces)), 16, repeats)
-    rows += [("bare moderngl draw+readback", "1", bare), ("opengl rasterize", "1", gl1), ("opengl rasterize", "16", gl16),
-             ("opengl render (complete results)", "16", full)]  # fmt: skip
+    rows += [
+        ("bare moderngl draw+readback", "1", bare),
+        ("opengl rasterize", "1", gl1),
+        ("opengl rasterize", "16", gl16),
+        ("opengl render (complete results)", "16", full),
+    ]
     p3d = make_renderer("pytorch3d", device="cpu")
     rows.append(("pytorch3d rasterize (cpu)", "1", _rate(lambda: p3d.rasterize([jobs[0]]), 1, 1, 0.0, 0.0)))
     if not args.quick:

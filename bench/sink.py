@@ -40,7 +40,9 @@ def main() -> None:
     base = make_samples(hm, gl, range(8), size=(args.size, args.size), local=args.size)
     rng = np.random.default_rng(0)
     for s in base:  # photo-like noise so JPEG/PNG sizes are realistic
-        s.image = np.clip(s.image.astype(np.int16) + rng.integers(-25, 25, s.image.shape), 0, 255).astype(np.uint8)
+        s.image = np.clip(s.image.astype(np.int16) + rng.integers(-25, 25, s.image.shape), 0, 255).astype(
+            np.uint8
+        )
     t = time.perf_counter()
     encoded = [records.encode_record(s)[0] for s in base]
     enc_rate = len(base) / (time.perf_counter() - t)

@@ -55,7 +55,11 @@ def write_synthetic_split(root: Path, frames: int, cameras: int = 1) -> None:
         for c in caps:
             f.write(("," if c else "") + f'"{c}": {{')
             for k in range(1000):
-                hand = lambda: '{"pose": %s, "shape": %s, "trans": %s}' % (num(rng.normal(0, 0.3, 48)), num(rng.normal(0, 1, 10)), num(rng.normal(0, 0.1, 3)))  # noqa: E731,UP031
+
+                def hand():
+                    pose, shape, trans = rng.normal(0, 0.3, 48), rng.normal(0, 1, 10), rng.normal(0, 0.1, 3)
+                    return f'{{"pose": {num(pose)}, "shape": {num(shape)}, "trans": {num(trans)}}}'
+
                 f.write(("," if k else "") + f'"{k}": {{"right": {hand()}, "left": {hand()}}}')
             f.write("}")
         f.write("}")
@@ -65,13 +69,22 @@ def write_synthetic_split(root: Path, frames: int, cameras: int = 1) -> None:
             f.write(("," if c else "") + f'"{c}": {{')
             for k in range(1000):
                 wc = num(rng.normal(0, 100, 126))
-                f.write(("," if k else "") + f'"{k}": {{"world_coord": {wc}, "joint_valid": {num(np.ones(42))}, '
-                        f'"hand_type": "interacting", "hand_type_valid": 1}}')
+                f.write(
+                    ("," if k else "") + f'"{k}": {{"world_coord": {wc}, "joint_valid": {num(np.ones(42))}, '
+                    f'"hand_type": "interacting", "hand_type_valid": 1}}'
+                )
             f.write("}")
         f.write("}")
     ids = [str(400262 + j) for j in range(cameras)]
-    cams = {str(c): {"campos": {i: [0, 0, -1000] for i in ids}, "camrot": {i: np.eye(3).tolist() for i in ids},
-                     "focal": {i: [1200, 1200] for i in ids}, "princpt": {i: [166, 255] for i in ids}} for c in caps}  # fmt: skip
+    cams = {
+        str(c): {
+            "campos": {i: [0, 0, -1000] for i in ids},
+            "camrot": {i: np.eye(3).tolist() for i in ids},
+            "focal": {i: [1200, 1200] for i in ids},
+            "princpt": {i: [166, 255] for i in ids},
+        }
+        for c in caps
+    }
     (ann / "InterHand2.6M_train_camera.json").write_text(json.dumps(cams))
     with open(ann / "InterHand2.6M_train_data.json", "w") as f:
         f.write('{"images": [')
@@ -79,12 +92,28 @@ def write_synthetic_split(root: Path, frames: int, cameras: int = 1) -> None:
         for c in caps:
             for k in range(1000):
                 for cam in ids:
-                    f.write(("," if i else "") + json.dumps({"id": i, "file_name": f"Capture{c}/seq/cam{cam}/image{k:05d}.jpg",
-                            "width": 334, "height": 512, "capture": c, "seq_name": "seq", "camera": cam, "frame_idx": k}))
+                    f.write(
+                        ("," if i else "")
+                        + json.dumps(
+                            {
+                                "id": i,
+                                "file_name": f"Capture{c}/seq/cam{cam}/image{k:05d}.jpg",
+                                "width": 334,
+                                "height": 512,
+                                "capture": c,
+                                "seq_name": "seq",
+                                "camera": cam,
+                                "frame_idx": k,
+                            }
+                        )
+                    )
                     i += 1
         f.write('], "annotations": [')
         for j in range(i):
-            f.write(("," if j else "") + f'{{"id": {j}, "image_id": {j}, "hand_type": "interacting", "hand_type_valid": 1}}')
+            f.write(
+                ("," if j else "")
+                + f'{{"id": {j}, "image_id": {j}, "hand_type": "interacting", "hand_type_valid": 1}}'
+            )
         f.write("]}")
 
 
@@ -93,15 +122,24 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--cameras", type=int, default=1, help="cameras per frame in the synthetic split")
-    ap.add_argument("root", nargs="?", help=argparse.SUPPRESS)  # internal: the split the child process indexes
+    ap.add_argument(
+        "root", nargs="?", help=argparse.SUPPRESS
+    )  # internal: the split the child process indexes
     args = ap.parse_args()
     if args.frames < 0:  # child: build the index and report time and peak memory
         t = time.perf_counter()
         from pipeline.sources.interhand import build_index
 
         idx = build_index(Path(args.root), "train")
-        print(json.dumps({"seconds": time.perf_counter() - t, "images": int(len(idx["capture"])),
-                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "seconds": time.perf_counter() - t,
+                    "images": int(len(idx["capture"])),
+                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+            )
+        )
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipeline.hand_model import HandModel
@@ -113,20 +151,31 @@ def main() -> None:
         d = Path(d)
         write_interhand(d / "ih", hm)
         write_reinterhand(d / "rih", hm)
-        rows = [("prior", rate(make_source("prior", hm), hm, args.n)),
-                ("interhand (fixture)", rate(make_source(f"interhand:{d / 'ih'}", hm, cache_dir=d), hm, args.n)),
-                ("reinterhand (fixture)", rate(make_source(f"reinterhand:{d / 'rih'}", hm), hm, args.n))]  # fmt: skip
+        rows = [
+            ("prior", rate(make_source("prior", hm), hm, args.n)),
+            ("interhand (fixture)", rate(make_source(f"interhand:{d / 'ih'}", hm, cache_dir=d), hm, args.n)),
+            ("reinterhand (fixture)", rate(make_source(f"reinterhand:{d / 'rih'}", hm), hm, args.n)),
+        ]
         for name, r in rows:
             print(f"{name:24s} {r:8.1f} samples/s (with the MANO forward)")
         t = time.perf_counter()
         write_synthetic_split(d / "big", args.frames, args.cameras)
         size = sum(p.stat().st_size for p in (d / "big").rglob("*.json")) / 1e6
-        print(f"synthetic split: {args.frames} frames x {args.cameras} cameras, {size:.0f} MB of JSON "
-              f"(written in {time.perf_counter() - t:.0f} s)")
-        out = subprocess.run([sys.executable, __file__, "--frames", "-1", str(d / "big")], capture_output=True,
-                             text=True, check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        print(
+            f"synthetic split: {args.frames} frames x {args.cameras} cameras, {size:.0f} MB of JSON "
+            f"(written in {time.perf_counter() - t:.0f} s)"
+        )
+        out = subprocess.run(
+            [sys.executable, __file__, "--frames", "-1", str(d / "big")],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"index build: {r['seconds']:.1f} s for {r['images']} images, peak RSS {r['peak_mb']:.0f} MB (goal < 2048 MB)")
+        print(
+            f"index build: {r['seconds']:.1f} s for {r['images']} images, peak RSS {r['peak_mb']:.0f} MB (goal < 2048 MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -31,16 +31,36 @@ def sd15_components() -> dict:
     from captioning.tagging import clip_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512)  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
     tok = clip_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id))  # fmt: skip
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     return {"vae": vae, "text_encoder": text, "tokenizer": tok, "unet": unet, "scheduler": sched}
 
 
@@ -52,9 +72,27 @@ def make_data(tmp: Path) -> Path:
     write_interhand(tmp / "ih", hm)
     write_interhand_photos(tmp / "ih", hm)
     out = tmp / "prepared"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--source", f"interhand:{tmp / 'ih'}", "--out",
-                        str(out), "--samples", "24", "--shard-size", "24", "--no-prefect", "-q"],
-                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "prepare",
+            "--source",
+            f"interhand:{tmp / 'ih'}",
+            "--out",
+            str(out),
+            "--samples",
+            "24",
+            "--shard-size",
+            "24",
+            "--no-prefect",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
     return out
@@ -81,9 +119,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         data = make_data(Path(d))
         for tas in (int(x) for x in args.tas.split(",")):
-            cfg = TrainConfig(model=args.size, data=str(data), out=Path(d) / f"run{tas}", steps=args.warmup + args.steps,
-                              batch_size=1 if sd15 else 2, resolution=res, tas_iterations=tas, num_workers=2 if torch.cuda.is_available() else 0,
-                              sample_every=0, save_every=10**6, log_every=10**6)  # fmt: skip
+            cfg = TrainConfig(
+                model=args.size,
+                data=str(data),
+                out=Path(d) / f"run{tas}",
+                steps=args.warmup + args.steps,
+                batch_size=1 if sd15 else 2,
+                resolution=res,
+                tas_iterations=tas,
+                num_workers=2 if torch.cuda.is_available() else 0,
+                sample_every=0,
+                save_every=10**6,
+                log_every=10**6,
+            )
             tr = Trainer(cfg, sd15_components() if sd15 else tiny_components(0))
             stamps: list[float] = []
 
@@ -102,7 +150,9 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"training steps/s, {args.size} components at {res}x{res} on {device} ({args.steps} timed steps each)")
+    print(
+        f"training steps/s, {args.size} components at {res}x{res} on {device} ({args.steps} timed steps each)"
+    )
     print(f"{'TAS iterations':>15} {'steps/s':>9} {'vs TAS 0':>9} {'peak GPU GiB':>13} {'dtype':>15}")
     base = rows[0][1]
     for tas, sps, mem, dt in rows:

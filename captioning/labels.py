@@ -32,14 +32,32 @@ EXTENDED_DEG, CURLED_DEG, GRASP_DEG = 40.0, 180.0, 80.0
 PINCH_CM = 2.5
 
 SUBJECTS = (
-    ("A man", "his"), ("A woman", "her"), ("A person", "their"), ("A young man", "his"), ("A young woman", "her"),
-    ("An elderly man", "his"), ("An elderly woman", "her"), ("A child", "their"), ("A teenager", "their"),
-)  # fmt: skip
+    ("A man", "his"),
+    ("A woman", "her"),
+    ("A person", "their"),
+    ("A young man", "his"),
+    ("A young woman", "her"),
+    ("An elderly man", "his"),
+    ("An elderly woman", "her"),
+    ("A child", "their"),
+    ("A teenager", "their"),
+)
 SCENES = (
-    "in a park", "in a kitchen", "on a city street", "in an office", "in a living room", "at a cafe", "on a beach",
-    "in a classroom", "in a garden", "at a train station", "in a workshop", "in a supermarket", "on a balcony",
+    "in a park",
+    "in a kitchen",
+    "on a city street",
+    "in an office",
+    "in a living room",
+    "at a cafe",
+    "on a beach",
+    "in a classroom",
+    "in a garden",
+    "at a train station",
+    "in a workshop",
+    "in a supermarket",
+    "on a balcony",
     "in a library",
-)  # fmt: skip
+)
 
 _PHRASES = {  # gesture -> verb phrase for one hand ({p}: possessive, {s}: side)
     "ok": "making an OK sign with {p} {s} hand",
@@ -54,10 +72,17 @@ _PHRASES = {  # gesture -> verb phrase for one hand ({p}: possessive, {s}: side)
     "relaxed": "resting {p} {s} hand in a relaxed pose",
 }
 _SHORT = {  # gesture -> how "the right hand ..." reads in a two-hand caption
-    "ok": "making an OK sign", "pinch": "pinching", "v_sign": "in a V sign", "point": "pointing",
-    "thumbs_up": "giving a thumbs up", "fist": "in a fist", "open_palm": "open", "cylinder_grasp": "gripping",
-    "sphere_grasp": "cupped", "relaxed": "relaxed",
-}  # fmt: skip
+    "ok": "making an OK sign",
+    "pinch": "pinching",
+    "v_sign": "in a V sign",
+    "point": "pointing",
+    "thumbs_up": "giving a thumbs up",
+    "fist": "in a fist",
+    "open_palm": "open",
+    "cylinder_grasp": "gripping",
+    "sphere_grasp": "cupped",
+    "relaxed": "relaxed",
+}
 _FACING = {"palm": "palm facing the camera", "back": "the back of the hand facing the camera", "side": ""}
 _RELATION = {
     "clasped": "clasping both hands together",
@@ -155,14 +180,18 @@ class LabelCaptioner(Captioner):
             raise ValueError(f"{sample.key}: no hand to describe")
         for s, h in hands.items():
             if h.joints_3d is None:
-                raise ValueError(f"{sample.key}: hands.{s}.joints_3d is not filled in (hand model stage missing?)")
+                raise ValueError(
+                    f"{sample.key}: hands.{s}.joints_3d is not filled in (hand model stage missing?)"
+                )
         rng = stage_rng(sample.seed, "caption")
         subject, poss = self.config.subjects[int(rng.integers(len(self.config.subjects)))]
         scene = self.config.scenes[int(rng.integers(len(self.config.scenes)))]
-        facts = {s: {"gesture": classify_gesture(h.joints_3d), "facing": palm_facing(h.joints_3d, s)}
-                 for s, h in hands.items()}  # fmt: skip
+        facts = {
+            s: {"gesture": classify_gesture(h.joints_3d), "facing": palm_facing(h.joints_3d, s)}
+            for s, h in hands.items()
+        }
         if len(hands) == 1:
-            (side, f), = facts.items()
+            ((side, f),) = facts.items()
             text = f"{subject} {scene} {_PHRASES[f['gesture']].format(p=poss, s=side)}"
             if _FACING[f["facing"]]:
                 text += f", {_FACING[f['facing']]}"
@@ -172,8 +201,10 @@ class LabelCaptioner(Captioner):
             if rel == "clasped":
                 text = f"{subject} {scene} {_RELATION[rel]}"
             else:
-                text = (f"{subject} {scene} {_RELATION[rel]}, the right hand {_SHORT[facts['right']['gesture']]} "
-                        f"and the left hand {_SHORT[facts['left']['gesture']]}")  # fmt: skip
+                text = (
+                    f"{subject} {scene} {_RELATION[rel]}, the right hand {_SHORT[facts['right']['gesture']]} "
+                    f"and the left hand {_SHORT[facts['left']['gesture']]}"
+                )
         return text + ".", facts
 
     def caption(self, samples: Sequence[Sample]) -> list[Caption]:

@@ -27,8 +27,10 @@ from pipeline.schema import Sample
 logger = logging.getLogger(__name__)
 
 QUESTION = "Describe what a person is doing with his or her hands in the image."
-_MANUAL_TEMPLATE = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
-                    "<|im_start|>assistant\n")  # fmt: skip
+_MANUAL_TEMPLATE = (
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 class QwenVLError(HandgenError, RuntimeError):
@@ -98,9 +100,11 @@ class QwenVLCaptioner(Captioner):
             raise QwenVLError(f"cannot load the Qwen-VL model in {path}: {one_line(exc)}") from exc
         tokenizer.padding_side = "left"
         self.processor = proc_cls(
-            image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(), chat_template=getattr(tokenizer, "chat_template", None),
-        )  # fmt: skip
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(),
+            chat_template=getattr(tokenizer, "chat_template", None),
+        )
         self.tokenizer = tokenizer
         self.question, self.max_new_tokens, self.batch_size = question, max_new_tokens, batch_size
         self.path = str(path)
@@ -119,7 +123,9 @@ class QwenVLCaptioner(Captioner):
     def prompt(self) -> str:
         """The chat prompt with one image placeholder and the question."""
         if self.processor.chat_template:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}
+            ]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return _MANUAL_TEMPLATE.format(question=self.question)
 
@@ -131,11 +137,15 @@ class QwenVLCaptioner(Captioner):
         prompt = self.prompt()
         for i in range(0, len(images), self.batch_size):
             chunk = [_load_image(im) for im in images[i : i + self.batch_size]]
-            inputs = self.processor(text=[prompt] * len(chunk), images=chunk, return_tensors="pt", padding=True)
+            inputs = self.processor(
+                text=[prompt] * len(chunk), images=chunk, return_tensors="pt", padding=True
+            )
             inputs = inputs.to(self.device)
             with torch.inference_mode():
                 ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-            out += self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += self.tokenizer.batch_decode(
+                ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
         return out
 
     def caption(self, samples: Sequence[Sample]) -> list[Caption]:

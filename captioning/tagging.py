@@ -35,8 +35,24 @@ from pipeline.errors import HandgenError, one_line
 logger = logging.getLogger(__name__)
 
 CLIP_MAX_TOKENS = 77
-DEFAULT_HAND_NOUNS = ("finger", "fingers", "fingertip", "fingertips", "fist", "fists", "palm", "palms", "thumb",
-                      "thumbs", "knuckle", "knuckles", "wrist", "wrists", "fingernail", "fingernails")  # fmt: skip
+DEFAULT_HAND_NOUNS = (
+    "finger",
+    "fingers",
+    "fingertip",
+    "fingertips",
+    "fist",
+    "fists",
+    "palm",
+    "palms",
+    "thumb",
+    "thumbs",
+    "knuckle",
+    "knuckles",
+    "wrist",
+    "wrists",
+    "fingernail",
+    "fingernails",
+)
 _LOCK = threading.Lock()
 
 
@@ -69,7 +85,9 @@ def _package_file(dist: str, filename: str, target: Path) -> Path:
 def _data_error(what: str, where: Path, exc: OSError) -> TaggingDataError:
     """A one-line ``TaggingDataError`` for a data folder that cannot be written or read."""
     reason = exc.strerror or one_line(exc)
-    return TaggingDataError(f"cannot prepare {what} in {where}: {reason} (set HANDGEN_DATA to a writable folder)")
+    return TaggingDataError(
+        f"cannot prepare {what} in {where}: {reason} (set HANDGEN_DATA to a writable folder)"
+    )
 
 
 class _TaggerUnpickler(pickle.Unpickler):
@@ -114,7 +132,11 @@ def ensure_nltk_tagger(root: Path | None = None) -> Path:
 
 def bytes_to_unicode() -> list[str]:
     """CLIP's reversible byte -> printable character table (the order of the first 256 vocabulary entries)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -135,11 +157,18 @@ def ensure_clip_vocab(root: Path | None = None) -> Path:
         lines = gzip.open(src).read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         base = bytes_to_unicode()
-        vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+        vocab = (
+            base
+            + [v + "</w>" for v in base]
+            + ["".join(m) for m in merges]
+            + ["<|startoftext|>", "<|endoftext|>"]
+        )
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         try:
             tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+            (tmp / "vocab.json").write_text(
+                json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
+            )
             (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
             if out.exists():
                 import shutil
@@ -262,7 +291,11 @@ class HandTokenTagger:
             # a padded batch call on the same (shared) tokenizer leaves padding to 77 enabled on its backend
             keep = [i for i, m in enumerate(enc.attention_mask) if m]
             if len(keep) <= CLIP_MAX_TOKENS:
-                return [enc.ids[i] for i in keep], [enc.offsets[i] for i in keep], [enc.tokens[i] for i in keep]
+                return (
+                    [enc.ids[i] for i in keep],
+                    [enc.offsets[i] for i in keep],
+                    [enc.tokens[i] for i in keep],
+                )
         enc = self.tokenizer(text, truncation=True, max_length=CLIP_MAX_TOKENS, return_offsets_mapping=True)
         ids = enc["input_ids"]
         return ids, enc["offset_mapping"], self.tokenizer.convert_ids_to_tokens(ids)
@@ -282,5 +315,9 @@ class HandTokenTagger:
                 w += 1
             if w < len(selected) and selected[w][0] < b:
                 idx.append(pos)
-        return TagResult(tokens=list(tokens), input_ids=list(ids), hand_token_indices=idx,
-                         hand_words=[(word, t) for _, _, word, t in selected])  # fmt: skip
+        return TagResult(
+            tokens=list(tokens),
+            input_ids=list(ids),
+            hand_token_indices=idx,
+            hand_words=[(word, t) for _, _, word, t in selected],
+        )

@@ -74,8 +74,9 @@ def _cmd_mano_show(args) -> int:
 def _cmd_validate(args) -> int:
     from sinks.validate import validate
 
-    report = validate(args.dir, renderer=args.renderer, mano_dir=args.mano_dir, render=not args.no_render,
-                      limit=args.limit)  # fmt: skip
+    report = validate(
+        args.dir, renderer=args.renderer, mano_dir=args.mano_dir, render=not args.no_render, limit=args.limit
+    )
     print(report.table())
     for err in report.errors[:20]:
         print(f"FAIL {err}")
@@ -130,7 +131,9 @@ def _cmd_sources_dump(args) -> int:
         lines.append(json.dumps(dump_record(s), allow_nan=False))
     out = Path(args.out)
     Store(str(out.parent)).write_bytes(out.name, ("\n".join(lines) + "\n").encode())
-    print(f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} {dict(skipped) if skipped else ''}")
+    print(
+        f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} {dict(skipped) if skipped else ''}"
+    )
     return 0
 
 
@@ -161,16 +164,40 @@ def _generate(args, server) -> int:
     from sinks.run import RunFolder
 
     prepare = args.command == "prepare"
-    overrides = {"mode": "prepare" if prepare else None, "out": args.out, "samples": args.samples,
-                 "shard_size": args.shard_size, "source": args.source, "captioner": args.captioner,
-                 "generator": getattr(args, "generator", None), "seed": args.seed, "device": args.device,
-                 "image_size": args.image_size, "batch_size": args.batch_size, "renderer": args.renderer,
-                 "run_tag": args.run_tag, "backgrounds": getattr(args, "backgrounds", None),
-                 "min_visible_joints": args.min_visible_joints, "cache_dir": args.cache_dir, "prefetch": args.prefetch,
-                 **{k: getattr(args, k, None) for k in ("steps", "guidance_scale", "conditioning_scale", "tas",
-                                                        "generation_batch_size", "min_alignment", "max_tries",
-                                                        "scorer", "views")},
-                 "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None}  # fmt: skip
+    overrides = {
+        "mode": "prepare" if prepare else None,
+        "out": args.out,
+        "samples": args.samples,
+        "shard_size": args.shard_size,
+        "source": args.source,
+        "captioner": args.captioner,
+        "generator": getattr(args, "generator", None),
+        "seed": args.seed,
+        "device": args.device,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "renderer": args.renderer,
+        "run_tag": args.run_tag,
+        "backgrounds": getattr(args, "backgrounds", None),
+        "min_visible_joints": args.min_visible_joints,
+        "cache_dir": args.cache_dir,
+        "prefetch": args.prefetch,
+        **{
+            k: getattr(args, k, None)
+            for k in (
+                "steps",
+                "guidance_scale",
+                "conditioning_scale",
+                "tas",
+                "generation_batch_size",
+                "min_alignment",
+                "max_tries",
+                "scorer",
+                "views",
+            )
+        },
+        "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None,
+    }
     cfg = load_config(args.config, **overrides)
     from flows.workers import LocalWorkers
 
@@ -179,9 +206,13 @@ def _generate(args, server) -> int:
     t0 = time.perf_counter()
     # extra workers start first, so that their model loading overlaps this process's; each checks the models
     # and the run folder itself before it claims a shard
-    with LocalWorkers(cfg, 0 if finished else args.workers - 1, verbose=args.verbose, resume=args.resume) as workers:
+    with LocalWorkers(
+        cfg, 0 if finished else args.workers - 1, verbose=args.verbose, resume=args.resume
+    ) as workers:
         if not finished:
-            stages.stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
+            stages.stages_for(
+                cfg
+            )  # models load first: a bad model path fails before the run folder is created
         state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
         if state == "finished":
             print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
@@ -217,11 +248,15 @@ def _write(args, cfg, folder, workers, prepare: bool, t0: float, server) -> int:
     what = f"{samples} samples"
     if samples != counts["written"]:
         what += f" ({counts['written']} records with their local views)"
-    print(f"wrote {what} in {len(manifest['shards'])} shards to {cfg.out} "
-          f"({samples / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)")  # fmt: skip
+    print(
+        f"wrote {what} in {len(manifest['shards'])} shards to {cfg.out} "
+        f"({samples / max(dt, 1e-9):.1f} samples/s, {dt:.0f} s)"
+    )
     if counts["skipped"]:
         print("skipped: " + ", ".join(f"{k} {v}" for k, v in counts["skipped"].items()))
-    print(f"manifest: {cfg.out}/manifest.json  index: {cfg.out}/index.parquet  preview: {cfg.out}/preview.png")
+    print(
+        f"manifest: {cfg.out}/manifest.json  index: {cfg.out}/index.parquet  preview: {cfg.out}/preview.png"
+    )
     return 0
 
 
@@ -236,7 +271,9 @@ def _cmd_attentionhand_tiny(args) -> int:
 def _cmd_attentionhand_convert(args) -> int:
     from generators.attention_hand.convert import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.out_dir, config_from=args.config_from, guidance_prefix=args.guidance_prefix)
+    out = convert_checkpoint(
+        args.src, args.out_dir, config_from=args.config_from, guidance_prefix=args.guidance_prefix
+    )
     print(f"wrote {out} (load it with --generator attentionhand:{out})")
     return 0
 
@@ -247,19 +284,36 @@ def _cmd_train_generator(args) -> int:
     from flows.train import run_training
     from generators.attention_hand.train import load_train_config
 
-    overrides = {"model": args.model, "guidance_init": args.guidance_init, "data": args.data, "out": args.out,
-                 "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "lr": args.lr,
-                 "tas_iterations": args.tas_iterations, "resolution": args.resolution,
-                 "mixed_precision": args.mixed_precision, "seed": args.seed, "save_every": args.save_every,
-                 "sample_every": args.sample_every, "log_every": args.log_every, "num_workers": args.num_workers,
-                 "device": args.device}  # fmt: skip
+    overrides = {
+        "model": args.model,
+        "guidance_init": args.guidance_init,
+        "data": args.data,
+        "out": args.out,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": args.lr,
+        "tas_iterations": args.tas_iterations,
+        "resolution": args.resolution,
+        "mixed_precision": args.mixed_precision,
+        "seed": args.seed,
+        "save_every": args.save_every,
+        "sample_every": args.sample_every,
+        "log_every": args.log_every,
+        "num_workers": args.num_workers,
+        "device": args.device,
+    }
     cfg = load_train_config(args.config, **overrides)
     summary = run_training(cfg, resume=args.resume, prefect=not args.no_prefect, quiet=args.quiet)
     if int(os.environ.get("RANK", "0")):  # one summary for a multi-process run (accelerate launch, torchrun)
         return 0
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; mean loss of the last steps "
-          f"{summary['final_loss']:.4f}")  # fmt: skip
-    print(f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}")
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; mean loss of the last steps "
+        f"{summary['final_loss']:.4f}"
+    )
+    print(
+        f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}"
+    )
     return 0
 
 
@@ -279,80 +333,174 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     g = sub.add_parser("generate", help="generate WebDataset shards (runs the generate-shards flow locally)")
-    pr = sub.add_parser("prepare", help="write AttentionHand training shards from a dataset's real images "
-                                        "(runs the prepare-training-shards flow locally)")  # fmt: skip
+    pr = sub.add_parser(
+        "prepare",
+        help="write AttentionHand training shards from a dataset's real images "
+        "(runs the prepare-training-shards flow locally)",
+    )
     for q in (g, pr):
         prep = q is pr
         q.add_argument("--out", required=True, help="output folder (or fsspec URL)")
         q.add_argument("--samples", type=_positive_int, default=None, help="number of samples (default 64)")
-        q.add_argument("--shard-size", type=_positive_int, default=None, help="samples per shard (default 32)")
-        q.add_argument("--source", default=None, required=prep,
-                       help="interhand:ROOT[,split=S] | reinterhand:ROOT" if prep else
-                       "prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT")  # fmt: skip
+        q.add_argument(
+            "--shard-size", type=_positive_int, default=None, help="samples per shard (default 32)"
+        )
+        q.add_argument(
+            "--source",
+            default=None,
+            required=prep,
+            help="interhand:ROOT[,split=S] | reinterhand:ROOT"
+            if prep
+            else "prior | prior:NAMES | interhand:ROOT | reinterhand:ROOT",
+        )
         q.add_argument("--captioner", default=None, help="labels | qwen-vl:PATH")
         if not prep:
-            q.add_argument("--generator", default=None, help="composite[:background=natural,...] | attentionhand:PATH[,guidance=DIR]")
-            q.add_argument("--backgrounds", default=None, help="folder of background images for the composite generator")
-            q.add_argument("--steps", type=_positive_int, default=None, help="diffusion sampling steps (default 20)")
-            q.add_argument("--guidance-scale", type=non_negative, default=None,
-                           help="classifier-free guidance scale (default 7.5; official 9.0)")
-            q.add_argument("--conditioning-scale", type=non_negative, default=None,
-                           help="strength of the mesh guidance module (default 1.0)")
-            q.add_argument("--tas", action=argparse.BooleanOptionalAction, default=None,
-                           help="Text Attention Stage at sampling time (default on; official inference: off)")
-            q.add_argument("--generation-batch-size", type=_positive_int, default=None,
-                           help="images per generator call (default: --batch-size)")
-            q.add_argument("--min-alignment", type=unit_interval, default=None,
-                           help="regenerate images whose alignment score with their label is below this (0..1)")
-            q.add_argument("--max-tries", type=_positive_int, default=None,
-                           help="tries per sample under --min-alignment before it is skipped (default 3)")
-            q.add_argument("--scorer", default=None, help="alignment scorer for --min-alignment (default mediapipe)")
-            q.add_argument("--views", type=_views, default=None,
-                           help="global (default) | global,local: also write each sample's local close-up "
-                                "as a record of its own, right after it")  # fmt: skip
+            q.add_argument(
+                "--generator",
+                default=None,
+                help="composite[:background=natural,...] | attentionhand:PATH[,guidance=DIR]",
+            )
+            q.add_argument(
+                "--backgrounds", default=None, help="folder of background images for the composite generator"
+            )
+            q.add_argument(
+                "--steps", type=_positive_int, default=None, help="diffusion sampling steps (default 20)"
+            )
+            q.add_argument(
+                "--guidance-scale",
+                type=non_negative,
+                default=None,
+                help="classifier-free guidance scale (default 7.5; official 9.0)",
+            )
+            q.add_argument(
+                "--conditioning-scale",
+                type=non_negative,
+                default=None,
+                help="strength of the mesh guidance module (default 1.0)",
+            )
+            q.add_argument(
+                "--tas",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="Text Attention Stage at sampling time (default on; official inference: off)",
+            )
+            q.add_argument(
+                "--generation-batch-size",
+                type=_positive_int,
+                default=None,
+                help="images per generator call (default: --batch-size)",
+            )
+            q.add_argument(
+                "--min-alignment",
+                type=unit_interval,
+                default=None,
+                help="regenerate images whose alignment score with their label is below this (0..1)",
+            )
+            q.add_argument(
+                "--max-tries",
+                type=_positive_int,
+                default=None,
+                help="tries per sample under --min-alignment before it is skipped (default 3)",
+            )
+            q.add_argument(
+                "--scorer", default=None, help="alignment scorer for --min-alignment (default mediapipe)"
+            )
+            q.add_argument(
+                "--views",
+                type=_views,
+                default=None,
+                help="global (default) | global,local: also write each sample's local close-up "
+                "as a record of its own, right after it",
+            )
         q.add_argument("--seed", type=int, default=None)
-        q.add_argument("--device", type=_device, default=None,
-                       help="auto | cpu | cuda | cuda:N (one worker per GPU: --device cuda:0, cuda:1, ...)")
+        q.add_argument(
+            "--device",
+            type=_device,
+            default=None,
+            help="auto | cpu | cuda | cuda:N (one worker per GPU: --device cuda:0, cuda:1, ...)",
+        )
         q.add_argument("--config", default=None, help="YAML preset (command-line values override it)")
-        q.add_argument("--resume", action="store_true", help="continue a run in --out (complete shards are kept)")
-        q.add_argument("--image-size", type=_positive_int, default=None,
-                       help="side of the letterboxed images (default 512)" if prep else None)  # fmt: skip
+        q.add_argument(
+            "--resume", action="store_true", help="continue a run in --out (complete shards are kept)"
+        )
+        q.add_argument(
+            "--image-size",
+            type=_positive_int,
+            default=None,
+            help="side of the letterboxed images (default 512)" if prep else None,
+        )
         q.add_argument("--batch-size", type=_positive_int, default=None)
         q.add_argument("--renderer", choices=("auto", "opengl", "pytorch3d"), default=None)
         q.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
         q.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
-        q.add_argument("--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints")
-        q.add_argument("--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow")
-        q.add_argument("--workers", type=_positive_int, default=1,
-                       help="local worker processes sharing the run (default 1)")  # fmt: skip
-        q.add_argument("--cache-dir", default=None,
-                       help="where dataset indexes are cached (default: the user cache folder)")  # fmt: skip
-        q.add_argument("--prefetch", type=_count, default=None,
-                       help="batches prepared ahead of the generator and written behind it (default 2; 0 = none)")
+        q.add_argument(
+            "--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints"
+        )
+        q.add_argument(
+            "--no-prefect", action="store_true", help="call the stages directly instead of the Prefect flow"
+        )
+        q.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=1,
+            help="local worker processes sharing the run (default 1)",
+        )
+        q.add_argument(
+            "--cache-dir",
+            default=None,
+            help="where dataset indexes are cached (default: the user cache folder)",
+        )
+        q.add_argument(
+            "--prefetch",
+            type=_count,
+            default=None,
+            help="batches prepared ahead of the generator and written behind it (default 2; 0 = none)",
+        )
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         q.set_defaults(func=_cmd_generate)
-    t = sub.add_parser("train-generator", help="train the AttentionHand guidance module on prepared shards "
-                                               "(runs the train-generator flow locally)")  # fmt: skip
+    t = sub.add_parser(
+        "train-generator",
+        help="train the AttentionHand guidance module on prepared shards "
+        "(runs the train-generator flow locally)",
+    )
     t.add_argument("--model", default=None, help="base Stable Diffusion 1.5 folder (diffusers layout)")
     t.add_argument("--data", default=None, help="training shards written by hands prepare (folder or glob)")
     t.add_argument("--out", default=None, help="output folder: checkpoints/, logs/, samples/, model/")
-    t.add_argument("--config", default=None, help="YAML file of training settings (command-line values override it)")
-    t.add_argument("--guidance-init", default=None, help="guidance module folder to start from (default: from the UNet)")
+    t.add_argument(
+        "--config", default=None, help="YAML file of training settings (command-line values override it)"
+    )
+    t.add_argument(
+        "--guidance-init", default=None, help="guidance module folder to start from (default: from the UNet)"
+    )
     t.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 1000)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="tuples per micro-batch and GPU (default 1)")
-    t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
+    t.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="tuples per micro-batch and GPU (default 1)"
+    )
+    t.add_argument(
+        "--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)"
+    )
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-5)")
-    t.add_argument("--tas-iterations", type=int, default=None, help="TAS updates per step (default 1; 0 = off)")
+    t.add_argument(
+        "--tas-iterations", type=int, default=None, help="TAS updates per step (default 1; 0 = off)"
+    )
     t.add_argument("--resolution", type=_positive_int, default=None, help="training image side (default 512)")
     t.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None)
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--save-every", type=_positive_int, default=None, help="checkpoint every N steps (default 500)")
-    t.add_argument("--sample-every", type=int, default=None, help="sample grid every N steps (default 500; 0 = never)")
-    t.add_argument("--log-every", type=_positive_int, default=None, help="loss line every N steps (default 10)")
+    t.add_argument(
+        "--save-every", type=_positive_int, default=None, help="checkpoint every N steps (default 500)"
+    )
+    t.add_argument(
+        "--sample-every", type=int, default=None, help="sample grid every N steps (default 500; 0 = never)"
+    )
+    t.add_argument(
+        "--log-every", type=_positive_int, default=None, help="loss line every N steps (default 10)"
+    )
     t.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    t.add_argument("--no-prefect", action="store_true", help="train directly instead of through the Prefect flow")
+    t.add_argument(
+        "--no-prefect", action="store_true", help="train directly instead of through the Prefect flow"
+    )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train_generator)
     mano = sub.add_parser("mano", help="hand model files: stand-in, conversion, pictures")
@@ -372,8 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=_cmd_mano_show)
     so = sub.add_parser("sources", help="pose sources: dump samples, inspect counts")
     sosub = so.add_subparsers(dest="sources_command", parser_class=_Parser, required=True)
-    for name, fn, hlp in (("dump", _cmd_sources_dump, "write one JSON line per sample (label schema v1 fields)"),
-                          ("inspect", _cmd_sources_inspect, "print counts: frames, hand types, cameras")):  # fmt: skip
+    for name, fn, hlp in (
+        ("dump", _cmd_sources_dump, "write one JSON line per sample (label schema v1 fields)"),
+        ("inspect", _cmd_sources_inspect, "print counts: frames, hand types, cameras"),
+    ):
         sp = sosub.add_parser(name, help=hlp)
         sp.add_argument("source", help="prior | prior:NAMES | interhand:ROOT[,split=S] | reinterhand:ROOT")
         sp.add_argument("--seed", type=int, default=0)
@@ -393,23 +543,39 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("out_dir")
     at.add_argument("--seed", type=int, default=0)
     at.set_defaults(func=_cmd_attentionhand_tiny)
-    ac = ahsub.add_parser("convert", help="convert the official AttentionHand checkpoint to the loadable layout")
-    ac.add_argument("src", help="official checkpoint (.ckpt/.pt/.safetensors: the official VAS.* layout or a "
-                                "ControlNet-style control_model.* fork)")  # fmt: skip
+    ac = ahsub.add_parser(
+        "convert", help="convert the official AttentionHand checkpoint to the loadable layout"
+    )
+    ac.add_argument(
+        "src",
+        help="official checkpoint (.ckpt/.pt/.safetensors: the official VAS.* layout or a "
+        "ControlNet-style control_model.* fork)",
+    )
     ac.add_argument("out_dir", help="output folder (diffusers layout with guidance/)")
-    ac.add_argument("--config-from", default=None, help="model folder whose architecture to use (default: SD 1.5)")
-    ac.add_argument("--guidance-prefix", default=None,
-                    help="key prefix of the guidance module when it is neither VAS. nor control_model.")  # fmt: skip
+    ac.add_argument(
+        "--config-from", default=None, help="model folder whose architecture to use (default: SD 1.5)"
+    )
+    ac.add_argument(
+        "--guidance-prefix",
+        default=None,
+        help="key prefix of the guidance module when it is neither VAS. nor control_model.",
+    )
     ac.set_defaults(func=_cmd_attentionhand_convert)
     cap = sub.add_parser("caption", help="captioning tools")
     csub = cap.add_subparsers(dest="caption_command", parser_class=_Parser, required=True)
-    ct = csub.add_parser("tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens")
+    ct = csub.add_parser(
+        "tag", help="print the CLIP tokens of TEXT and the positions of its hand-related tokens"
+    )
     ct.add_argument("text", help="a prompt")
     ct.set_defaults(func=_cmd_caption_tag)
     v = sub.add_parser("validate", help="check every record, the index and the manifest of an output folder")
     v.add_argument("dir", help="output folder of a run")
-    v.add_argument("--renderer", choices=("opengl", "pytorch3d"), default=None,
-                   help="re-render with this backend (default: the one that wrote the run)")
+    v.add_argument(
+        "--renderer",
+        choices=("opengl", "pytorch3d"),
+        default=None,
+        help="re-render with this backend (default: the one that wrote the run)",
+    )
     v.add_argument("--mano-dir", default=None, help="MANO folder, for runs made with the official model")
     v.add_argument("--no-render", action="store_true", help="skip the re-render check")
     v.add_argument("--limit", type=_positive_int, default=None, help="check at most N records per shard")

@@ -27,7 +27,13 @@ from sinks.run import RunFolder, process_owner
 logger = logging.getLogger(__name__)
 
 
-@task(name="generate-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=no_retry_for_user_errors, tags=["gpu"])
+@task(
+    name="generate-shard",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=no_retry_for_user_errors,
+    tags=["gpu"],
+)
 def generate_shard(config: dict, shard: int) -> dict | None:
     """Write one shard under its claim; returns its small report (name, count, skips, sha256), or None when
     this task wrote nothing (the shard is complete, or another worker holds it)."""
@@ -35,8 +41,13 @@ def generate_shard(config: dict, shard: int) -> dict | None:
     report = run_shard(cfg, shard, RunFolder(cfg, owner=process_owner()))
     if report is None:
         return None
-    return {"name": report.name, "shard": report.shard, "count": report.count, "skipped": report.skipped,
-            "sha256": report.sha256}  # fmt: skip
+    return {
+        "name": report.name,
+        "shard": report.shard,
+        "count": report.count,
+        "skipped": report.skipped,
+        "sha256": report.sha256,
+    }
 
 
 prepare_shard = generate_shard.with_options(name="prepare-shard")
@@ -56,8 +67,13 @@ def _fan_out(cfg: RunConfig, fan_out: int, deployment: str, log) -> None:
 
     runs = []
     for a, b in shard_ranges(cfg.num_shards, fan_out):
-        params = {"config": cfg.model_dump(mode="json"), "first_shard": a, "stop_shard": b, "resume": True,
-                  "finalize": False}  # fmt: skip
+        params = {
+            "config": cfg.model_dump(mode="json"),
+            "first_shard": a,
+            "stop_shard": b,
+            "resume": True,
+            "finalize": False,
+        }
         runs.append(run_deployment(name=deployment, parameters=params, timeout=0, as_subflow=True))
         log.info("child run %s: shards [%d, %d)", runs[-1].name, a, b)
     from prefect import get_client
@@ -72,11 +88,22 @@ def _fan_out(cfg: RunConfig, fan_out: int, deployment: str, log) -> None:
                 if state is not None and state.is_final():
                     pending.discard(rid)
                     if state.type != StateType.COMPLETED:
-                        log.warning("child run %s ended %s; its shards are taken over here", rid, state.type.value)
+                        log.warning(
+                            "child run %s ended %s; its shards are taken over here", rid, state.type.value
+                        )
 
 
-def _run(cfg: RunConfig, first_shard: int, stop_shard: int | None, resume: bool, fan_out: int, deployment: str,
-         task, flow_name: str, finalize_run: bool | None) -> dict:  # fmt: skip
+def _run(
+    cfg: RunConfig,
+    first_shard: int,
+    stop_shard: int | None,
+    resume: bool,
+    fan_out: int,
+    deployment: str,
+    task,
+    flow_name: str,
+    finalize_run: bool | None,
+) -> dict:
     """Shards ``[first_shard, stop_shard)`` of ``cfg``, then (when this run owns the whole range and
     ``finalize_run`` is not False) index, manifest, preview and summary artifact: the body shared by
     ``generate-shards`` and ``prepare-training-shards``."""
@@ -98,14 +125,20 @@ def _run(cfg: RunConfig, first_shard: int, stop_shard: int | None, resume: bool,
     # parallelism comes from several workers (or fan-out children) claiming shards of the same run
     cfg_json = cfg.model_dump(mode="json")
     reports = [r for r in run_shards(cfg, shards, folder, write=lambda k: task(cfg_json, k)) if r is not None]
-    summary = {"shards": [first_shard, stop], "shards_written": len(reports),
-               "samples_written": sum(r["count"] for r in reports),
-               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    summary = {
+        "shards": [first_shard, stop],
+        "shards_written": len(reports),
+        "samples_written": sum(r["count"] for r in reports),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     if not whole or finalize_run is False:
         return summary
     manifest = finalize(cfg, folder)
-    summary["manifest"] = {"written": manifest["counts"]["written"], "skipped": manifest["counts"]["skipped"],
-                           "shards": len(manifest["shards"])}  # fmt: skip
+    summary["manifest"] = {
+        "written": manifest["counts"]["written"],
+        "skipped": manifest["counts"]["skipped"],
+        "shards": len(manifest["shards"]),
+    }
     try:
         write_preview(cfg, manifest)
     except Exception as exc:  # a preview is a convenience; the shards are what matter
@@ -114,18 +147,27 @@ def _run(cfg: RunConfig, first_shard: int, stop_shard: int | None, resume: bool,
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["skipped"].items()) or "none"
     create_markdown_artifact(
         key=f"{flow_name}-summary",
-        markdown=(f"# {flow_name}\n\n- output: `{cfg.out}`\n- written: {manifest['counts']['written']}\n"
-                  f"- skipped: {skipped}\n- samples/s (this run): {rate:.2f}\n"
-                  f"- shards: {', '.join(s['name'] for s in manifest['shards'])}\n"),
+        markdown=(
+            f"# {flow_name}\n\n- output: `{cfg.out}`\n- written: {manifest['counts']['written']}\n"
+            f"- skipped: {skipped}\n- samples/s (this run): {rate:.2f}\n"
+            f"- shards: {', '.join(s['name'] for s in manifest['shards'])}\n"
+        ),
         description=f"{flow_name} run summary",
-    )  # fmt: skip
+    )
     return summary
 
 
 @flow(name="generate-shards", log_prints=False)
-def generate_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
-                    stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
-                    deployment: str = "generate-shards/adhoc", finalize: bool | None = None) -> dict:  # fmt: skip
+def generate_shards(
+    config: dict | None = None,
+    preset: str | None = None,
+    first_shard: int = 0,
+    stop_shard: int | None = None,
+    resume: bool = True,
+    fan_out: int = 0,
+    deployment: str = "generate-shards/adhoc",
+    finalize: bool | None = None,
+) -> dict:
     """Generate shards ``[first_shard, stop_shard)`` of the run described by ``preset`` (a YAML file, see
     ``presets/``) updated with ``config``; when they complete the run, write ``index.parquet``,
     ``manifest.json`` and ``preview.png``. With ``fan_out = N`` the shards are split into N disjoint ranges,
@@ -134,19 +176,36 @@ def generate_shards(config: dict | None = None, preset: str | None = None, first
     from pipeline.config import load_config
 
     cfg = load_config(preset, **(config or {}))
-    return _run(cfg, first_shard, stop_shard, resume, fan_out, deployment, generate_shard, "generate-shards", finalize)
+    return _run(
+        cfg, first_shard, stop_shard, resume, fan_out, deployment, generate_shard, "generate-shards", finalize
+    )
 
 
 @flow(name="prepare-training-shards", log_prints=False)
-def prepare_training_shards(config: dict | None = None, preset: str | None = None, first_shard: int = 0,
-                            stop_shard: int | None = None, resume: bool = True, fan_out: int = 0,
-                            deployment: str = "prepare-training-shards/default",
-                            finalize: bool | None = None) -> dict:  # fmt: skip
+def prepare_training_shards(
+    config: dict | None = None,
+    preset: str | None = None,
+    first_shard: int = 0,
+    stop_shard: int | None = None,
+    resume: bool = True,
+    fan_out: int = 0,
+    deployment: str = "prepare-training-shards/default",
+    finalize: bool | None = None,
+) -> dict:
     """Write AttentionHand training tuples (``mode: prepare``, see ``pipeline.config.RunConfig``) from a dataset
     source: the real image letterboxed, its mesh images, crop, local crop, caption, hand tokens and label, as
     WebDataset shards with index and manifest. Parameters as ``generate-shards``."""
     from pipeline.config import load_config
 
     cfg = load_config(preset, **{**(config or {}), "mode": "prepare"})
-    return _run(cfg, first_shard, stop_shard, resume, fan_out, deployment, prepare_shard, "prepare-training-shards",
-                finalize)  # fmt: skip
+    return _run(
+        cfg,
+        first_shard,
+        stop_shard,
+        resume,
+        fan_out,
+        deployment,
+        prepare_shard,
+        "prepare-training-shards",
+        finalize,
+    )

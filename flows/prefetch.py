@@ -231,8 +231,13 @@ class WriteBehind(Generic[T]):
             self._queue.put((_END, None))
 
 
-def _drain(consume: Callable, items: queue.SimpleQueue, slots: threading.Semaphore, stop: threading.Event,
-           errors: list) -> None:
+def _drain(
+    consume: Callable,
+    items: queue.SimpleQueue,
+    slots: threading.Semaphore,
+    stop: threading.Event,
+    errors: list,
+) -> None:
     """The write-behind thread: consume until the end mark; after an error or a stop, drop the rest."""
     while True:
         kind, item = items.get()

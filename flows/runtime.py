@@ -40,8 +40,20 @@ REPO = Path(__file__).resolve().parents[1]
 INTERRUPTED = "interrupted; continue with --resume"
 
 # loggers of libraries whose records are noise for a command-line user unless -v
-_THIRD_PARTY = ("prefect", "httpx", "httpcore", "uvicorn", "fastapi", "alembic", "aiosqlite", "sqlalchemy",
-                "docket", "websockets", "amplitude", "opentelemetry")  # fmt: skip
+_THIRD_PARTY = (
+    "prefect",
+    "httpx",
+    "httpcore",
+    "uvicorn",
+    "fastapi",
+    "alembic",
+    "aiosqlite",
+    "sqlalchemy",
+    "docket",
+    "websockets",
+    "amplitude",
+    "opentelemetry",
+)
 _QUIET_ENV = {
     "DO_NOT_TRACK": "1",  # Prefect's SDK analytics (client side)
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat (sens-o-matic.prefect.io)
@@ -376,29 +388,52 @@ class TemporaryServer:
             sock.set_inheritable(True)
             self.port = sock.getsockname()[1]
             env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            env.update({
-                "PREFECT_HOME": str(self.home),
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "DO_NOT_TRACK": "1",
-                "PREFECT_UI_ENABLED": "false",
-                "PREFECT__SERVER_EPHEMERAL": "1",  # as Prefect's own temporary server: no UI, no scheduler services
-                "PREFECT__SERVER_FINAL": "1",
-                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",  # into server.log, never onto our terminal
-                "PREFECT_LOGGING_TO_API_ENABLED": "false",
-                "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            })  # fmt: skip
+            env.update(
+                {
+                    "PREFECT_HOME": str(self.home),
+                    "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "DO_NOT_TRACK": "1",
+                    "PREFECT_UI_ENABLED": "false",
+                    "PREFECT__SERVER_EPHEMERAL": "1",  # as Prefect's own temporary server: no UI, no scheduler services
+                    "PREFECT__SERVER_FINAL": "1",
+                    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",  # into server.log, never onto our terminal
+                    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+                    "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                }
+            )
             if self._from_template:  # already migrated, block types registered
-                env.update({"PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
-                            "PREFECT_API_BLOCKS_REGISTER_ON_START": "false"})  # fmt: skip
-            cmd = [sys.executable, "-m", "flows.runtime", "serve", "--parent-pid", str(os.getpid()),
-                   "--fd", str(sock.fileno()), "--home", str(self.home)]  # fmt: skip
+                env.update(
+                    {
+                        "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+                        "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+                    }
+                )
+            cmd = [
+                sys.executable,
+                "-m",
+                "flows.runtime",
+                "serve",
+                "--parent-pid",
+                str(os.getpid()),
+                "--fd",
+                str(sock.fileno()),
+                "--home",
+                str(self.home),
+            ]
             if not self.pdeathsig or threading.current_thread() is not threading.main_thread():
                 cmd.append("--no-pdeathsig")  # the watchdog alone
             with open(self.home / "server.log", "wb") as log:
-                self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
-                                             start_new_session=True, cwd=str(self.home))  # fmt: skip
+                self.proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(sock.fileno(),),
+                    start_new_session=True,
+                    cwd=str(self.home),
+                )
         except BaseException:
             self._cleanup()
             raise
@@ -429,8 +464,10 @@ class TemporaryServer:
                     self.template = None
                     return self.start().wait()
                 self.stop()
-                raise RuntimeError(f"the temporary Prefect server exited with code {code}"
-                                   + (f": {tail.splitlines()[-1]}" if tail else ""))  # fmt: skip
+                raise RuntimeError(
+                    f"the temporary Prefect server exited with code {code}"
+                    + (f": {tail.splitlines()[-1]}" if tail else "")
+                )
             try:
                 with opener.open(f"{self.api_url}/health", timeout=5) as r:
                     if r.status == 200:
@@ -491,8 +528,9 @@ def _drain_prefect_services(timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def temporary_server(server: TemporaryServer | None = None, *, startup_timeout: float = 120.0,
-                     use_configured: bool = True) -> Iterator[str]:  # fmt: skip
+def temporary_server(
+    server: TemporaryServer | None = None, *, startup_timeout: float = 120.0, use_configured: bool = True
+) -> Iterator[str]:
     """Run the body against a private temporary Prefect API server; yields its API URL.
 
     ``server``: one already ``start()``-ed (to overlap its start-up with other work), else one is started here.
@@ -626,8 +664,14 @@ def _serve(argv: list[str]) -> int:
     try:
         import uvicorn
 
-        config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error",
-                                lifespan="on", timeout_graceful_shutdown=1, access_log=False)  # fmt: skip
+        config = uvicorn.Config(
+            "prefect.server.api.server:create_app",
+            factory=True,
+            log_level="error",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+            access_log=False,
+        )
         server = uvicorn.Server(config)
         sock = socket.socket(fileno=args.fd)
         server.run(sockets=[sock])

@@ -96,9 +96,15 @@ class Stages:
         self.hand_model = HandModel(config.hand_model.mano_dir, device=device)
         filters = FilterConfig(min_hand_px=config.min_hand_px, max_truncation=config.max_truncation)
         size = (config.image_size, config.image_size)
-        self.source = make_source(config.source, self.hand_model, run_seed=config.seed,
-                                  run_tag=config.effective_run_tag(), cache_dir=config.cache_dir, image_size=size,
-                                  filters=filters)  # fmt: skip
+        self.source = make_source(
+            config.source,
+            self.hand_model,
+            run_seed=config.seed,
+            run_tag=config.effective_run_tag(),
+            cache_dir=config.cache_dir,
+            image_size=size,
+            filters=filters,
+        )
         self.render_config = RenderConfig(local_size=512)
         self.renderer = make_renderer(config.renderer, device=device, config=self.render_config)
         if config.captioner == "labels":
@@ -125,11 +131,16 @@ class Stages:
 
             spec = parse_spec(config.generator)  # an unknown or malformed option is one line
             self.generator = AttentionHandGenerator(
-                spec.path, guidance=spec.guidance, steps=config.steps, guidance_scale=config.guidance_scale,
-                conditioning_scale=config.conditioning_scale, tas=TASConfig(enabled=config.tas),
-                batch_size=config.generation_batch_size or config.batch_size, device=device,
+                spec.path,
+                guidance=spec.guidance,
+                steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                conditioning_scale=config.conditioning_scale,
+                tas=TASConfig(enabled=config.tas),
+                batch_size=config.generation_batch_size or config.batch_size,
+                device=device,
                 views=config.views,
-            )  # fmt: skip
+            )
 
         self.scorer = None
         if config.min_alignment is not None:
@@ -151,7 +162,11 @@ class Stages:
                 "renderer": self.renderer_record(),
                 "hand_model": self.hand_model.info.to_json(),
                 "source": self.source.inspect(),
-                "generator": {"name": g.name, "version": g.version, "weights_id": getattr(g, "weights_id", None)},
+                "generator": {
+                    "name": g.name,
+                    "version": g.version,
+                    "weights_id": getattr(g, "weights_id", None),
+                },
             }
         return self._run_info
 
@@ -200,7 +215,11 @@ class Stages:
             for side in SIDES:
                 if s.hands[side] is not None:
                     h = s.hands[side]
-                    h.joints_2d, h.joints_visible, h.bbox = r.joints_2d[side], r.joints_visible[side], r.bbox[side]
+                    h.joints_2d, h.joints_visible, h.bbox = (
+                        r.joints_2d[side],
+                        r.joints_visible[side],
+                        r.bbox[side],
+                    )
             s.crop_box, s.mesh_image, s.mesh_local = r.crop_box, r.mesh_image, r.mesh_local
             s.mask, s.depth, s.local = r.mask, r.depth, r.local
             if not (r.mask > 0).any():
@@ -249,8 +268,13 @@ class Stages:
                 break
         for s in pending:  # below min_alignment after the last try
             skips["misaligned"] += 1
-            logger.info("skipped %s: alignment %s below %s after %d tries", s.key, s.quality.get("alignment"),
-                        self.config.min_alignment, tries)  # fmt: skip
+            logger.info(
+                "skipped %s: alignment %s below %s after %d tries",
+                s.key,
+                s.quality.get("alignment"),
+                self.config.min_alignment,
+                tries,
+            )
         rejected = {id(s) for s in pending}
         kept = [s for s in samples if id(s) not in rejected]
         for s in kept:
@@ -263,8 +287,13 @@ class Stages:
         s.quality = {**result.quality(), "try": attempt + 1}
         ok = result.passes(self.config.min_alignment)
         if not ok:
-            logger.debug("%s: try %d alignment %s below %s", s.key, attempt + 1, result.alignment,
-                         self.config.min_alignment)  # fmt: skip
+            logger.debug(
+                "%s: try %d alignment %s below %s",
+                s.key,
+                attempt + 1,
+                result.alignment,
+                self.config.min_alignment,
+            )
         return ok
 
     @staticmethod
@@ -364,7 +393,11 @@ def run_shard(
             writer.add_skips(skips)
     report = writer.report
     logger.info(
-        "shard %d: %d written, %d skipped in %.1f s", k, report.count, sum(skips.values()), time.perf_counter() - t0
+        "shard %d: %d written, %d skipped in %.1f s",
+        k,
+        report.count,
+        sum(skips.values()),
+        time.perf_counter() - t0,
     )
     return report
 
@@ -399,7 +432,9 @@ def run_shards(
     return reports
 
 
-def finalize(config: RunConfig, folder: RunFolder | None = None, wait: bool = True, poll: float = 1.0) -> dict:
+def finalize(
+    config: RunConfig, folder: RunFolder | None = None, wait: bool = True, poll: float = 1.0
+) -> dict:
     """Write index and manifest for all shards of the run (all must be complete). Loads no models: the run's
     records come from ``run.json`` and the shard reports. When another worker is finalising, waits for its
     manifest (``wait``)."""

@@ -21,7 +21,13 @@ from generators.attention_hand.train import TrainConfig, train
 logger = logging.getLogger(__name__)
 
 
-@task(name="train-guidance", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_unless(FileNotFoundError), tags=["gpu"])
+@task(
+    name="train-guidance",
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_unless(FileNotFoundError),
+    tags=["gpu"],
+)
 def train_task(config: dict, resume: bool = True) -> dict:
     """Train (or continue) the run described by ``config``; returns the summary without the per-step losses."""
     summary = train(TrainConfig(**config), resume=resume)
@@ -42,11 +48,13 @@ def train_generator(config: dict | None = None, preset: str | None = None, resum
     grids = sorted((Path(cfg.out) / "samples").glob("step_*.png"))
     create_markdown_artifact(
         key="train-generator-summary",
-        markdown=(f"# train-generator\n\n- steps: {summary['steps']}\n- mean loss of the last steps: "
-                  f"{summary['final_loss']:.4f}\n- checkpoint: `{summary['checkpoint']}`\n"
-                  f"- model: `{summary.get('model')}`\n- latest sample grid: `{grids[-1] if grids else None}`\n"),
+        markdown=(
+            f"# train-generator\n\n- steps: {summary['steps']}\n- mean loss of the last steps: "
+            f"{summary['final_loss']:.4f}\n- checkpoint: `{summary['checkpoint']}`\n"
+            f"- model: `{summary.get('model')}`\n- latest sample grid: `{grids[-1] if grids else None}`\n"
+        ),
         description="train-generator run summary",
-    )  # fmt: skip
+    )
     return summary
 
 

@@ -41,14 +41,19 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
-def worker_main(config: dict, counter, processes: int, parent: int, verbose: bool = False, resume: bool = True) -> None:
+def worker_main(
+    config: dict, counter, processes: int, parent: int, verbose: bool = False, resume: bool = True
+) -> None:
     """Entry point of one extra worker: write every shard nobody holds, then exit (0 done, 2 user error)."""
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         sys.exit(1)
     os.environ["LP_NUM_THREADS"] = str(_threads_per_process(processes))  # llvmpipe, before GL starts
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s[worker]: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s[worker]: %(message)s",
+    )
     from flows import stages
     from pipeline.config import RunConfig
     from pipeline.errors import HandgenError
@@ -94,13 +99,22 @@ class LocalWorkers:
         processes = self.extra + 1
         limit_threads(processes)
         os.environ.setdefault("LP_NUM_THREADS", str(_threads_per_process(processes)))
-        args = (self.cfg.model_dump(mode="json"), self._counter, processes, os.getpid(), self.verbose, self.resume)
+        args = (
+            self.cfg.model_dump(mode="json"),
+            self._counter,
+            processes,
+            os.getpid(),
+            self.verbose,
+            self.resume,
+        )
         # workers ignore Ctrl-C (SIG_IGN is inherited from the start on): the main process handles it, prints
         # its one line and stops them with SIGTERM
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for i in range(self.extra):
-                p = self._ctx.Process(target=worker_main, args=args, name=f"hands-worker-{i + 1}", daemon=False)
+                p = self._ctx.Process(
+                    target=worker_main, args=args, name=f"hands-worker-{i + 1}", daemon=False
+                )
                 p.start()
                 self._procs.append(p)
         finally:

@@ -26,8 +26,9 @@ class Generator(abc.ABC):
         """Release models and devices."""
 
 
-def parse_options(spec: str, options: Sequence[str], known: Sequence[str], error: type[Exception],
-                  usage: str) -> dict[str, str]:  # fmt: skip
+def parse_options(
+    spec: str, options: Sequence[str], known: Sequence[str], error: type[Exception], usage: str
+) -> dict[str, str]:
     """The ``NAME=VALUE`` options of a ``--generator`` spec, already split at the commas (``options``), names
     and values stripped of blanks. Raises ``error`` (one line, naming ``spec``) for an empty option (a stray
     comma), one without ``=``, an unknown name (not in ``known``), a repeated name, or an empty value."""
@@ -37,7 +38,9 @@ def parse_options(spec: str, options: Sequence[str], known: Sequence[str], error
         if not opt:
             raise error(f"--generator {spec!r}: empty option (a stray comma?); expected {usage}")
         if "=" not in opt:
-            raise error(f"--generator {spec!r}: option {opt!r} needs the form NAME=VALUE (known options: {names})")
+            raise error(
+                f"--generator {spec!r}: option {opt!r} needs the form NAME=VALUE (known options: {names})"
+            )
         name, value = (x.strip() for x in opt.split("=", 1))
         if name not in known:
             raise error(f"--generator {spec!r}: unknown option {name!r} (known options: {names})")

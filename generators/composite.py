@@ -50,9 +50,17 @@ from pipeline.seeding import stage_rng
 logger = logging.getLogger(__name__)
 
 SKIN_TONES = (  # sRGB 0-1, light to dark: the anchors of the continuous skin-tone range
-    (0.96, 0.80, 0.69), (0.92, 0.74, 0.62), (0.87, 0.68, 0.55), (0.80, 0.60, 0.47), (0.72, 0.53, 0.40),
-    (0.63, 0.45, 0.33), (0.55, 0.38, 0.27), (0.45, 0.31, 0.22), (0.37, 0.25, 0.18), (0.29, 0.20, 0.15),
-)  # fmt: skip
+    (0.96, 0.80, 0.69),
+    (0.92, 0.74, 0.62),
+    (0.87, 0.68, 0.55),
+    (0.80, 0.60, 0.47),
+    (0.72, 0.53, 0.40),
+    (0.63, 0.45, 0.33),
+    (0.55, 0.38, 0.27),
+    (0.45, 0.31, 0.22),
+    (0.37, 0.25, 0.18),
+    (0.29, 0.20, 0.15),
+)
 #: lighting presets: (colour temperature K, strength) of key, fill and rim, and the ambient strength
 LIGHT_PRESETS = {
     "studio": {"key": (5600, 1.00), "fill": (5600, 0.40), "rim": (6500, 0.55), "ambient": 0.22},
@@ -75,7 +83,9 @@ class CompositeConfig:
     backgrounds: str | None = None
     skin: str = "v2"  # "v2" | "flat"
     light: str = "presets"  # "presets" | "single"
-    background: str = "blobs"  # "blobs" | "natural" (measured: blobs are detected more often, docs/benchmarks.md)
+    background: str = (
+        "blobs"  # "blobs" | "natural" (measured: blobs are detected more often, docs/benchmarks.md)
+    )
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     skin_tones: tuple = SKIN_TONES
@@ -92,8 +102,11 @@ class CompositeConfig:
     jpeg: float = 0.5  # probability of a JPEG round trip, quality 50-95
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("skin", self.skin, ("v2", "flat")), ("light", self.light, ("presets", "single")),
-                                     ("background", self.background, ("natural", "blobs"))):  # fmt: skip
+        for name, value, allowed in (
+            ("skin", self.skin, ("v2", "flat")),
+            ("light", self.light, ("presets", "single")),
+            ("background", self.background, ("natural", "blobs")),
+        ):
             if value not in allowed:
                 raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
         if not 0.0 <= self.spectrum_match <= 1.0:
@@ -116,8 +129,9 @@ def parse_spec(spec: str) -> dict:
         raise CompositeSpecError(f"--generator {spec!r}: not a composite spec")
     usage = "composite[:NAME=VALUE,...]"
     out: dict = {}
-    for key, value in parse_options(spec, rest.split(",") if rest else [], SPEC_OPTIONS, CompositeSpecError,
-                                    usage).items():  # fmt: skip
+    for key, value in parse_options(
+        spec, rest.split(",") if rest else [], SPEC_OPTIONS, CompositeSpecError, usage
+    ).items():
         kind = SPEC_OPTIONS[key]
         try:
             if kind is bool:
@@ -127,7 +141,9 @@ def parse_spec(spec: str) -> dict:
             else:
                 out[key] = kind(value)
         except ValueError:
-            raise CompositeSpecError(f"--generator {spec!r}: {key} expects a {kind.__name__}, got {value!r}") from None
+            raise CompositeSpecError(
+                f"--generator {spec!r}: {key} expects a {kind.__name__}, got {value!r}"
+            ) from None
     try:
         CompositeConfig(**out)
     except ValueError as exc:
@@ -183,7 +199,11 @@ def kelvin_rgb(t: float) -> np.ndarray:
     """Linear RGB of a black body at ``t`` K (Tanner Helland's fit), normalised to luminance 1."""
     t = min(max(t, 1500.0), 15000.0) / 100.0
     r = 255.0 if t <= 66 else 329.698727446 * (t - 60) ** -0.1332047592
-    g = 99.4708025861 * math.log(t) - 161.1195681661 if t <= 66 else 288.1221695283 * (t - 60) ** -0.0755148492
+    g = (
+        99.4708025861 * math.log(t) - 161.1195681661
+        if t <= 66
+        else 288.1221695283 * (t - 60) ** -0.0755148492
+    )
     b = 255.0 if t >= 66 else (0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307)
     rgb = to_linear(np.clip(np.array([r, g, b]) / 255.0, 0, 1))
     return (rgb / (rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32))).astype(np.float32)
@@ -216,7 +236,9 @@ def pink_noise(rng, h: int, w: int, alpha: float = 1.0) -> np.ndarray:
     f[0, 0] = 1.0
     amp = f ** -float(alpha)
     amp[0, 0] = 0.0
-    spec = (rng.standard_normal(amp.shape, dtype=np.float32) + 1j * rng.standard_normal(amp.shape, dtype=np.float32))
+    spec = rng.standard_normal(amp.shape, dtype=np.float32) + 1j * rng.standard_normal(
+        amp.shape, dtype=np.float32
+    )
     x = np.fft.irfft2(spec * amp, s=(h, w)).astype(np.float32)
     return (x - x.mean()) / max(float(x.std()), 1e-12)
 
@@ -302,14 +324,27 @@ def _draw_lights(rng, mode: str) -> dict:
         light = rng.normal(0.0, 1.0, 3)
         light[2] = abs(light[2]) + 0.6  # travelling away from the camera: it lights what the camera sees
         light = _unit(light)
-        return {"preset": "single", "key": (-light, np.ones(3, np.float32), 1.0), "fill": None, "rim": None,
-                "ambient": None, "light": light}  # fmt: skip
+        return {
+            "preset": "single",
+            "key": (-light, np.ones(3, np.float32), 1.0),
+            "fill": None,
+            "rim": None,
+            "ambient": None,
+            "light": light,
+        }
     name = list(LIGHT_PRESETS)[int(rng.integers(len(LIGHT_PRESETS)))]
     p = LIGHT_PRESETS[name]
     az = rng.uniform(-math.pi, math.pi)
-    el = rng.uniform(0.35, 1.1)  # key: in front of the hand, above the horizon of the view more often than not
-    key = _unit([math.sin(az) * math.cos(el), -abs(math.cos(az)) * math.cos(el) * rng.choice([1, 1, -1]),
-                 -math.sin(el)])  # fmt: skip
+    el = rng.uniform(
+        0.35, 1.1
+    )  # key: in front of the hand, above the horizon of the view more often than not
+    key = _unit(
+        [
+            math.sin(az) * math.cos(el),
+            -abs(math.cos(az)) * math.cos(el) * rng.choice([1, 1, -1]),
+            -math.sin(el),
+        ]
+    )
     fill = _unit([-key[0] + rng.normal(0, 0.3), -key[1] * 0.5 + rng.normal(0, 0.3), -rng.uniform(0.6, 1.2)])
     rim = _unit([-key[0] + rng.normal(0, 0.3), -key[1] + rng.normal(0, 0.3), rng.uniform(0.3, 1.0)])  # behind
     jit = lambda t: float(t * math.exp(rng.normal(0, 0.08)))  # noqa: E731
@@ -350,7 +385,9 @@ class CompositeGenerator(Generator):
             cw, ch = min(im.width, round(W / scale)), min(im.height, round(H / scale))
             x0 = int(rng.integers(0, im.width - cw + 1))
             y0 = int(rng.integers(0, im.height - ch + 1))
-            bg = np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)).resize((W, H), Image.BILINEAR), dtype=np.uint8)
+            bg = np.asarray(
+                im.crop((x0, y0, x0 + cw, y0 + ch)).resize((W, H), Image.BILINEAR), dtype=np.uint8
+            )
         return bg, path.name
 
     @staticmethod
@@ -398,8 +435,12 @@ class CompositeGenerator(Generator):
         if kind == "pink":
             lum = pink_noise(rng, H, W, alpha)
             small = max(H // 4, 8), max(W // 4, 8)
-            chroma = [np.asarray(Image.fromarray(pink_noise(rng, *small, alpha), mode="F").resize((W, H)),
-                                 dtype=np.float32) for _ in range(2)]  # fmt: skip
+            chroma = [
+                np.asarray(
+                    Image.fromarray(pink_noise(rng, *small, alpha), mode="F").resize((W, H)), dtype=np.float32
+                )
+                for _ in range(2)
+            ]
             t = np.clip(0.5 + 0.25 * chroma[0], 0, 1)[..., None]
             bg = pal[0] * (1 - t) + pal[1] * t
             bg = bg * np.exp(0.45 * lum)[..., None] * (1 + 0.1 * chroma[1])[..., None]
@@ -409,7 +450,9 @@ class CompositeGenerator(Generator):
         if kind == "room":  # a wall above, a table top below a tilted horizon line
             y = rng.uniform(0.35, 0.8) * H
             tilt = rng.normal(0, 0.08) * W
-            draw.polygon([(0, y - tilt), (W, y + tilt), (W, H), (0, H)], fill=tuple(int(c * 255) for c in pal[1]))
+            draw.polygon(
+                [(0, y - tilt), (W, y + tilt), (W, H), (0, H)], fill=tuple(int(c * 255) for c in pal[1])
+            )
             n, rmin, rmax = int(rng.integers(4, 14)), 0.03 * W, 0.25 * W
         else:
             n, rmin, rmax = int(rng.integers(250, 450)), 0.015 * W, 0.45 * W
@@ -465,8 +508,11 @@ class CompositeGenerator(Generator):
                     x, y = j2[b]
                     for off in (-0.08, 0.08):  # a double crease line across the joint
                         cx, cy = x + d[0] * off * length, y + d[1] * off * length
-                        draws[0].line([(cx - p[0] * half, cy - p[1] * half), (cx + p[0] * half, cy + p[1] * half)],
-                                      fill=255, width=max(1, round(length * 0.05)))  # fmt: skip
+                        draws[0].line(
+                            [(cx - p[0] * half, cy - p[1] * half), (cx + p[0] * half, cy + p[1] * half)],
+                            fill=255,
+                            width=max(1, round(length * 0.05)),
+                        )
                     rk = 0.3 * length
                     draws[1].ellipse([x - rk, y - rk, x + rk, y + rk], fill=255)
                 tip, dip = chain[-1], chain[-2]
@@ -477,9 +523,13 @@ class CompositeGenerator(Generator):
                         d /= length
                         c = j2[tip] - d * 0.38 * length
                         a_len, b_len = 0.32 * length, 0.24 * length
-                        pts = [(c[0] + d[0] * a_len * math.cos(t) - d[1] * b_len * math.sin(t),
-                                c[1] + d[1] * a_len * math.cos(t) + d[0] * b_len * math.sin(t))
-                               for t in np.linspace(0, 2 * math.pi, 16, endpoint=False)]  # fmt: skip
+                        pts = [
+                            (
+                                c[0] + d[0] * a_len * math.cos(t) - d[1] * b_len * math.sin(t),
+                                c[1] + d[1] * a_len * math.cos(t) + d[0] * b_len * math.sin(t),
+                            )
+                            for t in np.linspace(0, 2 * math.pi, 16, endpoint=False)
+                        ]
                         draws[2].polygon(pts, fill=255)
                         draws[0].polygon(pts, outline=160)  # the nail's edge
         creases = layers[0].filter(ImageFilter.GaussianBlur(0.8))
@@ -515,8 +565,16 @@ class CompositeGenerator(Generator):
         if cfg.light == "single":
             record["light"] = [round(float(x), 6) for x in lights["light"]]
         else:
-            record["lighting"].update({r: {"dir": [round(float(x), 4) for x in lights[r][0]], "kelvin": lights[f"{r}_k"],
-                                           "strength": round(lights[r][2], 4)} for r in ("key", "fill", "rim")})  # fmt: skip
+            record["lighting"].update(
+                {
+                    r: {
+                        "dir": [round(float(x), 4) for x in lights[r][0]],
+                        "kelvin": lights[f"{r}_k"],
+                        "strength": round(lights[r][2], 4),
+                    }
+                    for r in ("key", "fill", "rim")
+                }
+            )
             record["lighting"]["ambient"] = round(lights["ambient"][1], 4)
         # skin: one tone per person (both hands)
         if cfg.skin == "v2":
@@ -545,10 +603,14 @@ class CompositeGenerator(Generator):
         if dof > 0.3:  # depth of field: the hand is in focus, the background behind it is not
             bg_srgb = np.asarray(Image.fromarray(bg_srgb).filter(ImageFilter.GaussianBlur(radius=dof)))
             record["background_blur"] = round(dof, 3)
-        record.update(background=bg_name, background_kind=kind, **({"background_params": bg_rec} if bg_rec else {}))
+        record.update(
+            background=bg_name, background_kind=kind, **({"background_params": bg_rec} if bg_rec else {})
+        )
         tex_noise = _smooth_noise(rng, H, W, 24)
         if cfg.light == "single":
-            bg = bg_srgb.astype(np.float32) / 255.0  # version 1: the background is drawn lit already, display space
+            bg = (
+                bg_srgb.astype(np.float32) / 255.0
+            )  # version 1: the background is drawn lit already, display space
             exposure = 1.0
         else:
             bg = linear_u8(bg_srgb)
@@ -559,7 +621,9 @@ class CompositeGenerator(Generator):
             _, key_c, key_s = lights["key"]
             _, fill_c, fill_s = lights["fill"]
             # a wall facing the camera: the key light falls off across it, the fill light is even
-            e_bg = (amb_c * amb_s + fill_c * fill_s * 0.45)[None, None] + (key_c * key_s)[None, None] * (0.35 + 0.5 * g)[..., None]
+            e_bg = (amb_c * amb_s + fill_c * fill_s * 0.45)[None, None] + (key_c * key_s)[None, None] * (
+                0.35 + 0.5 * g
+            )[..., None]
             if kind == "photo":  # a photo is lit already: the lights only tint it, keeping its brightness
                 e_bg = e_bg / float(e_bg.mean())
             # metered on the lights (not on the background): a surface facing them gets about 1.1
@@ -574,8 +638,9 @@ class CompositeGenerator(Generator):
         if len(rows):
             r0, r1 = max(rows.min() - 4, 0), min(rows.max() + 5, H)
             c0, c1 = max(cols.min() - 4, 0), min(cols.max() + 5, W)
-            skin = self._shade(sample, rng, (r0, r1, c0, c1), srgb, tone, lights, spec_strength,
-                               tex_noise[r0:r1, c0:c1])  # fmt: skip
+            skin = self._shade(
+                sample, rng, (r0, r1, c0, c1), srgb, tone, lights, spec_strength, tex_noise[r0:r1, c0:c1]
+            )
             skin = skin * exposure  # the exposure does not depend on the background: metered on the lights
             m = alpha[r0:r1, c0:c1]
             hand_img[r0:r1, c0:c1] = np.where(m[..., None], skin, 0.0)
@@ -598,7 +663,11 @@ class CompositeGenerator(Generator):
         view /= np.linalg.norm(view, axis=-1, keepdims=True)
         if v2:
             back = to_linear(srgb)
-            palm_srgb = srgb / np.maximum(skin_albedo(tone, cfg.skin_tones), 1e-3) * skin_albedo(tone * 0.45, cfg.skin_tones)
+            palm_srgb = (
+                srgb
+                / np.maximum(skin_albedo(tone, cfg.skin_tones), 1e-3)
+                * skin_albedo(tone * 0.45, cfg.skin_tones)
+            )
             palm = to_linear(np.clip(palm_srgb * np.array([1.02, 0.98, 0.98]), 0, 1))  # lighter, pinker palms
             nails = to_linear(np.clip((srgb * 0.55 + np.array([0.95, 0.78, 0.76]) * 0.45) * 1.05, 0, 1))
             palm_w = np.zeros((h, w), np.float32)
@@ -662,7 +731,9 @@ class CompositeGenerator(Generator):
                 gains = gains / kelvin_rgb(6500.0 ** (1 - corr) * est**corr) * kelvin_rgb(6500.0)
             gains = gains / float(gains @ np.array([0.2126, 0.7152, 0.0722], np.float32))
             img = img * gains
-            out = to_srgb8(np.clip(img, 0, 1)) if linear else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+            out = (
+                to_srgb8(np.clip(img, 0, 1)) if linear else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+            )
             rec["white_balance"] = [round(float(x), 4) for x in gains]
             if cfg.spectrum_match > 0:
                 out = self._match_spectrum(out, cfg.spectrum_match)
@@ -750,11 +821,24 @@ class CompositeGenerator(Generator):
         comp, rng = self.compose(sample)
         out, cam = self._camera(comp, rng)
         cfg = self.config
-        record = {"name": self.name, "version": self.version, "weights_id": None, "steps": None,
-                  "guidance_scale": None, "tas": None, "seed": int(sample.seed),
-                  "components": {"skin": cfg.skin, "light": cfg.light, "background": cfg.background,
-                                 "camera_effects": cfg.camera_effects, "spectrum_match": cfg.spectrum_match},
-                  **comp.record, **cam}  # fmt: skip
+        record = {
+            "name": self.name,
+            "version": self.version,
+            "weights_id": None,
+            "steps": None,
+            "guidance_scale": None,
+            "tas": None,
+            "seed": int(sample.seed),
+            "components": {
+                "skin": cfg.skin,
+                "light": cfg.light,
+                "background": cfg.background,
+                "camera_effects": cfg.camera_effects,
+                "spectrum_match": cfg.spectrum_match,
+            },
+            **comp.record,
+            **cam,
+        }
         return out, record
 
     def generate(self, samples: Sequence[Sample]) -> None:

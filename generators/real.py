@@ -27,7 +27,9 @@ class RealImageGenerator(Generator):
         for s in samples:
             img = s.source_image
             if not isinstance(img, np.ndarray) or img.shape[:2] != tuple(s.image_size):
-                raise ValueError(f"{s.key}: the real image must be loaded and letterboxed to {tuple(s.image_size)} first")
+                raise ValueError(
+                    f"{s.key}: the real image must be loaded and letterboxed to {tuple(s.image_size)} first"
+                )
             if s.crop_box is None or s.mesh_local is None:
                 raise ValueError(f"{s.key}: render the sample before taking its local crop")
             s.image = img

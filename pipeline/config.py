@@ -138,13 +138,19 @@ class RunConfig(_Frozen):
     @model_validator(mode="after")
     def _prepare_needs_images(self) -> RunConfig:
         if self.mode == "prepare" and not self.source.startswith(("interhand:", "reinterhand:")):
-            raise ValueError(f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
-                             f"got {self.source!r}")  # fmt: skip
+            raise ValueError(
+                f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
+                f"got {self.source!r}"
+            )
         if self.mode == "prepare" and "local" in self.views:
-            raise ValueError("views global,local writes generated local close-ups; mode prepare's records "
-                             "already carry the real image's crop (image_local)")  # fmt: skip
+            raise ValueError(
+                "views global,local writes generated local close-ups; mode prepare's records "
+                "already carry the real image's crop (image_local)"
+            )
         if self.mode == "prepare" and self.min_alignment is not None:
-            raise ValueError("min_alignment filters generated images; mode prepare keeps the dataset's real images")
+            raise ValueError(
+                "min_alignment filters generated images; mode prepare keeps the dataset's real images"
+            )
         return self
 
     def identity(self) -> dict:
@@ -152,7 +158,10 @@ class RunConfig(_Frozen):
         settings (``OPERATIONAL``: where the run writes, which device computes it, where caches go). Two
         configs with equal identities write the same records, so they may resume or share one run folder."""
         d = self.model_dump(mode="json", exclude=set(OPERATIONAL))
-        for name, default in ADDED_FIELDS.items():  # runs made before a field existed keep their hash (run tag)
+        for (
+            name,
+            default,
+        ) in ADDED_FIELDS.items():  # runs made before a field existed keep their hash (run tag)
             if d[name] == default:
                 del d[name]
         return d
@@ -210,7 +219,11 @@ def resolve_device(device: str) -> str:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if index >= n:
-            have = f"this machine has {n} CUDA device{'s' if n != 1 else ''}" if n else "CUDA is not available here"
+            have = (
+                f"this machine has {n} CUDA device{'s' if n != 1 else ''}"
+                if n
+                else "CUDA is not available here"
+            )
             raise ConfigError(f"device {device}: {have} (use --device cpu or auto)")
     return device
 

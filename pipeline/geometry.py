@@ -58,7 +58,10 @@ def _unique_edges(f: np.ndarray) -> np.ndarray:
 
 
 def edge_triangle_intersections(
-    verts_a: np.ndarray, faces_a: np.ndarray, verts_b: np.ndarray | None = None, faces_b: np.ndarray | None = None,
+    verts_a: np.ndarray,
+    faces_a: np.ndarray,
+    verts_b: np.ndarray | None = None,
+    faces_b: np.ndarray | None = None,
     eps: float = 1e-9,
 ) -> np.ndarray:
     """Pairs (edge id, face id) where an edge of mesh A crosses a triangle of mesh B.
@@ -122,4 +125,6 @@ def edge_triangle_intersections(
 
 def meshes_interpenetrate(va, fa, vb, fb) -> bool:
     """True when two closed-ish surfaces cross each other (an edge of either crosses a face of the other)."""
-    return bool(len(edge_triangle_intersections(va, fa, vb, fb)) or len(edge_triangle_intersections(vb, fb, va, fa)))
+    return bool(
+        len(edge_triangle_intersections(va, fa, vb, fb)) or len(edge_triangle_intersections(vb, fb, va, fa))
+    )

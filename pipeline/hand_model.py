@@ -45,12 +45,27 @@ logger = logging.getLogger(__name__)
 SIDES = ("right", "left")
 JOINT_NAMES = (
     "wrist",
-    "thumb1", "thumb2", "thumb3", "thumb4",
-    "index1", "index2", "index3", "index4",
-    "middle1", "middle2", "middle3", "middle4",
-    "ring1", "ring2", "ring3", "ring4",
-    "pinky1", "pinky2", "pinky3", "pinky4",
-)  # fmt: skip
+    "thumb1",
+    "thumb2",
+    "thumb3",
+    "thumb4",
+    "index1",
+    "index2",
+    "index3",
+    "index4",
+    "middle1",
+    "middle2",
+    "middle3",
+    "middle4",
+    "ring1",
+    "ring2",
+    "ring3",
+    "ring4",
+    "pinky1",
+    "pinky2",
+    "pinky3",
+    "pinky4",
+)
 TIP_VERTEX_IDS = standin.TIP_VERTEX_IDS
 _TIP_ORDER = ("thumb", "index", "middle", "ring", "pinky")
 #: Index into concat(smplx 16 joints, 5 tips in _TIP_ORDER) for each project joint.
@@ -59,9 +74,16 @@ SMPLX_TO_PROJECT = np.array([0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11
 PROJECT_TO_INTERHAND = np.array([20, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 19, 18, 17, 16])
 INTERHAND_TO_PROJECT = np.argsort(PROJECT_TO_INTERHAND)
 MANO_KEYS = (
-    "v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs", "posedirs",
-    "hands_components", "hands_mean",
-)  # fmt: skip
+    "v_template",
+    "f",
+    "J_regressor",
+    "weights",
+    "kintree_table",
+    "shapedirs",
+    "posedirs",
+    "hands_components",
+    "hands_mean",
+)
 
 
 class HandModelError(HandgenError, ValueError):
@@ -349,10 +371,16 @@ class HandModel:
             self.faces[side] = np.asarray(data[side]["f"], dtype=np.int64)
         #: per side: (J_regressor[0] @ v_template (3,), J_regressor[0] @ shapedirs (3, 10)) for root joints.
         self._root = {
-            side: (np.asarray(data[side]["J_regressor"][0]) @ np.asarray(data[side]["v_template"]),
-                   np.einsum("v,vcb->cb", np.asarray(data[side]["J_regressor"][0]), np.asarray(data[side]["shapedirs"])[..., :10]))
+            side: (
+                np.asarray(data[side]["J_regressor"][0]) @ np.asarray(data[side]["v_template"]),
+                np.einsum(
+                    "v,vcb->cb",
+                    np.asarray(data[side]["J_regressor"][0]),
+                    np.asarray(data[side]["shapedirs"])[..., :10],
+                ),
+            )
             for side in SIDES
-        }  # fmt: skip
+        }
         self._tips = torch.tensor([TIP_VERTEX_IDS[t] for t in _TIP_ORDER], device=self.device)
         self._order = torch.as_tensor(SMPLX_TO_PROJECT, device=self.device)
 
@@ -369,7 +397,9 @@ class HandModel:
         """
         if side not in SIDES:
             raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-        pose, shape, trans = (torch.as_tensor(x, dtype=self.dtype, device=self.device) for x in (pose, shape, trans))
+        pose, shape, trans = (
+            torch.as_tensor(x, dtype=self.dtype, device=self.device) for x in (pose, shape, trans)
+        )
         for nm, x, width in (("pose", pose, 48), ("shape", shape, 10), ("trans", trans, 3)):
             if x.ndim != 2 or x.shape[1] != width:
                 raise ValueError(f"{nm} must have shape (B, {width}), got {tuple(x.shape)}")

@@ -69,12 +69,19 @@ class Letterbox:
         return out
 
     def to_json(self) -> dict:
-        return {"orig_size": list(self.orig_size), "size": self.size, "new_size": list(self.new_size),
-                "scale": [float(x) for x in self.scale], "offset": list(self.offset)}  # fmt: skip
+        return {
+            "orig_size": list(self.orig_size),
+            "size": self.size,
+            "new_size": list(self.new_size),
+            "scale": [float(x) for x in self.scale],
+            "offset": list(self.offset),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Letterbox:
-        return cls(tuple(d["orig_size"]), int(d["size"]), tuple(d["new_size"]), tuple(d["scale"]), tuple(d["offset"]))
+        return cls(
+            tuple(d["orig_size"]), int(d["size"]), tuple(d["new_size"]), tuple(d["scale"]), tuple(d["offset"])
+        )
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -95,6 +102,11 @@ def crop_resample(image: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndar
     s = (x1 - x0) / size
     # PIL's affine maps output edge coordinates to input edge coordinates: X_in = s * X_out + (x0 + 0.5)
     pil = Image.fromarray(img)
-    out = pil.transform((size, size), Image.Transform.AFFINE, (s, 0.0, x0 + 0.5, 0.0, s, y0 + 0.5),
-                        resample=Image.Resampling.BILINEAR, fillcolor=0 if img.ndim == 2 else (0,) * img.shape[2])  # fmt: skip
+    out = pil.transform(
+        (size, size),
+        Image.Transform.AFFINE,
+        (s, 0.0, x0 + 0.5, 0.0, s, y0 + 0.5),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=0 if img.ndim == 2 else (0,) * img.shape[2],
+    )
     return np.asarray(out)

@@ -22,9 +22,13 @@ def matrix_to_aa(R: np.ndarray) -> np.ndarray:
     R = np.asarray(R, dtype=np.float64)
     cos = np.clip((np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
     theta = np.arccos(cos)
-    v = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], axis=-1)
+    v = np.stack(
+        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], axis=-1
+    )
     sin = np.sin(theta)
-    out = np.where((sin > 1e-6)[..., None], v / (2.0 * np.maximum(sin, 1e-12))[..., None] * theta[..., None], v / 2.0)
+    out = np.where(
+        (sin > 1e-6)[..., None], v / (2.0 * np.maximum(sin, 1e-12))[..., None] * theta[..., None], v / 2.0
+    )
     near_pi = theta > np.pi - 1e-3
     if np.any(near_pi):  # axis from the symmetric part: (R + R^T) / 2 - cos I = (1 - cos) a a^T
         Rn, cn = R[near_pi], cos[near_pi][..., None, None]
@@ -43,11 +47,13 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q = rng.normal(size=4)
     q /= np.linalg.norm(q)
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def move_mano(pose: np.ndarray, trans: np.ndarray, root: np.ndarray, R: np.ndarray, t: np.ndarray):
@@ -60,5 +66,7 @@ def move_mano(pose: np.ndarray, trans: np.ndarray, root: np.ndarray, R: np.ndarr
     pose = np.array(pose, dtype=np.float64, copy=True)
     pose[:3] = matrix_to_aa(np.asarray(R) @ aa_to_matrix(pose[:3]))
     root = np.asarray(root, dtype=np.float64)
-    new_trans = np.asarray(R) @ (root + np.asarray(trans, dtype=np.float64)) + np.asarray(t, dtype=np.float64) - root
+    new_trans = (
+        np.asarray(R) @ (root + np.asarray(trans, dtype=np.float64)) + np.asarray(t, dtype=np.float64) - root
+    )
     return pose, new_trans

@@ -88,7 +88,9 @@ def _fmt(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _array(field: str, value: Any, shape: tuple[int, ...], *, finite: bool = True, dtype=np.float64) -> np.ndarray:
+def _array(
+    field: str, value: Any, shape: tuple[int, ...], *, finite: bool = True, dtype=np.float64
+) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
@@ -110,7 +112,9 @@ def _metres(field: str, arr: np.ndarray) -> None:
 def _box(field: str, value: Any) -> np.ndarray:
     box = _array(field, value, (4,))
     if box[2] < box[0] or box[3] < box[1]:
-        raise SchemaError(f"{field}: expected [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {box.tolist()}")
+        raise SchemaError(
+            f"{field}: expected [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {box.tolist()}"
+        )
     return box
 
 
@@ -124,7 +128,9 @@ def _int(field: str, value: Any, lo: int = 0, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise SchemaError(f"{field}: expected an integer, got {_fmt(value)}")
     if value < lo or (hi is not None and value > hi):
-        raise SchemaError(f"{field}: expected an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
+        raise SchemaError(
+            f"{field}: expected an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value}"
+        )
     return int(value)
 
 
@@ -154,7 +160,9 @@ class Camera:
         if self.dist is not None:
             d = np.asarray(self.dist, dtype=np.float64)
             if d.ndim != 1 or d.size not in (4, 5, 8) or not np.isfinite(d).all():
-                raise SchemaError(f"camera.dist: expected null or 4, 5 or 8 finite coefficients, got {_fmt(self.dist)}")
+                raise SchemaError(
+                    f"camera.dist: expected null or 4, 5 or 8 finite coefficients, got {_fmt(self.dist)}"
+                )
             object.__setattr__(self, "dist", d)
 
     def to_json(self) -> dict:
@@ -198,7 +206,9 @@ class HandLabel:
         object.__setattr__(self, "joints_2d", _array(f"{f}.joints_2d", self.joints_2d, (N_JOINTS, 2)))
         vis = np.asarray(self.joints_visible)
         if vis.shape != (N_JOINTS,) or not (vis.dtype == bool or np.isin(vis, (0, 1, True, False)).all()):
-            raise SchemaError(f"{f}.joints_visible: expected {N_JOINTS} booleans, got {_fmt(self.joints_visible)}")
+            raise SchemaError(
+                f"{f}.joints_visible: expected {N_JOINTS} booleans, got {_fmt(self.joints_visible)}"
+            )
         object.__setattr__(self, "joints_visible", vis.astype(bool))
         object.__setattr__(self, "bbox", _box(f"{f}.bbox", self.bbox))
 
@@ -254,17 +264,23 @@ class Label:
             )
         m = _KEY_RE.match(self.key) if isinstance(self.key, str) else None
         if not m:
-            raise SchemaError(f"key: expected '<run_tag>-<10-digit index>' ('-local' appended for a local "
-                              f"record), got {_fmt(self.key)}")
+            raise SchemaError(
+                f"key: expected '<run_tag>-<10-digit index>' ('-local' appended for a local "
+                f"record), got {_fmt(self.key)}"
+            )
         index = _int("index", self.index)
         if int(m.group("index")) != index:
             raise SchemaError(f"key: index part {m.group('index')} does not match index {index}")
         object.__setattr__(self, "index", index)
-        object.__setattr__(self, "seed", _int("seed", self.seed, 0, 2**63 - 1))  # int64: readable by HF datasets
+        object.__setattr__(
+            self, "seed", _int("seed", self.seed, 0, 2**63 - 1)
+        )  # int64: readable by HF datasets
         size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else ()
         if len(size) != 2:
             raise SchemaError(f"image_size: expected [H, W], got {_fmt(self.image_size)}")
-        object.__setattr__(self, "image_size", (_int("image_size[0]", size[0], 1), _int("image_size[1]", size[1], 1)))
+        object.__setattr__(
+            self, "image_size", (_int("image_size[0]", size[0], 1), _int("image_size[1]", size[1], 1))
+        )
         if not isinstance(self.camera, Camera):
             raise SchemaError(f"camera: expected a Camera, got {_fmt(self.camera)}")
         _choice("hand_type", self.hand_type, HAND_TYPES)
@@ -273,7 +289,9 @@ class Label:
         present = tuple(s for s in SIDES if self.hands[s] is not None)
         expected = {"right": ("right",), "left": ("left",), "interacting": SIDES}[self.hand_type]
         if present != expected:
-            raise SchemaError(f"hands: hand_type {self.hand_type!r} needs hands {list(expected)}, got {list(present)}")
+            raise SchemaError(
+                f"hands: hand_type {self.hand_type!r} needs hands {list(expected)}, got {list(present)}"
+            )
         for s in present:
             if not isinstance(self.hands[s], HandLabel) or self.hands[s].side != s:
                 raise SchemaError(f"hands.{s}: expected a HandLabel for side {s!r}")
@@ -282,7 +300,9 @@ class Label:
             raise SchemaError(f"caption: expected a string, got {_fmt(self.caption)}")
         idx = tuple(self.hand_token_indices) if isinstance(self.hand_token_indices, (list, tuple)) else None
         if idx is None:
-            raise SchemaError(f"hand_token_indices: expected a list of integers, got {_fmt(self.hand_token_indices)}")
+            raise SchemaError(
+                f"hand_token_indices: expected a list of integers, got {_fmt(self.hand_token_indices)}"
+            )
         object.__setattr__(
             self,
             "hand_token_indices",
@@ -295,7 +315,9 @@ class Label:
             raise SchemaError(f"hand_model: expected an object, got {_fmt(self.hand_model)}")
         _choice("hand_model.name", self.hand_model.get("name"), HAND_MODEL_NAMES)
         if not isinstance(self.hand_model.get("sha256"), str) or not _SHA_RE.match(self.hand_model["sha256"]):
-            raise SchemaError(f"hand_model.sha256: expected 64 lowercase hex digits, got {_fmt(self.hand_model.get('sha256'))}")
+            raise SchemaError(
+                f"hand_model.sha256: expected 64 lowercase hex digits, got {_fmt(self.hand_model.get('sha256'))}"
+            )
         if not isinstance(self.generator, dict) or not isinstance(self.generator.get("name"), str):
             raise SchemaError(f"generator: expected an object with a name, got {_fmt(self.generator)}")
         object.__setattr__(self, "verts", _check_verts(self.verts, present))
@@ -337,7 +359,9 @@ class Label:
 
     def label_bytes(self) -> bytes:
         """``label.json`` content: UTF-8 JSON, 1-space indent, no timestamps; identical for equal labels."""
-        return (json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        return (json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode(
+            "utf-8"
+        )
 
     def verts_bytes(self) -> bytes:
         """``verts.npy`` content: (2, 778, 3) float32."""
@@ -353,11 +377,27 @@ class Label:
         if d.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(
                 f"schema_version: this code reads version {SCHEMA_VERSION}, got {_fmt(d.get('schema_version'))}"
-                + (" (written by a newer version; upgrade)" if isinstance(d.get("schema_version"), int)
-                   and d["schema_version"] > SCHEMA_VERSION else "")
+                + (
+                    " (written by a newer version; upgrade)"
+                    if isinstance(d.get("schema_version"), int) and d["schema_version"] > SCHEMA_VERSION
+                    else ""
+                )
             )
-        required = ("key", "index", "seed", "image_size", "camera", "hand_type", "hands", "crop_box", "caption",
-                    "hand_token_indices", "source", "hand_model", "generator")
+        required = (
+            "key",
+            "index",
+            "seed",
+            "image_size",
+            "camera",
+            "hand_type",
+            "hands",
+            "crop_box",
+            "caption",
+            "hand_token_indices",
+            "source",
+            "hand_model",
+            "generator",
+        )
         missing = [k for k in required if k not in d]
         if missing:
             raise SchemaError(f"label: missing fields {missing}")
@@ -366,12 +406,23 @@ class Label:
             raise SchemaError(f"hands: expected keys ['right', 'left'], got {_fmt(hands_d)}")
         hands = {s: None if hands_d[s] is None else HandLabel.from_json(hands_d[s], s) for s in SIDES}
         return cls(
-            key=d["key"], index=d["index"], seed=d["seed"], image_size=d["image_size"],
-            camera=Camera.from_json(d["camera"]), hand_type=d["hand_type"], hands=hands,
-            crop_box=d["crop_box"], caption=d["caption"], hand_token_indices=d["hand_token_indices"],
-            source=d["source"], hand_model=d["hand_model"], generator=d["generator"], verts=verts,
-            quality=d.get("quality"), view=d.get("view"),
-        )  # fmt: skip
+            key=d["key"],
+            index=d["index"],
+            seed=d["seed"],
+            image_size=d["image_size"],
+            camera=Camera.from_json(d["camera"]),
+            hand_type=d["hand_type"],
+            hands=hands,
+            crop_box=d["crop_box"],
+            caption=d["caption"],
+            hand_token_indices=d["hand_token_indices"],
+            source=d["source"],
+            hand_model=d["hand_model"],
+            generator=d["generator"],
+            verts=verts,
+            quality=d.get("quality"),
+            view=d.get("view"),
+        )
 
     @classmethod
     def from_bytes(cls, label_json: bytes, verts_npy: bytes) -> Label:
@@ -413,7 +464,9 @@ def _check_view(view: Any, key_match: re.Match, image_size: tuple[int, int]) -> 
         raise SchemaError(f"view: expected fields {sorted(fields)}, got {sorted(view)}")
     parent = f"{key_match.group('tag')}-{key_match.group('index')}"
     if view["parent"] != parent:
-        raise SchemaError(f"view.parent: expected {parent!r} (its key without '-local'), got {_fmt(view['parent'])}")
+        raise SchemaError(
+            f"view.parent: expected {parent!r} (its key without '-local'), got {_fmt(view['parent'])}"
+        )
     size = view["parent_image_size"]
     if not isinstance(size, list) or len(size) != 2:
         raise SchemaError(f"view.parent_image_size: expected [H, W], got {_fmt(size)}")
@@ -524,15 +577,27 @@ class Sample:
             for name in ("joints_3d", "joints_2d", "joints_visible", "bbox"):
                 if getattr(h, name) is None:
                     raise SchemaError(f"hands.{s}.{name}: not filled in (stage missing?)")
-            hands[s] = HandLabel(h.pose, h.shape, h.trans, h.joints_3d, h.joints_2d, h.joints_visible, h.bbox, side=s)
+            hands[s] = HandLabel(
+                h.pose, h.shape, h.trans, h.joints_3d, h.joints_2d, h.joints_visible, h.bbox, side=s
+            )
         for name in ("crop_box", "caption", "hand_model", "generator"):
             if getattr(self, name) is None:
                 raise SchemaError(f"{name}: not filled in (stage missing?)")
         return Label(
-            key=self.key, index=self.index, seed=self.seed, image_size=tuple(self.image_size),
-            camera=self.camera, hand_type=self.hand_type, hands=hands, crop_box=self.crop_box,
-            caption=self.caption, hand_token_indices=tuple(self.hand_token_indices), source=self.source,
-            hand_model=self.hand_model, generator=self.generator, verts=self.verts, quality=self.quality,
+            key=self.key,
+            index=self.index,
+            seed=self.seed,
+            image_size=tuple(self.image_size),
+            camera=self.camera,
+            hand_type=self.hand_type,
+            hands=hands,
+            crop_box=self.crop_box,
+            caption=self.caption,
+            hand_token_indices=tuple(self.hand_token_indices),
+            source=self.source,
+            hand_model=self.hand_model,
+            generator=self.generator,
+            verts=self.verts,
+            quality=self.quality,
             view=self.view,
-        )  # fmt: skip
-
+        )

@@ -283,8 +283,14 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
         r_tip = rt
         s_c = l1 + l2 + l3 - r_tip
         stations = [  # (metres from the knuckle, joint tag)
-            (l1 * 0.22, None), (l1 * 0.5, None), (l1 * 0.78, None), (l1, "pip"), (l1 + 0.5 * l2, None),
-            (l1 + l2, "dip"), (l1 + l2 + 0.45 * (s_c - l1 - l2), None), (s_c, None),
+            (l1 * 0.22, None),
+            (l1 * 0.5, None),
+            (l1 * 0.78, None),
+            (l1, "pip"),
+            (l1 + 0.5 * l2, None),
+            (l1 + l2, "dip"),
+            (l1 + l2 + 0.45 * (s_c - l1 - l2), None),
+            (s_c, None),
         ]
         prev = finger_base_idx[f]
         rings = [prev]
@@ -297,14 +303,18 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
             ring = b.add_ring(
                 _ring_points(_MCP[f] + sv * d, d, u, s, r, r * (1.05 - 0.1 * t), _FINGER_RING, 0.08), f, sv
             )
-            b.strip(prev, ring, np.arange(_FINGER_RING) / _FINGER_RING, np.arange(_FINGER_RING) / _FINGER_RING)
+            b.strip(
+                prev, ring, np.arange(_FINGER_RING) / _FINGER_RING, np.arange(_FINGER_RING) / _FINGER_RING
+            )
             rings.append(ring)
             prev = ring
         for phi in (np.deg2rad(58.0), np.deg2rad(28.0)):
             sv = s_c + r_tip * np.cos(phi)
             rr = r_tip * np.sin(phi)
             ring = b.add_ring(_ring_points(_MCP[f] + sv * d, d, u, s, rr, rr * 0.92, _FINGER_RING), f, sv)
-            b.strip(prev, ring, np.arange(_FINGER_RING) / _FINGER_RING, np.arange(_FINGER_RING) / _FINGER_RING)
+            b.strip(
+                prev, ring, np.arange(_FINGER_RING) / _FINGER_RING, np.arange(_FINGER_RING) / _FINGER_RING
+            )
             rings.append(ring)
             prev = ring
         apex[f] = b.add_vertex(_MCP[f] + total * d - 0.0012 * u, f, total)
@@ -339,7 +349,14 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
     rb, rt = _THUMB_RADIUS
     total = la + lp + ld
     s_c = total - rt
-    stations = [(0.010, "base"), (0.018, None), (la, "mcp"), (la + 0.5 * lp, None), (la + lp, "ip"), (s_c, None)]
+    stations = [
+        (0.010, "base"),
+        (0.018, None),
+        (la, "mcp"),
+        (la + 0.5 * lp, None),
+        (la + lp, "ip"),
+        (s_c, None),
+    ]
     # the tube leaves the palm along the hole's outward normal, then turns to the thumb direction; its first
     # rings morph from the hole's own outline into circles, so the thumb never re-enters the palm
     palm_axis_pt = np.array([b.verts[i].pos for i in rows[r0]]).mean(axis=0)

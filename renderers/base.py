@@ -232,12 +232,23 @@ def square_crop_box(boxes: Sequence[np.ndarray], margin: float, min_side: float)
 
 
 def joint_visibility(
-    uv: np.ndarray, z: np.ndarray, hand_id: int, mask: np.ndarray, depth: np.ndarray,
-    own_tolerance: float, other_tolerance: float,
+    uv: np.ndarray,
+    z: np.ndarray,
+    hand_id: int,
+    mask: np.ndarray,
+    depth: np.ndarray,
+    own_tolerance: float,
+    other_tolerance: float,
 ) -> np.ndarray:
     """(J,) bool visibility of joints at pixels ``uv`` (J, 2) with depths ``z`` (J,) (see module doc)."""
     H, W = mask.shape
-    inside = np.isfinite(uv).all(1) & (uv[:, 0] >= -0.5) & (uv[:, 0] < W - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < H - 0.5)
+    inside = (
+        np.isfinite(uv).all(1)
+        & (uv[:, 0] >= -0.5)
+        & (uv[:, 0] < W - 0.5)
+        & (uv[:, 1] >= -0.5)
+        & (uv[:, 1] < H - 0.5)
+    )
     vis = np.zeros(len(uv), dtype=bool)
     for j in np.nonzero(inside)[0]:
         c, r = int(round(uv[j, 0])), int(round(uv[j, 1]))
@@ -274,8 +285,15 @@ class Renderer(abc.ABC):
             alb[HAND_ID[s]] = style.tints[s] if self.config.tint else style.albedo
         return alb
 
-    def _job(self, item: RenderItem, faces: dict, K: np.ndarray, size: tuple[int, int], normals: dict,
-             projected: dict | None = None) -> RasterJob:  # fmt: skip
+    def _job(
+        self,
+        item: RenderItem,
+        faces: dict,
+        K: np.ndarray,
+        size: tuple[int, int],
+        normals: dict,
+        projected: dict | None = None,
+    ) -> RasterJob:
         """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions already
         computed with this K (reused instead of projecting again)."""
         screens, views, norms, hands, tris = [], [], [], [], []
@@ -331,7 +349,9 @@ class Renderer(abc.ABC):
             crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
             K_local = crop_intrinsics(item.K, crop, L)
             uv_local = self._project(item, present, K_local)
-            jobs.append(self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals, uv_v))
+            jobs.append(
+                self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals, uv_v)
+            )
             jobs.append(self._job(item, batch.faces, K_local, (L, L), normals, uv_local))
             metas.append((item, present, j2d, clipped, crop, K_local, uv_local))
         outs = self.rasterize(jobs)
@@ -340,11 +360,21 @@ class Renderer(abc.ABC):
             g, loc = outs[2 * i], outs[2 * i + 1]
             vis = self._visibility(item, present, j2d, g.mask, g.depth)
             local = self._local_result(item, present, K_local, uv_local, crop, item.image_size, loc)
-            results.append(RenderResult(
-                mesh_image=g.rgb, mask=g.mask, depth=g.depth, joints_2d=j2d, joints_visible=vis, bbox=clipped,
-                crop_box=crop, mesh_local=local.mesh_image, mask_local=local.mask,
-                K=np.asarray(item.K, dtype=np.float64), local=local,
-            ))  # fmt: skip
+            results.append(
+                RenderResult(
+                    mesh_image=g.rgb,
+                    mask=g.mask,
+                    depth=g.depth,
+                    joints_2d=j2d,
+                    joints_visible=vis,
+                    bbox=clipped,
+                    crop_box=crop,
+                    mesh_local=local.mesh_image,
+                    mask_local=local.mask,
+                    K=np.asarray(item.K, dtype=np.float64),
+                    local=local,
+                )
+            )
         return results
 
     def render_local(
@@ -363,8 +393,10 @@ class Renderer(abc.ABC):
             jobs.append(self._job(item, batch.faces, K, tuple(item.image_size), normals, uv))
             metas.append((item, present, K, uv, np.asarray(crop, dtype=np.float64), tuple(size)))
         outs = self.rasterize(jobs)
-        return [self._local_result(item, present, K, uv, crop, size, out)
-                for (item, present, K, uv, crop, size), out in zip(metas, outs, strict=True)]  # fmt: skip
+        return [
+            self._local_result(item, present, K, uv, crop, size, out)
+            for (item, present, K, uv, crop, size), out in zip(metas, outs, strict=True)
+        ]
 
     @staticmethod
     def _present(item: RenderItem) -> list[str]:
@@ -390,8 +422,16 @@ class Renderer(abc.ABC):
             )
         return vis
 
-    def _local_result(self, item: RenderItem, present, K_local: np.ndarray, uv_local: dict, crop: np.ndarray,
-                      parent_size, out: RasterOut) -> RenderResult:  # fmt: skip
+    def _local_result(
+        self,
+        item: RenderItem,
+        present,
+        K_local: np.ndarray,
+        uv_local: dict,
+        crop: np.ndarray,
+        parent_size,
+        out: RasterOut,
+    ) -> RenderResult:
         """The local view's ``RenderResult`` (``RenderResult.local``) from its raster ``out``."""
         L = out.mask.shape[0]
         outside = self._outside_global(crop, parent_size, L)
@@ -416,9 +456,17 @@ class Renderer(abc.ABC):
             bbox[s] = b
         vis = self._visibility(item, present, j2d, mask, depth)
         return RenderResult(
-            mesh_image=mesh, mask=mask, depth=depth, joints_2d=j2d, joints_visible=vis, bbox=bbox,
-            crop_box=full_frame(L), mesh_local=mesh, mask_local=mask, K=np.asarray(K_local, dtype=np.float64),
-        )  # fmt: skip
+            mesh_image=mesh,
+            mask=mask,
+            depth=depth,
+            joints_2d=j2d,
+            joints_visible=vis,
+            bbox=bbox,
+            crop_box=full_frame(L),
+            mesh_local=mesh,
+            mask_local=mask,
+            K=np.asarray(K_local, dtype=np.float64),
+        )
 
     def _outside_global(self, crop: np.ndarray, image_size, size: int | None = None) -> np.ndarray:
         """(L, L) bool: the local pixels (L = ``size``, default local_size) whose centres fall outside the

@@ -140,7 +140,9 @@ class OpenGLRenderer(Renderer):
             vao = self._buffers(data, job.faces)
             vao.render(moderngl.TRIANGLES, vertices=job.faces.size)
             rgba = np.frombuffer(fbo.read(components=4, attachment=0), dtype=np.uint8).reshape(H, W, 4)
-            depth = np.frombuffer(fbo.read(components=1, attachment=1, dtype="f4"), dtype=np.float32).reshape(H, W)
+            depth = np.frombuffer(fbo.read(components=1, attachment=1, dtype="f4"), dtype=np.float32).reshape(
+                H, W
+            )
             outs.append(RasterOut(rgb=rgba[..., :3], mask=rgba[..., 3], depth=depth))
         return outs
 
@@ -165,8 +167,10 @@ class OpenGLRenderer(Renderer):
             if self._vao is not None:
                 self._vao.release()
             self._vao = ctx.vertex_array(
-                self._prog, [(self._vbo, "3f 3f 3f 1f", "in_screen", "in_view", "in_normal", "in_hand")],
-                index_buffer=self._ibo, index_element_size=4,
+                self._prog,
+                [(self._vbo, "3f 3f 3f 1f", "in_screen", "in_view", "in_normal", "in_hand")],
+                index_buffer=self._ibo,
+                index_element_size=4,
             )
         return self._vao
 

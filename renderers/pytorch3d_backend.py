@@ -55,7 +55,9 @@ class PyTorch3DRenderer(Renderer):
         try:
             self._cls = _rasterizer_class()
         except ImportError as exc:
-            raise RendererError(f"pytorch3d does not import ({exc}); install easypytorch3d==0.7.9.post1") from exc
+            raise RendererError(
+                f"pytorch3d does not import ({exc}); install easypytorch3d==0.7.9.post1"
+            ) from exc
 
     @torch.no_grad()
     def rasterize(self, jobs: Sequence[RasterJob]) -> list[RasterOut]:
@@ -71,9 +73,13 @@ class PyTorch3DRenderer(Renderer):
         dev = self.device
         for (size, ambient, gamma, _), idx in groups.items():
             settings = RasterizationSettings(
-                image_size=size, blur_radius=0.0, faces_per_pixel=1, perspective_correct=True,
-                z_clip_value=1e-6, cull_backfaces=False,
-            )  # fmt: skip
+                image_size=size,
+                blur_radius=0.0,
+                faces_per_pixel=1,
+                perspective_correct=True,
+                z_clip_value=1e-6,
+                cull_backfaces=False,
+            )
             rasterizer = self._cls(raster_settings=settings)
             verts = [screen_to_ndc(torch.as_tensor(jobs[i].screen, device=dev), size) for i in idx]
             faces = [torch.as_tensor(jobs[i].faces, dtype=torch.int64, device=dev) for i in idx]
@@ -99,7 +105,12 @@ class PyTorch3DRenderer(Renderer):
             rgb = albedo * (ambient + (1.0 - ambient) * c)[..., None]
             rgb = torch.where(hit[..., None], rgb, torch.zeros_like(rgb))
             rgb8 = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-            depth = torch.where(hit, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0])).float().cpu().numpy()
+            depth = (
+                torch.where(hit, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
+                .float()
+                .cpu()
+                .numpy()
+            )
             mask = hand.to(torch.uint8).cpu().numpy()
             for k, i in enumerate(idx):
                 outs[i] = RasterOut(rgb=rgb8[k], mask=mask[k], depth=depth[k])

@@ -27,9 +27,12 @@ class PreviewError(HandgenError, ValueError):
 
 
 FINGER_COLOURS = {
-    "thumb": (255, 80, 80), "index": (255, 200, 0), "middle": (80, 220, 80), "ring": (0, 190, 255),
+    "thumb": (255, 80, 80),
+    "index": (255, 200, 0),
+    "middle": (80, 220, 80),
+    "ring": (0, 190, 255),
     "pinky": (200, 110, 255),
-}  # fmt: skip
+}
 _FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 
 

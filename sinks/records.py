@@ -110,20 +110,41 @@ def local_sample(sample: Sample) -> Sample:
         if h is None:
             hands[side] = None
             continue
-        hands[side] = HandState(h.pose, h.shape, h.trans, joints_3d=h.joints_3d,
-                                joints_2d=loc.joints_2d[side], joints_visible=loc.joints_visible[side],
-                                bbox=loc.bbox[side])  # fmt: skip
+        hands[side] = HandState(
+            h.pose,
+            h.shape,
+            h.trans,
+            joints_3d=h.joints_3d,
+            joints_2d=loc.joints_2d[side],
+            joints_visible=loc.joints_visible[side],
+            bbox=loc.bbox[side],
+        )
     H, W = (int(v) for v in sample.image_size)
     crop = np.asarray(sample.crop_box, dtype=np.float64).tolist()
-    view = {"name": "local", "parent": sample.key, "parent_image_size": [H, W], "parent_crop_box": crop,
-            "image": origin}  # fmt: skip
+    view = {
+        "name": "local",
+        "parent": sample.key,
+        "parent_image_size": [H, W],
+        "parent_crop_box": crop,
+        "image": origin,
+    }
     tag, _, _ = sample.key.rpartition("-")
     return dataclasses.replace(
-        sample, key=make_key(tag, sample.index, "local"), image_size=(L, L),
-        camera=Camera(loc.K, sample.camera.dist), hands=hands, crop_box=loc.crop_box,
-        mesh_image=loc.mesh_image, mesh_local=loc.mesh_local, mask=loc.mask, depth=loc.depth, image=image,
-        image_local=None, local=None, view=view,
-    )  # fmt: skip
+        sample,
+        key=make_key(tag, sample.index, "local"),
+        image_size=(L, L),
+        camera=Camera(loc.K, sample.camera.dist),
+        hands=hands,
+        crop_box=loc.crop_box,
+        mesh_image=loc.mesh_image,
+        mesh_local=loc.mesh_local,
+        mask=loc.mask,
+        depth=loc.depth,
+        image=image,
+        image_local=None,
+        local=None,
+        view=view,
+    )
 
 
 def view_records(sample: Sample, views) -> list[Sample]:
@@ -153,7 +174,9 @@ def decode_record(files: dict) -> dict:
     missing = [n for n in RECORD_FILES if n not in f]
     image_name = next((n for n in IMAGE_FILES if n in f), None)
     if missing or image_name is None:
-        raise SchemaError(f"record {f.get('__key__', '?')}: missing files {missing + ([] if image_name else ['image.jpg'])}")
+        raise SchemaError(
+            f"record {f.get('__key__', '?')}: missing files {missing + ([] if image_name else ['image.jpg'])}"
+        )
     label = Label.from_bytes(f["label.json"], f["verts.npy"])
     out = {
         "label": label,

@@ -65,7 +65,9 @@ def lease_seconds() -> float:
     try:
         v = float(os.environ.get("HANDGEN_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
     except ValueError:
-        raise HandgenError(f"HANDGEN_LEASE_SECONDS must be a number of seconds, got {os.environ['HANDGEN_LEASE_SECONDS']!r}") from None
+        raise HandgenError(
+            f"HANDGEN_LEASE_SECONDS must be a number of seconds, got {os.environ['HANDGEN_LEASE_SECONDS']!r}"
+        ) from None
     if v <= 0:
         raise HandgenError(f"HANDGEN_LEASE_SECONDS must be > 0, got {v}")
     return v
@@ -128,7 +130,9 @@ class Claim:
                     self.lost = True
                     logger.warning("claim on %s was taken over by another worker", self.name)
                     return
-                self.store.write_bytes(self.file, _claim_payload(self.owner, self.lease), tmp_name=self._tmp())
+                self.store.write_bytes(
+                    self.file, _claim_payload(self.owner, self.lease), tmp_name=self._tmp()
+                )
             except Exception as exc:  # a missed heartbeat is not fatal while the lease lasts
                 logger.debug("heartbeat for %s failed: %s", self.name, exc)
 
@@ -358,7 +362,9 @@ class RunFolder:
             reports = [self.report(k) for k in shards]
             run_info = _common_run_info(reports)
             extras = {"run_tag": self.record["run_tag"], **run_info, **(extra or {})}
-            return self.output.finalize(shards, self.cfg.model_dump(mode="json"), self.record["config_sha256"], extras)
+            return self.output.finalize(
+                shards, self.cfg.model_dump(mode="json"), self.record["config_sha256"], extras
+            )
         finally:
             claim.release()
 
@@ -372,7 +378,9 @@ def _common_run_info(reports: list[ShardReport]) -> dict:
             if v is None:
                 continue
             if k in info and info[k] != v:
-                raise RunMismatchError(f"{rep.name} was written with another {k} ({v}) than the other shards ({info[k]})")
+                raise RunMismatchError(
+                    f"{rep.name} was written with another {k} ({v}) than the other shards ({info[k]})"
+                )
             info[k] = v
     return info
 
@@ -384,7 +392,10 @@ def _get(d: dict, dotted: str):
 
 
 def wait_for(
-    pending: Callable[[], list[int]], take: Callable[[int], bool], poll: float = 2.0, timeout: float | None = None
+    pending: Callable[[], list[int]],
+    take: Callable[[int], bool],
+    poll: float = 2.0,
+    timeout: float | None = None,
 ) -> None:
     """Wait until ``pending()`` is empty; each poll calls ``take(k)`` for every pending shard, so a shard whose
     worker died (lease expired) is written here. ``take`` returns True when it wrote the shard."""

@@ -278,8 +278,15 @@ def _check_run(
             report.fail("run", "manifest.json: " + "; ".join(problems))
         else:
             report.ok("run")
-    return _Identity(str(run["run_tag"]), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, RUN_FILE,
-                     tuple(cfg.views))  # fmt: skip
+    return _Identity(
+        str(run["run_tag"]),
+        cfg.seed,
+        cfg.samples,
+        cfg.shard_size,
+        cfg.shard_prefix,
+        RUN_FILE,
+        tuple(cfg.views),
+    )
 
 
 def _manifest_identity(manifest: dict | None) -> _Identity | None:
@@ -294,8 +301,9 @@ def _manifest_identity(manifest: dict | None) -> _Identity | None:
     if cfg.config_sha256() != manifest.get("config_sha256"):
         return None
     tag = manifest.get("run_tag") or cfg.effective_run_tag()
-    return _Identity(str(tag), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, "manifest.json",
-                     tuple(cfg.views))  # fmt: skip
+    return _Identity(
+        str(tag), cfg.seed, cfg.samples, cfg.shard_size, cfg.shard_prefix, "manifest.json", tuple(cfg.views)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -802,7 +810,9 @@ def _check_views(label, prev, identity: _Identity | None, report: ValidationRepo
         return
     problems = []
     if identity is not None and not local_run:
-        problems.append(f"the run's views are {','.join(identity.views)} ({identity.origin}): no local records")
+        problems.append(
+            f"the run's views are {','.join(identity.views)} ({identity.origin}): no local records"
+        )
     parent = label.view["parent"]
     if prev is None or prev.key != parent:
         before = prev.key if prev else "none"
@@ -821,8 +831,10 @@ def _local_vs_parent(label, parent) -> list[str]:
 
     view, out = label.view, []
     if not np.array_equal(np.asarray(view["parent_crop_box"], dtype=np.float64), parent.crop_box):
-        out.append(f"view.parent_crop_box {view['parent_crop_box']} differs from {parent.key}'s crop_box "
-                   f"{parent.crop_box.tolist()}")  # fmt: skip
+        out.append(
+            f"view.parent_crop_box {view['parent_crop_box']} differs from {parent.key}'s crop_box "
+            f"{parent.crop_box.tolist()}"
+        )
     if list(view["parent_image_size"]) != list(parent.image_size):
         out.append(f"view.parent_image_size {view['parent_image_size']} differs from {parent.key}'s")
     K = crop_intrinsics(parent.camera.K, parent.crop_box, label.image_size[0])

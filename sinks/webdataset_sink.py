@@ -37,15 +37,28 @@ from sinks.store import Store, StoreError, describe_os_error
 
 logger = logging.getLogger(__name__)
 
-INDEX_SCHEMA = pa.schema([
-    # view: "global" or "local" (--views global,local); null in rows of shards written before views existed
-    ("key", pa.string()), ("index", pa.int64()), ("shard", pa.string()), ("view", pa.string()),
-    ("hand_type", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("capture", pa.string()),
-    ("frame", pa.string()), ("camera", pa.string()), ("caption", pa.string()),
-    ("bbox_right", pa.list_(pa.float64())), ("bbox_left", pa.list_(pa.float64())),
-    ("crop_box", pa.list_(pa.float64())), ("generator", pa.string()),
-    ("alignment", pa.float64()), ("tries", pa.int64()),
-])  # fmt: skip
+INDEX_SCHEMA = pa.schema(
+    [
+        # view: "global" or "local" (--views global,local); null in rows of shards written before views existed
+        ("key", pa.string()),
+        ("index", pa.int64()),
+        ("shard", pa.string()),
+        ("view", pa.string()),
+        ("hand_type", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("capture", pa.string()),
+        ("frame", pa.string()),
+        ("camera", pa.string()),
+        ("caption", pa.string()),
+        ("bbox_right", pa.list_(pa.float64())),
+        ("bbox_left", pa.list_(pa.float64())),
+        ("crop_box", pa.list_(pa.float64())),
+        ("generator", pa.string()),
+        ("alignment", pa.float64()),
+        ("tries", pa.int64()),
+    ]
+)
 
 
 def code_version() -> str:
@@ -58,9 +71,13 @@ def code_version() -> str:
         v = "unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         return f"handgen {v} (git {commit})"
     except (OSError, subprocess.SubprocessError):
         return f"handgen {v}"
@@ -285,13 +302,17 @@ class ShardedOutput:
         name = self.shard_name(k)
         return ShardReport.from_json(json.loads(self.store.read_bytes(meta_name(name))))
 
-    def shard(self, k: int, tmp_suffix: str = ".tmp", run: dict | None = None, before_commit=None) -> ShardWriter:
+    def shard(
+        self, k: int, tmp_suffix: str = ".tmp", run: dict | None = None, before_commit=None
+    ) -> ShardWriter:
         """Writer for shard ``k`` through ``<name><tmp_suffix>`` (an incomplete file of that name is replaced).
         ``run`` goes into the shard's report; ``before_commit()`` runs before the rename and may abort it."""
         self.store.remove(self.shard_name(k) + tmp_suffix)
         return ShardWriter(self.store, self.shard_name(k), k, self.lossless, tmp_suffix, run, before_commit)
 
-    def finalize(self, shards: list[int], config: dict, config_sha256: str, extra: dict | None = None) -> dict:
+    def finalize(
+        self, shards: list[int], config: dict, config_sha256: str, extra: dict | None = None
+    ) -> dict:
         """Write ``index.parquet`` then ``manifest.json`` for ``shards`` (all must be complete)."""
         missing = [k for k in shards if not self.is_complete(k)]
         if missing:
@@ -315,9 +336,15 @@ class ShardedOutput:
             "config": config,
             "config_sha256": config_sha256,
             "counts": {"written": len(rows), "skipped": dict(sorted(skipped.items()))},
-            "shards": [{"name": r.name, "shard": r.shard, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
-                       for r in reports],  # fmt: skip
-            "index": {"name": "index.parquet", "rows": len(rows), "sha256": hashlib.sha256(index_bytes).hexdigest()},
+            "shards": [
+                {"name": r.name, "shard": r.shard, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
+                for r in reports
+            ],
+            "index": {
+                "name": "index.parquet",
+                "rows": len(rows),
+                "sha256": hashlib.sha256(index_bytes).hexdigest(),
+            },
             **(extra or {}),
         }
         self.store.write_bytes("manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
@@ -332,7 +359,9 @@ class SequentialWriter:
     shard reports; ``output.finalize`` can then write the index and manifest.
     """
 
-    def __init__(self, output: ShardedOutput, maxcount: int = 1000, maxsize: float = 3e9, start: int = 0) -> None:
+    def __init__(
+        self, output: ShardedOutput, maxcount: int = 1000, maxsize: float = 3e9, start: int = 0
+    ) -> None:
         if maxcount < 1 or maxsize <= 0:
             raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount}, {maxsize}")
         self.output, self.maxcount, self.maxsize = output, maxcount, maxsize

@@ -26,16 +26,30 @@ def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(9
             pose = np.concatenate([rng.normal(0, 0.5, 3), rng.normal(0, 0.2, 45)])
             shape, trans = rng.normal(0, 0.5, 10), np.array([x, 0.0, 0.45])
             o = hand_model(s, pose[None], shape[None], trans[None])
-            verts[s], joints[s] = o.vertices[0].numpy().astype(np.float32), o.joints[0].numpy()  # as verts.npy
+            verts[s], joints[s] = (
+                o.vertices[0].numpy().astype(np.float32),
+                o.joints[0].numpy(),
+            )  # as verts.npy
             allv[("right", "left").index(s)] = verts[s]
             hands[s] = HandState(pose, shape, trans, joints[s].astype(np.float64))
         items.append(RenderItem(verts, joints, K, size, dist))
-        samples.append(Sample(
-            index=i, seed=seed, key=make_key(run_tag, i), image_size=size, camera=Camera(K, dist),
-            hand_type=hand_type, hands=hands, verts=allv, hand_model=hand_model.info.to_json(),
-            source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
-            caption=f"a hand number {i}", hand_token_indices=(2,), generator={"name": "test", "version": 1},
-        ))  # fmt: skip
+        samples.append(
+            Sample(
+                index=i,
+                seed=seed,
+                key=make_key(run_tag, i),
+                image_size=size,
+                camera=Camera(K, dist),
+                hand_type=hand_type,
+                hands=hands,
+                verts=allv,
+                hand_model=hand_model.info.to_json(),
+                source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
+                caption=f"a hand number {i}",
+                hand_token_indices=(2,),
+                generator={"name": "test", "version": 1},
+            )
+        )
     cfg = renderer.config
     if cfg.local_size != local:
         renderer.config = RenderConfig(local_size=local)
@@ -45,7 +59,13 @@ def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(9
                 s.hands[side].joints_2d = r.joints_2d[side]
                 s.hands[side].joints_visible = r.joints_visible[side]
                 s.hands[side].bbox = r.bbox[side]
-        s.crop_box, s.mesh_image, s.mesh_local, s.mask, s.depth = r.crop_box, r.mesh_image, r.mesh_local, r.mask, r.depth
+        s.crop_box, s.mesh_image, s.mesh_local, s.mask, s.depth = (
+            r.crop_box,
+            r.mesh_image,
+            r.mesh_local,
+            r.mask,
+            r.depth,
+        )
         s.image = np.clip(r.mesh_image.astype(np.int16) + np.array([20, 0, -20]), 0, 255).astype(np.uint8)
     return samples
 
@@ -63,8 +83,9 @@ def write_run(out, hand_model, n: int, shard_size: int, run_tag: str):
     try:
         for k in shards:
             with output.shard(k) as w:
-                for s in make_samples(hand_model, gl, range(k * shard_size, min((k + 1) * shard_size, n)),
-                                      run_tag=run_tag):  # fmt: skip
+                for s in make_samples(
+                    hand_model, gl, range(k * shard_size, min((k + 1) * shard_size, n)), run_tag=run_tag
+                ):
                     w.write(s)
     finally:
         gl.close()

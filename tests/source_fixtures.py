@@ -35,10 +35,15 @@ def write_interhand(root: Path, hm, split: str = "train") -> dict:
     cams = interhand_cameras()
     ann_dir = root / "annotations" / split
     ann_dir.mkdir(parents=True, exist_ok=True)
-    camera_json = {str(c): {"campos": {k: v[1].tolist() for k, v in cams.items()},
-                            "camrot": {k: v[0].tolist() for k, v in cams.items()},
-                            "focal": {k: [1200.0, 1210.0] for k in cams},
-                            "princpt": {k: [166.0, 255.0] for k in cams}} for c in (0, 1)}  # fmt: skip
+    camera_json = {
+        str(c): {
+            "campos": {k: v[1].tolist() for k, v in cams.items()},
+            "camrot": {k: v[0].tolist() for k, v in cams.items()},
+            "focal": {k: [1200.0, 1210.0] for k in cams},
+            "princpt": {k: [166.0, 255.0] for k in cams},
+        }
+        for c in (0, 1)
+    }
     del camera_json["1"]["campos"]["400263"], camera_json["1"]["camrot"]["400263"]
     frames = {0: [10, 11, 12, 13, 14, 15, 16], 1: [5]}
     mano, joint3d, world = {}, {}, {}
@@ -51,7 +56,7 @@ def write_interhand(root: Path, hm, split: str = "train") -> dict:
                 params, j = _world_hand(hm, side, rng, x)
                 hands[side] = params
                 off = 0 if side == "right" else 21
-                joints[off:off + 21][PROJECT_TO_INTERHAND] = j * 1000.0
+                joints[off : off + 21][PROJECT_TO_INTERHAND] = j * 1000.0
                 world[(cap, fr, side)] = (params, j)
             valid = np.ones(42)
             hand_type, ht_valid = "interacting", 1
@@ -68,18 +73,43 @@ def write_interhand(root: Path, hm, split: str = "train") -> dict:
             if (cap, fr) == (0, 16):
                 hands["right"] = {**hands["right"], "pose": hands["right"]["pose"][:45]}
             mano[str(cap)][str(fr)] = hands
-            joint3d[str(cap)][str(fr)] = {"world_coord": joints.tolist(), "joint_valid": valid.tolist(),
-                                          "hand_type": hand_type, "hand_type_valid": ht_valid}  # fmt: skip
-            for cam in (("400262", "400263") if cap == 0 else ("400262", "400999")):
+            joint3d[str(cap)][str(fr)] = {
+                "world_coord": joints.tolist(),
+                "joint_valid": valid.tolist(),
+                "hand_type": hand_type,
+                "hand_type_valid": ht_valid,
+            }
+            for cam in ("400262", "400263") if cap == 0 else ("400262", "400999"):
                 iid = len(images)
                 name = f"Capture{cap}/ROM01_Interaction/cam{cam}/image{fr:04d}.jpg"
-                images.append({"id": iid, "file_name": name, "width": 334, "height": 512, "capture": cap,
-                               "seq_name": "ROM01_Interaction", "camera": cam, "frame_idx": fr})  # fmt: skip
-                annotations.append({"id": iid, "image_id": iid, "bbox": [10, 10, 100, 100],
-                                    "joint_valid": valid.tolist(), "hand_type": hand_type,
-                                    "hand_type_valid": ht_valid})  # fmt: skip
-    files = {"data": {"images": images, "annotations": annotations}, "camera": camera_json, "joint_3d": joint3d,
-             "MANO_NeuralAnnot": mano}  # fmt: skip
+                images.append(
+                    {
+                        "id": iid,
+                        "file_name": name,
+                        "width": 334,
+                        "height": 512,
+                        "capture": cap,
+                        "seq_name": "ROM01_Interaction",
+                        "camera": cam,
+                        "frame_idx": fr,
+                    }
+                )
+                annotations.append(
+                    {
+                        "id": iid,
+                        "image_id": iid,
+                        "bbox": [10, 10, 100, 100],
+                        "joint_valid": valid.tolist(),
+                        "hand_type": hand_type,
+                        "hand_type_valid": ht_valid,
+                    }
+                )
+    files = {
+        "data": {"images": images, "annotations": annotations},
+        "camera": camera_json,
+        "joint_3d": joint3d,
+        "MANO_NeuralAnnot": mano,
+    }
     for k, v in files.items():
         (ann_dir / f"InterHand2.6M_{split}_{k}.json").write_text(json.dumps(v, allow_nan=True))
     img = root / "images" / split / images[0]["file_name"]
@@ -107,11 +137,28 @@ def write_reinterhand(root: Path, hm) -> dict:
             (cap / "mano_fits" / "params" / f"{fr}_{side}.json").write_text(json.dumps(params))
             world[(fr, side)] = (params, j)
     R3 = aa_to_matrix(np.array([0.0, np.pi, 0.0]))  # turned around: the hands are behind it
-    cams = {"cam01": {"R": np.eye(3).tolist(), "t": [0.0, 0.0, 900.0], "focal": [800.0, 800.0], "princpt": [255.5, 255.5]},
-            "cam02": {"R": aa_to_matrix(np.array([0.3, 0.0, 0.0])).tolist(), "t": [0.0, 0.0, 1000.0],
-                      "focal": [900.0, 900.0], "princpt": [320.0, 240.0], "size": [640, 480]},
-            "cam03": {"R": R3.tolist(), "t": [400.0, 0.0, 1000.0], "focal": [800.0, 800.0], "princpt": [255.5, 255.5],
-                      "size": [512, 512]}}  # fmt: skip
+    cams = {
+        "cam01": {
+            "R": np.eye(3).tolist(),
+            "t": [0.0, 0.0, 900.0],
+            "focal": [800.0, 800.0],
+            "princpt": [255.5, 255.5],
+        },
+        "cam02": {
+            "R": aa_to_matrix(np.array([0.3, 0.0, 0.0])).tolist(),
+            "t": [0.0, 0.0, 1000.0],
+            "focal": [900.0, 900.0],
+            "princpt": [320.0, 240.0],
+            "size": [640, 480],
+        },
+        "cam03": {
+            "R": R3.tolist(),
+            "t": [400.0, 0.0, 1000.0],
+            "focal": [800.0, 800.0],
+            "princpt": [255.5, 255.5],
+            "size": [512, 512],
+        },
+    }
     (cap / "Mugsy_cameras").mkdir()
     (cap / "Mugsy_cameras" / "cam_params.json").write_text(json.dumps(cams))
     from PIL import Image
@@ -124,14 +171,21 @@ def write_reinterhand(root: Path, hm) -> dict:
     (ego / "params").mkdir(parents=True)
     (ego / "images").mkdir()
     for fr in ("000001", "000002"):
-        params = {"R": aa_to_matrix(np.array([0.2, 0.1, 0.0])).tolist(), "t": [0.0, 20.0, 350.0],
-                  "focal": [300.0, 300.0], "princpt": [320.0, 240.0], "D": [0.05, -0.01, 0.002, -0.0003]}  # fmt: skip
+        params = {
+            "R": aa_to_matrix(np.array([0.2, 0.1, 0.0])).tolist(),
+            "t": [0.0, 20.0, 350.0],
+            "focal": [300.0, 300.0],
+            "princpt": [320.0, 240.0],
+            "D": [0.05, -0.01, 0.002, -0.0003],
+        }
         (ego / "params" / f"{fr}.json").write_text(json.dumps(params))
         Image.new("RGB", (640, 480), (10, 10, 10)).save(ego / "images" / f"{fr}.png")
     return {"world": world, "cameras": cams}
 
 
-def write_interhand_photos(root: Path, hm, split: str = "train", missing=(), wrong_size=(), padding_only=None) -> dict:
+def write_interhand_photos(
+    root: Path, hm, split: str = "train", missing=(), wrong_size=(), padding_only=None
+) -> dict:
     """Tiny JPEG "photos" for the InterHand2.6M fixture: each valid image shows its hands (skin colour, the
     rendered silhouette in that image's own camera) over a dark textured background, so a training tuple's
     alignment can be checked against real pixels. Returns ``file_name -> (H, W) hand mask`` of the photos.
@@ -149,7 +203,10 @@ def write_interhand_photos(root: Path, hm, split: str = "train", missing=(), wro
     ann = root / "annotations" / split
     if padding_only is not None:
         cap, cam = (str(x) for x in padding_only)
-        cam_path, data_path = ann / f"InterHand2.6M_{split}_camera.json", ann / f"InterHand2.6M_{split}_data.json"
+        cam_path, data_path = (
+            ann / f"InterHand2.6M_{split}_camera.json",
+            ann / f"InterHand2.6M_{split}_data.json",
+        )
         cams, data = json.loads(cam_path.read_text()), json.loads(data_path.read_text())
         cams[cap]["focal"][cam] = [400.0, 400.0]
         cams[cap]["princpt"][cam] = [-110.0, 255.0]  # hands centred 110 px left of a 100 px wide image
@@ -175,7 +232,9 @@ def write_interhand_photos(root: Path, hm, split: str = "train", missing=(), wro
                 path.unlink(missing_ok=True)
                 continue
             H, W = s.image_size
-            verts = {side: s.verts[j] for j, side in enumerate(("right", "left")) if s.hands[side] is not None}
+            verts = {
+                side: s.verts[j] for j, side in enumerate(("right", "left")) if s.hands[side] is not None
+            }
             joints = {side: s.hands[side].joints_3d for side in verts}
             r = renderer.render(RenderBatch([RenderItem(verts, joints, s.camera.K, (H, W))], hm.faces))[0]
             photo = (rng.integers(20, 60, size=(H, W, 3))).astype(np.uint8)

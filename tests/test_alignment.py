@@ -17,7 +17,10 @@ from pipeline.config import RunConfig
 
 pytest.importorskip("mediapipe", reason="the MediaPipe scorer needs mediapipe==0.10.14")
 
-SEED, GOOD = 19, (5, 6)  # with this seed, MediaPipe finds and aligns well the hands of samples 5 and 6 (on CPU)
+SEED, GOOD = (
+    19,
+    (5, 6),
+)  # with this seed, MediaPipe finds and aligns well the hands of samples 5 and 6 (on CPU)
 A = 0.5
 
 
@@ -44,7 +47,9 @@ class _Spoiled(Generator):
 def stages(tmp_path_factory):
     from flows.stages import Stages
 
-    cfg = RunConfig(out=str(tmp_path_factory.mktemp("align")), samples=8, seed=SEED, min_alignment=A, max_tries=3)
+    cfg = RunConfig(
+        out=str(tmp_path_factory.mktemp("align")), samples=8, seed=SEED, min_alignment=A, max_tries=3
+    )
     st = Stages(cfg)
     yield st
     st.close()
@@ -121,8 +126,26 @@ def test_cli_end_to_end_labels_index_and_counts(tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "8", "--shard-size", "4",
-           "--seed", str(SEED), "--min-alignment", str(A), "--max-tries", "2", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "generate",
+        "--out",
+        str(out),
+        "--samples",
+        "8",
+        "--shard-size",
+        "4",
+        "--seed",
+        str(SEED),
+        "--min-alignment",
+        str(A),
+        "--max-tries",
+        "2",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -141,8 +164,12 @@ def test_cli_end_to_end_labels_index_and_counts(tmp_path):
         k: (q["alignment"], q["try"]) for k, q in by_key.items()
     }
     assert manifest["config"]["min_alignment"] == A and manifest["config"]["max_tries"] == 2
-    v = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(out), "--no-render"], capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    v = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", str(out), "--no-render"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert v.returncode == 0, v.stdout[-2000:] + v.stderr[-2000:]
 
 
@@ -158,7 +185,18 @@ def test_cli_end_to_end_labels_index_and_counts(tmp_path):
 )
 def test_bad_alignment_options_are_one_line_and_exit_2(tmp_path, args, message):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "2", "--no-prefect", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "generate",
+        "--out",
+        str(out),
+        "--samples",
+        "2",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr
@@ -182,4 +220,7 @@ def test_default_identity_and_run_tag_do_not_change():
         == "7f640756d80b0bb920f54a007234db02f6c22bc5d6e3a9e49fdb94eb2b4dc792"
     )
     assert RunConfig(min_alignment=0.5).config_sha256() != RunConfig().config_sha256()
-    assert RunConfig(min_alignment=0.5, max_tries=4).config_sha256() != RunConfig(min_alignment=0.5).config_sha256()
+    assert (
+        RunConfig(min_alignment=0.5, max_tries=4).config_sha256()
+        != RunConfig(min_alignment=0.5).config_sha256()
+    )

@@ -48,11 +48,13 @@ class _RefProcessor:
 
         self.store, self._sdpa = store, AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
-                 **kwargs):  # fmt: skip
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         if encoder_hidden_states is None or not self.store.active:
-            return self._sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args,
-                              **kwargs)  # fmt: skip
+            return self._sdpa(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
         residual = hidden_states
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
@@ -114,13 +116,19 @@ class Reference:
 
     def _encode(self, prompts):
         tok = self.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids  # fmt: skip
+        ids = tok(
+            prompts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         eos = tok.eos_token_id
         eot = [int((row == eos).nonzero()[0]) if (row == eos).any() else len(row) - 1 for row in ids]
         cond = self.text_encoder(ids)[0]
-        empty = tok([""] * len(prompts), padding="max_length", max_length=tok.model_max_length,
-                    return_tensors="pt").input_ids  # fmt: skip
+        empty = tok(
+            [""] * len(prompts), padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+        ).input_ids
         return cond, self.text_encoder(empty)[0], eot
 
     def _condition(self, images, height, width, dtype):
@@ -140,10 +148,21 @@ class Reference:
         return torch.stack(g_lat + l_lat).to(self.device, dtype) * self.scheduler.init_noise_sigma
 
     def _guided_noise(self, latents, t, emb, cond_images, scale):
-        down, mid = self.guidance(latents, t, encoder_hidden_states=emb, controlnet_cond=cond_images,
-                                  conditioning_scale=scale, return_dict=False)  # fmt: skip
-        return self.unet(latents, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample  # fmt: skip
+        down, mid = self.guidance(
+            latents,
+            t,
+            encoder_hidden_states=emb,
+            controlnet_cond=cond_images,
+            conditioning_scale=scale,
+            return_dict=False,
+        )
+        return self.unet(
+            latents,
+            t,
+            encoder_hidden_states=emb,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
 
     def tas_step(self, latents, t, cond2, cond_images, scale, indices2, eot2, tas, alpha, target_res):
         with torch.enable_grad():
@@ -160,15 +179,28 @@ class Reference:
         return lat.detach(), loss.detach(), maps.detach()
 
     @torch.no_grad()
-    def __call__(self, prompts, mesh, mesh_local, hand_token_indices, seeds, height, width,
-                 num_inference_steps=3, guidance_scale=7.5, conditioning_scale=1.0, tas=None,
-                 latents=None):  # fmt: skip
+    def __call__(
+        self,
+        prompts,
+        mesh,
+        mesh_local,
+        hand_token_indices,
+        seeds,
+        height,
+        width,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        conditioning_scale=1.0,
+        tas=None,
+        latents=None,
+    ):
         tas = tas or TASConfig()
         B, dtype = len(prompts), self.unet.dtype
         cond, uncond, eot = self._encode(prompts)
         cond2, uncond2 = torch.cat([cond, cond]), torch.cat([uncond, uncond])
-        cond_images = torch.cat([self._condition(mesh, height, width, dtype),
-                                 self._condition(mesh_local, height, width, dtype)])  # fmt: skip
+        cond_images = torch.cat(
+            [self._condition(mesh, height, width, dtype), self._condition(mesh_local, height, width, dtype)]
+        )
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         n_tas = int(round(num_inference_steps * tas.steps_fraction)) if tas.enabled else 0
         if latents is None:
@@ -182,13 +214,28 @@ class Reference:
             if i < n_tas:
                 alpha = tas.alpha_start + (tas.alpha_end - tas.alpha_start) * (i / max(n_tas - 1, 1))
                 for _ in range(tas.iterations):
-                    latents, loss, maps = self.tas_step(latents, t, cond2, cond_images, conditioning_scale,
-                                                        indices2, eot2, tas, alpha, target_res)  # fmt: skip
+                    latents, loss, maps = self.tas_step(
+                        latents,
+                        t,
+                        cond2,
+                        cond_images,
+                        conditioning_scale,
+                        indices2,
+                        eot2,
+                        tas,
+                        alpha,
+                        target_res,
+                    )
                     losses_out.append(loss.cpu().numpy())
                     maps_out.append(maps.cpu().numpy())
             model_in = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            noise = self._guided_noise(model_in, t, torch.cat([uncond2, cond2]),
-                                       torch.cat([cond_images, cond_images]), conditioning_scale)  # fmt: skip
+            noise = self._guided_noise(
+                model_in,
+                t,
+                torch.cat([uncond2, cond2]),
+                torch.cat([cond_images, cond_images]),
+                conditioning_scale,
+            )
             n_uncond, n_cond = noise.chunk(2)
             noise = n_uncond + guidance_scale * (n_cond - n_uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
@@ -219,8 +266,18 @@ def inputs(pipe):
 
 def run(pipe, inputs, seeds=(1, 2), **kw):
     mesh, local, idx = inputs
-    return pipe(PROMPTS, mesh, local, idx, list(seeds), height=64, width=64,
-                num_inference_steps=kw.pop("steps", 3), progress=False, **kw)  # fmt: skip
+    return pipe(
+        PROMPTS,
+        mesh,
+        local,
+        idx,
+        list(seeds),
+        height=64,
+        width=64,
+        num_inference_steps=kw.pop("steps", 3),
+        progress=False,
+        **kw,
+    )
 
 
 # -- views ---------------------------------------------------------------------------------------------------
@@ -247,11 +304,25 @@ def test_global_only_matches_the_global_view_of_both(pipe, inputs, tas):
     cfg = TASConfig(enabled=tas)
     both = run(pipe, inputs, tas=cfg, views=("global", "local"), return_attention=True)
     calls: dict[str, list] = {"unet": [], "guidance": [], "decode": []}
-    hooks = [_batch_rows(pipe.unet, calls["unet"]), _batch_rows(pipe.guidance, calls["guidance"]),
-             _batch_rows(pipe.vae.decoder, calls["decode"])]  # fmt: skip
+    hooks = [
+        _batch_rows(pipe.unet, calls["unet"]),
+        _batch_rows(pipe.guidance, calls["guidance"]),
+        _batch_rows(pipe.vae.decoder, calls["decode"]),
+    ]
     try:  # no local mesh needed for the default views
-        one = pipe(PROMPTS, mesh, None, idx, [1, 2], height=64, width=64, num_inference_steps=3, tas=cfg,
-                   return_attention=True, progress=False)  # fmt: skip
+        one = pipe(
+            PROMPTS,
+            mesh,
+            None,
+            idx,
+            [1, 2],
+            height=64,
+            width=64,
+            num_inference_steps=3,
+            tas=cfg,
+            return_attention=True,
+            progress=False,
+        )
     finally:
         for h in hooks:
             h.remove()
@@ -287,9 +358,14 @@ def test_views_validation(pipe, inputs):
 
     assert normalize_views(("global",)) == ("global",)
     assert normalize_views(["local", "global"]) == normalize_views("global, local") == ("global", "local")
-    for bad, match in ((("global", "face"), "unknown view 'face'"), (("local",), "lack 'global'"),
-                       ((), "lack 'global'"), (("global", "global"), "twice"), ("", "unknown view ''"),
-                       (None, "sequence")):  # fmt: skip
+    for bad, match in (
+        (("global", "face"), "unknown view 'face'"),
+        (("local",), "lack 'global'"),
+        ((), "lack 'global'"),
+        (("global", "global"), "twice"),
+        ("", "unknown view ''"),
+        (None, "sequence"),
+    ):
         with pytest.raises(AttentionHandError, match=match) as e:
             normalize_views(bad)
         assert isinstance(e.value, HandgenError) and isinstance(e.value, ValueError)
@@ -298,8 +374,17 @@ def test_views_validation(pipe, inputs):
         run(pipe, inputs, views=("global", "face"))
     mesh, _local, idx = inputs
     with pytest.raises(AttentionHandError, match="mesh_local is needed"):
-        pipe(PROMPTS, mesh, None, idx, [1, 2], height=64, width=64, views=("global", "local"),
-             num_inference_steps=1)  # fmt: skip
+        pipe(
+            PROMPTS,
+            mesh,
+            None,
+            idx,
+            [1, 2],
+            height=64,
+            width=64,
+            views=("global", "local"),
+            num_inference_steps=1,
+        )
 
 
 def test_generator_argument_matches_seeds(pipe, inputs):
@@ -307,21 +392,54 @@ def test_generator_argument_matches_seeds(pipe, inputs):
     cfg = TASConfig(enabled=False)
     by_seed = run(pipe, inputs, tas=cfg, views="global,local")
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
-    by_gens = pipe(PROMPTS, mesh, local, idx, generator=gens, height=64, width=64, num_inference_steps=3,
-                   tas=cfg, views=("global", "local"), progress=False)  # fmt: skip
+    by_gens = pipe(
+        PROMPTS,
+        mesh,
+        local,
+        idx,
+        generator=gens,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        tas=cfg,
+        views=("global", "local"),
+        progress=False,
+    )
     assert np.array_equal(by_gens.images, by_seed.images)
     assert np.array_equal(by_gens.local_images, by_seed.local_images)
     # one generator: the (B, C, h, w) block of global latents, as diffusers draws it
-    one = pipe(PROMPTS, mesh, None, None, generator=torch.Generator().manual_seed(0), height=64, width=64,
-               num_inference_steps=3, tas=cfg, progress=False)  # fmt: skip
+    one = pipe(
+        PROMPTS,
+        mesh,
+        None,
+        None,
+        generator=torch.Generator().manual_seed(0),
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        tas=cfg,
+        progress=False,
+    )
     lat = torch.randn((2, 4, 32, 32), generator=torch.Generator().manual_seed(0))
-    given = pipe(PROMPTS, mesh, None, None, latents=lat, height=64, width=64, num_inference_steps=3, tas=cfg,
-                 progress=False)  # fmt: skip
+    given = pipe(
+        PROMPTS,
+        mesh,
+        None,
+        None,
+        latents=lat,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        tas=cfg,
+        progress=False,
+    )
     assert np.array_equal(one.images, given.images)
-    for kw, match in (({"seeds": [1, 2], "generator": gens}, "not both"),
-                      ({}, "give seeds, a generator or latents"),
-                      ({"generator": gens[:1]}, "one generator per prompt"),
-                      ({"latents": lat[:1]}, r"latents must be \(2, 4, 32, 32\)")):  # fmt: skip
+    for kw, match in (
+        ({"seeds": [1, 2], "generator": gens}, "not both"),
+        ({}, "give seeds, a generator or latents"),
+        ({"generator": gens[:1]}, "one generator per prompt"),
+        ({"latents": lat[:1]}, r"latents must be \(2, 4, 32, 32\)"),
+    ):
         with pytest.raises(ValueError, match=match):
             pipe(PROMPTS, mesh, None, None, height=64, width=64, num_inference_steps=1, tas=cfg, **kw)
     with pytest.raises(ValueError, match="TAS needs hand_token_indices"):
@@ -374,8 +492,18 @@ def test_no_attention_state_between_calls(pipe, inputs, monkeypatch):
     big = run(pipe, inputs, views=("global", "local"), return_attention=True)
     assert all(p.store is None for p in procs)
     mesh, _local, idx = inputs
-    small = pipe(PROMPTS[:1], mesh[:1], None, idx[:1], [1], height=64, width=64, num_inference_steps=3,
-                 return_attention=True, progress=False)  # fmt: skip
+    small = pipe(
+        PROMPTS[:1],
+        mesh[:1],
+        None,
+        idx[:1],
+        [1],
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        return_attention=True,
+        progress=False,
+    )
     assert big.attention_maps[0].shape[0] == 4 and small.attention_maps[0].shape[0] == 1
     calls = []
 
@@ -396,8 +524,16 @@ def _samples(n=5, size=64, local_size=64, caption="A person holding up a hand.")
     rng = np.random.default_rng(3)
     out = []
     for i in range(n):
-        s = Sample(index=i, seed=100 + i, key=f"t-{i:010d}", image_size=(size, size), camera=None,
-                   hand_type="right", hands={}, source={})  # fmt: skip
+        s = Sample(
+            index=i,
+            seed=100 + i,
+            key=f"t-{i:010d}",
+            image_size=(size, size),
+            camera=None,
+            hand_type="right",
+            hands={},
+            source={},
+        )
         s.mesh_image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         s.mesh_local = rng.integers(0, 256, (local_size, local_size, 3), dtype=np.uint8)
         s.caption = caption
@@ -424,8 +560,9 @@ class FakePipe:
         self.calls.append(len(prompts))
         if self.fits is not None and len(prompts) > self.fits:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        images = np.stack([(m.astype(np.int64) + s % 251).astype(np.uint8)
-                           for m, s in zip(mesh, seeds, strict=True)])  # fmt: skip
+        images = np.stack(
+            [(m.astype(np.int64) + s % 251).astype(np.uint8) for m, s in zip(mesh, seeds, strict=True)]
+        )
         local = None if mesh_local is None else 255 - images
         return AttentionHandOutput(images=images, local_images=local, tas_losses=[])
 

@@ -52,7 +52,9 @@ def test_multi_token_words_map_to_all_their_tokens(tagger):
 def test_rule_vbg_hand_and_nouns(tagger):
     r = tagger.tag("A chef holding a knife with both hands, fingers curled around the handle.")
     words = [w for w, _ in r.hand_words]
-    assert {"holding", "hands", "fingers", "handle"} <= set(words)  # "handle" contains "hand" (the paper's rule)
+    assert {"holding", "hands", "fingers", "handle"} <= set(
+        words
+    )  # "handle" contains "hand" (the paper's rule)
     assert "knife" not in words and "chef" not in words
     from captioning.tagging import HandTokenTagger
 
@@ -72,17 +74,22 @@ def test_numpy_perceptron_equals_nltk(tagger):
 
     stock = PerceptronTagger(lang="eng")
     rng = np.random.default_rng(0)
-    words = ("a man woman holding pointing hand right left with his her the in park kitchen palm facing camera making "
-             "fist thumbs up waving grasping cup and near street office showing open sign while resting on table "
-             "quickly she runs, . ! 42 Paris").split()  # fmt: skip
+    words = (
+        "a man woman holding pointing hand right left with his her the in park kitchen palm facing camera making "
+        "fist thumbs up waving grasping cup and near street office showing open sign while resting on table "
+        "quickly she runs, . ! 42 Paris"
+    ).split()
     for _ in range(200):
         sent = list(rng.choice(words, size=int(rng.integers(1, 18))))
         assert tagger._pos.tag(sent) == stock.tag(sent)
 
 
 def test_cli_caption_tag():
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "caption", "tag", "A boy waving his hand."],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "caption", "tag", "A boy waving his hand."],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["tokens"][0] == "<|startoftext|>"
@@ -98,9 +105,18 @@ def _hand(hand_model, gesture, side, orient=PALM_TO_CAMERA, trans=(0.0, 0.0, 0.5
     return p, out.joints[0].numpy().astype(np.float64)
 
 
-EXPECTED = {"open": "open_palm", "fist": "fist", "point": "point", "pinch": "pinch", "ok": "ok",
-            "thumbs_up": "thumbs_up", "v_sign": "v_sign", "cylinder_grasp": "cylinder_grasp",
-            "sphere_grasp": "sphere_grasp", "relaxed": "relaxed"}  # fmt: skip
+EXPECTED = {
+    "open": "open_palm",
+    "fist": "fist",
+    "point": "point",
+    "pinch": "pinch",
+    "ok": "ok",
+    "thumbs_up": "thumbs_up",
+    "v_sign": "v_sign",
+    "cylinder_grasp": "cylinder_grasp",
+    "sphere_grasp": "sphere_grasp",
+    "relaxed": "relaxed",
+}
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -139,8 +155,16 @@ def _sample(index, seed, hands):
     for side, (p, j) in hands.items():
         hs[side] = HandState(p, np.zeros(10), np.zeros(3), j)
     hand_type = "interacting" if len(hands) == 2 else next(iter(hands))
-    return Sample(index=index, seed=seed, key=f"t-{index:010d}", image_size=(512, 512), camera=Camera(K),
-                  hand_type=hand_type, hands=hs, source={"dataset": "prior"})  # fmt: skip
+    return Sample(
+        index=index,
+        seed=seed,
+        key=f"t-{index:010d}",
+        image_size=(512, 512),
+        camera=Camera(K),
+        hand_type=hand_type,
+        hands=hs,
+        source={"dataset": "prior"},
+    )
 
 
 def test_label_captions(hand_model, tagger):
@@ -151,11 +175,19 @@ def test_label_captions(hand_model, tagger):
     assert "right hand in a V sign, palm facing the camera." in c.text
     assert c.meta["facts"]["right"] == {"gesture": "v_sign", "facing": "palm"}
     assert cap.caption([s])[0].text == c.text  # deterministic per seed
-    texts = {cap.caption([_sample(0, seed, {"right": _hand(hand_model, "v_sign", "right")})])[0].text
-             for seed in range(30)}  # fmt: skip
+    texts = {
+        cap.caption([_sample(0, seed, {"right": _hand(hand_model, "v_sign", "right")})])[0].text
+        for seed in range(30)
+    }
     assert len(texts) > 10  # subjects and scenes vary with the seed
-    two = _sample(1, 5, {"right": _hand(hand_model, "fist", "right", trans=(0.12, 0, 0.5)),
-                         "left": _hand(hand_model, "point", "left", trans=(-0.12, 0, 0.5))})  # fmt: skip
+    two = _sample(
+        1,
+        5,
+        {
+            "right": _hand(hand_model, "fist", "right", trans=(0.12, 0, 0.5)),
+            "left": _hand(hand_model, "point", "left", trans=(-0.12, 0, 0.5)),
+        },
+    )
     t = cap.caption([two])[0].text
     assert "holding up both hands, the right hand in a fist and the left hand pointing." in t
     r = tagger.tag(t)
@@ -163,20 +195,36 @@ def test_label_captions(hand_model, tagger):
 
 
 def test_label_caption_needs_joints():
-    s = Sample(index=0, seed=0, key="t-0000000000", image_size=(64, 64), camera=Camera(K), hand_type="right",
-               hands={"right": HandState(np.zeros(48), np.zeros(10), np.zeros(3)), "left": None},
-               source={"dataset": "prior"})  # fmt: skip
+    s = Sample(
+        index=0,
+        seed=0,
+        key="t-0000000000",
+        image_size=(64, 64),
+        camera=Camera(K),
+        hand_type="right",
+        hands={"right": HandState(np.zeros(48), np.zeros(10), np.zeros(3)), "left": None},
+        source={"dataset": "prior"},
+    )
     with pytest.raises(ValueError, match="joints_3d is not filled in"):
         LabelCaptioner().caption([s])
 
 
 def test_postprocess():
     count = lambda s: len(s.split()) + 2  # noqa: E731 - words + <sot>/<eot>
-    assert clean_caption("In the image, a man is holding a cup. He smiles.", count) == \
-        "A man is holding a cup. He smiles."  # fmt: skip
+    assert (
+        clean_caption("In the image, a man is holding a cup. He smiles.", count)
+        == "A man is holding a cup. He smiles."
+    )
     assert clean_caption("The image shows a woman waving her hand", count) == "A woman waving her hand."
-    assert clean_caption("Sure! In this picture, **a child** points at the sky.", count) == "A child points at the sky."
-    assert clean_caption("", count) == "" and clean_caption("   \n ...", count) == "" and clean_caption(None, count) == ""
+    assert (
+        clean_caption("Sure! In this picture, **a child** points at the sky.", count)
+        == "A child points at the sky."
+    )
+    assert (
+        clean_caption("", count) == ""
+        and clean_caption("   \n ...", count) == ""
+        and clean_caption(None, count) == ""
+    )
     long = "A man " + "quickly " * 100 + "waves."
     out = clean_caption(long, count)
     assert count(out) <= 77 and out.endswith(".") and out.startswith("A man quickly")
@@ -211,7 +259,9 @@ def test_qwen_vl_end_to_end_on_cpu(tiny_qwen, hand_model, tmp_path):
     caps = cap.caption([s_arr, s_path, s_none])
     assert len(caps) == 3
     for c in caps[:2]:  # a random model's bytes either clean into a prompt or fall back, and say which
-        assert (c.captioner == "qwen-vl" and c.meta["raw"] is not None and c.text) or c.meta["fallback"] == "empty answer"
+        assert (c.captioner == "qwen-vl" and c.meta["raw"] is not None and c.text) or c.meta[
+            "fallback"
+        ] == "empty answer"
     assert caps[2].captioner == "labels" and caps[2].meta["fallback"] == "no source image"
     assert "pointing" in caps[2].text
     assert cap.answer([s_arr.source_image]) == raw[:1]  # greedy: deterministic

@@ -32,15 +32,25 @@ def samples(hand_model):
     gl = make_renderer("opengl", config=RenderConfig(local_size=128))
     src = make_source("prior", hand_model, run_seed=5, image_size=(128, 128))
     out = [pose_hands(src.sample(i), hand_model) for i in range(6)]
-    items = [RenderItem({k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
-                        {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
-                        s.camera.K, s.image_size) for s in out]  # fmt: skip
+    items = [
+        RenderItem(
+            {k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
+            {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
+            s.camera.K,
+            s.image_size,
+        )
+        for s in out
+    ]
     for s, r in zip(out, gl.render(RenderBatch(items, hand_model.faces)), strict=True):
         s.mask, s.depth, s.crop_box = r.mask, r.depth, r.crop_box
         for side in ("right", "left"):
             if s.hands[side] is not None:
                 h = s.hands[side]
-                h.joints_2d, h.joints_visible, h.bbox = r.joints_2d[side], r.joints_visible[side], r.bbox[side]
+                h.joints_2d, h.joints_visible, h.bbox = (
+                    r.joints_2d[side],
+                    r.joints_visible[side],
+                    r.bbox[side],
+                )
     gl.close()
     assert all((s.mask > 0).any() for s in out)
     return out
@@ -106,8 +116,13 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen.generate([s])
     rec = s.generator
     assert rec["name"] == "composite" and rec["version"] == 2 and rec["seed"] == s.seed
-    assert rec["components"] == {"skin": "v2", "light": "presets", "background": "blobs", "camera_effects": True,
-                                 "spectrum_match": 0.0}  # fmt: skip
+    assert rec["components"] == {
+        "skin": "v2",
+        "light": "presets",
+        "background": "blobs",
+        "camera_effects": True,
+        "spectrum_match": 0.0,
+    }
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
     assert rec["lighting"]["preset"] in LIGHT_PRESETS
     for role in ("key", "fill", "rim"):
@@ -199,10 +214,15 @@ def test_camera_effects_change_the_image_within_bounds(samples):
     for s in samples[:3]:
         comp, rng = CompositeGenerator(base).compose(s)
         clean, _ = CompositeGenerator(base)._camera(comp, copy.deepcopy(rng))
-        gains = np.asarray(CompositeGenerator(base)._camera(comp, copy.deepcopy(rng))[1]["camera"]["white_balance"])
+        gains = np.asarray(
+            CompositeGenerator(base)._camera(comp, copy.deepcopy(rng))[1]["camera"]["white_balance"]
+        )
         assert np.all((gains > 0.5) & (gains < 2.5))
-        for cfg in (dataclasses.replace(base, jpeg=1.0), dataclasses.replace(base, motion_blur=1.0),
-                    dataclasses.replace(base, defocus=(1.0, 1.0))):  # fmt: skip
+        for cfg in (
+            dataclasses.replace(base, jpeg=1.0),
+            dataclasses.replace(base, motion_blur=1.0),
+            dataclasses.replace(base, defocus=(1.0, 1.0)),
+        ):
             img, rec = CompositeGenerator(cfg)._camera(comp, copy.deepcopy(rng))
             diff = np.abs(img.astype(float) - clean.astype(float))
             assert diff.mean() > 0.05  # the effect does something
@@ -217,8 +237,11 @@ def test_camera_effects_change_the_image_within_bounds(samples):
 
 def test_spectrum_matching_moves_the_slope_toward_minus_one(samples):
     s = samples[0]
-    off = CompositeGenerator(CompositeConfig(background="natural", camera_effects=False, blur=(0.0, 0.0),
-                                             noise=(0.0, 0.0), jitter=0.0))  # fmt: skip
+    off = CompositeGenerator(
+        CompositeConfig(
+            background="natural", camera_effects=False, blur=(0.0, 0.0), noise=(0.0, 0.0), jitter=0.0
+        )
+    )
     on = CompositeGenerator(dataclasses.replace(off.config, spectrum_match=1.0))
     a, _ = off.render(s)
     b, rec = on.render(s)
@@ -245,8 +268,10 @@ def test_composite_spec_options():
 
     assert parse_spec("composite") == {}
     assert parse_spec("composite:background=natural,camera_effects=off,spectrum_match=0.25") == {
-        "background": "natural", "camera_effects": False, "spectrum_match": 0.25,
-    }  # fmt: skip
+        "background": "natural",
+        "camera_effects": False,
+        "spectrum_match": 0.25,
+    }
     for spec, message in (
         ("composite:sky=blue", "unknown option 'sky' (known options: skin, light, background"),
         ("composite:background", "'background' needs the form NAME=VALUE"),
@@ -266,8 +291,22 @@ def test_cli_composite_options_reach_the_label(tmp_path):
     import tarfile
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "2", "--image-size", "128",
-           "--generator", "composite:background=natural,camera_effects=0", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "generate",
+        "--out",
+        str(out),
+        "--samples",
+        "2",
+        "--image-size",
+        "128",
+        "--generator",
+        "composite:background=natural,camera_effects=0",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     with tarfile.open(next(out.glob("*.tar"))) as t:
@@ -275,6 +314,10 @@ def test_cli_composite_options_reach_the_label(tmp_path):
         rec = json.load(t.extractfile(m))["generator"]
     assert rec["components"]["background"] == "natural" and rec["components"]["camera_effects"] is False
     cmd[5] = str(tmp_path / "bad")
-    bad = subprocess.run(cmd[:-4] + ["--generator", "composite:sky=blue", "--no-prefect", "-q"], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    bad = subprocess.run(
+        cmd[:-4] + ["--generator", "composite:sky=blue", "--no-prefect", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "unknown option 'sky'" in bad.stderr and "Traceback" not in bad.stderr

@@ -20,7 +20,9 @@ def hadolint():
 
 
 def test_dockerfile_lints_clean(hadolint):
-    r = subprocess.run([hadolint, "--failure-threshold", "warning", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    r = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", str(REPO / "Dockerfile")], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     text = (REPO / "Dockerfile").read_text()
     assert "nvidia/cuda:13" in text and "python3.11" in text and "libegl1" in text
@@ -29,5 +31,7 @@ def test_dockerfile_lints_clean(hadolint):
 
 def test_lint_catches_problems(hadolint):
     bad = "FROM ubuntu:latest\nRUN cd /tmp && apt-get install curl\n"
-    r = subprocess.run([hadolint, "--failure-threshold", "warning", "-"], input=bad, capture_output=True, text=True)
+    r = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", "-"], input=bad, capture_output=True, text=True
+    )
     assert r.returncode != 0 and "DL3003" in r.stdout  # use WORKDIR instead of cd

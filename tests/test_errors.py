@@ -407,8 +407,9 @@ def test_every_stage_error_is_a_handgen_error():
 )
 def test_bad_attentionhand_spec_is_one_line_before_anything_is_written(tmp_path, capsys, spec, message):
     out = tmp_path / "run"
-    code, err = _run_cli(capsys, "generate", "--out", str(out), "--samples", "2", "--generator", spec,
-                         "--no-prefect", "-q")  # fmt: skip
+    code, err = _run_cli(
+        capsys, "generate", "--out", str(out), "--samples", "2", "--generator", spec, "--no-prefect", "-q"
+    )
     line = _one_error_line(err)
     assert code == 2 and message in line, line
     assert not out.exists()
@@ -439,8 +440,18 @@ def test_cli_device_errors_are_one_line(tmp_path, capsys):
 
     out = tmp_path / "run"
     if not torch.cuda.is_available():
-        code, err = _run_cli(capsys, "generate", "--out", str(out), "--samples", "2", "--device", "cuda:0",
-                             "--no-prefect", "-q")  # fmt: skip
+        code, err = _run_cli(
+            capsys,
+            "generate",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--device",
+            "cuda:0",
+            "--no-prefect",
+            "-q",
+        )
         assert code == 2 and "device cuda:0: CUDA is not available here" in _one_error_line(err)
         assert not out.exists()
     code, err = _run_cli(capsys, "generate", "--out", str(out), "--device", "gpu0")

@@ -13,8 +13,19 @@ from sinks.validate import validate
 
 
 def _generate(out, *extra, env=None, verbose=False, **kw):
-    cmd = [sys.executable, "-m", "flows.cli", *(["-v"] if verbose else []), "generate", "--out", str(out),
-           "--image-size", "128", "-q", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        *(["-v"] if verbose else []),
+        "generate",
+        "--out",
+        str(out),
+        "--image-size",
+        "128",
+        "-q",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
 
 
@@ -33,12 +44,21 @@ def test_generate_end_to_end(tmp_path):
     r = _generate(out, "--samples", "10", "--shard-size", "4", "--no-prefect", "--seed", "3")
     assert r.returncode == 0, r.stderr
     assert "wrote 10 samples in 3 shards" in r.stdout
-    assert {p.name for p in out.iterdir()} >= {"hands-000000.tar", "hands-000002.tar", "manifest.json",
-                                               "index.parquet", "preview.png"}  # fmt: skip
+    assert {p.name for p in out.iterdir()} >= {
+        "hands-000000.tar",
+        "hands-000002.tar",
+        "manifest.json",
+        "index.parquet",
+        "preview.png",
+    }
     report = validate(out)
     assert report.passed, report.errors
     m = json.loads((out / "manifest.json").read_text())
-    assert m["config"]["samples"] == 10 and m["renderer"]["name"] == "opengl" and m["hand_model"]["name"] == "standin"
+    assert (
+        m["config"]["samples"] == 10
+        and m["renderer"]["name"] == "opengl"
+        and m["hand_model"]["name"] == "standin"
+    )
     again = _generate(out, "--samples", "10", "--shard-size", "4", "--no-prefect", "--seed", "3")
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite a finished run
 
@@ -49,7 +69,9 @@ def test_visibility_filter_counts_skips(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["written"] + m["counts"]["skipped"].get("too_few_visible_joints", 0) == 6
-    assert m["counts"]["skipped"].get("too_few_visible_joints", 0) >= 1  # a hand never shows all 21 joints often
+    assert (
+        m["counts"]["skipped"].get("too_few_visible_joints", 0) >= 1
+    )  # a hand never shows all 21 joints often
     for rec in __import__("sinks.reader", fromlist=["open_shards"]).open_shards(out, split_by_worker=False):
         assert rec["joints_visible"][rec["hand_present"]].all()
 
@@ -59,18 +81,39 @@ def test_generate_with_attentionhand_base_plus_guidance(tmp_path):
     import shutil
 
     tiny = tmp_path / "tiny"
-    assert subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(tiny)]).returncode == 0
+    assert (
+        subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(tiny)]).returncode
+        == 0
+    )
     shutil.move(str(tiny / "guidance"), str(tmp_path / "guidance"))  # the base folder alone has no guidance
     out = tmp_path / "ah"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "2",
-                        "--image-size", "64", "--no-prefect", "-q",
-                        "--generator", f"attentionhand:{tiny},guidance={tmp_path / 'guidance'}"],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "generate",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--image-size",
+            "64",
+            "--no-prefect",
+            "-q",
+            "--generator",
+            f"attentionhand:{tiny},guidance={tmp_path / 'guidance'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert validate(out).passed
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["generator"].startswith("attentionhand:")
-    rec = next(iter(__import__("sinks.reader", fromlist=["open_shards"]).open_shards(out, split_by_worker=False)))
+    rec = next(
+        iter(__import__("sinks.reader", fromlist=["open_shards"]).open_shards(out, split_by_worker=False))
+    )
     assert rec["image"].shape == (64, 64, 3)
 
 
@@ -92,9 +135,24 @@ def test_crash_safety_kill_and_resume(tmp_path):
     kills = 0
     for attempt in range(3):  # kill -9 at a random moment while a shard is being written, 3 times
         extra = ("--resume",) if attempt else ()
-        p = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", "--out", str(crashed), "--image-size",
-                              "128", "-q", *args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)  # fmt: skip
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "generate",
+                "--out",
+                str(crashed),
+                "--image-size",
+                "128",
+                "-q",
+                *args,
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 240  # the moment is chosen once writing has begun, whatever the load
         while p.poll() is None and time.monotonic() < deadline and not list(crashed.glob("*.tmp")):
             time.sleep(0.02)
@@ -118,9 +176,15 @@ def test_crash_safety_kill_and_resume(tmp_path):
 
 
 def test_prefect_flow_locally(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     out = tmp_path / "flow"
-    r = _generate(out, "--samples", "5", "--shard-size", "3", "--seed", "2", env=env, verbose=True, timeout=300)
+    r = _generate(
+        out, "--samples", "5", "--shard-size", "3", "--seed", "2", env=env, verbose=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 5 samples in 2 shards" in r.stdout
     assert validate(out).passed

@@ -23,8 +23,17 @@ def inputs(pipe):
 
 def run(pipe, inputs, seeds=(1, 2), **kw):
     mesh, local, idx = inputs
-    return pipe(PROMPTS, mesh, local, idx, list(seeds), height=64, width=64, num_inference_steps=kw.pop("steps", 3),
-                **kw)  # fmt: skip
+    return pipe(
+        PROMPTS,
+        mesh,
+        local,
+        idx,
+        list(seeds),
+        height=64,
+        width=64,
+        num_inference_steps=kw.pop("steps", 3),
+        **kw,
+    )
 
 
 def test_full_pipeline_with_tas(pipe, inputs):
@@ -54,7 +63,9 @@ def test_one_tas_update_lowers_the_loss(pipe, inputs):
     mesh, local, idx = inputs
     cfg = TASConfig()
     cond, _, eot = pipe._encode(PROMPTS)
-    cond_images = torch.cat([pipe._condition(mesh, 64, 64, torch.float32), pipe._condition(local, 64, 64, torch.float32)])
+    cond_images = torch.cat(
+        [pipe._condition(mesh, 64, 64, torch.float32), pipe._condition(local, 64, 64, torch.float32)]
+    )
     pipe.scheduler.set_timesteps(10)
     t = pipe.scheduler.timesteps[0]
     lat = pipe._latents([1, 2], 64, 64, torch.float32)
@@ -77,14 +88,28 @@ def test_tas_changes_output_and_seeds_reproduce(pipe, inputs):
 def test_zero_guidance_equals_plain_stable_diffusion(pipe, inputs):
     from diffusers import StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-                                 scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                 requires_safety_checker=False)  # fmt: skip
+    sd = StableDiffusionPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     sd.set_progress_bar_config(disable=True)
     lat = pipe._latents([5, 6], 64, 64, torch.float32, views=("global",))
     ours = run(pipe, inputs, tas=TASConfig(enabled=False), latents=lat, guidance_scale=5.0)
-    theirs = sd(PROMPTS, height=64, width=64, num_inference_steps=3, guidance_scale=5.0, latents=lat / 1.0,
-                output_type="np").images  # fmt: skip
+    theirs = sd(
+        PROMPTS,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        latents=lat / 1.0,
+        output_type="np",
+    ).images
     theirs = (np.clip(theirs, 0, 1) * 255).round().astype(np.uint8)
     assert np.abs(ours.images.astype(int) - theirs.astype(int)).max() <= 1  # identical up to uint8 rounding
 
@@ -105,8 +130,11 @@ def test_tiny_model_cli_and_loading(tmp_path):
 
     from generators.attention_hand.models import AttentionHandLoadError, load_pipeline
 
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(tmp_path / "m")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m" / "model_index.json").is_file() and (tmp_path / "m" / "guidance").is_dir()
     p = load_pipeline(tmp_path / "m", device="cpu")
@@ -127,11 +155,23 @@ def _rendered_samples(hand_model, n=3, size=64, seed=1):
     gl = make_renderer("opengl", config=RenderConfig(local_size=size))
     src = make_source("prior", hand_model, run_seed=seed, image_size=(size, size))
     samples = [pose_hands(src.sample(i), hand_model) for i in range(n)]
-    items = [RenderItem({k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
-                        {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
-                        s.camera.K, s.image_size) for s in samples]  # fmt: skip
+    items = [
+        RenderItem(
+            {k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
+            {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
+            s.camera.K,
+            s.image_size,
+        )
+        for s in samples
+    ]
     for s, r in zip(samples, gl.render(RenderBatch(items, hand_model.faces)), strict=True):
-        s.mask, s.depth, s.mesh_image, s.mesh_local, s.crop_box = r.mask, r.depth, r.mesh_image, r.mesh_local, r.crop_box
+        s.mask, s.depth, s.mesh_image, s.mesh_local, s.crop_box = (
+            r.mask,
+            r.depth,
+            r.mesh_image,
+            r.mesh_local,
+            r.crop_box,
+        )
         s.caption = "A person holding up a hand."
     gl.close()
     return samples
@@ -145,7 +185,11 @@ def test_generator_stage_on_samples(pipe, hand_model):
     gen.generate(samples)
     for s in samples:
         assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
-        assert s.generator["name"] == "attentionhand" and s.generator["tas"]["enabled"] and s.generator["steps"] == 2
+        assert (
+            s.generator["name"] == "attentionhand"
+            and s.generator["tas"]["enabled"]
+            and s.generator["steps"] == 2
+        )
         assert s.generator["views"] == ["global"]
         assert list(s.hand_token_indices) == [3, 6]  # <sot> a person "holding" up a "hand"
     again = _rendered_samples(hand_model)
@@ -173,7 +217,9 @@ def test_composite_hand_pixels_are_the_mask(hand_model, tmp_path):
         for _ in range(2):  # 2-pixel erosion / dilation: the final blur mixes about that much at the edges
             shifted = [np.roll(inner, k, axis=ax) for ax in (0, 1) for k in (-1, 1)]
             inner = inner & np.logical_and.reduce(shifted)
-            outer = outer | np.logical_or.reduce([np.roll(outer, k, axis=ax) for ax in (0, 1) for k in (-1, 1)])
+            outer = outer | np.logical_or.reduce(
+                [np.roll(outer, k, axis=ax) for ax in (0, 1) for k in (-1, 1)]
+            )
         assert inner.any() and same[inner].all()  # inside the mask: the hand, whatever the background
         assert not same[~outer].any()  # outside the mask: the background
         skin = a.image[hand].astype(float).mean(0)
@@ -197,14 +243,27 @@ def _converter_components():
     c = tiny_components(seed=3)
     torch.manual_seed(2)
     c["unet"] = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
     c["guidance"] = ControlNetModel.from_unet(c["unet"])
-    c["vae"] = AutoencoderKL(block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=4,
-                             norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)  # fmt: skip
+    c["vae"] = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+    )
     for m in c.values():
         if isinstance(m, torch.nn.Module):
             for p in m.parameters():
@@ -222,12 +281,30 @@ def test_converter_round_trips_an_official_layout_checkpoint(tmp_path):
     c = _converter_components()
     AttentionHandPipeline(**c).save_pretrained(str(tmp_path / "tpl"))
     sd = to_ldm_state_dict(c["unet"], c["guidance"], c["vae"], c["text_encoder"])
-    assert {k.split(".")[0] for k in sd} == {"model", "control_model", "first_stage_model", "cond_stage_model"}
+    assert {k.split(".")[0] for k in sd} == {
+        "model",
+        "control_model",
+        "first_stage_model",
+        "cond_stage_model",
+    }
     assert any(k.startswith("control_model.input_hint_block.14.") for k in sd)  # official ControlNet layout
     assert any(k.startswith("model.diffusion_model.output_blocks.") for k in sd)
     torch.save({"state_dict": sd}, tmp_path / "ah.ckpt")
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "ah.ckpt"),
-                        str(tmp_path / "out"), "--config-from", str(tmp_path / "tpl")], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "attentionhand",
+            "convert",
+            str(tmp_path / "ah.ckpt"),
+            str(tmp_path / "out"),
+            "--config-from",
+            str(tmp_path / "tpl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     p = load_pipeline(tmp_path / "out", device="cpu")
     for name in ("unet", "guidance", "vae", "text_encoder"):
@@ -241,9 +318,33 @@ def test_converter_bad_input(tmp_path):
     import sys
 
     torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, tmp_path / "x.ckpt")
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "x.ckpt"),
-                        str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 2 and "not an AttentionHand" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "convert", str(tmp_path / "none.ckpt"),
-                        str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "attentionhand",
+            "convert",
+            str(tmp_path / "x.ckpt"),
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        r.returncode == 2 and "not an AttentionHand" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "attentionhand",
+            "convert",
+            str(tmp_path / "none.ckpt"),
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "checkpoint not found" in r.stderr

@@ -24,7 +24,9 @@ from pipeline.schema import SIDES
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_forward_shapes_and_units(hand_model, side):
     rng = np.random.default_rng(1)
-    out = hand_model(side, rng.normal(0, 0.3, (3, 48)), rng.normal(0, 1, (3, 10)), np.array([[0, 0, 0.5]] * 3))
+    out = hand_model(
+        side, rng.normal(0, 0.3, (3, 48)), rng.normal(0, 1, (3, 10)), np.array([[0, 0, 0.5]] * 3)
+    )
     assert out.vertices.shape == (3, 778, 3) and out.joints.shape == (3, 21, 3)
     assert out.vertices.dtype == torch.float64  # the CPU default: labels independent of the thread count
     # metres: a hand 50 cm in front of the camera is about 20 cm across
@@ -40,8 +42,24 @@ def test_joint_order_matches_smplx_and_tips(hand_model):
     layer = hand_model.layers["right"]
     t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
     raw = layer(betas=t(shape), global_orient=t(pose[:, :3]), hand_pose=t(pose[:, 3:]), transl=t(trans))
-    smplx_names = ["wrist", "index1", "index2", "index3", "middle1", "middle2", "middle3", "pinky1", "pinky2",
-                   "pinky3", "ring1", "ring2", "ring3", "thumb1", "thumb2", "thumb3"]
+    smplx_names = [
+        "wrist",
+        "index1",
+        "index2",
+        "index3",
+        "middle1",
+        "middle2",
+        "middle3",
+        "pinky1",
+        "pinky2",
+        "pinky3",
+        "ring1",
+        "ring2",
+        "ring3",
+        "thumb1",
+        "thumb2",
+        "thumb3",
+    ]
     for i, name in enumerate(smplx_names):
         assert torch.allclose(out.joints[:, JOINT_NAMES.index(name)], raw.joints[:, i])
     for finger, vid in hm.TIP_VERTEX_IDS.items():

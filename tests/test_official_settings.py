@@ -34,21 +34,39 @@ def _labels(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     m = tmp_path_factory.mktemp("ah") / "m"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(m)], capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(m)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return m
 
 
 def _generate(out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "--samples", "3", "--image-size", "64",
-           "--no-prefect", "-q", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "generate",
+        "--out",
+        str(out),
+        "--samples",
+        "3",
+        "--image-size",
+        "64",
+        "--no-prefect",
+        "-q",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def test_official_preset_and_flags_reach_the_generator(tiny_model, tmp_path):
-    r = _generate(tmp_path / "a", "--config", str(PRESET), "--generator", f"attentionhand:{tiny_model}",
-                  "--steps", "2")  # fmt: skip
+    r = _generate(
+        tmp_path / "a", "--config", str(PRESET), "--generator", f"attentionhand:{tiny_model}", "--steps", "2"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     labels = _labels(tmp_path / "a")
     assert len(labels) == 3
@@ -57,8 +75,20 @@ def test_official_preset_and_flags_reach_the_generator(tiny_model, tmp_path):
         assert g["name"] == "attentionhand" and g["steps"] == 2 and g["guidance_scale"] == 9.0
         assert g["conditioning_scale"] == 1.0 and g["tas"]["enabled"] is False and g["views"] == ["global"]
         assert g["scheduler"] == "DDIMScheduler"
-    r = _generate(tmp_path / "b", "--generator", f"attentionhand:{tiny_model}", "--steps", "1",
-                  "--guidance-scale", "3.5", "--conditioning-scale", "0.5", "--tas", "--generation-batch-size", "2")
+    r = _generate(
+        tmp_path / "b",
+        "--generator",
+        f"attentionhand:{tiny_model}",
+        "--steps",
+        "1",
+        "--guidance-scale",
+        "3.5",
+        "--conditioning-scale",
+        "0.5",
+        "--tas",
+        "--generation-batch-size",
+        "2",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for lab in _labels(tmp_path / "b"):
         g = lab["generator"]

@@ -47,12 +47,22 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def prefect_server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HANDGEN_ROOT": str(REPO),
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect_home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HANDGEN_ROOT": str(REPO),
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     logs = open(tmp_path / "server.log", "w")  # noqa: SIM115
-    server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     started = []
     try:
         deadline = time.time() + 120
@@ -64,7 +74,9 @@ def prefect_server(tmp_path):
             except OSError:
                 pass
             if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"Prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"Prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(1)
         yield env, started
     finally:
@@ -76,14 +88,26 @@ def prefect_server(tmp_path):
 
 def test_deployment_run_with_two_workers(prefect_server, tmp_path):
     env, started = prefect_server
-    run = lambda *a, **k: subprocess.run([*PREFECT, *a], env=env, cwd=REPO, capture_output=True, text=True,  # noqa: E731
-                                         timeout=k.get("timeout", 120))  # fmt: skip
+
+    def run(*a, timeout=120):
+        return subprocess.run(
+            [*PREFECT, *a], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+
     r = run("work-pool", "create", "test-pool", "--type", "process")
     assert r.returncode == 0, r.stderr
     for i in range(2):
         log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115
-        started.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "test-pool", "--name", f"w{i}"], env=env,
-                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        started.append(
+            subprocess.Popen(
+                [*PREFECT, "worker", "start", "--pool", "test-pool", "--name", f"w{i}"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     r = run("--no-prompt", "deploy", "--name", "adhoc", "--pool", "test-pool")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     # the training deployments load (their flows import, their parameters validate) and register
@@ -94,13 +118,23 @@ def test_deployment_run_with_two_workers(prefect_server, tmp_path):
         assert r.returncode == 0 and "test-pool" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     out = tmp_path / "out"
     config = {"out": str(out), "samples": 9, "shard_size": 3, "image_size": 128, "seed": 4, "run_tag": "srv"}
-    r = run("deployment", "run", "generate-shards/adhoc", "--param", f"config={json.dumps(config)}",
-            "--param", "fan_out=2", "--param", "preset=null")  # fmt: skip
+    r = run(
+        "deployment",
+        "run",
+        "generate-shards/adhoc",
+        "--param",
+        f"config={json.dumps(config)}",
+        "--param",
+        "fan_out=2",
+        "--param",
+        "preset=null",
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     deadline = time.time() + 420
     while not (out / "manifest.json").exists():
         assert time.time() < deadline, "the deployment run did not finish: " + "".join(
-            (tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(2))
+            (tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(2)
+        )
         time.sleep(3)
     m = json.loads((out / "manifest.json").read_text())
     names = [s["name"] for s in m["shards"]]

@@ -276,16 +276,24 @@ def test_write_behind_abort_drops_waiting_items():
 # -- the generation run ------------------------------------------------------------------------------------
 
 # 12 samples in 2 shards of 3 batches; the filters skip some samples while drawing and some after rendering
-BASE = {"samples": 12, "image_size": 128, "shard_size": 6, "batch_size": 2, "seed": 3, "min_hand_px": 35.0,
-        "min_visible_joints": 10}  # fmt: skip
+BASE = {
+    "samples": 12,
+    "image_size": 128,
+    "shard_size": 6,
+    "batch_size": 2,
+    "seed": 3,
+    "min_hand_px": 35.0,
+    "min_visible_joints": 10,
+}
 
 
 def _run(out: Path, depth: int) -> dict:
     cfg = RunConfig(out=str(out), **BASE)
     folder = RunFolder(cfg)
     folder.open(resume=False)
-    stages.run_shards(cfg, list(range(cfg.num_shards)), folder,
-                      write=lambda k: stages.run_shard(cfg, k, folder, depth))
+    stages.run_shards(
+        cfg, list(range(cfg.num_shards)), folder, write=lambda k: stages.run_shard(cfg, k, folder, depth)
+    )
     return stages.finalize(cfg, folder)
 
 

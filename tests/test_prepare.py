@@ -21,11 +21,28 @@ WRONG_SIZE = "Capture0/ROM01_Interaction/cam400263/image0011.jpg"
 def prepared(tmp_path_factory, hand_model):
     root = tmp_path_factory.mktemp("ih")
     write_interhand(root, hand_model)
-    photos = write_interhand_photos(root, hand_model, missing=(MISSING,), wrong_size=(WRONG_SIZE,),
-                                    padding_only=(1, 400262))  # fmt: skip
+    photos = write_interhand_photos(
+        root, hand_model, missing=(MISSING,), wrong_size=(WRONG_SIZE,), padding_only=(1, 400262)
+    )
     out = root / "prepared"
-    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"interhand:{root}", "--out", str(out),
-           "--samples", "16", "--shard-size", "8", "--no-prefect", "-q", "--run-tag", "ihprep"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "prepare",
+        "--source",
+        f"interhand:{root}",
+        "--out",
+        str(out),
+        "--samples",
+        "16",
+        "--shard-size",
+        "8",
+        "--no-prefect",
+        "-q",
+        "--run-tag",
+        "ihprep",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return root, out, photos, r
@@ -52,7 +69,9 @@ def test_letterbox_geometry():
     assert lb.new_size == (96, 128) and lb.offset == (0, 16)
     M = lb.matrix()
     # the image's outer pixel edges map onto the letterboxed image's content edges
-    assert np.allclose((M @ [-0.5, -0.5, 1])[:2], [-0.5, 15.5]) and np.allclose((M @ [399.5, 299.5, 1])[:2], [127.5, 111.5])
+    assert np.allclose((M @ [-0.5, -0.5, 1])[:2], [-0.5, 15.5]) and np.allclose(
+        (M @ [399.5, 299.5, 1])[:2], [127.5, 111.5]
+    )
     assert lb.valid_region().sum() == 96 * 128
     img = np.zeros((300, 400, 3), np.uint8)
     img[100:200, 100:300] = 255  # a bright box: its letterboxed position follows M
@@ -86,8 +105,14 @@ def test_prepare_counts_and_alignment(prepared):
     skipped = m["counts"]["skipped"]
     # 16 fixture images: 7 with invalid annotations (InterHand's own skips), 1 photo missing, 1 of the wrong size,
     # 1 whose hands land on the letterbox padding only; 6 written
-    assert skipped == {"bad_mano_params": 4, "hand_type_invalid": 2, "no_camera": 1, "no_source_image": 1,
-                       "image_size_mismatch": 1, "no_overlap": 1}  # fmt: skip
+    assert skipped == {
+        "bad_mano_params": 4,
+        "hand_type_invalid": 2,
+        "no_camera": 1,
+        "no_source_image": 1,
+        "image_size_mismatch": 1,
+        "no_overlap": 1,
+    }
     assert m["counts"]["written"] == 6 and m["config"]["mode"] == "prepare"
     recs = _records(out)
     assert len(recs) == 6
@@ -102,7 +127,7 @@ def test_prepare_counts_and_alignment(prepared):
         far[:, lb.offset[0] - 8 : lb.offset[0] + lb.new_size[1] + 8] = False
         assert lb.offset[0] == 89 and far.any() and rec["image"][far].max() <= 3
         # the label's visible 2D joints fall inside the rendered mask, and the rendered mask sits on the photo's hands
-        skin = (np.abs(rec["image"].astype(int) - (225, 180, 150)).sum(-1) < 60)
+        skin = np.abs(rec["image"].astype(int) - (225, 180, 150)).sum(-1) < 60
         mask = rec["mask"] > 0
         for side in ("right", "left"):
             h = label.hands[side]
@@ -118,7 +143,7 @@ def test_prepare_counts_and_alignment(prepared):
         iou = (skin & mask).sum() / (skin | mask).sum()
         assert iou > 0.9, iou
         # the local RGB crop is the same resampling as the local mesh image: their hand regions agree
-        skin_l = (np.abs(rec["image_local"].astype(int) - (225, 180, 150)).sum(-1) < 60)
+        skin_l = np.abs(rec["image_local"].astype(int) - (225, 180, 150)).sum(-1) < 60
         mesh_l = rec["mesh_local"].any(-1)
         assert (skin_l & mesh_l).sum() / (skin_l | mesh_l).sum() > 0.85
     report = validate(out)
@@ -128,8 +153,11 @@ def test_prepare_counts_and_alignment(prepared):
 
 
 def test_prepare_refuses_prior(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--source", "prior", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "prepare", "--source", "prior", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "needs a dataset source" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -140,8 +168,22 @@ def test_prepare_reinterhand_with_fisheye(tmp_path, hand_model):
 
     write_reinterhand(tmp_path / "rih", hand_model)
     out = tmp_path / "prepared"
-    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"reinterhand:{tmp_path / 'rih'},ego=1", "--out",
-           str(out), "--samples", "12", "--shard-size", "12", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "prepare",
+        "--source",
+        f"reinterhand:{tmp_path / 'rih'},ego=1",
+        "--out",
+        str(out),
+        "--samples",
+        "12",
+        "--shard-size",
+        "12",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     recs = _records(out)
@@ -153,7 +195,10 @@ def test_prepare_reinterhand_with_fisheye(tmp_path, hand_model):
         assert lb.orig_size == (480, 640) and lb.new_size == (384, 512) and lb.offset == (0, 64)
         assert len(rec["label"].camera.dist) == 4
     m = json.loads((out / "manifest.json").read_text())
-    assert m["counts"]["written"] == len(recs) and m["counts"]["written"] + sum(m["counts"]["skipped"].values()) == 12
+    assert (
+        m["counts"]["written"] == len(recs)
+        and m["counts"]["written"] + sum(m["counts"]["skipped"].values()) == 12
+    )
     report = validate(out)
     assert report.passed, report.errors
 
@@ -165,8 +210,22 @@ def test_prepare_captions_the_photo_with_qwen_vl(prepared, tmp_path):
     root = prepared[0]
     qwen = save_tiny_qwen2vl(tmp_path / "qwen")
     out = tmp_path / "q"
-    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"interhand:{root}", "--out", str(out),
-           "--samples", "6", "--captioner", f"qwen-vl:{qwen}", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "prepare",
+        "--source",
+        f"interhand:{root}",
+        "--out",
+        str(out),
+        "--samples",
+        "6",
+        "--captioner",
+        f"qwen-vl:{qwen}",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     recs = _records(out)

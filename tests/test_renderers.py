@@ -55,10 +55,14 @@ def _square_job(size, corners_uv, z=0.5):
     screen = np.array([[u0, v0, z], [u1, v0, z], [u1, v1, z], [u0, v1, z]], dtype=np.float32)
     view = np.concatenate([screen[:, :2] * 0.001, screen[:, 2:]], axis=1).astype(np.float32)
     return RasterJob(
-        screen=screen, view=view, normals=np.tile([[0, 0, -1.0]], (4, 1)).astype(np.float32),
-        hand=np.ones(4, dtype=np.uint8), faces=np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32), size=size,
+        screen=screen,
+        view=view,
+        normals=np.tile([[0, 0, -1.0]], (4, 1)).astype(np.float32),
+        hand=np.ones(4, dtype=np.uint8),
+        faces=np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32),
+        size=size,
         albedo=np.full((3, 3), 0.8, dtype=np.float32),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("backend", ["gl", "p3d"])
@@ -134,7 +138,9 @@ def test_mask_bbox_matches_visible_vertices(hand_model, gl):
                     near = np.hypot(px[:, 0] - uv[:, 0], px[:, 1] - uv[:, 1]) <= 1.0
                     ok = near & (px >= 0).all(1) & (px[:, 0] < 256) & (px[:, 1] < 256)
                     m = np.zeros(len(v), dtype=bool)
-                    m[ok] = (res.mask[px[ok, 1], px[ok, 0]] == hid) & (res.depth[px[ok, 1], px[ok, 0]] >= v[ok, 2] - 2e-3)
+                    m[ok] = (res.mask[px[ok, 1], px[ok, 0]] == hid) & (
+                        res.depth[px[ok, 1], px[ok, 0]] >= v[ok, 2] - 2e-3
+                    )
                     vis |= m
             rows, cols = np.nonzero(res.mask == hid)
             if vis.sum() < 10 or len(rows) == 0:
@@ -153,7 +159,9 @@ def test_crop_mapping_round_trip_and_local_render(hand_model, gl):
     assert np.abs(local_to_global(global_to_local(pts, box, 512), box, 512) - pts).max() < 1e-4
     K = np.array([[300.0, 0, 100], [0, 310.0, 90], [0, 0, 1]])
     X = rng.uniform([-0.1, -0.1, 0.3], [0.1, 0.1, 0.8], (200, 3))
-    assert np.allclose(project_points(X, crop_intrinsics(K, box, 512)), global_to_local(project_points(X, K), box, 512))
+    assert np.allclose(
+        project_points(X, crop_intrinsics(K, box, 512)), global_to_local(project_points(X, K), box, 512)
+    )
     # the local render is the crop: joints mapped into the crop land on the local mask
     items = _items(hand_model, 6, size=(240, 320), seed=5)
     for res, it in zip(gl.render(RenderBatch(items, hand_model.faces)), items, strict=True):
@@ -175,7 +183,11 @@ def test_crop_box_padding_outside_image(hand_model, gl):
     assert res.crop_box[0] < 0  # the square extends past the left border
     L = 64
     left_cols = int(np.floor(global_to_local(np.array([-0.5, 0.0]), res.crop_box, L)[0]))
-    assert left_cols >= 1 and (res.mesh_local[:, :left_cols] == 0).all() and (res.mask_local[:, :left_cols] == 0).all()
+    assert (
+        left_cols >= 1
+        and (res.mesh_local[:, :left_cols] == 0).all()
+        and (res.mask_local[:, :left_cols] == 0).all()
+    )
     assert res.bbox[side][0] >= 0 and res.bbox[side][2] <= 191
 
 
@@ -190,9 +202,15 @@ def test_occlusion_by_the_other_hand(hand_model, gl):
     K = np.array([[400.0, 0, 127.5], [0, 400.0, 127.5], [0, 0, 1]])
     vr, jr = o_r.vertices[0].numpy(), o_r.joints[0].numpy()
     vl, jl = o_l.vertices[0].numpy(), o_l.joints[0].numpy()
-    alone = gl.render(RenderBatch([RenderItem({"right": vr}, {"right": jr}, K, (256, 256))], hand_model.faces))[0]
-    both = gl.render(RenderBatch([RenderItem({"right": vr, "left": vl}, {"right": jr, "left": jl}, K, (256, 256))],
-                                 hand_model.faces))[0]  # fmt: skip
+    alone = gl.render(
+        RenderBatch([RenderItem({"right": vr}, {"right": jr}, K, (256, 256))], hand_model.faces)
+    )[0]
+    both = gl.render(
+        RenderBatch(
+            [RenderItem({"right": vr, "left": vl}, {"right": jr, "left": jl}, K, (256, 256))],
+            hand_model.faces,
+        )
+    )[0]
     covered = np.array([both.mask[int(round(v)), int(round(u))] == 2 for u, v in both.joints_2d["right"]])
     assert covered.sum() >= 5
     assert alone.joints_visible["right"][covered].sum() >= covered.sum() - 2  # visible alone (palm faces us)
@@ -207,7 +225,9 @@ def test_fisheye_keypoints_and_mesh_agree(hand_model, gl):
     for res, it in zip(gl.render(RenderBatch(items, hand_model.faces)), items, strict=True):
         for s in it.verts:
             assert np.allclose(res.joints_2d[s], project_points(it.joints[s], it.K, dist))
-            assert not np.allclose(res.joints_2d[s], project_points(it.joints[s], it.K))  # distortion is applied
+            assert not np.allclose(
+                res.joints_2d[s], project_points(it.joints[s], it.K)
+            )  # distortion is applied
             for t in (4, 8, 12, 16, 20):
                 if res.joints_visible[s][t]:
                     assert _near_mask(res.mask, res.joints_2d[s][t], {"right": 1, "left": 2}[s])
@@ -245,8 +265,9 @@ def test_auto_and_bad_names():
     with pytest.raises(ValueError, match="unknown renderer"):
         make_renderer("vulkan")
     with pytest.raises(RendererError, match="no CUDA device"):
-        make_renderer("pytorch3d", device="cuda") if not __import__("torch").cuda.is_available() else (_ for _ in ()).throw(
-            RendererError("no CUDA device (skipped: CUDA present)"))
+        make_renderer("pytorch3d", device="cuda") if not __import__("torch").cuda.is_available() else (
+            _ for _ in ()
+        ).throw(RendererError("no CUDA device (skipped: CUDA present)"))
 
 
 def test_two_opengl_renderers_interleave(hand_model, gl):

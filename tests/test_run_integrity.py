@@ -50,7 +50,12 @@ def _cli(out, *extra, env=None, **kw):
     for k, v in BASE.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     return subprocess.Popen(
-        cmd + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ, **kw
+        cmd + list(extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or os.environ,
+        **kw,
     )
 
 
@@ -301,7 +306,19 @@ def test_s3_kill_resume_validate_read(s3_bucket, tmp_path):
 
 
 def _generate_cmd(out, *extra, prefect: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "flows.cli", "generate", "--out", str(out), "-q", "--samples", "4", "--image-size", "96"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "generate",
+        "--out",
+        str(out),
+        "-q",
+        "--samples",
+        "4",
+        "--image-size",
+        "96",
+    ]
     return cmd + ([] if prefect else ["--no-prefect"]) + list(extra)
 
 
@@ -318,7 +335,9 @@ def test_error_paths_are_one_line(reference, tmp_path, prefect):
         (mismatch, ["--resume", "--seed", "9"], "seed"),
     ]
     for out, extra, needle in cases:
-        r = subprocess.run(_generate_cmd(out, *extra, prefect=prefect), capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            _generate_cmd(out, *extra, prefect=prefect), capture_output=True, text=True, timeout=300
+        )
         lines = _stderr_lines(r.stderr)
         assert r.returncode == 2 and len(lines) == 1, (extra, r.stderr[-3000:])
         assert lines[0].startswith("hands: error: ") and needle in lines[0] and "Traceback" not in r.stderr
@@ -329,8 +348,14 @@ def test_ctrl_c_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "run"
     cmd = _generate_cmd(out, "--workers", "2", "--shard-size", "1", prefect=False)
     cmd[cmd.index("4")] = "40"
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(out.glob("*.tar")):
         time.sleep(0.1)

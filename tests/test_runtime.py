@@ -103,9 +103,14 @@ def tiny(tmp_path, server_cache):
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"HANDGEN_CACHE": str(server_cache), "PREFECT_HOME": str(tmp_path / "prefect_home"),
-                "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    env.update(
+        {
+            "HANDGEN_CACHE": str(server_cache),
+            "PREFECT_HOME": str(tmp_path / "prefect_home"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
     return (lambda mode: [sys.executable, str(script), mode, str(work)]), env, work
 
 
@@ -167,8 +172,14 @@ def test_success_prints_nothing_on_stderr(tiny):
 @linux_only
 def test_sigint_exits_130_with_one_line_and_stops_the_server(tiny):
     argv, env, work = tiny
-    proc = subprocess.Popen(argv("sleep"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv("sleep"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(work / "runs")  # the task is running
         pid = int(_wait_for(work / "server").split()[0])

@@ -34,16 +34,26 @@ def _sample(hand_type="interacting", hand_model=None) -> Sample:
         out = hm(side, pose[None], shape[None], trans[None])
         j3 = out.joints[0].numpy().astype(np.float64)
         uv = (j3 @ K.T)[:, :2] / j3[:, 2:]
-        hands[side] = HandState(pose, shape, trans, j3, uv, np.ones(21, bool),
-                                np.array([*uv.min(0), *uv.max(0)]))  # fmt: skip
+        hands[side] = HandState(
+            pose, shape, trans, j3, uv, np.ones(21, bool), np.array([*uv.min(0), *uv.max(0)])
+        )
         verts[i] = out.vertices[0].numpy()
     return Sample(
-        index=7, seed=123456789, key=make_key("abc123", 7), image_size=(512, 512), camera=Camera(K),
-        hand_type=hand_type, hands=hands, source={"dataset": "prior", "split": None, "capture": None,
-        "frame": None, "camera": None}, verts=verts, hand_model=hm.info.to_json(),
-        crop_box=np.array([100.0, 100.0, 400.0, 400.0]), caption="A person holding a cup with the right hand.",
-        hand_token_indices=(3, 8), generator={"name": "composite", "version": 1, "seed": 1},
-    )  # fmt: skip
+        index=7,
+        seed=123456789,
+        key=make_key("abc123", 7),
+        image_size=(512, 512),
+        camera=Camera(K),
+        hand_type=hand_type,
+        hands=hands,
+        source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
+        verts=verts,
+        hand_model=hm.info.to_json(),
+        crop_box=np.array([100.0, 100.0, 400.0, 400.0]),
+        caption="A person holding a cup with the right hand.",
+        hand_token_indices=(3, 8),
+        generator={"name": "composite", "version": 1, "seed": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +72,22 @@ def test_round_trip_is_exact(hand_model, hand_type):
         assert (again.hands[s] is None) == (lab.hands[s] is None)
     d = json.loads(lab.label_bytes())
     assert d["schema_version"] == SCHEMA_VERSION and d["key"] == "abc123-0000000007"
-    assert list(d) == ["schema_version", "key", "index", "seed", "image_size", "camera", "hand_type", "hands",
-                       "crop_box", "caption", "hand_token_indices", "source", "hand_model", "generator"]
+    assert list(d) == [
+        "schema_version",
+        "key",
+        "index",
+        "seed",
+        "image_size",
+        "camera",
+        "hand_type",
+        "hands",
+        "crop_box",
+        "caption",
+        "hand_token_indices",
+        "source",
+        "hand_model",
+        "generator",
+    ]
     absent = [s for s in ("right", "left") if lab.hands[s] is None]
     for s in absent:
         assert d["hands"][s] is None and np.isnan(again.verts[("right", "left").index(s)]).all()
@@ -83,7 +107,11 @@ def _mutate(label, path, value):
     [
         (("hands", "right", "mano_pose"), [0.0] * 45, r"hands\.right\.mano_pose: expected shape \(48,\)"),
         (("hands", "left", "mano_shape"), [float("nan")] + [0.0] * 9, r"hands\.left\.mano_shape: non-finite"),
-        (("hands", "right", "mano_trans"), [50.0, 0.0, 450.0], r"mano_trans: \|value\| 450 > 10 m.*millimetres"),
+        (
+            ("hands", "right", "mano_trans"),
+            [50.0, 0.0, 450.0],
+            r"mano_trans: \|value\| 450 > 10 m.*millimetres",
+        ),
         (("hands", "right", "joints_visible"), [1] * 20, r"joints_visible: expected 21 booleans"),
         (("hands", "right", "bbox"), [10, 10, 5, 20], r"hands\.right\.bbox: expected \[x0, y0, x1, y1\]"),
         (("key",), "abc123-7", r"key: expected '<run_tag>-<10-digit index>'"),

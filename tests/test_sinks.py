@@ -60,7 +60,11 @@ def test_layout_manifest_and_index(run_dir):
     import pyarrow.parquet as pq
 
     names = sorted(os.listdir(run_dir))
-    assert [n for n in names if n.endswith(".tar")] == ["hands-000000.tar", "hands-000001.tar", "hands-000002.tar"]
+    assert [n for n in names if n.endswith(".tar")] == [
+        "hands-000000.tar",
+        "hands-000001.tar",
+        "hands-000002.tar",
+    ]
     assert not any(n.endswith(".tmp") for n in names)
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["schema_version"] == 1 and m["counts"] == {"written": 7, "skipped": {"test skip": 3}}
@@ -71,8 +75,10 @@ def test_layout_manifest_and_index(run_dir):
     assert set(t.column("hand_type").to_pylist()) == {"right", "left", "interacting"}
     with tarfile.open(run_dir / "hands-000000.tar") as tf:
         names = tf.getnames()
-        assert sorted(names[:6]) == sorted(f"t-0000000000.{f}" for f in ("image.jpg", "mesh.png", "mesh_local.png",
-                                                                         "mask.png", "verts.npy", "label.json"))
+        assert sorted(names[:6]) == sorted(
+            f"t-0000000000.{f}"
+            for f in ("image.jpg", "mesh.png", "mesh_local.png", "mask.png", "verts.npy", "label.json")
+        )
         assert all(m.mtime == 0 and m.uname == "" for m in tf.getmembers())
 
 
@@ -125,11 +131,18 @@ def test_reader_and_collate(run_dir):
     recs = list(open_shards(run_dir, split_by_worker=False))
     assert [r["key"] for r in recs] == [f"t-{i:010d}" for i in range(7)]
     r = recs[0]  # index 0: right hand only
-    assert r["image"].shape == (96, 128, 3) and r["mask"].shape == (96, 128) and r["mesh_local"].shape == (64, 64, 3)
+    assert (
+        r["image"].shape == (96, 128, 3)
+        and r["mask"].shape == (96, 128)
+        and r["mesh_local"].shape == (64, 64, 3)
+    )
     assert r["hand_present"].tolist() == [True, False] and (r["joints_3d"][1] == 0).all()
     assert r["verts"].shape == (2, 778, 3) and np.isfinite(r["verts"]).all()
     batch = collate(recs[:4])
-    assert tuple(batch["joints_2d"].shape) == (4, 2, 21, 2) and batch["hand_present"].dtype.is_floating_point is False
+    assert (
+        tuple(batch["joints_2d"].shape) == (4, 2, 21, 2)
+        and batch["hand_present"].dtype.is_floating_point is False
+    )
     assert batch["hand_present"].tolist() == [[True, False], [False, True], [True, True], [True, False]]
     assert batch["caption"][2] == "a hand number 2"
     shuffled = [r["key"] for r in open_shards(run_dir, shuffle=10, seed=1, split_by_worker=False)]
@@ -241,17 +254,41 @@ def test_validator_catches_bad_mesh_and_manifest(run_copy):
 
 
 def test_cli_validate_and_preview(run_dir, run_copy, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(run_dir)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", str(run_dir)], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "valid" in ok.stdout and "render" in ok.stdout, ok.stderr
     os.remove(run_copy / "index.parquet")
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(run_copy)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", str(run_copy)], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "INVALID" in bad.stdout and "FAIL index" in bad.stdout
-    missing = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(tmp_path / "nope")],
-                             capture_output=True, text=True)  # fmt: skip
-    assert missing.returncode == 2 and missing.stderr.strip().startswith("hands: error: output folder not found")
+    missing = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().startswith(
+        "hands: error: output folder not found"
+    )
     png = tmp_path / "sheet.png"
-    pv = subprocess.run([sys.executable, "-m", "flows.cli", "preview", str(run_dir), "--out", str(png), "--n", "4",
-                         "--tile", "128"], capture_output=True, text=True)  # fmt: skip
+    pv = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "preview",
+            str(run_dir),
+            "--out",
+            str(png),
+            "--n",
+            "4",
+            "--tile",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert pv.returncode == 0, pv.stderr
     from PIL import Image
 
@@ -259,8 +296,11 @@ def test_cli_validate_and_preview(run_dir, run_copy, tmp_path):
         assert im.size == (3 * 128, 4 * (128 + 44))
         arr = np.asarray(im)
     assert (arr[:128, :128] != 20).any(axis=-1).mean() > 0.05  # the first tile has content
-    bad_n = subprocess.run([sys.executable, "-m", "flows.cli", "preview", str(run_dir), "--out", str(png), "--n", "0"],
-                           capture_output=True, text=True)  # fmt: skip
+    bad_n = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "preview", str(run_dir), "--out", str(png), "--n", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad_n.returncode == 2 and len(bad_n.stderr.strip().splitlines()) == 1
 
 
@@ -346,7 +386,9 @@ def test_sequential_writer_rotates_and_fsspec_store(hand_model, gl):
     m = output.finalize([r.shard for r in reports], {}, "0" * 64)
     fs = fsspec.filesystem("memory")
     assert fs.exists("/runs/seq/p-000002.tar") and fs.exists("/runs/seq/manifest.json")
-    assert m["counts"]["written"] == 5 and not any(p.endswith(".tmp") for p in fs.ls("/runs/seq", detail=False))
+    assert m["counts"]["written"] == 5 and not any(
+        p.endswith(".tmp") for p in fs.ls("/runs/seq", detail=False)
+    )
     sized = SequentialWriter(ShardedOutput("memory://runs/size", prefix="q"), maxcount=100, maxsize=1)
     sized.output.prepare(resume=False)
     for s in make_samples(hand_model, gl, range(3)):

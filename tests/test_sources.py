@@ -52,8 +52,16 @@ def test_interhand_conversion_and_validity(interhand, hand_model, tmp_path):
             if s.hands[side] is None:
                 continue
             params, j_world = info["world"][(cap, fr, side)]
-            w = hand_model(side, np.array(params["pose"])[None], np.array(params["shape"])[None],
-                           np.array(params["trans"])[None]).vertices[0].numpy()  # fmt: skip
+            w = (
+                hand_model(
+                    side,
+                    np.array(params["pose"])[None],
+                    np.array(params["shape"])[None],
+                    np.array(params["trans"])[None],
+                )
+                .vertices[0]
+                .numpy()
+            )
             v_cam = s.verts[0 if side == "right" else 1]
             assert np.abs(w @ R.T + t - v_cam).max() < 1e-5  # converted parameters == moved world mesh
             # joint order: InterHand's joint_3d (mm, its own order) moved to camera space == our joints_3d
@@ -97,7 +105,9 @@ def test_interhand_bad_input(tmp_path, hand_model):
         make_source(f"interhand:{tmp_path}", hand_model)
     for k in ("data", "camera", "joint_3d", "MANO_NeuralAnnot"):
         (tmp_path / "annotations" / "train" / f"InterHand2.6M_train_{k}.json").write_text("{}")
-    (tmp_path / "annotations" / "train" / "InterHand2.6M_train_MANO_NeuralAnnot.json").write_text('{"0": {"1": [')
+    (tmp_path / "annotations" / "train" / "InterHand2.6M_train_MANO_NeuralAnnot.json").write_text(
+        '{"0": {"1": ['
+    )
     with pytest.raises(SourceError, match="malformed JSON"):
         make_source(f"interhand:{tmp_path}", hand_model, cache_dir=tmp_path / "c")
     with pytest.raises(SourceError, match="unknown source option"):
@@ -122,17 +132,29 @@ def test_reinterhand(tmp_path, hand_model):
     assert ego and all(s.camera.dist is not None and len(s.camera.dist) == 4 for s in ego)
     for s in ego:  # fisheye keypoints: differ from the pinhole projection
         h = next(h for h in s.hands.values() if h is not None)
-        assert not np.allclose(project_points(h.joints_3d, s.camera.K, s.camera.dist), project_points(h.joints_3d, s.camera.K))
+        assert not np.allclose(
+            project_points(h.joints_3d, s.camera.K, s.camera.dist), project_points(h.joints_3d, s.camera.K)
+        )
     third = [s for s in kept if s.source["camera"] == "cam01"]
-    assert third and third[0].source_image.endswith("000001.png") or third[0].source_image.endswith("000002.png")
+    assert (
+        third and third[0].source_image.endswith("000001.png") or third[0].source_image.endswith("000002.png")
+    )
     cam02 = [s for s in kept if s.source["camera"] == "cam02"]
     assert cam02 and cam02[0].image_size == (480, 640)  # from the size in its parameters
     s = next(s for s in samples.values() if s.source["camera"] == "cam01" and s.source["frame"] == "000001")
     params, _ = info["world"][("000001", "right")]
     R = np.asarray(info["cameras"]["cam01"]["R"])
     t = np.asarray(info["cameras"]["cam01"]["t"]) / 1000.0
-    w = hand_model("right", np.array(params["pose"])[None], np.array(params["shape"])[None],
-                   np.array(params["trans"])[None]).vertices[0].numpy()  # fmt: skip
+    w = (
+        hand_model(
+            "right",
+            np.array(params["pose"])[None],
+            np.array(params["shape"])[None],
+            np.array(params["trans"])[None],
+        )
+        .vertices[0]
+        .numpy()
+    )
     assert np.abs(w @ R.T + t - s.verts[0]).max() < 1e-5
     assert next(x for x in samples.values() if x.source["frame"] == "000002").hand_type == "left"
 
@@ -172,12 +194,15 @@ def test_prior_hands_in_frame_and_apart(prior_samples, hand_model):
     assert {s.source["camera"] for s in samples} == {"ego", "third"}
     for s in samples:
         H, W = s.image_size
-        uv = np.concatenate([project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]])
+        uv = np.concatenate(
+            [project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]]
+        )
         centre = (uv.min(0) + uv.max(0)) / 2
         assert 0 <= centre[0] <= W and 0 <= centre[1] <= H  # never fully outside
         if s.hand_type == "interacting":
-            assert not geometry.meshes_interpenetrate(s.verts[0], hand_model.faces["right"], s.verts[1],
-                                                      hand_model.faces["left"])  # fmt: skip
+            assert not geometry.meshes_interpenetrate(
+                s.verts[0], hand_model.faces["right"], s.verts[1], hand_model.faces["left"]
+            )
 
 
 def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
@@ -188,8 +213,24 @@ def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
     outs = []
     for _ in range(2):
         f = tmp_path / f"d{len(outs)}.jsonl"
-        r = subprocess.run([sys.executable, "-m", "flows.cli", "sources", "dump", "prior", "--out", str(f),
-                            "--limit", "4", "--seed", "5"], capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "sources",
+                "dump",
+                "prior",
+                "--out",
+                str(f),
+                "--limit",
+                "4",
+                "--seed",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         outs.append(f.read_text())
     assert outs[0] == outs[1]
@@ -211,8 +252,9 @@ def test_prior_text_control(hand_model):
     for i in range(4):
         s = pose_hands(inter.sample(i), hand_model)
         assert s.hand_type == "interacting" and s.source["interaction"] in ("clasped", "fingertips_touching")
-        assert not geometry.meshes_interpenetrate(s.verts[0], hand_model.faces["right"], s.verts[1],
-                                                  hand_model.faces["left"])  # fmt: skip
+        assert not geometry.meshes_interpenetrate(
+            s.verts[0], hand_model.faces["right"], s.verts[1], hand_model.faces["left"]
+        )
     with pytest.raises(SourceError, match="unknown prior names"):
         make_source("prior:karate_chop", hand_model)
 
@@ -220,11 +262,15 @@ def test_prior_text_control(hand_model):
 def test_prior_stratified_and_fraction(hand_model):
     from pipeline.sources.prior import PriorConfig, PriorSource
 
-    src = PriorSource(hand_model, PriorConfig(stratify=True, hand_fraction=(0.3, 0.3), image_size=(300, 400)), 2)
+    src = PriorSource(
+        hand_model, PriorConfig(stratify=True, hand_fraction=(0.3, 0.3), image_size=(300, 400)), 2
+    )
     got = [src.sample(i) for i in range(6)]
     assert [s.hand_type for s in got[:3]] == ["right", "left", "interacting"]
     for s in got:
         pose_hands(s, hand_model)
-        uv = np.concatenate([project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]])
+        uv = np.concatenate(
+            [project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]]
+        )
         frac = max(np.ptp(uv[:, 0]) / 400, np.ptp(uv[:, 1]) / 300)
         assert 0.2 < frac < 0.45  # the target 0.3 (depth scaling is exact only to first order)

@@ -54,10 +54,14 @@ def test_proportions_and_tips(standin_right):
     wrist_to_middle_tip = np.linalg.norm(v[TIP_VERTEX_IDS["middle"]] - J[0])
     assert 0.175 <= wrist_to_middle_tip <= 0.195
     for finger, vid in TIP_VERTEX_IDS.items():
-        part = standin_right["part_ids"] == {"index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}[finger]
+        part = (
+            standin_right["part_ids"] == {"index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}[finger]
+        )
         base = J[standin.FINGER_JOINTS[finger][0]]
         dist = np.linalg.norm(v[part] - base, axis=1)
-        assert np.linalg.norm(v[vid] - base) >= dist.max() - 1e-3, f"{finger} tip vertex is not the finger's end"
+        assert np.linalg.norm(v[vid] - base) >= dist.max() - 1e-3, (
+            f"{finger} tip vertex is not the finger's end"
+        )
 
 
 def test_rest_pose_free_of_self_intersection(standin_right, hand_model):
@@ -111,7 +115,9 @@ def test_flexion_bends_toward_palm(hand_model, finger, side):
         if finger == "thumb":
             palm_point = J[JOINT_NAMES.index("pinky1")]
         dists.append(np.linalg.norm(J[tip_idx] - palm_point))
-    assert all(b < a for a, b in zip(dists, dists[1:], strict=False)), f"{side} {finger}: {np.round(dists, 4)}"
+    assert all(b < a for a, b in zip(dists, dists[1:], strict=False)), (
+        f"{side} {finger}: {np.round(dists, 4)}"
+    )
 
 
 def test_left_is_mirror_of_right(standin_right, standin_left, hand_model):
@@ -205,11 +211,18 @@ def test_build_is_deterministic():
 
 
 def test_gestures_render_distinct_shapes(hand_model):
-    poses = np.stack([gesture_pose(g, hand_model.hands_mean["right"]) for g in ("open", "fist", "point", "pinch")])
+    poses = np.stack(
+        [gesture_pose(g, hand_model.hands_mean["right"]) for g in ("open", "fist", "point", "pinch")]
+    )
     J = hand_model("right", poses, np.zeros((4, 10)), np.zeros((4, 3))).joints.numpy()
     tip = {n: JOINT_NAMES.index(n) for n in ("thumb4", "index4", "middle4")}
     # open: index tip far from the wrist; fist: close; point: index extended, middle curled; pinch: tips meet
     assert np.linalg.norm(J[0, tip["index4"]] - J[0, 0]) > 0.15
     assert np.linalg.norm(J[1, tip["index4"]] - J[1, 0]) < 0.10
-    assert np.linalg.norm(J[2, tip["index4"]] - J[2, 0]) > 0.15 > 0.10 > np.linalg.norm(J[2, tip["middle4"]] - J[2, 0])
+    assert (
+        np.linalg.norm(J[2, tip["index4"]] - J[2, 0])
+        > 0.15
+        > 0.10
+        > np.linalg.norm(J[2, tip["middle4"]] - J[2, 0])
+    )
     assert np.linalg.norm(J[3, tip["thumb4"]] - J[3, tip["index4"]]) < 0.01

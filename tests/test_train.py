@@ -28,16 +28,41 @@ def data(tmp_path_factory, hand_model):
     write_interhand(root, hand_model)
     write_interhand_photos(root, hand_model)
     out = root / "prepared"
-    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--source", f"interhand:{root}", "--out", str(out),
-           "--samples", "36", "--shard-size", "18", "--image-size", "128", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "prepare",
+        "--source",
+        f"interhand:{root}",
+        "--out",
+        str(out),
+        "--samples",
+        "36",
+        "--shard-size",
+        "18",
+        "--image-size",
+        "128",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {"model": "tiny", "data": str(data), "out": out, "batch_size": 2, "resolution": 32, "num_workers": 0,
-            "sample_every": 0, "device": "cpu", "log_every": 5}  # fmt: skip
+    base = {
+        "model": "tiny",
+        "data": str(data),
+        "out": out,
+        "batch_size": 2,
+        "resolution": 32,
+        "num_workers": 0,
+        "sample_every": 0,
+        "device": "cpu",
+        "log_every": 5,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -51,14 +76,28 @@ def test_dataset_and_stream_order(data):
     batches = list(s)
     flat = [i for b in batches for i in b]
     assert sorted(flat[: len(ds)]) == list(range(len(ds)))  # each epoch is a permutation
-    assert list(StreamBatches(len(ds), 3, seed=5, start=7, stop=20)) == batches[7:]  # resumable at any micro-step
-    r0, r1 = StreamBatches(len(ds), 2, 5, 0, 4, rank=0, world=2), StreamBatches(len(ds), 2, 5, 0, 4, rank=1, world=2)
+    assert (
+        list(StreamBatches(len(ds), 3, seed=5, start=7, stop=20)) == batches[7:]
+    )  # resumable at any micro-step
+    r0, r1 = (
+        StreamBatches(len(ds), 2, 5, 0, 4, rank=0, world=2),
+        StreamBatches(len(ds), 2, 5, 0, 4, rank=1, world=2),
+    )
     assert not set(map(tuple, r0)) & set(map(tuple, r1))  # two processes never share a micro-batch
 
 
 def test_loss_falls_and_export_generates(data, tmp_path):
-    cfg = _cfg(data, tmp_path / "run", steps=50, lr=1e-3, tas_iterations=1, save_every=25, sample_every=50,
-               num_samples=2, sample_steps=2)  # fmt: skip
+    cfg = _cfg(
+        data,
+        tmp_path / "run",
+        steps=50,
+        lr=1e-3,
+        tas_iterations=1,
+        save_every=25,
+        sample_every=50,
+        num_samples=2,
+        sample_steps=2,
+    )
     summary = train(cfg, components=tiny_components(0))
     losses = summary["losses"]
     assert len(losses) == 50 and all(np.isfinite(losses))
@@ -67,15 +106,29 @@ def test_loss_falls_and_export_generates(data, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "logs" / "loss.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(5, 51, 5)) and lines[-1]["tas_loss"] is not None
     assert (tmp_path / "run" / "samples" / "step_00000050.png").is_file()
-    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step_00000025", "step_00000050"]
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == [
+        "step_00000025",
+        "step_00000050",
+    ]
     # the exported folder loads through attentionhand:PATH's loader, holds the trained weights, and generates
     pipe = load_pipeline(summary["model"], device="cpu")
     init = tiny_components(0)["guidance"].state_dict()
     got = pipe.guidance.state_dict()
-    assert any(not torch.equal(got[k], init[k]) for k in init)  # the export is the trained module, not the init
+    assert any(
+        not torch.equal(got[k], init[k]) for k in init
+    )  # the export is the trained module, not the init
     mesh = (np.random.default_rng(0).random((1, 32, 32, 3)) * 255).astype(np.uint8)
-    out = pipe(["a hand holding a cup"], mesh, mesh, [[2]], seeds=[1], height=32, width=32, num_inference_steps=2,
-               progress=False)  # fmt: skip
+    out = pipe(
+        ["a hand holding a cup"],
+        mesh,
+        mesh,
+        [[2]],
+        seeds=[1],
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        progress=False,
+    )
     assert out.images.shape == (1, 32, 32, 3) and out.images.std() > 0
 
 
@@ -104,17 +157,42 @@ def test_resume_is_exact(data, tmp_path):
 def test_train_generator_cli(data, tmp_path):
     model = save_tiny(tmp_path / "tiny")
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "flows.cli", "train-generator", "--model", str(model), "--data", str(data),
-           "--out", str(out), "--steps", "2", "--resolution", "32", "--batch-size", "2", "--num-workers", "0",
-           "--sample-every", "0", "--device", "cpu", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "train-generator",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--sample-every",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "trained 2 steps" in r.stdout and (out / "model" / "guidance").is_dir()
     assert (out / "checkpoints" / "step_00000002" / "trainer_state.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr
-    bad = subprocess.run([*cmd[:6], "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [*cmd[:6], "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "training data" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -123,8 +201,12 @@ def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
     the local branch from the global latent, as the official code does, would leave the local loss unchanged.)"""
     tr = Trainer(_cfg(data, tmp_path / "b", steps=1, tas_iterations=0), tiny_components(0))
     items = [tr.data[0], tr.data[1]]
-    batch = {"pixels": torch.stack([x["pixels"] for x in items]), "mesh": torch.stack([x["mesh"] for x in items]),
-             "caption": [x["caption"] for x in items], "key": [x["key"] for x in items]}  # fmt: skip
+    batch = {
+        "pixels": torch.stack([x["pixels"] for x in items]),
+        "mesh": torch.stack([x["mesh"] for x in items]),
+        "caption": [x["caption"] for x in items],
+        "key": [x["key"] for x in items],
+    }
     a = tr.train_step(batch, micro_step=3)
     other = dict(batch, pixels=batch["pixels"].clone())
     other["pixels"][:, 1] = -other["pixels"][:, 1]  # a different local photo
@@ -140,10 +222,39 @@ def test_two_processes_share_the_run(data, tmp_path):
     states, one summary, and the logged loss is the mean over both processes."""
     model = save_tiny(tmp_path / "tiny")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "flows.cli",
-           "train-generator", "--model", str(model), "--data", str(data), "--out", str(out), "--steps", "2",
-           "--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--sample-every", "0", "--log-every", "1",
-           "--device", "cpu", "--no-prefect", "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "flows.cli",
+        "train-generator",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--sample-every",
+        "0",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--no-prefect",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("trained 2 steps") == 1

@@ -30,12 +30,37 @@ from sinks.validate import validate
 from sinks.webdataset_sink import INDEX_SCHEMA, meta_name
 
 L = 512  # RenderConfig.local_size
-COMMON = ("--samples", "4", "--shard-size", "2", "--image-size", "96", "--batch-size", "2", "--run-tag", "vw",
-          "--no-prefect", "-q")  # fmt: skip
+COMMON = (
+    "--samples",
+    "4",
+    "--shard-size",
+    "2",
+    "--image-size",
+    "96",
+    "--batch-size",
+    "2",
+    "--run-tag",
+    "vw",
+    "--no-prefect",
+    "-q",
+)
 #: label.json fields of a global record (DESIGN section 3): no ``view``
-GLOBAL_FIELDS = {"schema_version", "key", "index", "seed", "image_size", "camera", "hand_type", "hands",
-                 "crop_box", "caption", "hand_token_indices", "source", "hand_model",
-                 "generator"}  # fmt: skip
+GLOBAL_FIELDS = {
+    "schema_version",
+    "key",
+    "index",
+    "seed",
+    "image_size",
+    "camera",
+    "hand_type",
+    "hands",
+    "crop_box",
+    "caption",
+    "hand_token_indices",
+    "source",
+    "hand_model",
+    "generator",
+}
 
 
 def _generate(out: Path, *args: str) -> None:
@@ -91,8 +116,14 @@ def test_two_records_per_sample_local_right_after_global(runs):
     ]
     # a local record has the same files as a global one; mesh_local.png is its mesh.png (its own local view)
     for _, key, files in recs:
-        assert set(files) == {"image.jpg", "mesh.png", "mesh_local.png", "mask.png", "verts.npy",
-                              "label.json"}  # fmt: skip
+        assert set(files) == {
+            "image.jpg",
+            "mesh.png",
+            "mesh_local.png",
+            "mask.png",
+            "verts.npy",
+            "label.json",
+        }
         if key.endswith("-local"):
             assert files["mesh_local.png"] == files["mesh.png"]
 
@@ -106,14 +137,23 @@ def test_local_labels_are_exact_in_the_crop_frame(runs):
             continue
         lab, parent = dec["label"], decoded[key.removesuffix("-local")]
         glab = parent["label"]
-        assert lab.view == {"name": "local", "parent": glab.key, "parent_image_size": [96, 96],
-                            "parent_crop_box": glab.crop_box.tolist(), "image": "resampled"}  # fmt: skip
+        assert lab.view == {
+            "name": "local",
+            "parent": glab.key,
+            "parent_image_size": [96, 96],
+            "parent_crop_box": glab.crop_box.tolist(),
+            "image": "resampled",
+        }
         assert lab.image_size == (L, L) and lab.crop_box.tolist() == [-0.5, -0.5, L - 0.5, L - 0.5]
         assert dec["image"].shape == dec["mesh"].shape == (L, L, 3) and dec["mask"].shape == (L, L)
         # the crop camera: K composed with the crop box and the resize
         np.testing.assert_array_equal(lab.camera.K, crop_intrinsics(glab.camera.K, glab.crop_box, L))
-        assert (lab.index, lab.seed, lab.caption, lab.hand_type) == (glab.index, glab.seed, glab.caption,
-                                                                     glab.hand_type)  # fmt: skip
+        assert (lab.index, lab.seed, lab.caption, lab.hand_type) == (
+            glab.index,
+            glab.seed,
+            glab.caption,
+            glab.hand_type,
+        )
         np.testing.assert_array_equal(lab.verts, glab.verts)
         for i, s in enumerate(("right", "left")):
             h, g = lab.hands[s], glab.hands[s]
@@ -248,9 +288,10 @@ def test_the_reader_yields_each_records_view(runs):
 
     got = list(open_shards(runs["local"], verify=True))
     assert [(s["key"], s["view"], s["parent"]) for s in got] == [
-        (f"vw-{i:010d}{suffix}", view, f"vw-{i:010d}") for i in range(4)
+        (f"vw-{i:010d}{suffix}", view, f"vw-{i:010d}")
+        for i in range(4)
         for suffix, view in (("", "global"), ("-local", "local"))
-    ]  # fmt: skip
+    ]
     for s in got:
         assert s["image"].shape == ((L, L, 3) if s["view"] == "local" else (96, 96, 3))
     assert {s["view"] for s in open_shards(runs["default"])} == {"global"}
@@ -286,8 +327,19 @@ def test_bad_views_are_one_line_and_exit_2(tmp_path, capsys, value):
 def test_bad_views_in_a_preset_are_one_line(tmp_path, capsys):
     preset = tmp_path / "p.yaml"
     preset.write_text("views: [local]\n")
-    code = main(["generate", "--out", str(tmp_path / "r"), "--samples", "1", "--no-prefect", "-q",
-                 "--config", str(preset)])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--out",
+            str(tmp_path / "r"),
+            "--samples",
+            "1",
+            "--no-prefect",
+            "-q",
+            "--config",
+            str(preset),
+        ]
+    )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "views" in lines[0], lines
 
@@ -296,8 +348,12 @@ def test_attentionhand_local_records_carry_the_generated_local_image(tmp_path, m
     from generators.attention_hand.generator import AttentionHandGenerator
 
     model = tmp_path / "m"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(model)],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "attentionhand", "tiny", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     made: dict[str, np.ndarray] = {}
     original = AttentionHandGenerator.generate
@@ -310,9 +366,34 @@ def test_attentionhand_local_records_carry_the_generated_local_image(tmp_path, m
     preset = tmp_path / "lossless.yaml"
     preset.write_text("lossless: true\n")
     out = tmp_path / "run"
-    assert main(["generate", "--out", str(out), "--samples", "2", "--shard-size", "2", "--image-size", "64",
-                 "--generator", f"attentionhand:{model}", "--steps", "1", "--views", "global,local",
-                 "--config", str(preset), "--run-tag", "ah", "--no-prefect", "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--out",
+                str(out),
+                "--samples",
+                "2",
+                "--shard-size",
+                "2",
+                "--image-size",
+                "64",
+                "--generator",
+                f"attentionhand:{model}",
+                "--steps",
+                "1",
+                "--views",
+                "global,local",
+                "--config",
+                str(preset),
+                "--run-tag",
+                "ah",
+                "--no-prefect",
+                "-q",
+            ]
+        )
+        == 0
+    )
     recs = _records(out)
     assert [k for _, k, _ in recs] == [f"ah-{i:010d}{v}" for i in range(2) for v in ("", "-local")]
     for _, key, files in recs:

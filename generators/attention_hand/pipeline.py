@@ -16,6 +16,7 @@ sigma 0.5). The loss ``L = max_n (1 - max A_n)`` over hand tokens drives a gradi
 on every requested view (each latent has its own loss). The maps go into an ``AttentionStore`` made for that
 one TAS pass; the pipeline keeps no attention state between passes or calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -131,10 +132,14 @@ class TASAttnProcessor:
         self.store = store
         self._sdpa = AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         store = self.store
         if encoder_hidden_states is None or store is None:
-            return self._sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self._sdpa(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
         residual = hidden_states
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
@@ -168,7 +173,9 @@ def gaussian_kernel(size: int, sigma: float, device=None, dtype=None) -> torch.T
     return (k / k.sum()).to(device=device, dtype=dtype)[None, None]
 
 
-def tas_loss(maps: torch.Tensor, token_indices: Sequence[Sequence[int]], eot: Sequence[int], cfg: TASConfig) -> torch.Tensor:
+def tas_loss(
+    maps: torch.Tensor, token_indices: Sequence[Sequence[int]], eot: Sequence[int], cfg: TASConfig
+) -> torch.Tensor:
     """L = max_n (1 - max A_n) per sample (zero for a sample with no hand token).
 
     maps: (B, r, r, N) cross-attention over all N text positions. token_indices: CLIP positions of the hand
@@ -197,11 +204,24 @@ class AttentionHandPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->guidance->unet->vae"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: UNet2DConditionModel,
-                 guidance: ControlNetModel, scheduler) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        unet: UNet2DConditionModel,
+        guidance: ControlNetModel,
+        scheduler,
+    ) -> None:
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, guidance=guidance,
-                              scheduler=scheduler)  # fmt: skip
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            guidance=guidance,
+            scheduler=scheduler,
+        )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         procs = {}
         for name in self.unet.attn_processors:
@@ -209,8 +229,22 @@ class AttentionHandPipeline(DiffusionPipeline):
         self.unet.set_attn_processor(procs)
 
     # -- steps ---------------------------------------------------------------------------------------
-    def _check_inputs(self, prompt, mesh, mesh_local, token_indices, seeds, generator, latents, height, width,
-                      views, tas, output_type, callback_tensor_inputs) -> list[str]:  # fmt: skip
+    def _check_inputs(
+        self,
+        prompt,
+        mesh,
+        mesh_local,
+        token_indices,
+        seeds,
+        generator,
+        latents,
+        height,
+        width,
+        views,
+        tas,
+        output_type,
+        callback_tensor_inputs,
+    ) -> list[str]:
         if isinstance(prompt, str):
             prompt = [prompt]
         B = len(prompt)
@@ -265,8 +299,13 @@ class AttentionHandPipeline(DiffusionPipeline):
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
         """CLIP input ids (B, 77) int64 on CPU, padded and truncated, and the position of ``<eot>`` per prompt."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         eos = self.tokenizer.eos_token_id
         return ids, [int((row == eos).nonzero()[0]) if (row == eos).any() else len(row) - 1 for row in ids]
 
@@ -274,8 +313,12 @@ class AttentionHandPipeline(DiffusionPipeline):
         """Text embeddings of the prompts and of the empty prompt, (B, 77, D) each; ``<eot>`` positions."""
         ids, eot = self.tokenize(prompts)
         cond = self.text_encoder(ids.to(self.device))[0]
-        empty = self.tokenizer([""] * len(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                               return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+        empty = self.tokenizer(
+            [""] * len(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
         uncond = self.text_encoder(empty)[0]
         return cond, uncond, eot
 
@@ -290,10 +333,16 @@ class AttentionHandPipeline(DiffusionPipeline):
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         return x.to(dtype)
 
-    def _latents(self, seeds: Sequence[int] | None, height: int, width: int, dtype,
-                 views: Sequence[str] = VIEWS,
-                 generator: torch.Generator | list[torch.Generator] | None = None,
-                 batch: int | None = None) -> torch.Tensor:  # fmt: skip
+    def _latents(
+        self,
+        seeds: Sequence[int] | None,
+        height: int,
+        width: int,
+        dtype,
+        views: Sequence[str] = VIEWS,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch: int | None = None,
+    ) -> torch.Tensor:
         """Starting latents (V*B, C, height / f, width / f), view by view (global rows first), times the
         scheduler's initial sigma, in ``dtype`` on the pipeline's device.
 
@@ -302,15 +351,21 @@ class AttentionHandPipeline(DiffusionPipeline):
         list of one per sample, used the same way, or a single one (``batch`` = B samples) that draws the
         (B, C, h, w) global block, then the local block.
         """
-        shape = (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         n_views = len(views)
         if seeds is not None:
             gens = [torch.Generator(device="cpu").manual_seed(int(s) % (2**63)) for s in seeds]
         elif isinstance(generator, list):
             gens = generator
         elif generator is not None and batch is not None:
-            blocks = [torch.randn((batch, *shape), generator=generator, device=generator.device)
-                      for _ in range(n_views)]  # fmt: skip
+            blocks = [
+                torch.randn((batch, *shape), generator=generator, device=generator.device)
+                for _ in range(n_views)
+            ]
             return torch.cat(blocks).to(self.device, dtype) * self.scheduler.init_noise_sigma
         else:
             raise AttentionHandError("starting latents need seeds, generators, or a generator and a batch")
@@ -322,10 +377,21 @@ class AttentionHandPipeline(DiffusionPipeline):
         return lat * self.scheduler.init_noise_sigma
 
     def _guided_noise(self, latents, t, emb, cond_images, scale):
-        down, mid = self.guidance(latents, t, encoder_hidden_states=emb, controlnet_cond=cond_images,
-                                  conditioning_scale=scale, return_dict=False)  # fmt: skip
-        return self.unet(latents, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample  # fmt: skip
+        down, mid = self.guidance(
+            latents,
+            t,
+            encoder_hidden_states=emb,
+            controlnet_cond=cond_images,
+            conditioning_scale=scale,
+            return_dict=False,
+        )
+        return self.unet(
+            latents,
+            t,
+            encoder_hidden_states=emb,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
 
     @contextlib.contextmanager
     def capture_attention(self, store: AttentionStore):
@@ -396,9 +462,21 @@ class AttentionHandPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         # 1. check inputs
         views = normalize_views(views)
-        prompts = self._check_inputs(prompt, mesh, mesh_local, hand_token_indices, seeds, generator, latents,
-                                     height, width, views, tas, output_type,
-                                     callback_on_step_end_tensor_inputs)  # fmt: skip
+        prompts = self._check_inputs(
+            prompt,
+            mesh,
+            mesh_local,
+            hand_token_indices,
+            seeds,
+            generator,
+            latents,
+            height,
+            width,
+            views,
+            tas,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
         B, V = len(prompts), len(views)
         dtype = self.unet.dtype
 
@@ -431,8 +509,18 @@ class AttentionHandPipeline(DiffusionPipeline):
             if i < n_tas:
                 alpha = tas.alpha_start + (tas.alpha_end - tas.alpha_start) * (i / max(n_tas - 1, 1))
                 for _ in range(tas.iterations):
-                    latents, loss, maps = self.tas_step(latents, t, cond_v, cond_images, conditioning_scale,
-                                                        indices_v, eot_v, tas, alpha, target_res)  # fmt: skip
+                    latents, loss, maps = self.tas_step(
+                        latents,
+                        t,
+                        cond_v,
+                        cond_images,
+                        conditioning_scale,
+                        indices_v,
+                        eot_v,
+                        tas,
+                        alpha,
+                        target_res,
+                    )
                     losses_out.append(loss.float().cpu().numpy())
                     if maps_out is not None:
                         maps_out.append(maps.float().cpu().numpy())
@@ -459,12 +547,24 @@ class AttentionHandPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         # 8. output: the global rows, then the local ones
         local_images = images[B:] if "local" in views else None
-        out = AttentionHandOutput(images=images[:B], local_images=local_images, attention_maps=maps_out,
-                                  tas_losses=losses_out)  # fmt: skip
+        out = AttentionHandOutput(
+            images=images[:B], local_images=local_images, attention_maps=maps_out, tas_losses=losses_out
+        )
         return out if return_dict else (out.images, out.local_images, out.attention_maps, out.tas_losses)
 
-    def tas_step(self, latents, t, cond, cond_images, scale, indices, eot, tas: TASConfig, alpha: float,
-                 target_res: int):  # fmt: skip
+    def tas_step(
+        self,
+        latents,
+        t,
+        cond,
+        cond_images,
+        scale,
+        indices,
+        eot,
+        tas: TASConfig,
+        alpha: float,
+        target_res: int,
+    ):
         """One TAS update of all N latents (N = views x prompts; ``cond``, ``cond_images``, ``indices`` and
         ``eot`` row-aligned with them): (new latents, L per latent (N,), attention maps (N, r, r, 77)). The
         attention store lives for this one pass."""

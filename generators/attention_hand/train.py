@@ -112,9 +112,27 @@ class TrainConfig(_Frozen):
     def resume_key(self) -> dict:
         """The settings a checkpoint must share with the run that resumes it (everything that shapes the
         trajectory; the step budget and logging may change)."""
-        keep = ("model", "guidance_init", "data", "batch_size", "grad_accum", "lr", "weight_decay", "adam_beta1",
-                "adam_beta2", "adam_eps", "lr_warmup_steps", "max_grad_norm", "lambda_global", "lambda_local",
-                "tas_iterations", "tas_alpha", "resolution", "mixed_precision", "seed")  # fmt: skip
+        keep = (
+            "model",
+            "guidance_init",
+            "data",
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_eps",
+            "lr_warmup_steps",
+            "max_grad_norm",
+            "lambda_global",
+            "lambda_local",
+            "tas_iterations",
+            "tas_alpha",
+            "resolution",
+            "mixed_precision",
+            "seed",
+        )
         return self.model_dump(mode="json", include=set(keep))
 
 
@@ -164,8 +182,10 @@ class TrainingTuples(torch.utils.data.Dataset):
                 if missing or not has_img:
                     raise TrainError(f"{url}: record {key} lacks {missing or ['image']}")
                 if not has_local:
-                    raise TrainError(f"{url}: record {key} has no image_local: not a training shard "
-                                     "(write training data with hands prepare)")  # fmt: skip
+                    raise TrainError(
+                        f"{url}: record {key} has no image_local: not a training shard "
+                        "(write training data with hands prepare)"
+                    )
                 self.items.append((si, files))
         if not self.items:
             raise TrainError(f"no training tuples in {source}")
@@ -195,22 +215,34 @@ class TrainingTuples(torch.utils.data.Dataset):
         shard, files = self.items[i]
         name = next(n for n in ("image.jpg", "image.png") if n in files)
         local = next(n for n in ("image_local.jpg", "image_local.png") if n in files)
-        label, img, img_l, mesh_g, mesh_l = self._read(shard, files, ["label.json", name, local, "mesh.png", "mesh_local.png"])
+        label, img, img_l, mesh_g, mesh_l = self._read(
+            shard, files, ["label.json", name, local, "mesh.png", "mesh_local.png"]
+        )
         label = json.loads(label)
         rgb = [self._image(b, Image.Resampling.BICUBIC) for b in (img, img_l)]
         mesh = [self._image(b, Image.Resampling.BILINEAR) for b in (mesh_g, mesh_l)]
         pixels = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {"pixels": pixels, "mesh": torch.from_numpy(np.stack(mesh)).permute(0, 3, 1, 2).float() / 255.0,
-                "caption": label["caption"], "key": label["key"]}  # fmt: skip
+        return {
+            "pixels": pixels,
+            "mesh": torch.from_numpy(np.stack(mesh)).permute(0, 3, 1, 2).float() / 255.0,
+            "caption": label["caption"],
+            "key": label["key"],
+        }
 
 
 def _collate(items: list[dict]) -> dict:
-    return {"pixels": torch.stack([x["pixels"] for x in items]), "mesh": torch.stack([x["mesh"] for x in items]),
-            "caption": [x["caption"] for x in items], "key": [x["key"] for x in items]}  # fmt: skip
+    return {
+        "pixels": torch.stack([x["pixels"] for x in items]),
+        "mesh": torch.stack([x["mesh"] for x in items]),
+        "caption": [x["caption"] for x in items],
+        "key": [x["key"] for x in items],
+    }
 
 
 def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
 
 
 class StreamBatches(torch.utils.data.Sampler):
@@ -219,8 +251,18 @@ class StreamBatches(torch.utils.data.Sampler):
     positions ``[(m * world + r) * B, ... + B)``. A pure function of (seed, m, r): resuming at any micro-step
     reproduces the order exactly."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
-        self.n, self.B, self.seed, self.start, self.stop, self.rank, self.world = n, batch_size, seed, start, stop, rank, world
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1
+    ):
+        self.n, self.B, self.seed, self.start, self.stop, self.rank, self.world = (
+            n,
+            batch_size,
+            seed,
+            start,
+            stop,
+            rank,
+            world,
+        )
         self._perm: dict[int, np.ndarray] = {}
 
     def _at(self, pos: int) -> int:
@@ -269,7 +311,9 @@ class Trainer:
             mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
         if mp != "no" and not cuda:
             raise TrainError(f"mixed precision {mp} needs a CUDA device; use mixed_precision: no on CPU")
-        self.accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mp, cpu=not cuda)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mp, cpu=not cuda
+        )
         acc = self.accelerator
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
         comps = dict(components) if components else load_base(cfg.model, self.weight_dtype)
@@ -279,7 +323,9 @@ class Trainer:
         elif guidance is None:
             # the conditioning encoder downsamples by 2 ** (levels - 1): the VAE's factor (8 for SD 1.5's 4 levels)
             levels = len(comps["vae"].config.block_out_channels)
-            guidance = ControlNetModel.from_unet(comps["unet"], conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels])
+            guidance = ControlNetModel.from_unet(
+                comps["unet"], conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels]
+            )
         if guidance.dtype != torch.float32:
             guidance = guidance.to(dtype=torch.float32)  # trainable master weights stay in float32
         for name in ("vae", "text_encoder", "unet"):
@@ -288,7 +334,9 @@ class Trainer:
                 m.to(dtype=self.weight_dtype)
         noise_cfg = comps["scheduler"].config
         if noise_cfg.get("prediction_type", "epsilon") != "epsilon":
-            raise TrainError(f"only epsilon-prediction models are supported, got {noise_cfg.get('prediction_type')}")
+            raise TrainError(
+                f"only epsilon-prediction models are supported, got {noise_cfg.get('prediction_type')}"
+            )
         self.noise_scheduler = DDPMScheduler.from_config(noise_cfg)
         self.pipe = AttentionHandPipeline(**comps, guidance=guidance)  # installs the TAS attention processors
         self.pipe.set_progress_bar_config(disable=True)
@@ -301,10 +349,16 @@ class Trainer:
         guidance.train()
         self.tagger = HandTokenTagger(tokenizer=comps["tokenizer"])
         self.tas = TASConfig(enabled=cfg.tas_iterations > 0, iterations=cfg.tas_iterations)
-        optimizer = torch.optim.AdamW(guidance.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.weight_decay, eps=cfg.adam_eps)  # fmt: skip
-        schedule = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes)  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            guidance.parameters(),
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+            eps=cfg.adam_eps,
+        )
+        schedule = get_scheduler(
+            "constant_with_warmup", optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes
+        )
         self.guidance, self.optimizer, self.lr_scheduler = acc.prepare(guidance, optimizer, schedule)
         self.pipe.to(acc.device)
         self.global_step = 0
@@ -348,25 +402,44 @@ class Trainer:
             target_res = x0.shape[-1] // 4
             for _ in range(cfg.tas_iterations):
                 with acc.autocast():  # float32 guidance outputs meet the half-precision UNet under autocast
-                    x_hat, loss_tas, _ = pipe.tas_step(x_hat.to(wd), t2, emb2, cond, 1.0, indices * 2, eot * 2,
-                                                       self.tas, cfg.tas_alpha, target_res)  # fmt: skip
+                    x_hat, loss_tas, _ = pipe.tas_step(
+                        x_hat.to(wd),
+                        t2,
+                        emb2,
+                        cond,
+                        1.0,
+                        indices * 2,
+                        eot * 2,
+                        self.tas,
+                        cfg.tas_alpha,
+                        target_res,
+                    )
                 tas_losses.append(float(loss_tas.float().mean()))
             x_hat = x_hat.float()
         # 5. the residual noise between X_0 and the updated latents
         eps_hat = (x_hat - abar.sqrt() * x0) / (1 - abar).sqrt()
         # 6. shared guidance on both branches, frozen UNet, weighted losses
         with acc.autocast():
-            down, mid = self.guidance(x_hat.to(wd), t2, encoder_hidden_states=emb2, controlnet_cond=cond,
-                                      return_dict=False)  # fmt: skip
-            pred = pipe.unet(x_hat.to(wd), t2, encoder_hidden_states=emb2,
-                             down_block_additional_residuals=[d.to(wd) for d in down],
-                             mid_block_additional_residual=mid.to(wd)).sample  # fmt: skip
+            down, mid = self.guidance(
+                x_hat.to(wd), t2, encoder_hidden_states=emb2, controlnet_cond=cond, return_dict=False
+            )
+            pred = pipe.unet(
+                x_hat.to(wd),
+                t2,
+                encoder_hidden_states=emb2,
+                down_block_additional_residuals=[d.to(wd) for d in down],
+                mid_block_additional_residual=mid.to(wd),
+            ).sample
         loss_g = F.mse_loss(pred[:B].float(), eps_hat[:B])
         loss_l = F.mse_loss(pred[B:].float(), eps_hat[B:])
         loss = cfg.lambda_global * loss_g + cfg.lambda_local * loss_l
         acc.backward(loss)
-        return {"loss": float(loss.detach()), "loss_global": float(loss_g.detach()),
-                "loss_local": float(loss_l.detach()), "tas_loss": float(np.mean(tas_losses)) if tas_losses else None}  # fmt: skip
+        return {
+            "loss": float(loss.detach()),
+            "loss_global": float(loss_g.detach()),
+            "loss_local": float(loss_l.detach()),
+            "tas_loss": float(np.mean(tas_losses)) if tas_losses else None,
+        }
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self, progress: Callable[[int], None] | None = None) -> dict:
@@ -376,10 +449,22 @@ class Trainer:
         start = self.global_step
         if start >= cfg.steps:
             return {"steps": start, "losses": [], "seconds": 0.0}
-        sampler = StreamBatches(len(self.data), cfg.batch_size, cfg.seed, start * cfg.grad_accum,
-                                cfg.steps * cfg.grad_accum, acc.process_index, acc.num_processes)  # fmt: skip
-        loader = torch.utils.data.DataLoader(self.data, batch_sampler=sampler, collate_fn=_collate,
-                                             num_workers=cfg.num_workers, persistent_workers=False)  # fmt: skip
+        sampler = StreamBatches(
+            len(self.data),
+            cfg.batch_size,
+            cfg.seed,
+            start * cfg.grad_accum,
+            cfg.steps * cfg.grad_accum,
+            acc.process_index,
+            acc.num_processes,
+        )
+        loader = torch.utils.data.DataLoader(
+            self.data,
+            batch_sampler=sampler,
+            collate_fn=_collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=False,
+        )
         log_path = cfg.out / "logs" / "loss.jsonl"
         if acc.is_main_process:
             _truncate_log(log_path, start)
@@ -409,12 +494,23 @@ class Trainer:
             step = self.global_step
             if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
-                line = {"step": step, **rec, "lr": self.lr_scheduler.get_last_lr()[0],
-                        "steps_per_s": cfg.log_every / max(now - t_log, 1e-9) if step % cfg.log_every == 0 else None}  # fmt: skip
+                line = {
+                    "step": step,
+                    **rec,
+                    "lr": self.lr_scheduler.get_last_lr()[0],
+                    "steps_per_s": cfg.log_every / max(now - t_log, 1e-9)
+                    if step % cfg.log_every == 0
+                    else None,
+                }
                 t_log = now
                 _append(log_path, line)
-                logger.info("step %d: loss %.4f (global %.4f, local %.4f)", step, rec["loss"], rec["loss_global"],
-                            rec["loss_local"])  # fmt: skip
+                logger.info(
+                    "step %d: loss %.4f (global %.4f, local %.4f)",
+                    step,
+                    rec["loss"],
+                    rec["loss_global"],
+                    rec["loss_local"],
+                )
             if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
                 self.sample_grid(cfg.out / "samples" / f"step_{step:08d}.png")
             if step % cfg.save_every == 0 or step == cfg.steps:
@@ -437,8 +533,12 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"step": self.global_step, "micro_step": self.global_step * cfg.grad_accum,
-                     "num_processes": acc.num_processes, "config": cfg.resume_key()}  # fmt: skip
+            state = {
+                "step": self.global_step,
+                "micro_step": self.global_step * cfg.grad_accum,
+                "num_processes": acc.num_processes,
+                "config": cfg.resume_key(),
+            }
             (tmp / _STATE).write_text(json.dumps(state, indent=1) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -460,8 +560,10 @@ class Trainer:
         if diff:
             raise TrainError(f"checkpoint {path} was made with different settings: {', '.join(diff)}")
         if state.get("num_processes", 1) != self.accelerator.num_processes:
-            raise TrainError(f"checkpoint {path} was made with {state['num_processes']} processes, "
-                             f"this run has {self.accelerator.num_processes}")  # fmt: skip
+            raise TrainError(
+                f"checkpoint {path} was made with {state['num_processes']} processes, "
+                f"this run has {self.accelerator.num_processes}"
+            )
         self.accelerator.load_state(str(path))
         self.global_step = int(state["step"])
         logger.info("resumed from %s at step %d", path, self.global_step)
@@ -482,14 +584,24 @@ class Trainer:
             mesh_l = [(x["mesh"][1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for x in items]
             caps = [x["caption"] for x in items]
             with self.accelerator.autocast():
-                out = pipe(caps, np.stack(mesh), np.stack(mesh_l), [self.tagger.tag(c).hand_token_indices for c in caps],
-                           seeds=list(range(len(items))), height=cfg.resolution, width=cfg.resolution,
-                           num_inference_steps=cfg.sample_steps, progress=False)  # fmt: skip
+                out = pipe(
+                    caps,
+                    np.stack(mesh),
+                    np.stack(mesh_l),
+                    [self.tagger.tag(c).hand_token_indices for c in caps],
+                    seeds=list(range(len(items))),
+                    height=cfg.resolution,
+                    width=cfg.resolution,
+                    num_inference_steps=cfg.sample_steps,
+                    progress=False,
+                )
         finally:
             g.train()
         rows = []
         for x, m, img in zip(items, mesh, out.images, strict=True):
-            real = ((x["pixels"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+            real = (
+                ((x["pixels"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+            )
             rows.append(np.concatenate([m, img, real], axis=1))
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(rows, axis=0)).save(path)
@@ -536,16 +648,23 @@ def preflight(config: TrainConfig, resume: bool, check_model: bool = True) -> li
     folder (when ``check_model``) and the training data exist. Returns the complete checkpoints, oldest first."""
     ckpts = list_checkpoints(Path(config.out) / "checkpoints")
     if not resume and ckpts:
-        raise TrainError(f"{config.out} already holds checkpoints; pass --resume (resume: true) to continue or use a "
-                         "new out folder")  # fmt: skip
+        raise TrainError(
+            f"{config.out} already holds checkpoints; pass --resume (resume: true) to continue or use a "
+            "new out folder"
+        )
     for what, path in (("model", config.model if check_model else None), ("training data", config.data)):
         if path is not None and "*" not in path and not Path(path).exists():
             raise TrainError(f"{what} not found: {path}")
     return ckpts
 
 
-def train(config: TrainConfig, resume: bool = False, components: dict | None = None,
-          progress: Callable[[int], None] | None = None, export: bool = True) -> dict:  # fmt: skip
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    components: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+    export: bool = True,
+) -> dict:
     """Run (or, with ``resume``, continue from the latest checkpoint in ``config.out``) a training run; export
     the model to ``out/model`` at the end. Returns a summary: steps, the losses of this call's steps, seconds,
     checkpoint and model paths."""

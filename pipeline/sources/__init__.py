@@ -18,8 +18,17 @@ from pipeline.sources.base import (
     pose_hands,
 )
 
-__all__ = ["FilterConfig", "PoseSource", "SkipSample", "SourceError", "apply_filters", "dump_record",
-           "letterbox_sample", "make_source", "pose_hands"]  # fmt: skip
+__all__ = [
+    "FilterConfig",
+    "PoseSource",
+    "SkipSample",
+    "SourceError",
+    "apply_filters",
+    "dump_record",
+    "letterbox_sample",
+    "make_source",
+    "pose_hands",
+]
 
 
 def _options(parts: list[str], allowed: dict) -> dict:
@@ -45,8 +54,15 @@ def _flag(v: str) -> bool:
     raise ValueError(v)
 
 
-def make_source(spec: str, hand_model, run_seed: int = 0, run_tag: str = "run", cache_dir: str | Path | None = None,
-                image_size: tuple[int, int] | None = None, filters: FilterConfig | None = None) -> PoseSource:
+def make_source(
+    spec: str,
+    hand_model,
+    run_seed: int = 0,
+    run_tag: str = "run",
+    cache_dir: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    filters: FilterConfig | None = None,
+) -> PoseSource:
     """Build a source from its spec: ``prior``, ``prior:NAME,NAME`` (gestures / interactions),
     ``interhand:ROOT[,split=train][,dedup=0.05][,stratify=1]`` or
     ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=0.05]``."""
@@ -69,12 +85,21 @@ def make_source(spec: str, hand_model, run_seed: int = 0, run_tag: str = "run", 
             from pipeline.sources.interhand import InterHandSource
 
             opts = _options(parts[1:], {"split": str, "dedup": float, "stratify": _flag})
-            return InterHandSource(root, hand_model, cache_dir=cache_dir, run_seed=run_seed, run_tag=run_tag,
-                                   filters=filters, **opts)  # fmt: skip
+            return InterHandSource(
+                root,
+                hand_model,
+                cache_dir=cache_dir,
+                run_seed=run_seed,
+                run_tag=run_tag,
+                filters=filters,
+                **opts,
+            )
         from pipeline.sources.reinterhand import ReInterHandSource
 
         opts = _options(parts[1:], {"ego": _flag, "stratify": _flag, "dedup": float})
-        return ReInterHandSource(root, hand_model, run_seed=run_seed, run_tag=run_tag, filters=filters, **opts)
+        return ReInterHandSource(
+            root, hand_model, run_seed=run_seed, run_tag=run_tag, filters=filters, **opts
+        )
     raise SourceError(f"unknown source {spec!r}: use prior, prior:NAMES, interhand:ROOT or reinterhand:ROOT")
 
 
@@ -87,8 +112,20 @@ def dump_record(sample: Sample) -> dict:
             hands[s] = None
             continue
         j2d = project_points(h.joints_3d, sample.camera.K, sample.camera.dist)
-        hands[s] = {"mano_pose": h.pose.tolist(), "mano_shape": h.shape.tolist(), "mano_trans": h.trans.tolist(),
-                    "joints_3d": np.asarray(h.joints_3d, dtype=np.float64).tolist(), "joints_2d": j2d.tolist()}  # fmt: skip
-    return {"key": sample.key, "index": sample.index, "seed": sample.seed, "hand_type": sample.hand_type,
-            "hands": hands, "camera": sample.camera.to_json(), "image_size": list(sample.image_size),
-            "source": sample.source}  # fmt: skip
+        hands[s] = {
+            "mano_pose": h.pose.tolist(),
+            "mano_shape": h.shape.tolist(),
+            "mano_trans": h.trans.tolist(),
+            "joints_3d": np.asarray(h.joints_3d, dtype=np.float64).tolist(),
+            "joints_2d": j2d.tolist(),
+        }
+    return {
+        "key": sample.key,
+        "index": sample.index,
+        "seed": sample.seed,
+        "hand_type": sample.hand_type,
+        "hands": hands,
+        "camera": sample.camera.to_json(),
+        "image_size": list(sample.image_size),
+        "source": sample.source,
+    }

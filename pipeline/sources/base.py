@@ -79,7 +79,9 @@ class PoseSource(abc.ABC):
         """Counts describing the source (frames, hand types, cameras, ...)."""
         return {"source": self.name}
 
-    def _new_sample(self, index, seed, image_size, K, dist, hands: dict, source: dict, source_image=None) -> Sample:
+    def _new_sample(
+        self, index, seed, image_size, K, dist, hands: dict, source: dict, source_image=None
+    ) -> Sample:
         present = [s for s in SIDES if hands.get(s) is not None]
         if not present:
             raise SkipSample("no_valid_hand")
@@ -93,9 +95,17 @@ class PoseSource(abc.ABC):
                 if not np.isfinite(x).all():
                     raise SkipSample("bad_mano_params", f"{s} {nm} is not finite")
             states[s] = HandState(pose, shape, trans)
-        return Sample(index=index, seed=seed, key=make_key(self.run_tag, index), image_size=tuple(image_size),
-                      camera=Camera(K, dist), hand_type=hand_type, hands=states, source=source,
-                      source_image=source_image)  # fmt: skip
+        return Sample(
+            index=index,
+            seed=seed,
+            key=make_key(self.run_tag, index),
+            image_size=tuple(image_size),
+            camera=Camera(K, dist),
+            hand_type=hand_type,
+            hands=states,
+            source=source,
+            source_image=source_image,
+        )
 
 
 def pose_hands(sample: Sample, hand_model) -> Sample:
@@ -153,7 +163,9 @@ def letterbox_sample(sample: Sample, size: int) -> Sample:
         except (OSError, ValueError) as exc:
             raise SkipSample("unreadable_image", f"{src}: {exc}") from exc
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(sample.image_size):
-        raise SkipSample("image_size_mismatch", f"image is {img.shape}, the annotation says {tuple(sample.image_size)}")
+        raise SkipSample(
+            "image_size_mismatch", f"image is {img.shape}, the annotation says {tuple(sample.image_size)}"
+        )
     lb = Letterbox.fit(img.shape[:2], size)
     sample.source_image = lb.apply(img)
     sample.camera = Camera(lb.intrinsics(sample.camera.K), sample.camera.dist)

@@ -40,7 +40,9 @@ _INDEX_VERSION = 1
 
 def _files(root: Path, split: str) -> dict[str, Path]:
     ann = root / "annotations" / split
-    return {k: ann / f"InterHand2.6M_{split}_{k}.json" for k in ("data", "camera", "joint_3d", "MANO_NeuralAnnot")}
+    return {
+        k: ann / f"InterHand2.6M_{split}_{k}.json" for k in ("data", "camera", "joint_3d", "MANO_NeuralAnnot")
+    }
 
 
 class _NonFiniteAsNull:
@@ -89,7 +91,9 @@ def _mano_vec(h) -> np.ndarray | None:
     if not isinstance(h, dict):
         return None
     try:
-        v = np.concatenate([np.asarray(h[k], dtype=np.float64).reshape(-1) for k in ("pose", "shape", "trans")])
+        v = np.concatenate(
+            [np.asarray(h[k], dtype=np.float64).reshape(-1) for k in ("pose", "shape", "trans")]
+        )
     except (KeyError, TypeError, ValueError):
         return np.full(61, np.nan)  # present but malformed: a counted skip later
     return v if v.shape == (61,) else np.full(61, np.nan)
@@ -121,7 +125,9 @@ def build_index(root: Path, split: str, dedup: float = 0.0) -> dict[str, np.ndar
                     mano.append(np.concatenate([vec.reshape(-1), present.astype(np.float64)]))
         mano_arr = np.array(mano, dtype=np.float64).reshape(-1, 124) if mano else np.zeros((0, 124))
         # validity per (capture, frame) from joint_3d: root joints and hand_type_valid
-        valid = np.zeros((len(mano_arr), 3), dtype=np.int8)  # right root, left root, hand_type_valid (-1 unknown)
+        valid = np.zeros(
+            (len(mano_arr), 3), dtype=np.int8
+        )  # right root, left root, hand_type_valid (-1 unknown)
         valid[:] = -1
         with _open_json_stream(files["joint_3d"]) as f:
             for cap, frames in ijson.kvitems(f, "", use_float=True):
@@ -161,10 +167,12 @@ def build_index(root: Path, split: str, dedup: float = 0.0) -> dict[str, np.ndar
         ht_valid = np.full(len(caps), -1, dtype=np.int8)
         with _open_json_stream(files["data"]) as f:
             for ann in ijson.items(f, "annotations.item", use_float=True):
-                row = image_row.get(int(ann.get("image_id", -10**12)))
+                row = image_row.get(int(ann.get("image_id", -(10**12))))
                 if row is None:
                     continue
-                hand_type[row] = HAND_TYPES.index(ann["hand_type"]) if ann.get("hand_type") in HAND_TYPES else -1
+                hand_type[row] = (
+                    HAND_TYPES.index(ann["hand_type"]) if ann.get("hand_type") in HAND_TYPES else -1
+                )
                 if "hand_type_valid" in ann:
                     ht_valid[row] = int(bool(ann["hand_type_valid"]))
     except ijson.JSONError as exc:
@@ -174,14 +182,22 @@ def build_index(root: Path, split: str, dedup: float = 0.0) -> dict[str, np.ndar
     if dedup > 0 and len(mano_arr):
         keep = _dedup_mask(frame_key, mano_arr, frame_rows, dedup)
     return {
-        "capture": np.array(caps, dtype=np.int64), "frame": np.array(frs, dtype=np.int64),
-        "camera": np.array(cams, dtype=np.int64), "height": np.array(hs, dtype=np.int32),
-        "width": np.array(ws, dtype=np.int32), "seq": np.array(seqs, dtype=np.int32),
+        "capture": np.array(caps, dtype=np.int64),
+        "frame": np.array(frs, dtype=np.int64),
+        "camera": np.array(cams, dtype=np.int64),
+        "height": np.array(hs, dtype=np.int32),
+        "width": np.array(ws, dtype=np.int32),
+        "seq": np.array(seqs, dtype=np.int32),
         "file_name": np.array([n.encode("utf-8") for n in names], dtype=bytes),  # 1 byte per character
         "seq_table": np.array([q.encode("utf-8") for q in seq_table], dtype=bytes),
-        "frame_row": frame_rows, "mano": mano_arr.astype(np.float64), "valid": valid, "hand_type": hand_type,
-        "ht_valid": ht_valid, "keep": keep, "version": np.array(_INDEX_VERSION),
-    }  # fmt: skip
+        "frame_row": frame_rows,
+        "mano": mano_arr.astype(np.float64),
+        "valid": valid,
+        "hand_type": hand_type,
+        "ht_valid": ht_valid,
+        "keep": keep,
+        "version": np.array(_INDEX_VERSION),
+    }
 
 
 def _dedup_mask(frame_key, mano_arr, frame_rows, threshold: float) -> np.ndarray:
@@ -207,9 +223,18 @@ class InterHandSource(PoseSource):
 
     name = "interhand2.6m"
 
-    def __init__(self, root: str | Path, hand_model, split: str = "train", cache_dir: str | Path | None = None,
-                 run_seed: int = 0, run_tag: str = "run", filters: FilterConfig | None = None, dedup: float = 0.0,
-                 stratify: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        hand_model,
+        split: str = "train",
+        cache_dir: str | Path | None = None,
+        run_seed: int = 0,
+        run_tag: str = "run",
+        filters: FilterConfig | None = None,
+        dedup: float = 0.0,
+        stratify: bool = False,
+    ) -> None:
         super().__init__(run_seed, run_tag, filters)
         self.root, self.split, self.hm = Path(root), split, hand_model
         if not self.root.is_dir():
@@ -240,7 +265,9 @@ class InterHandSource(PoseSource):
                 np.savez(tmp, **self.index)
                 tmp.replace(path)
             except OSError as exc:  # an unwritable cache only costs a rebuild next time
-                logger.warning("cannot cache the InterHand2.6M index in %s (%s); set a writable cache_dir", cache, exc)
+                logger.warning(
+                    "cannot cache the InterHand2.6M index in %s (%s); set a writable cache_dir", cache, exc
+                )
                 with contextlib.suppress(OSError):
                     tmp.unlink()
         try:
@@ -310,10 +337,18 @@ class InterHandSource(PoseSource):
             raise SkipSample("no_valid_hand", f"capture {cap} frame {fr}")
         name = ix["file_name"][e].decode("utf-8")
         img = self.root / "images" / self.split / name
-        source = {"dataset": "interhand2.6m", "split": self.split, "capture": cap, "frame": fr, "camera": cam,
-                  "file_name": name}  # fmt: skip
+        source = {
+            "dataset": "interhand2.6m",
+            "split": self.split,
+            "capture": cap,
+            "frame": fr,
+            "camera": cam,
+            "file_name": name,
+        }
         size = (int(ix["height"][e]), int(ix["width"][e]))
-        return self._new_sample(index, seed, size, K, None, hands, source, str(img) if img.is_file() else None)
+        return self._new_sample(
+            index, seed, size, K, None, hands, source, str(img) if img.is_file() else None
+        )
 
     def inspect(self) -> dict:
         ix = self.index
@@ -322,8 +357,12 @@ class InterHandSource(PoseSource):
         cams, counts = np.unique(ix["camera"][pool], return_counts=True)
         frames = len({(int(c), int(f)) for c, f in zip(ix["capture"][pool], ix["frame"][pool], strict=True)})
         return {
-            "source": self.name, "split": self.split, "images": int(len(pool)),
-            "images_total": int(len(ix["capture"])), "frames": frames,
-            "hand_types": {HAND_TYPES[t]: int((ht == t).sum()) for t in range(3)} | {"unknown": int((ht < 0).sum())},
+            "source": self.name,
+            "split": self.split,
+            "images": int(len(pool)),
+            "images_total": int(len(ix["capture"])),
+            "frames": frames,
+            "hand_types": {HAND_TYPES[t]: int((ht == t).sum()) for t in range(3)}
+            | {"unknown": int((ht < 0).sum())},
             "cameras": {str(int(c)): int(n) for c, n in zip(cams, counts, strict=True)},
-        }  # fmt: skip
+        }

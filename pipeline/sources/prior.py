@@ -81,8 +81,10 @@ class PriorConfig:
         interactions = tuple(n for n in names if n in INTERACTIONS)
         unknown = [n for n in names if n not in GESTURES and n not in INTERACTIONS]
         if unknown:
-            raise ValueError(f"unknown prior names {unknown}; gestures: {sorted(GESTURES)}; "
-                             f"interactions: {list(INTERACTIONS)}")  # fmt: skip
+            raise ValueError(
+                f"unknown prior names {unknown}; gestures: {sorted(GESTURES)}; "
+                f"interactions: {list(INTERACTIONS)}"
+            )
         if gestures:
             kw["gestures"] = gestures
         if interactions:
@@ -109,8 +111,14 @@ class PriorSource(PoseSource):
 
     name = "prior"
 
-    def __init__(self, hand_model, config: PriorConfig | None = None, run_seed: int = 0, run_tag: str = "run",
-                 filters: FilterConfig | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hand_model,
+        config: PriorConfig | None = None,
+        run_seed: int = 0,
+        run_tag: str = "run",
+        filters: FilterConfig | None = None,
+    ) -> None:
         super().__init__(run_seed, run_tag, filters)
         self.hm = hand_model
         self.config = config or PriorConfig()
@@ -139,7 +147,9 @@ class PriorSource(PoseSource):
         absolute = flex[:, None] * self._flex[side] + abd[:, None] * self._abd[side]
         return absolute.reshape(45) - self.hm.hands_mean[side], label
 
-    def _scene_hand(self, side: str, hand_pose: np.ndarray, shape: np.ndarray, R: np.ndarray, pos: np.ndarray):
+    def _scene_hand(
+        self, side: str, hand_pose: np.ndarray, shape: np.ndarray, R: np.ndarray, pos: np.ndarray
+    ):
         """MANO params (pose, trans) and vertices of a hand whose canonical frame is rotated by R, root at pos."""
         root = self.hm.root_joint(side, shape)
         pose = np.concatenate([matrix_to_aa(R), hand_pose])
@@ -157,10 +167,15 @@ class PriorSource(PoseSource):
             step = np.array([0.004, 0.0, 0.0])
         elif interaction == "one_over_other":
             Rr, Rl = _FORWARD @ jit(0.15), _MIRROR @ _FORWARD @ _MIRROR @ jit(0.15)
-            pr, pl = np.array([0.0, 0.0, 0.0]), np.array([rng.normal(0, 0.015), 0.035, rng.normal(0.01, 0.01)])
+            pr, pl = (
+                np.array([0.0, 0.0, 0.0]),
+                np.array([rng.normal(0, 0.015), 0.035, rng.normal(0.01, 0.01)]),
+            )
             step = np.array([0.0, 0.004, 0.0])
         else:  # palms facing: steeple (touching fingertips) or clasped (closer, fingers crossing)
-            tilt = aa_to_matrix(np.array([0.0, 0.0, rng.uniform(0.15, 0.4)]))  # fingers lean toward the middle
+            tilt = aa_to_matrix(
+                np.array([0.0, 0.0, rng.uniform(0.15, 0.4)])
+            )  # fingers lean toward the middle
             Rr = tilt @ _STEEPLE @ jit(0.1)
             Rl = _MIRROR @ tilt @ _STEEPLE @ _MIRROR @ jit(0.1)
             if interaction == "clasped":
@@ -173,7 +188,9 @@ class PriorSource(PoseSource):
         lpose, ltrans, lroot, lverts = self._scene_hand("left", poses["left"], shapes["left"], Rl, pl)
         unit = step / np.linalg.norm(step)
         offset = np.zeros(3)
-        if interaction == "fingertips_touching":  # bring the closest points to ~4 mm apart along the step axis
+        if (
+            interaction == "fingertips_touching"
+        ):  # bring the closest points to ~4 mm apart along the step axis
             d = (right[3][:, None] - lverts[None, ::5]) @ unit  # separations along the axis
             near = np.linalg.norm(right[3][:, None] - lverts[None, ::5], axis=2) < 0.08
             gap = float(-d[near].max()) if near.any() else 0.0
@@ -188,7 +205,9 @@ class PriorSource(PoseSource):
             while crosses(hi):
                 lo, hi = hi, hi * 2.0
                 if hi > 64:
-                    raise SkipSample("interpenetration", f"{interaction}: hands still cross after moving apart")
+                    raise SkipSample(
+                        "interpenetration", f"{interaction}: hands still cross after moving apart"
+                    )
             while hi - lo > 0.5:
                 mid = (lo + hi) / 2.0
                 lo, hi = (mid, hi) if crosses(mid) else (lo, mid)
@@ -202,8 +221,13 @@ class PriorSource(PoseSource):
         H, W = cfg.image_size
         lo, hi = cfg.fov_ego if ego else cfg.fov_third
         f = (W / 2.0) / np.tan(np.radians(rng.uniform(lo, hi)) / 2.0)
-        K = np.array([[f, 0.0, (W - 1) / 2 + rng.normal(0, 0.01 * W)],
-                      [0.0, f, (H - 1) / 2 + rng.normal(0, 0.01 * H)], [0.0, 0.0, 1.0]])  # fmt: skip
+        K = np.array(
+            [
+                [f, 0.0, (W - 1) / 2 + rng.normal(0, 0.01 * W)],
+                [0.0, f, (H - 1) / 2 + rng.normal(0, 0.01 * H)],
+                [0.0, 0.0, 1.0],
+            ]
+        )
         if ego:
             R = aa_to_matrix(rng.normal(0.0, 0.35, 3)) @ aa_to_matrix(np.array([-0.5, 0.0, 0.0])) @ _EGO
         else:
@@ -221,7 +245,9 @@ class PriorSource(PoseSource):
         t = lateral - R @ centre
         nearest = (scene_verts @ R.T + t)[:, 2].min()
         if nearest < 0.12:  # keep every vertex at least 12 cm in front of the camera
-            t = t * ((t[2] + 0.12 - nearest) / t[2])  # along the viewing ray: the hands stay where they appear
+            t = t * (
+                (t[2] + 0.12 - nearest) / t[2]
+            )  # along the viewing ray: the hands stay where they appear
         return K, R, t
 
     # -- sample ----------------------------------------------------------------------------------------
@@ -259,12 +285,25 @@ class PriorSource(PoseSource):
             pose, trans, root, _ = scene[s]
             cam_pose, cam_trans = move_mano(pose, trans, root, R, t)
             hands[s] = (cam_pose, shapes[s], cam_trans)
-        source = {"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": "ego" if ego else "third",
-                  "gestures": gestures, "interaction": interaction}  # fmt: skip
+        source = {
+            "dataset": "prior",
+            "split": None,
+            "capture": None,
+            "frame": None,
+            "camera": "ego" if ego else "third",
+            "gestures": gestures,
+            "interaction": interaction,
+        }
         return self._new_sample(index, seed, cfg.image_size, K, None, hands, source)
 
     def inspect(self) -> dict:
         cfg = self.config
-        return {"source": "prior", "gestures": list(cfg.gestures), "interactions": list(cfg.interactions),
-                "hand_type_probs": list(cfg.hand_type_probs), "ego_prob": cfg.ego_prob,
-                "image_size": list(cfg.image_size), "frames": None}  # fmt: skip
+        return {
+            "source": "prior",
+            "gestures": list(cfg.gestures),
+            "interactions": list(cfg.interactions),
+            "hand_type_probs": list(cfg.hand_type_probs),
+            "ego_prob": cfg.ego_prob,
+            "image_size": list(cfg.image_size),
+            "frames": None,
+        }

@@ -62,9 +62,17 @@ class ReInterHandSource(PoseSource):
 
     name = "reinterhand"
 
-    def __init__(self, root: str | Path, hand_model, run_seed: int = 0, run_tag: str = "run",
-                 filters: FilterConfig | None = None, ego: bool = True, stratify: bool = False,
-                 dedup: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        hand_model,
+        run_seed: int = 0,
+        run_tag: str = "run",
+        filters: FilterConfig | None = None,
+        ego: bool = True,
+        stratify: bool = False,
+        dedup: float = 0.0,
+    ) -> None:
         super().__init__(run_seed, run_tag, filters or FilterConfig(max_truncation=0.5))
         self.root, self.hm = Path(root), hand_model
         if not self.root.is_dir():
@@ -84,8 +92,11 @@ class ReInterHandSource(PoseSource):
             except (OSError, json.JSONDecodeError) as exc:
                 raise SourceError(f"cannot read {cam_file}: {exc}") from exc
             self._mugsy[cap.name] = cams if isinstance(cams, dict) else {}
-            ego_cams = sorted(p.name for p in (cap / "Ego_cameras").iterdir() if p.is_dir()) if ego and \
-                (cap / "Ego_cameras").is_dir() else []  # fmt: skip
+            ego_cams = (
+                sorted(p.name for p in (cap / "Ego_cameras").iterdir() if p.is_dir())
+                if ego and (cap / "Ego_cameras").is_dir()
+                else []
+            )
             for fr in frames:
                 entries += [(cap.name, fr, c, 0) for c in sorted(self._mugsy[cap.name])]
                 entries += [(cap.name, fr, c, 1) for c in ego_cams]
@@ -108,7 +119,9 @@ class ReInterHandSource(PoseSource):
             for i, s in enumerate(("right", "left")):
                 p = cap / "mano_fits" / "params" / f"{fr}_{s}.json"
                 try:
-                    pose[48 * i : 48 * (i + 1)] = np.asarray(json.loads(p.read_text())["pose"], dtype=float).reshape(48)
+                    pose[48 * i : 48 * (i + 1)] = np.asarray(
+                        json.loads(p.read_text())["pose"], dtype=float
+                    ).reshape(48)
                 except (OSError, ValueError, KeyError, TypeError):
                     pass  # missing or malformed: compared as zeros; the sample itself reports the problem
             if last is None or np.linalg.norm(pose - last) >= threshold:
@@ -140,7 +153,11 @@ class ReInterHandSource(PoseSource):
             t = np.asarray(params["t"], dtype=np.float64).reshape(3) / 1000.0
             fx, fy = (float(v) for v in params["focal"])
             cx, cy = (float(v) for v in params["princpt"])
-            dist = np.asarray(params["D"], dtype=np.float64).reshape(-1)[:4] if kind == 1 and "D" in params else None
+            dist = (
+                np.asarray(params["D"], dtype=np.float64).reshape(-1)[:4]
+                if kind == 1 and "D" in params
+                else None
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise SkipSample("no_camera", f"{cap} camera {cam}: {exc}") from exc
         if not (np.isfinite(R).all() and np.isfinite(t).all() and fx > 0 and fy > 0):
@@ -155,11 +172,15 @@ class ReInterHandSource(PoseSource):
                 continue
             d = _read_json(path, "bad_mano_params")
             try:
-                pose, shape, trans = (np.asarray(d[k], dtype=np.float64).reshape(-1) for k in ("pose", "shape", "trans"))
+                pose, shape, trans = (
+                    np.asarray(d[k], dtype=np.float64).reshape(-1) for k in ("pose", "shape", "trans")
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise SkipSample("bad_mano_params", f"{path}: {exc}") from exc
             if pose.shape != (48,) or shape.shape != (10,) or trans.shape != (3,):
-                raise SkipSample("bad_mano_params", f"{path}: lengths {pose.size}, {shape.size}, {trans.size}")
+                raise SkipSample(
+                    "bad_mano_params", f"{path}: lengths {pose.size}, {shape.size}, {trans.size}"
+                )
             if not (np.isfinite(pose).all() and np.isfinite(shape).all() and np.isfinite(trans).all()):
                 raise SkipSample("bad_mano_params", f"{path}: non-finite values")
             cam_pose, cam_trans = move_mano(pose, trans, self.hm.root_joint(s, shape), R, t)
@@ -167,14 +188,27 @@ class ReInterHandSource(PoseSource):
         if not hands:
             raise SkipSample("no_mano", f"{cap} frame {frame}")
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        source = {"dataset": "reinterhand", "split": None, "capture": cap, "frame": frame, "camera": cam,
-                  "viewpoint": "ego" if kind == 1 else "third"}  # fmt: skip
-        return self._new_sample(index, seed, size, K, dist, hands, source, str(img) if img.is_file() else None)
+        source = {
+            "dataset": "reinterhand",
+            "split": None,
+            "capture": cap,
+            "frame": frame,
+            "camera": cam,
+            "viewpoint": "ego" if kind == 1 else "third",
+        }
+        return self._new_sample(
+            index, seed, size, K, dist, hands, source, str(img) if img.is_file() else None
+        )
 
     def inspect(self) -> dict:
         frames = {(c, f) for c, f, _, _ in self.entries}
         per_cam: dict[str, int] = {}
         for _, _, c, k in self.entries:
             per_cam[("ego/" if k else "") + c] = per_cam.get(("ego/" if k else "") + c, 0) + 1
-        return {"source": self.name, "captures": len({c for c, _ in frames}), "frames": len(frames),
-                "samples": len(self.entries), "cameras": per_cam}  # fmt: skip
+        return {
+            "source": self.name,
+            "captures": len({c for c, _ in frames}),
+            "frames": len(frames),
+            "samples": len(self.entries),
+            "cameras": per_cam,
+        }
