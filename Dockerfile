@@ -28,7 +28,7 @@ COPY evaluation/ evaluation/
 RUN python3.11 -m venv /opt/venv \
     && pip install --no-cache-dir -c constraints.txt . \
     && pip install --no-cache-dir --no-deps -r requirements-data.txt \
-    && python -c "from captioning.tagging import ensure_clip_vocab, ensure_nltk_tagger; ensure_nltk_tagger(); ensure_clip_vocab()"
+    && python -c "from pipeline.tagging import ensure_clip_vocab, ensure_nltk_tagger; ensure_nltk_tagger(); ensure_clip_vocab()"
 COPY prefect.yaml ./
 COPY presets/ presets/
 

@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     args = ap.parse_args()
     from captioning.labels import LabelCaptioner
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     samples = make_samples(args.n)
     cap = LabelCaptioner()

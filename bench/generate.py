@@ -23,9 +23,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from captioning.tagging import HandTokenTagger
     from generators.attention_hand.models import tiny_components
     from generators.attention_hand.pipeline import AttentionHandPipeline, TASConfig
+    from pipeline.tagging import HandTokenTagger
 
     pipe = AttentionHandPipeline(**tiny_components())
     pipe.set_progress_bar_config(disable=True)

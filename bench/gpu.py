@@ -138,7 +138,7 @@ def sd15_components() -> dict:
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from captioning.tagging import clip_tokenizer
+    from pipeline.tagging import clip_tokenizer
 
     tok = clip_tokenizer()
     ids = {
@@ -215,8 +215,8 @@ class Runner:
         import numpy as np
         from diffusers import StableDiffusionControlNetPipeline
 
-        from captioning.tagging import HandTokenTagger
         from generators.attention_hand.pipeline import AttentionHandPipeline
+        from pipeline.tagging import HandTokenTagger
 
         self.ours = AttentionHandPipeline(**comps)
         self.base = StableDiffusionControlNetPipeline(

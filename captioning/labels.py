@@ -17,19 +17,12 @@ so a sample's caption depends only on its seed and label.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from captioning.base import Caption, Captioner
+from pipeline.gestures import classify_gesture, hands_relation, palm_facing
 from pipeline.schema import Sample
 from pipeline.seeding import stage_rng
-
-FINGERS = ("thumb", "index", "middle", "ring", "pinky")
-_CHAINS = np.array([[0] + [1 + 4 * f + k for k in range(4)] for f in range(5)])  # (5, 5) joint ids
-EXTENDED_DEG, CURLED_DEG, GRASP_DEG = 40.0, 180.0, 80.0
-PINCH_CM = 2.5
 
 SUBJECTS = (
     ("A man", "his"),
@@ -104,64 +97,6 @@ class LabelCaptionConfig:
         for s in self.subjects:
             if not (isinstance(s, (tuple, list)) and len(s) == 2 and all(isinstance(x, str) for x in s)):
                 raise ValueError(f"each subject must be a (phrase, possessive) pair, got {s!r}")
-
-
-def finger_curls(joints: np.ndarray) -> np.ndarray:
-    """(5,) curl per finger (thumb, index, middle, ring, pinky) in degrees from (21, 3) joints."""
-    c = np.asarray(joints, dtype=np.float64)[_CHAINS]  # (5, 5, 3)
-    bones = c[:, 1:] - c[:, :-1]  # (5, 4, 3)
-    bones /= np.maximum(np.sqrt((bones * bones).sum(axis=2, keepdims=True)), 1e-12)
-    cos = np.clip((bones[:, :-1] * bones[:, 1:]).sum(axis=2), -1.0, 1.0)  # (5, 3)
-    ang = np.degrees(np.arccos(cos))
-    curls = ang.sum(axis=1)
-    curls[0] = ang[0, 1:].sum()  # thumb: MCP and IP only (the CMC bend is large by anatomy)
-    return curls
-
-
-def classify_gesture(joints: np.ndarray) -> str:
-    """One of ``_PHRASES``' gestures for a (21, 3) hand."""
-    j = np.asarray(joints, dtype=np.float64)
-    c = finger_curls(j)
-    ext = c[1:] < EXTENDED_DEG
-    curled = c[1:] > CURLED_DEG
-    tips_cm = math.dist(j[4].tolist(), j[8].tolist()) * 100.0
-    if tips_cm < PINCH_CM:
-        return "ok" if ext[1:].all() else "pinch"
-    index, middle, ring, pinky = ext
-    if index and middle and curled[2] and curled[3]:
-        return "v_sign"
-    if index and (c[2:] > 150.0).all():
-        return "point"
-    if curled.all():
-        return "thumbs_up" if c[0] < 30.0 and tips_cm > 6.0 else "fist"
-    if ext.all():
-        return "open_palm"
-    if (c[1:] > GRASP_DEG).all():
-        return "cylinder_grasp" if c[1:].mean() > 125.0 else "sphere_grasp"
-    return "relaxed"
-
-
-def palm_facing(joints: np.ndarray, side: str) -> str:
-    """'palm', 'back' or 'side': which part of the hand faces a camera at the origin looking along +z."""
-    j = np.asarray(joints, dtype=np.float64)
-    w = j[0]
-    ax, ay, az = (j[5] - w).tolist()  # index1 - wrist
-    bx, by, bz = (j[17] - w).tolist()  # pinky1 - wrist
-    n = (ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx)  # palm normal of a right hand
-    sign = -1.0 if side == "left" else 1.0
-    cx, cy, cz = j[[0, 5, 9, 13, 17]].mean(axis=0).tolist()
-    norm = math.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2) * math.sqrt(cx * cx + cy * cy + cz * cz)
-    d = -sign * (n[0] * cx + n[1] * cy + n[2] * cz) / max(norm, 1e-12)  # cos(normal, direction to camera)
-    return "palm" if d > 0.35 else ("back" if d < -0.35 else "side")
-
-
-def hands_relation(right: np.ndarray, left: np.ndarray) -> str:
-    """'clasped', 'touching' or 'apart' for two (21, 3) hands."""
-    d = np.linalg.norm(np.asarray(right)[:, None] - np.asarray(left)[None], axis=2)
-    close = d < 0.03
-    if close.any(axis=1).sum() >= 6 and close.any(axis=0).sum() >= 6:
-        return "clasped"
-    return "touching" if d.min() < 0.025 else "apart"
 
 
 class LabelCaptioner(Captioner):

@@ -114,7 +114,7 @@ class QwenVLCaptioner(Captioner):
             fallback = LabelCaptioner()
         self.fallback = fallback
         if count_tokens is None:
-            from captioning.tagging import clip_tokenizer
+            from pipeline.tagging import clip_tokenizer
 
             clip = clip_tokenizer()
             count_tokens = lambda s: len(clip(s)["input_ids"])  # noqa: E731

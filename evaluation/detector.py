@@ -10,7 +10,7 @@ Conventions (what MediaPipe returns -> what a ``Detection`` holds):
   edge at 1, so the centre of pixel ``u`` is at ``(u + 0.5) / W``. Our labels put the centre of pixel ``u``
   at ``u`` (DESIGN section 3, as OpenCV). So ``u = x * W - 0.5`` and ``v = y * H - 0.5``.
 * **Joint order.** MediaPipe's 21 landmarks are wrist, thumb CMC, MCP, IP, TIP, index MCP, PIP, DIP, TIP,
-  then middle, ring and pinky the same way. Our order (``pipeline.hand_model.JOINT_NAMES``) is wrist,
+  then middle, ring and pinky the same way. Our order (``pipeline.kinematics.JOINT_NAMES``) is wrist,
   thumb1..4, index1..4, middle1..4, ring1..4, pinky1..4 with joint 4 the tip: the same anatomical sequence,
   so ``MEDIAPIPE_TO_JOINTS`` is the identity permutation (``MEDIAPIPE_LANDMARKS`` lists the names side by
   side). Anatomically the points differ a little: MediaPipe's are image-annotated surface landmarks, ours are

@@ -154,7 +154,7 @@ _WORDS = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 def _label_stats(label) -> dict:
     """What the report shows about the label itself: gesture, facing, viewpoint per hand; interaction."""
-    from captioning.labels import classify_gesture, hands_relation, palm_facing
+    from pipeline.gestures import classify_gesture, hands_relation, palm_facing
 
     row: dict = {"hand_type": label.hand_type}
     present = {s: h for s, h in label.hands.items() if h is not None}

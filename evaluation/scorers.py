@@ -16,7 +16,7 @@ Shipped:
 
 The hook for a 3D estimator with local weights (HaMeR- or WiLoR-class): subclass ``Estimator3DScorer`` and
 implement ``estimate(image, label)`` -> side -> (21, 3) joints in metres, in our joint order
-(``pipeline.hand_model.JOINT_NAMES``), in any frame (only root-relative and Procrustes-aligned errors are
+(``pipeline.kinematics.JOINT_NAMES``), in any frame (only root-relative and Procrustes-aligned errors are
 used). The scorer then reports root-relative MPJPE and PA-MPJPE in mm per hand (HandBooster's criterion)
 and an alignment of ``evaluation.metrics.handbooster_alignment`` (>= 0.5 exactly when MPJPE <= 25 mm and
 PA-MPJPE <= 10 mm). Make it available by name with ``register_scorer("hamer", factory)``, from your own

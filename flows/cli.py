@@ -97,7 +97,7 @@ def _cmd_preview(args) -> int:
 def _cmd_caption_tag(args) -> int:
     import json
 
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     print(json.dumps(HandTokenTagger().tag(args.text).to_json(), ensure_ascii=False))
     return 0

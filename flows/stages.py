@@ -83,9 +83,9 @@ class Stages:
     """Every stage of a run, built once (models load here)."""
 
     def __init__(self, config: RunConfig) -> None:
-        from captioning.tagging import HandTokenTagger
         from pipeline.hand_model import HandModel
         from pipeline.sources import FilterConfig, make_source
+        from pipeline.tagging import HandTokenTagger
         from renderers.base import RenderConfig, make_renderer
 
         self.config = config

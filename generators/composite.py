@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from generators.base import Generator, parse_options
 from pipeline.errors import HandgenError
+from pipeline.kinematics import FINGER_CHAINS
 from pipeline.schema import SIDES, Sample
 from pipeline.seeding import stage_rng
 
@@ -72,7 +73,6 @@ LIGHT_PRESETS = {
 }
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-_FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))  # JOINT_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,7 +493,7 @@ class CompositeGenerator(Generator):
                 continue
             j2 = np.asarray(hand.joints_2d, dtype=np.float64) - (c0, r0)
             vis = np.asarray(hand.joints_visible, dtype=bool)
-            for chain in _FINGERS:
+            for chain in FINGER_CHAINS:
                 for a, b in zip((0, *chain[:-1]), chain, strict=True):
                     if b == chain[-1] or not vis[b]:
                         continue

@@ -18,17 +18,19 @@ class ConfigError(HandgenError, ValueError):
     """A configuration value or file that cannot be used; the message names it."""
 
 
-class _Frozen(BaseModel):
+class FrozenModel(BaseModel):
+    """Base of every typed config: frozen, unknown keys rejected."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class HandModelConfig(_Frozen):
+class HandModelConfig(FrozenModel):
     """``mano_dir``: folder with MANO_{RIGHT,LEFT}.pkl (or its parent with ``mano/``); None = the stand-in."""
 
     mano_dir: Path | None = None
 
 
-class RunConfig(_Frozen):
+class RunConfig(FrozenModel):
     """One generation run. ``out`` is where outputs go and is not part of the config hash.
 
     ``mode``: ``generate`` (synthetic images from the generator) or ``prepare`` (AttentionHand training tuples:

@@ -39,36 +39,12 @@ import torch
 
 from pipeline import standin
 from pipeline.errors import HandgenError
+from pipeline.kinematics import FINGERS, TIP_VERTEX_IDS
+from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
 
-SIDES = ("right", "left")
-JOINT_NAMES = (
-    "wrist",
-    "thumb1",
-    "thumb2",
-    "thumb3",
-    "thumb4",
-    "index1",
-    "index2",
-    "index3",
-    "index4",
-    "middle1",
-    "middle2",
-    "middle3",
-    "middle4",
-    "ring1",
-    "ring2",
-    "ring3",
-    "ring4",
-    "pinky1",
-    "pinky2",
-    "pinky3",
-    "pinky4",
-)
-TIP_VERTEX_IDS = standin.TIP_VERTEX_IDS
-_TIP_ORDER = ("thumb", "index", "middle", "ring", "pinky")
-#: Index into concat(smplx 16 joints, 5 tips in _TIP_ORDER) for each project joint.
+#: Index into concat(smplx 16 joints, 5 tips in FINGERS) for each project joint.
 SMPLX_TO_PROJECT = np.array([0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20])
 #: InterHand2.6M per-hand joint position of each project joint.
 PROJECT_TO_INTERHAND = np.array([20, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 19, 18, 17, 16])
@@ -381,7 +357,7 @@ class HandModel:
             )
             for side in SIDES
         }
-        self._tips = torch.tensor([TIP_VERTEX_IDS[t] for t in _TIP_ORDER], device=self.device)
+        self._tips = torch.tensor([TIP_VERTEX_IDS[t] for t in FINGERS], device=self.device)
         self._order = torch.as_tensor(SMPLX_TO_PROJECT, device=self.device)
 
     @torch.no_grad()

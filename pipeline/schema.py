@@ -7,7 +7,7 @@ Two types:
 * ``Label``: the frozen, validated content of ``label.json`` (+ ``verts.npy``), with exact round trips.
 
 Conventions: camera space is OpenCV's (x right, y down, z forward), metres; pixel coordinates put the centre
-of pixel (u, v) at integer (u, v). Joint order: ``pipeline.hand_model.JOINT_NAMES``.
+of pixel (u, v) at integer (u, v). Joint order: ``pipeline.kinematics.JOINT_NAMES``.
 Validation errors are ``SchemaError`` with the dotted field name and the bad value in the message.
 """
 

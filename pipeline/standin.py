@@ -27,24 +27,26 @@ import logging
 
 import numpy as np
 
+from pipeline.kinematics import (
+    FINGER_JOINTS,
+    LONG_FINGERS,
+    PARENTS,
+    REST_FINGER_DIRECTIONS,
+    REST_THUMB_DIRECTION,
+    TIP_VERTEX_IDS,
+    abduction_axes,
+    finger_frame,
+    flexion_axes,
+    mirror_axis_angle,
+    unit,
+)
+
 logger = logging.getLogger(__name__)
 
 N_VERTS = 778
 N_FACES = 1538
 N_JOINTS = 16
 WRIST_LOOP_EDGES = 16
-#: MANO's fingertip vertex ids (the ones smplx uses for MANO tips).
-TIP_VERTEX_IDS = {"thumb": 744, "index": 320, "middle": 443, "ring": 554, "pinky": 671}
-#: Parent of each MANO joint (-1 for the root), MANO order.
-PARENTS = np.array([-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14])
-#: MANO joint ids of each finger's three joints, base to distal.
-FINGER_JOINTS = {
-    "index": (1, 2, 3),
-    "middle": (4, 5, 6),
-    "pinky": (7, 8, 9),
-    "ring": (10, 11, 12),
-    "thumb": (13, 14, 15),
-}
 #: Meaning of each shape direction (beta index -> description), metres per unit beta as documented.
 SHAPE_COMPONENTS = (
     "overall size (5% scale about the wrist)",
@@ -59,7 +61,6 @@ SHAPE_COMPONENTS = (
     "soft tissue (1.5 mm outward along the surface normal per unit)",
 )
 
-_FOUR = ("index", "middle", "ring", "pinky")  # radial (+z) to ulnar (-z) for the right hand
 _PART_ID = {"palm": 0, "index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,12 +72,6 @@ _MCP = {  # knuckle centres
     "middle": np.array([0.000, 0.0, 0.0110]),
     "ring": np.array([0.005, 0.0, -0.0095]),
     "pinky": np.array([0.016, -0.002, -0.0280]),
-}
-_DIR = {  # rest direction of each finger (slightly fanned out)
-    "index": np.array([-1.0, 0.0, 0.07]),
-    "middle": np.array([-1.0, 0.0, 0.0]),
-    "ring": np.array([-1.0, 0.0, -0.07]),
-    "pinky": np.array([-1.0, 0.0, -0.16]),
 }
 _BONES = {  # proximal, middle, distal (DIP to tip) lengths
     "index": (0.040, 0.024, 0.021),
@@ -96,14 +91,9 @@ _TRANSITION = 24  # ring between the 16-vertex wrist loop and the 40-vertex palm
 _HOLE_ROWS = (0, 2)  # thumb hole: palm grid rows [0, 2)
 _HOLE_COLS = (36, 4)  # thumb hole: first column and width (mod 40)
 _THUMB_RING = 12  # = 2 * (rows + cols) of the hole
-_THUMB_DIR = np.array([-0.62, -0.34, 0.70])
 _THUMB_BONES = (0.026, 0.031, 0.027)  # hole centre -> MCP, MCP -> IP, IP -> tip
 _THUMB_RADIUS = (0.0128, 0.0092)
 _THUMB_NORMAL_RUN = 0.030  # the thumb tube leaves the palm along the hole normal over this length
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
 
 
 def _smoothstep(x: np.ndarray | float) -> np.ndarray:
@@ -164,14 +154,6 @@ class _Builder:
             self.faces.append((ring[i], ring[(i + 1) % n], apex))
 
 
-def _finger_frame(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d, u, s): distal axis, dorsal axis, side axis with s x u = d (right-handed about d)."""
-    d = _unit(direction)
-    u = _unit(np.array([0.0, 1.0, 0.0]) - d * d[1])
-    s = np.cross(u, d)
-    return d, u, s
-
-
 def _ring_points(centre, d, u, s, r_side, r_up, n, palmar_pad=0.0):
     theta = (np.arange(n) + 0.5) * 2.0 * np.pi / n
     cos, sin = np.cos(theta), np.sin(theta)
@@ -206,13 +188,13 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
 
     # --- finger base rings (they make up the knuckle ring R) ---------------------------------------
     base_pts = {}
-    for f in _FOUR:
-        d, u, s = _finger_frame(_DIR[f])
+    for f in LONG_FINGERS:
+        d, u, s = finger_frame(REST_FINGER_DIRECTIONS[f])
         r0 = _RADIUS[f][0]
         base_pts[f] = _ring_points(_MCP[f], d, u, s, r0, r0 * 1.12, _FINGER_RING)
     half = _FINGER_RING // 2
-    order = [(f, k) for f in _FOUR for k in range(half)] + [
-        (f, k) for f in reversed(_FOUR) for k in range(half, _FINGER_RING)
+    order = [(f, k) for f in LONG_FINGERS for k in range(half)] + [
+        (f, k) for f in reversed(LONG_FINGERS) for k in range(half, _FINGER_RING)
     ]
     r_pts = np.array([base_pts[f][k] for f, k in order])
     u_r = _arc_fractions(r_pts)
@@ -246,7 +228,7 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
         rows.append(b.add_ring(pts, "palm", 0.0, column0=0))
     b.strip(trans, rows[0], u_t, u_r)
 
-    finger_base_idx: dict[str, np.ndarray] = {f: np.zeros(_FINGER_RING, dtype=int) for f in _FOUR}
+    finger_base_idx: dict[str, np.ndarray] = {f: np.zeros(_FINGER_RING, dtype=int) for f in LONG_FINGERS}
     knuckle = np.empty(len(order), dtype=int)
     for j, (f, k) in enumerate(order):
         idx = b.add_vertex(base_pts[f][k], f, 0.0)
@@ -269,15 +251,15 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
             b.faces.append((a_row[i], b_row[i1], b_row[i]))
 
     # web quads between neighbouring fingers
-    for f, g in zip(_FOUR[:-1], _FOUR[1:], strict=True):
+    for f, g in zip(LONG_FINGERS[:-1], LONG_FINGERS[1:], strict=True):
         f4, f5 = finger_base_idx[f][half - 1], finger_base_idx[f][half]
         g0, g9 = finger_base_idx[g][0], finger_base_idx[g][_FINGER_RING - 1]
         b.faces.append((f4, g0, g9))
         b.faces.append((f4, g9, f5))
 
     # --- the four fingers ------------------------------------------------------------------------
-    for f in _FOUR:
-        d, u, s = _finger_frame(_DIR[f])
+    for f in LONG_FINGERS:
+        d, u, s = finger_frame(REST_FINGER_DIRECTIONS[f])
         l1, l2, l3 = _BONES[f]
         rb, rt = _RADIUS[f]
         r_tip = rt
@@ -331,9 +313,9 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
     hole = np.array(loop)
     hole_pts = np.array([b.verts[i].pos for i in hole])
     hole_c = hole_pts.mean(axis=0)
-    d_t = _unit(_THUMB_DIR)
+    d_t = unit(REST_THUMB_DIRECTION)
     # frame about the thumb axis with the hole loop's rotational sense and start angle
-    u_t0 = _unit(np.cross(d_t, np.array([1.0, 0.0, 0.0])))
+    u_t0 = unit(np.cross(d_t, np.array([1.0, 0.0, 0.0])))
     s_t0 = np.cross(u_t0, d_t)
     rel = hole_pts - hole_c
     ang = np.unwrap(np.arctan2(rel @ u_t0, rel @ s_t0))
@@ -360,13 +342,13 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
     # the tube leaves the palm along the hole's outward normal, then turns to the thumb direction; its first
     # rings morph from the hole's own outline into circles, so the thumb never re-enters the palm
     palm_axis_pt = np.array([b.verts[i].pos for i in rows[r0]]).mean(axis=0)
-    n_h = _unit(hole_c - palm_axis_pt)
+    n_h = unit(hole_c - palm_axis_pt)
     theta = a0 + sense * 2.0 * np.pi * u_hole
     thumb_rings = {}
 
     def centre_at(sv):
         beta = _smoothstep(sv / _THUMB_NORMAL_RUN)
-        return hole_c + sv * _unit((1.0 - beta) * n_h + beta * d_t)
+        return hole_c + sv * unit((1.0 - beta) * n_h + beta * d_t)
 
     def thumb_ring(sv, r_side, r_up):
         circle = np.outer(r_side * np.cos(theta), s_t0) + np.outer(r_up * np.sin(theta), u_t0)
@@ -394,7 +376,7 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
 
     # --- joint regressor -----------------------------------------------------------------------------
     regress[0] = ((wrist, np.full(len(wrist), 1.0 / len(wrist))),)
-    for f in _FOUR:
+    for f in LONG_FINGERS:
         j1, j2, j3 = FINGER_JOINTS[f]
         rings = finger_rings[f]
         for j, ring in ((j1, rings[0]), (j2, rings[4]), (j3, rings[6])):
@@ -414,8 +396,8 @@ def _column_finger(column: int) -> str | None:
     if column < 0:
         return None
     if column < 4 * half:
-        return _FOUR[column // half]
-    return _FOUR[3 - (column - 4 * half) // half]
+        return LONG_FINGERS[column // half]
+    return LONG_FINGERS[3 - (column - 4 * half) // half]
 
 
 def _skinning_weights(vinfo: list[_Vert], joints: np.ndarray, info: dict) -> np.ndarray:
@@ -489,8 +471,8 @@ def _shape_dirs(verts, faces, vinfo, joints, info) -> np.ndarray:
     for i, v in enumerate(vinfo):
         p = v.pos
         sd[i, :, 0] = 0.05 * (p - wrist)
-        if part[i] in _FOUR:
-            d = _unit(_DIR[part[i]])
+        if part[i] in LONG_FINGERS:
+            d = unit(REST_FINGER_DIRECTIONS[part[i]])
             s_pos = max(v.s, 0.0)
             base = _MCP[part[i]]
             sd[i, :, 1] = 0.07 * s_pos * d
@@ -518,63 +500,11 @@ def _shape_dirs(verts, faces, vinfo, joints, info) -> np.ndarray:
     return sd
 
 
-_THUMB_FLEX_TOWARD = np.array([-0.1, -0.45, -1.0])  # thumb flexion swings the tip across the palm (-z)
-_THUMB_ABDUCT_TOWARD = np.array([0.0, -1.0, 0.0])  # palmar abduction lifts the thumb off the palm plane
-
-
-def _thumb_axis(toward: np.ndarray) -> np.ndarray:
-    """Rotation axis that turns the rest thumb direction toward ``toward`` (for positive angles)."""
-    d_t = _unit(_THUMB_DIR)
-    p = _unit(toward - d_t * (toward @ d_t))
-    return _unit(np.cross(d_t, p))
-
-
-def flexion_axes(side: str = "right") -> np.ndarray:
-    """(15, 3) float64 unit axes: a positive rotation about axis j flexes hand joint j+1 toward the palm.
-
-    Rows follow MANO's 15 hand joints (index 1-3, middle 4-6, pinky 7-9, ring 10-12, thumb 13-15). For the
-    left hand the axes are mirrored so the same angles give the mirrored pose.
-    """
-    axes = np.zeros((15, 3))
-    for f in _FOUR:
-        d, u, s = _finger_frame(_DIR[f])
-        for j in FINGER_JOINTS[f]:
-            axes[j - 1] = s
-    for j in FINGER_JOINTS["thumb"]:
-        axes[j - 1] = _thumb_axis(_THUMB_FLEX_TOWARD)
-    if side == "left":
-        axes = _mirror_axis_angle(axes)
-    return axes
-
-
-def abduction_axes(side: str = "right") -> np.ndarray:
-    """(15, 3) float64 unit axes: a positive rotation spreads a finger toward the thumb side; for the thumb
-    it is palmar abduction (the thumb lifts off the palm plane, toward opposition)."""
-    axes = np.zeros((15, 3))
-    for f in _FOUR:
-        _, u, _ = _finger_frame(_DIR[f])
-        for j in FINGER_JOINTS[f]:
-            axes[j - 1] = u
-    for j in FINGER_JOINTS["thumb"]:
-        axes[j - 1] = _thumb_axis(_THUMB_ABDUCT_TOWARD)
-    if side == "left":
-        axes = _mirror_axis_angle(axes)
-    return axes
-
-
-def _mirror_axis_angle(aa: np.ndarray) -> np.ndarray:
-    """Mirror axis-angle vectors across the x=0 plane: (a, b, c) -> (a, -b, -c)."""
-    out = np.array(aa, dtype=np.float64, copy=True)
-    out[..., 1] *= -1.0
-    out[..., 2] *= -1.0
-    return out
-
-
 def _mean_pose() -> np.ndarray:
     """(45,) slightly relaxed absolute hand pose (axis-angle per hand joint, right hand)."""
     flex = flexion_axes("right")
     angles = np.zeros(15)
-    for f in _FOUR:
+    for f in LONG_FINGERS:
         j1, j2, j3 = FINGER_JOINTS[f]
         extra = {"index": 0.0, "middle": 0.05, "ring": 0.1, "pinky": 0.15}[f]
         angles[j1 - 1] = 0.12 + extra
@@ -590,7 +520,7 @@ def _pca_components() -> np.ndarray:
     abd = abduction_axes("right")
     syn = []
     curl = np.zeros((15, 3))
-    for f in _FOUR:
+    for f in LONG_FINGERS:
         for j in FINGER_JOINTS[f]:
             curl[j - 1] = flex[j - 1]
     syn.append(curl)
@@ -599,7 +529,7 @@ def _pca_components() -> np.ndarray:
         thumb[j - 1] = flex[j - 1]
     syn.append(thumb)
     spread = np.zeros((15, 3))
-    for f, sgn in zip(_FOUR, (1.0, 0.2, -0.6, -1.0), strict=True):
+    for f, sgn in zip(LONG_FINGERS, (1.0, 0.2, -0.6, -1.0), strict=True):
         spread[FINGER_JOINTS[f][0] - 1] = sgn * abd[FINGER_JOINTS[f][0] - 1]
     syn.append(spread)
     point = curl.copy()
@@ -607,7 +537,7 @@ def _pca_components() -> np.ndarray:
         point[j - 1] *= -1.0
     syn.append(point)
     hook = np.zeros((15, 3))
-    for f in _FOUR:
+    for f in LONG_FINGERS:
         j1, j2, j3 = FINGER_JOINTS[f]
         hook[j1 - 1] = -flex[j1 - 1]
         hook[j2 - 1] = flex[j2 - 1]
@@ -680,8 +610,8 @@ def build_standin(side: str = "right") -> dict:
         joints = joints * mirror
         faces = faces[:, [0, 2, 1]]
         shapedirs = shapedirs * mirror[None, :, None]
-        mean = _mirror_axis_angle(mean.reshape(15, 3)).reshape(45)
-        comps = _mirror_axis_angle(comps.reshape(45, 15, 3)).reshape(45, 45)
+        mean = mirror_axis_angle(mean.reshape(15, 3)).reshape(45)
+        comps = mirror_axis_angle(comps.reshape(45, 15, 3)).reshape(45, 45)
     return {
         "v_template": np.ascontiguousarray(verts, dtype=np.float64),
         "f": np.ascontiguousarray(faces, dtype=np.uint32),

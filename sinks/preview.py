@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.errors import HandgenError, one_line
+from pipeline.kinematics import FINGER_CHAINS, FINGERS
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ FINGER_COLOURS = {
     "ring": (0, 190, 255),
     "pinky": (200, 110, 255),
 }
-_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 
 
 def draw_skeleton(image: np.ndarray, joints_2d: dict, visible: dict, scale: float = 1.0) -> Image.Image:
@@ -49,8 +49,8 @@ def draw_skeleton(image: np.ndarray, joints_2d: dict, visible: dict, scale: floa
         uv = (np.asarray(uv, dtype=np.float64) + 0.5) * scale - 0.5
         vis = np.asarray(visible[side], dtype=bool)
         width, r = (3, 3) if side == "right" else (1, 3)
-        for f, finger in enumerate(_FINGERS):
-            chain = [0] + [1 + 4 * f + k for k in range(4)]
+        for finger, joints in zip(FINGERS, FINGER_CHAINS, strict=True):
+            chain = [0, *joints]
             colour = FINGER_COLOURS[finger]
             for a, b in zip(chain, chain[1:], strict=False):
                 c = colour if vis[a] and vis[b] else (110, 110, 110)

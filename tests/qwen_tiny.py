@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captioning.tagging import bytes_to_unicode
+from pipeline.tagging import bytes_to_unicode
 
 
 def save_tiny_qwen2vl(folder: Path, seed: int = 0) -> Path:

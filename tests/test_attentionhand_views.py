@@ -255,7 +255,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def inputs(pipe):
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     rng = np.random.default_rng(0)
     mesh = (rng.random((2, 64, 64, 3)) * 255).astype(np.uint8)
@@ -548,7 +548,7 @@ class FakePipe:
     def __init__(self, fits: int | None = None) -> None:
         from types import SimpleNamespace
 
-        from captioning.tagging import clip_tokenizer
+        from pipeline.tagging import clip_tokenizer
 
         self.tokenizer, self.fits, self.calls = clip_tokenizer(), fits, []
         self.scheduler, self.unet = SimpleNamespace(), SimpleNamespace(dtype=torch.float32)

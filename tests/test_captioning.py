@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from captioning.labels import LabelCaptioner, classify_gesture, hands_relation, palm_facing
+from captioning.labels import LabelCaptioner
 from captioning.postprocess import clean_caption
-from pipeline.gestures import GESTURES, gesture_pose
+from pipeline.gestures import GESTURES, classify_gesture, gesture_pose, hands_relation, palm_facing
 from pipeline.schema import Camera, HandState, Sample
 
 K = np.array([[500.0, 0, 255.5], [0, 500.0, 255.5], [0, 0, 1]])
@@ -18,7 +18,7 @@ PALM_TO_CAMERA = np.array([np.pi / 2, 0.0, 0.0])  # right hand: palm (-y) turned
 
 @pytest.fixture(scope="module")
 def tagger():
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     return HandTokenTagger()
 
@@ -32,7 +32,7 @@ def test_real_clip_vocabulary_known_ids(tagger):
 def test_tagging_ignores_padding_left_on_a_shared_tokenizer():
     """The diffusion pipeline pads batches to 77 with the same tokenizer object the tagger uses; that leaves
     padding enabled on the fast backend, and tagging must not pick it up."""
-    from captioning.tagging import HandTokenTagger, clip_tokenizer
+    from pipeline.tagging import HandTokenTagger, clip_tokenizer
 
     tok = clip_tokenizer()
     tagger = HandTokenTagger(tokenizer=tok)
@@ -56,23 +56,29 @@ def test_rule_vbg_hand_and_nouns(tagger):
         words
     )  # "handle" contains "hand" (the paper's rule)
     assert "knife" not in words and "chef" not in words
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     plain = HandTokenTagger(hand_nouns=())
     assert "fingers" not in [w for w, _ in plain.tag("fingers curled").hand_words]
 
 
 def test_truncation_drops_positions_past_77(tagger):
-    text = "A man standing " + "very " * 80 + "still while holding a cup in his hand."
+    # the hand words come after the 77-token cut: none is left, and the end token is kept
+    text = "A tall man " + "very " * 80 + "still while holding a cup in his hand."
     r = tagger.tag(text)
     assert len(r.input_ids) == 77 and r.tokens[-1] == "<|endoftext|>"
-    assert r.hand_token_indices == [] or max(r.hand_token_indices) < 76
+    assert "holding" in [w for w, _ in r.hand_words] and r.hand_token_indices == []
+    # a hand word that ends just before the cut is kept, at its position (75: <sot>, 3 words, 71 x "very")
+    text = "A man waving " + "very " * 71 + "hand hand hand"
+    r = tagger.tag(text)
+    assert len(r.input_ids) == 77 and r.tokens[75] == "hand</w>"
+    assert r.hand_token_indices == [3, 75]
 
 
 def test_numpy_perceptron_equals_nltk(tagger):
-    from nltk.tag.perceptron import PerceptronTagger
+    from pipeline.tagging import load_pos_tagger
 
-    stock = PerceptronTagger(lang="eng")
+    stock = load_pos_tagger()  # NLTK's own AveragedPerceptron scoring
     rng = np.random.default_rng(0)
     words = (
         "a man woman holding pointing hand right left with his her the in park kitchen palm facing camera making "

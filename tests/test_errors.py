@@ -302,7 +302,7 @@ def test_tagger_data_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_tagger_rebuilds_an_incomplete_folder(tmp_path):
-    from captioning.tagging import ensure_nltk_tagger
+    from pipeline.tagging import ensure_nltk_tagger
 
     root = ensure_nltk_tagger(tmp_path / "nltk")
     weights = (
@@ -380,8 +380,8 @@ def test_version():
 
 def test_every_stage_error_is_a_handgen_error():
     from captioning.qwen_vl import QwenVLError
-    from captioning.tagging import TaggingDataError
     from generators.attention_hand.convert import ConversionError
+    from pipeline.tagging import TaggingDataError
     from sinks.preview import PreviewError
     from sinks.reader import ShardsNotFoundError
 

@@ -265,7 +265,7 @@ def mediapipe():
 
 def test_landmark_order_maps_to_our_joints(mediapipe):
     from evaluation.detector import MEDIAPIPE_LANDMARKS, MEDIAPIPE_TO_JOINTS
-    from pipeline.hand_model import JOINT_NAMES
+    from pipeline.kinematics import JOINT_NAMES
 
     names = [lm.name for lm in sorted(mediapipe.solutions.hands.HandLandmark, key=int)]
     assert [names[i] for i in MEDIAPIPE_TO_JOINTS] == [mp for mp, _ in MEDIAPIPE_LANDMARKS]

@@ -11,7 +11,7 @@ PROMPTS = ["A man holding a cup with his right hand.", "A woman pointing with he
 
 @pytest.fixture(scope="module")
 def inputs(pipe):
-    from captioning.tagging import HandTokenTagger
+    from pipeline.tagging import HandTokenTagger
 
     rng = np.random.default_rng(0)
     mesh = (rng.random((2, 64, 64, 3)) * 255).astype(np.uint8)

@@ -11,13 +11,13 @@ import torch
 from pipeline import hand_model as hm
 from pipeline.hand_model import (
     INTERHAND_TO_PROJECT,
-    JOINT_NAMES,
     PROJECT_TO_INTERHAND,
     HandModel,
     HandModelError,
     load_mano_pickle,
     write_standin,
 )
+from pipeline.kinematics import JOINT_NAMES
 from pipeline.schema import SIDES
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline import geometry, standin
+from pipeline import geometry, kinematics, standin
 from pipeline.gestures import gesture_pose
-from pipeline.hand_model import JOINT_NAMES, TIP_VERTEX_IDS
+from pipeline.kinematics import JOINT_NAMES, TIP_VERTEX_IDS
 
 
 def test_counts_and_keys(standin_right):
@@ -57,7 +57,7 @@ def test_proportions_and_tips(standin_right):
         part = (
             standin_right["part_ids"] == {"index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}[finger]
         )
-        base = J[standin.FINGER_JOINTS[finger][0]]
+        base = J[kinematics.FINGER_JOINTS[finger][0]]
         dist = np.linalg.norm(v[part] - base, axis=1)
         assert np.linalg.norm(v[vid] - base) >= dist.max() - 1e-3, (
             f"{finger} tip vertex is not the finger's end"
@@ -86,7 +86,7 @@ def test_skinning_weights_smooth(standin_right):
     assert jump.mean() < 0.2
     # every finger joint is blended: the ring at the joint carries both the parent's and the child's bone
     w_at = standin_right["J_regressor"] > 0
-    parents = standin.PARENTS
+    parents = kinematics.PARENTS
     for j in range(1, 16):
         if j in (13,):  # the thumb base is regressed from the palm, not a ring of its own
             continue
@@ -98,14 +98,14 @@ def test_skinning_weights_smooth(standin_right):
 @pytest.mark.parametrize("finger", ["thumb", "index", "middle", "ring", "pinky"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_flexion_bends_toward_palm(hand_model, finger, side):
-    axes = standin.flexion_axes(side)
+    axes = kinematics.flexion_axes(side)
     palm_centre_idx = [0, 5, 9, 13, 17]  # wrist and the four knuckles
     tip_idx = JOINT_NAMES.index(f"{finger}4")
     dists = []
     # the thumb swings across the palm toward the little finger's knuckle; the fingers curl into the palm
     for angle in (0.0, 0.3, 0.6, 0.9) if finger == "thumb" else (0.0, 0.4, 0.8, 1.2):
         hand = np.zeros((15, 3))
-        for j in standin.FINGER_JOINTS[finger]:
+        for j in kinematics.FINGER_JOINTS[finger]:
             hand[j - 1] = angle * axes[j - 1]
         pose = np.concatenate([np.zeros(3), hand.reshape(45) - hand_model.hands_mean[side]])
         J = hand_model(side, pose[None], np.zeros((1, 10)), np.zeros((1, 3))).joints[0].numpy()
@@ -139,14 +139,14 @@ def test_left_is_mirror_of_right(standin_right, standin_left, hand_model):
 def test_pose_space(standin_right):
     comps = standin_right["hands_components"]
     assert np.allclose(comps @ comps.T, np.eye(45), atol=1e-10)
-    flex = standin.flexion_axes("right")
+    flex = kinematics.flexion_axes("right")
     mean = standin_right["hands_mean"].reshape(15, 3)
     angles = (mean * flex).sum(1)
     assert np.all(angles >= 0) and 0.05 < angles.mean() < 0.4, "mean pose is slightly relaxed"
     # the first component is the all-finger curl synergy
     curl = np.zeros((15, 3))
     for f in ("index", "middle", "ring", "pinky"):
-        for j in standin.FINGER_JOINTS[f]:
+        for j in kinematics.FINGER_JOINTS[f]:
             curl[j - 1] = flex[j - 1]
     assert comps[0] @ curl.reshape(45) / np.linalg.norm(curl) > 0.99
 

@@ -466,8 +466,8 @@ def _tokenizer_and_scheduler(config_from: str | Path | None) -> dict:
             "tokenizer": CLIPTokenizer.from_pretrained(base / "tokenizer", model_max_length=77),
             "scheduler": DDIMScheduler.from_pretrained(base / "scheduler"),
         }
-    from captioning.tagging import clip_tokenizer
     from generators.attention_hand.models import sd15_ddim_scheduler
+    from pipeline.tagging import clip_tokenizer
 
     return {"tokenizer": clip_tokenizer(), "scheduler": sd15_ddim_scheduler()}
 

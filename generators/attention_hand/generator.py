@@ -82,7 +82,7 @@ class AttentionHandGenerator(Generator):
     """Generates each sample's image from its caption, hand tokens and mesh images.
 
     Images are generated at the sample's image size (square, a multiple of the model's size step). The hand
-    tokens are recomputed with the model's own tokenizer (``captioning.tagging``), so TAS attends to the right
+    tokens are recomputed with the model's own tokenizer (``pipeline.tagging``), so TAS attends to the right
     positions whatever tokenizer captioned the sample; the sample's ``hand_token_indices`` are updated to
     match. The diffusion seed is drawn from the sample's own stream
     (``pipeline.seeding.diffusion_seed(seed, attempt)``: a regeneration takes the next seed of the stream), so
@@ -124,8 +124,8 @@ class AttentionHandGenerator(Generator):
         (``models.model_weights_id``: 16 hex characters, cached per folder); ``"in-memory"`` for a pipeline
         given without ``path``.
         """
-        from captioning.tagging import HandTokenTagger
         from generators.attention_hand.models import load_pipeline, model_weights_id
+        from pipeline.tagging import HandTokenTagger
 
         self.views = normalize_views(views)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -54,7 +54,7 @@ def tiny_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from captioning.tagging import clip_tokenizer
+    from pipeline.tagging import clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field, model_validator
 
-from pipeline.config import _Frozen, load_model
+from pipeline.config import FrozenModel, load_model
 from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class TrainError(HandgenError, ValueError):
     """A training setup that cannot run (bad data folder, incompatible checkpoint); the message is one line."""
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenModel):
     """One training run (typed, frozen; unknown keys are rejected).
 
     model: base Stable Diffusion 1.5 folder (diffusers layout) or an AttentionHand folder. guidance_init: a
@@ -298,9 +298,9 @@ class Trainer:
         from diffusers import ControlNetModel, DDPMScheduler
         from diffusers.optimization import get_scheduler
 
-        from captioning.tagging import HandTokenTagger
         from generators.attention_hand.models import load_base, load_guidance
         from generators.attention_hand.pipeline import AttentionHandPipeline, TASConfig
+        from pipeline.tagging import HandTokenTagger
 
         self.config = cfg = config
         cuda = torch.cuda.is_available() and cfg.device != "cpu"

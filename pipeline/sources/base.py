@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.camera import project_points
 from pipeline.errors import HandgenError
-from pipeline.schema import SIDES, Camera, HandState, Sample, make_key
+from pipeline.schema import SIDES, Camera, HandState, Sample, empty_verts, make_key
 from pipeline.seeding import sample_seed
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class PoseSource(abc.ABC):
 
 def pose_hands(sample: Sample, hand_model) -> Sample:
     """Run the hand model: fills ``sample.verts`` (2, 778, 3) float32, ``hands[*].joints_3d`` and ``hand_model``."""
-    verts = np.full((2, 778, 3), np.nan, dtype=np.float32)
+    verts = empty_verts()
     for i, s in enumerate(SIDES):
         h = sample.hands[s]
         if h is None:

