@@ -105,6 +105,12 @@ class LabelCaptioner(Captioner):
     name = "labels"
     prompt_version = "1"
 
+    @classmethod
+    def from_config(cls, config=None, **_) -> LabelCaptioner:
+        """``captioning.CAPTIONERS``' factory (``LabelsCaptionerConfig``: no settings; the phrase library is the
+        default one)."""
+        return cls()
+
     def __init__(self, config: LabelCaptionConfig | None = None) -> None:
         self.config = config or LabelCaptionConfig()
 

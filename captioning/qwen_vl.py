@@ -56,6 +56,11 @@ class QwenVLCaptioner(Captioner):
     name = "qwen-vl"
     prompt_version = "1"
 
+    @classmethod
+    def from_config(cls, config, device: str = "auto", **_) -> QwenVLCaptioner:
+        """``captioning.CAPTIONERS``' factory: the model in ``config.path`` (a ``QwenVLCaptionerConfig``)."""
+        return cls(config.path, device=device)
+
     def __init__(
         self,
         path: str | Path,

@@ -37,7 +37,9 @@ import numpy as np
 from evaluation import metrics
 from evaluation.detector import Detection, HandDetector
 from pipeline.errors import HandgenError
+from pipeline.registry import Registry, RegistryError
 from pipeline.schema import SIDES
+from pipeline.stage_configs import ScorerConfig, SpecError
 
 ENTRY_POINT_GROUP = "handgen.scorers"
 
@@ -248,14 +250,15 @@ class Estimator3DScorer(Scorer):
 
 # -- registry ------------------------------------------------------------------------------------------------------
 Factory = Callable[[str | None], Scorer]
-_REGISTRY: dict[str, Factory] = {}
+SCORERS = Registry("scorer", {}, entry_points=ENTRY_POINT_GROUP)
+"""Alignment scorers by name; a factory takes the text after ``NAME:`` (None without one)."""
 
 
 def register_scorer(name: str, factory: Factory) -> None:
     """Make ``make_scorer(name[:ARG])`` build ``factory(ARG or None)``; re-registering a name replaces it."""
     if not name or ":" in name or not name.replace("_", "").replace("-", "").isalnum():
         raise ScorerError(f"a scorer name is letters, digits, '-' or '_', got {name!r}")
-    _REGISTRY[name] = factory
+    SCORERS.register(name, factory)
 
 
 def parse_options(arg: str | None, types: Mapping[str, type]) -> dict:
@@ -294,32 +297,26 @@ def _make_mediapipe(arg: str | None) -> Scorer:
 register_scorer("mediapipe", _make_mediapipe)
 
 
-def _entry_point(name: str) -> Factory | None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return ep.load()
-    return None
-
-
 def scorer_names() -> list[str]:
     """Registered scorer names (plug-ins from the ``handgen.scorers`` entry points included)."""
-    from importlib.metadata import entry_points
-
-    return sorted({*_REGISTRY, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    return SCORERS.names()
 
 
-def make_scorer(spec: str = "mediapipe") -> Scorer:
+def make_scorer(spec: str | ScorerConfig = "mediapipe") -> Scorer:
     """Build a scorer from ``NAME`` or ``NAME:ARG`` (``mediapipe``, ``mediapipe:min_box_px=64``, a plug-in's
-    ``hamer:/models/hamer``); ``ScorerError`` for an unknown name, ``DetectorError`` when its model cannot load."""
-    name, _, arg = str(spec).partition(":")
-    factory = _REGISTRY.get(name) or _entry_point(name)
-    if factory is None:
-        raise ScorerError(f"unknown scorer {name!r}; known: {', '.join(scorer_names())}")
+    ``hamer:/models/hamer``) or its ``ScorerConfig``; ``ScorerError`` for an unknown name, ``DetectorError`` when
+    its model cannot load."""
     try:
-        return factory(arg or None)
+        config = spec if isinstance(spec, ScorerConfig) else ScorerConfig.from_spec(str(spec))
+    except SpecError as exc:
+        raise ScorerError(str(exc)) from None
+    try:
+        factory = SCORERS.factory(config.kind)
+    except RegistryError as exc:
+        raise ScorerError(str(exc)) from None
+    try:
+        return factory(config.arg or None)
     except HandgenError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ScorerError(f"cannot build scorer {spec!r}: {exc}") from exc
+        raise ScorerError(f"cannot build scorer {config.spec()!r}: {exc}") from exc

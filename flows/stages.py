@@ -83,8 +83,11 @@ class Stages:
     """Every stage of a run, built once (models load here)."""
 
     def __init__(self, config: RunConfig) -> None:
+        from captioning import CAPTIONERS
+        from generators import GENERATORS
         from pipeline.hand_model import HandModel
         from pipeline.sources import FilterConfig, make_source
+        from pipeline.stage_configs import RealImageGeneratorConfig
         from pipeline.tagging import HandTokenTagger
         from renderers.base import RenderConfig, make_renderer
 
@@ -107,41 +110,10 @@ class Stages:
         )
         self.render_config = RenderConfig(local_size=512)
         self.renderer = make_renderer(config.renderer, device=device, config=self.render_config)
-        if config.captioner == "labels":
-            from captioning.labels import LabelCaptioner
-
-            self.captioner = LabelCaptioner()
-        else:
-            from captioning.qwen_vl import QwenVLCaptioner
-
-            self.captioner = QwenVLCaptioner(config.captioner.split(":", 1)[1], device=device)
+        self.captioner = CAPTIONERS.build(config.captioner, device=device)
         self.tagger = HandTokenTagger()
-        if config.mode == "prepare":
-            from generators.real import RealImageGenerator
-
-            self.generator = RealImageGenerator()
-        elif config.generator.partition(":")[0] == "composite":
-            from generators.composite import CompositeConfig, CompositeGenerator, parse_spec
-
-            options = parse_spec(config.generator)  # a bad option is one line
-            self.generator = CompositeGenerator(CompositeConfig(backgrounds=config.backgrounds, **options))
-        else:
-            from generators.attention_hand.generator import AttentionHandGenerator, parse_spec
-            from generators.attention_hand.pipeline import TASConfig
-
-            spec = parse_spec(config.generator)  # an unknown or malformed option is one line
-            self.generator = AttentionHandGenerator(
-                spec.path,
-                guidance=spec.guidance,
-                steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                conditioning_scale=config.conditioning_scale,
-                tas=TASConfig(enabled=config.tas),
-                batch_size=config.generation_batch_size or config.batch_size,
-                device=device,
-                views=config.views,
-            )
-
+        generator = RealImageGeneratorConfig() if config.mode == "prepare" else config.generator
+        self.generator = GENERATORS.build(generator, run=config, device=device)
         self.scorer = None
         if config.min_alignment is not None:
             from evaluation.scorers import make_scorer

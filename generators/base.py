@@ -24,29 +24,3 @@ class Generator(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook for generators that hold models
         """Release models and devices."""
-
-
-def parse_options(
-    spec: str, options: Sequence[str], known: Sequence[str], error: type[Exception], usage: str
-) -> dict[str, str]:
-    """The ``NAME=VALUE`` options of a ``--generator`` spec, already split at the commas (``options``), names
-    and values stripped of blanks. Raises ``error`` (one line, naming ``spec``) for an empty option (a stray
-    comma), one without ``=``, an unknown name (not in ``known``), a repeated name, or an empty value."""
-    values: dict[str, str] = {}
-    names = ", ".join(known)
-    for opt in (o.strip() for o in options):
-        if not opt:
-            raise error(f"--generator {spec!r}: empty option (a stray comma?); expected {usage}")
-        if "=" not in opt:
-            raise error(
-                f"--generator {spec!r}: option {opt!r} needs the form NAME=VALUE (known options: {names})"
-            )
-        name, value = (x.strip() for x in opt.split("=", 1))
-        if name not in known:
-            raise error(f"--generator {spec!r}: unknown option {name!r} (known options: {names})")
-        if name in values:
-            raise error(f"--generator {spec!r}: option {name!r} is given twice")
-        if not value:
-            raise error(f"--generator {spec!r}: option {name!r} has no value")
-        values[name] = value
-    return values

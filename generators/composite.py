@@ -42,8 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from generators.base import Generator, parse_options
-from pipeline.errors import HandgenError
+from generators.base import Generator
 from pipeline.kinematics import FINGER_CHAINS
 from pipeline.schema import SIDES, Sample
 from pipeline.seeding import stage_rng
@@ -111,44 +110,6 @@ class CompositeConfig:
                 raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
         if not 0.0 <= self.spectrum_match <= 1.0:
             raise ValueError(f"composite spectrum_match must be in [0, 1], got {self.spectrum_match!r}")
-
-
-#: ``composite:NAME=VALUE,...`` options (``--generator``), the ``CompositeConfig`` fields a user may choose.
-SPEC_OPTIONS = {"skin": str, "light": str, "background": str, "camera_effects": bool, "spectrum_match": float}
-
-
-class CompositeSpecError(HandgenError, ValueError):
-    """A malformed ``composite:...`` generator spec; one line."""
-
-
-def parse_spec(spec: str) -> dict:
-    """The ``CompositeConfig`` overrides of ``composite`` or ``composite:background=natural,camera_effects=0``
-    (booleans: 1/0, true/false, yes/no, on/off); ``CompositeSpecError`` names a bad option or value."""
-    name, _, rest = str(spec).partition(":")
-    if name != "composite":
-        raise CompositeSpecError(f"--generator {spec!r}: not a composite spec")
-    usage = "composite[:NAME=VALUE,...]"
-    out: dict = {}
-    for key, value in parse_options(
-        spec, rest.split(",") if rest else [], SPEC_OPTIONS, CompositeSpecError, usage
-    ).items():
-        kind = SPEC_OPTIONS[key]
-        try:
-            if kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                out[key] = kind(value)
-        except ValueError:
-            raise CompositeSpecError(
-                f"--generator {spec!r}: {key} expects a {kind.__name__}, got {value!r}"
-            ) from None
-    try:
-        CompositeConfig(**out)
-    except ValueError as exc:
-        raise CompositeSpecError(f"--generator {spec!r}: {exc}") from None
-    return out
 
 
 class Composite(NamedTuple):
@@ -364,6 +325,13 @@ class CompositeGenerator(Generator):
 
     name = "composite"
     version = 2
+
+    @classmethod
+    def from_config(cls, config, run=None, **_) -> CompositeGenerator:
+        """The generator of a ``CompositeGeneratorConfig`` (``generators.GENERATORS``): its components, and the
+        run's ``backgrounds`` folder."""
+        options = config.model_dump(exclude={"kind"})
+        return cls(CompositeConfig(backgrounds=None if run is None else run.backgrounds, **options))
 
     def __init__(self, config: CompositeConfig | None = None) -> None:
         self.config = config or CompositeConfig()

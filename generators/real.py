@@ -23,6 +23,11 @@ class RealImageGenerator(Generator):
     name = "real"
     version = 1
 
+    @classmethod
+    def from_config(cls, config=None, **_) -> RealImageGenerator:
+        """``generators.GENERATORS``' factory (``RealImageGeneratorConfig``: no settings)."""
+        return cls()
+
     def generate(self, samples: Sequence[Sample]) -> None:
         for s in samples:
             img = s.source_image

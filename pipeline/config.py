@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from pipeline.config_base import FrozenModel
 from pipeline.errors import HandgenError
+from pipeline.stage_configs import (
+    CAPTIONER_CONFIGS,
+    CAPTIONER_USAGE,
+    DATASET_SOURCES,
+    GENERATOR_CONFIGS,
+    GENERATOR_USAGE,
+    SOURCE_CONFIGS,
+    SOURCE_USAGE,
+    CaptionerConfig,
+    CompositeGeneratorConfig,
+    GeneratorConfig,
+    LabelsCaptionerConfig,
+    PriorSourceConfig,
+    ScorerConfig,
+    SourceConfig,
+    StageConfig,
+    parse_stage,
+)
 
 
 class ConfigError(HandgenError, ValueError):
     """A configuration value or file that cannot be used; the message names it."""
-
-
-class FrozenModel(BaseModel):
-    """Base of every typed config: frozen, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class HandModelConfig(FrozenModel):
@@ -55,9 +67,9 @@ class RunConfig(FrozenModel):
     samples: int = Field(64, ge=1)
     shard_size: int = Field(32, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
-    source: str = "prior"
-    captioner: str = "labels"
-    generator: str = "composite"
+    source: SourceConfig = PriorSourceConfig()
+    captioner: CaptionerConfig = LabelsCaptionerConfig()
+    generator: GeneratorConfig = CompositeGeneratorConfig()
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     image_size: int = Field(512, ge=64, le=4096)
     run_tag: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
@@ -77,7 +89,7 @@ class RunConfig(FrozenModel):
     generation_batch_size: int | None = Field(None, ge=1, le=256)
     min_alignment: float | None = Field(None, ge=0.0, le=1.0)
     max_tries: int = Field(3, ge=1, le=100)
-    scorer: str = "mediapipe"
+    scorer: ScorerConfig = ScorerConfig()
     cache_dir: str | None = None
     prefetch: int = Field(2, ge=0, le=64)
     views: tuple[str, ...] = ("global",)
@@ -91,19 +103,32 @@ class RunConfig(FrozenModel):
             raise ValueError(f"out must be a folder path or URL, got {v!r}")
         return v.rstrip("/") if v.rstrip("/") else v
 
-    @field_validator("captioner")
+    @field_validator("source", mode="before")
     @classmethod
-    def _captioner(cls, v: str) -> str:
-        if v != "labels" and not v.startswith("qwen-vl:"):
-            raise ValueError(f"captioner must be labels or qwen-vl:PATH, got {v!r}")
+    def _source(cls, v):
+        return parse_stage(v, SOURCE_CONFIGS, "source", SOURCE_USAGE)
+
+    @field_validator("captioner", mode="before")
+    @classmethod
+    def _captioner(cls, v):
+        return parse_stage(v, CAPTIONER_CONFIGS, "captioner", CAPTIONER_USAGE)
+
+    @field_validator("generator", mode="before")
+    @classmethod
+    def _generator(cls, v):
+        return parse_stage(v, GENERATOR_CONFIGS, "generator", GENERATOR_USAGE)
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _scorer(cls, v):
+        if isinstance(v, str):
+            return ScorerConfig.from_spec(v)
         return v
 
-    @field_validator("generator")
-    @classmethod
-    def _generator(cls, v: str) -> str:
-        if v != "composite" and not v.startswith(("composite:", "attentionhand:")):
-            raise ValueError(f"generator must be composite[:OPTIONS] or attentionhand:PATH, got {v!r}")
-        return v
+    @field_serializer("source", "captioner", "generator", "scorer")
+    def _spec(self, v: StageConfig) -> str:
+        # stage configs are written as their canonical spec strings (run.json, the identity, flow parameters)
+        return v.spec()
 
     @field_validator("views", mode="before")
     @classmethod
@@ -112,13 +137,6 @@ class RunConfig(FrozenModel):
         from pipeline.schema import normalize_views
 
         return normalize_views(v)
-
-    @field_validator("scorer")
-    @classmethod
-    def _scorer(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]+(:.*)?$", v):
-            raise ValueError(f"scorer must be NAME or NAME:OPTIONS (e.g. mediapipe), got {v!r}")
-        return v
 
     @property
     def num_shards(self) -> int:
@@ -130,19 +148,12 @@ class RunConfig(FrozenModel):
             raise ValueError(f"shard {k} is outside 0..{self.num_shards - 1}")
         return range(k * self.shard_size, min((k + 1) * self.shard_size, self.samples))
 
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        if v != "prior" and not v.startswith(("prior:", "interhand:", "reinterhand:")):
-            raise ValueError(f"source must be prior, interhand:ROOT or reinterhand:ROOT, got {v!r}")
-        return v
-
     @model_validator(mode="after")
     def _prepare_needs_images(self) -> RunConfig:
-        if self.mode == "prepare" and not self.source.startswith(("interhand:", "reinterhand:")):
+        if self.mode == "prepare" and self.source.kind not in DATASET_SOURCES:
             raise ValueError(
                 f"mode prepare needs a dataset source with images (interhand:ROOT or reinterhand:ROOT), "
-                f"got {self.source!r}"
+                f"got {self.source.spec()!r}"
             )
         if self.mode == "prepare" and "local" in self.views:
             raise ValueError(

@@ -490,12 +490,8 @@ def make_renderer(name: str = "auto", device: str = "auto", config: RenderConfig
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "auto":
         name = "pytorch3d" if str(device).startswith("cuda") else "opengl"
-    if name == "pytorch3d":
-        from renderers.pytorch3d_backend import PyTorch3DRenderer
+    from renderers import RENDERERS
 
-        return PyTorch3DRenderer(config, device=device)
-    if name == "opengl":
-        from renderers.opengl_backend import OpenGLRenderer
-
-        return OpenGLRenderer(config)
-    raise ValueError(f"unknown renderer {name!r}; choose pytorch3d, opengl or auto")
+    if name not in RENDERERS.names():
+        raise ValueError(f"unknown renderer {name!r}; choose pytorch3d, opengl or auto")
+    return RENDERERS.factory(name)(config, device=device)

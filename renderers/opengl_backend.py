@@ -76,6 +76,11 @@ class OpenGLRenderer(Renderer):
 
     name = "opengl"
 
+    @classmethod
+    def from_config(cls, config: RenderConfig | None = None, device: str = "cpu") -> OpenGLRenderer:
+        """``renderers.RENDERERS``' factory (the GL context is the machine's EGL device, whatever ``device``)."""
+        return cls(config)
+
     def __init__(self, config: RenderConfig | None = None) -> None:
         super().__init__(config)
         self._ctx = None

@@ -47,6 +47,11 @@ class PyTorch3DRenderer(Renderer):
 
     name = "pytorch3d"
 
+    @classmethod
+    def from_config(cls, config: RenderConfig | None = None, device: str = "cpu") -> PyTorch3DRenderer:
+        """``renderers.RENDERERS``' factory."""
+        return cls(config, device=device)
+
     def __init__(self, config: RenderConfig | None = None, device: str = "cpu") -> None:
         super().__init__(config)
         if str(device).startswith("cuda") and not torch.cuda.is_available():

@@ -7,7 +7,6 @@ of the tiny components (same seed, so the same weights) with its own attention p
 code path with the pipeline under test: ``views=("global", "local")`` must reproduce it bit for bit.
 """
 
-import dataclasses
 import math
 
 import numpy as np
@@ -640,16 +639,24 @@ def test_generator_views_and_records(pipe):
 
 # -- attentionhand:PATH[,options] ----------------------------------------------------------------------------
 def test_parse_spec():
-    from generators.attention_hand.generator import AttentionHandSpec, AttentionHandSpecError, parse_spec
+    from pipeline.config import load_config
     from pipeline.errors import HandgenError
+    from pipeline.stage_configs import AttentionHandGeneratorConfig, SpecError
 
-    assert parse_spec("attentionhand:/m") == AttentionHandSpec("/m", None)
-    assert parse_spec("attentionhand:/m,guidance=/g") == AttentionHandSpec(path="/m", guidance="/g")
-    # the prefix is optional, blanks are stripped
-    assert parse_spec("/m, guidance = /g ") == AttentionHandSpec("/m", "/g")
-    assert parse_spec("attentionhand:C:/models/ah,guidance=a=b") == AttentionHandSpec("C:/models/ah", "a=b")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        parse_spec("/m").path = "/x"
+    parse_spec = AttentionHandGeneratorConfig.from_spec
+    assert parse_spec("attentionhand:/m") == AttentionHandGeneratorConfig(path="/m")
+    assert parse_spec("attentionhand:/m,guidance=/g") == AttentionHandGeneratorConfig(
+        path="/m", guidance="/g"
+    )
+    # blanks are stripped; a path may hold a colon, a value an '='
+    assert parse_spec("attentionhand: /m, guidance = /g ") == AttentionHandGeneratorConfig(
+        path="/m", guidance="/g"
+    )
+    assert parse_spec("attentionhand:C:/models/ah,guidance=a=b").path == "C:/models/ah"
+    assert parse_spec("attentionhand:C:/models/ah,guidance=a=b").guidance == "a=b"
+    assert parse_spec("attentionhand:/m,guidance=/g").spec() == "attentionhand:/m,guidance=/g"
+    with pytest.raises(Exception, match="frozen"):
+        parse_spec("attentionhand:/m").path = "/x"
     for spec, match in (
         ("attentionhand:", "model folder is missing"),
         ("attentionhand:,guidance=/g", "model folder is missing"),
@@ -659,18 +666,21 @@ def test_parse_spec():
         ("attentionhand:/m,guidance=", "'guidance' has no value"),
         ("attentionhand:/m,", "empty option"),
     ):
-        with pytest.raises(AttentionHandSpecError, match=match) as e:
+        with pytest.raises(SpecError, match=match) as e:
             parse_spec(spec)
         assert isinstance(e.value, HandgenError) and isinstance(e.value, ValueError)
         assert len(str(e.value).splitlines()) == 1 and repr(spec) in str(e.value)
+    # parsed once, in the run config; a YAML preset may give the mapping form
+    cfg = load_config(None, generator={"kind": "attentionhand", "path": "/m"})
+    assert cfg.generator == AttentionHandGeneratorConfig(path="/m")
+    assert cfg.model_dump(mode="json")["generator"] == "attentionhand:/m"
 
 
-def test_generator_from_spec():
-    from generators.attention_hand.generator import AttentionHandGenerator, AttentionHandSpecError
+def test_generator_from_config():
+    from generators import GENERATORS
     from generators.attention_hand.models import AttentionHandLoadError
+    from pipeline.config import load_config
 
-    # a bad option fails before anything is loaded
-    with pytest.raises(AttentionHandSpecError, match="unknown option 'gudiance'"):
-        AttentionHandGenerator.from_spec("attentionhand:/nowhere,gudiance=/g")
+    cfg = load_config(None, generator="attentionhand:/nowhere,guidance=/g", device="cpu")
     with pytest.raises(AttentionHandLoadError, match="not found: /nowhere"):
-        AttentionHandGenerator.from_spec("attentionhand:/nowhere,guidance=/g", device="cpu")
+        GENERATORS.build(cfg.generator, run=cfg, device="cpu")

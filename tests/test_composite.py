@@ -264,7 +264,10 @@ def test_version1_components_still_available(samples):
 
 
 def test_composite_spec_options():
-    from generators.composite import CompositeSpecError, parse_spec
+    from pipeline.stage_configs import CompositeGeneratorConfig, SpecError
+
+    def parse_spec(spec):
+        return CompositeGeneratorConfig.from_spec(spec).model_dump(exclude={"kind"}, exclude_defaults=True)
 
     assert parse_spec("composite") == {}
     assert parse_spec("composite:background=natural,camera_effects=off,spectrum_match=0.25") == {
@@ -272,6 +275,11 @@ def test_composite_spec_options():
         "camera_effects": False,
         "spectrum_match": 0.25,
     }
+    spec = "composite:background=natural,camera_effects=off,spectrum_match=0.25"
+    assert (
+        CompositeGeneratorConfig.from_spec(spec).spec()
+        == "composite:background=natural,camera_effects=0,spectrum_match=0.25"
+    )
     for spec, message in (
         ("composite:sky=blue", "unknown option 'sky' (known options: skin, light, background"),
         ("composite:background", "'background' needs the form NAME=VALUE"),
@@ -280,7 +288,7 @@ def test_composite_spec_options():
         ("composite:spectrum_match=2", "spectrum_match must be in [0, 1]"),
         ("composite:skin=v2,skin=flat", "given twice"),
     ):
-        with pytest.raises(CompositeSpecError, match=re.escape(message)):
+        with pytest.raises(SpecError, match=re.escape(message)):
             parse_spec(spec)
 
 

@@ -110,7 +110,9 @@ def test_interhand_bad_input(tmp_path, hand_model):
     )
     with pytest.raises(SourceError, match="malformed JSON"):
         make_source(f"interhand:{tmp_path}", hand_model, cache_dir=tmp_path / "c")
-    with pytest.raises(SourceError, match="unknown source option"):
+    with pytest.raises(
+        SourceError, match="unknown option 'colour' \\(known options: split, dedup, stratify\\)"
+    ):
         make_source(f"interhand:{tmp_path},colour=red", hand_model)
 
 

@@ -1,13 +1,12 @@
 """``--generator attentionhand:PATH``: the AttentionHand pipeline as a pipeline stage over samples.
 
-``parse_spec`` reads the ``--generator`` value (``attentionhand:PATH[,guidance=DIR]``);
+``--generator attentionhand:PATH[,guidance=DIR]`` parses into ``pipeline.stage_configs.AttentionHandGeneratorConfig``;
 ``AttentionHandGenerator`` generates each sample's image, in generation batches of its own size that shrink
 on CUDA out-of-memory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
@@ -17,50 +16,19 @@ import numpy as np
 import torch
 
 from generators.attention_hand.pipeline import AttentionHandError, TASConfig, normalize_views
-from generators.base import Generator, parse_options
+from generators.base import Generator
 from pipeline.errors import HandgenError
 from pipeline.schema import Sample
 from pipeline.seeding import diffusion_seed
 
 logger = logging.getLogger(__name__)
 
-SPEC_PREFIX = "attentionhand:"
-SPEC_OPTIONS = ("guidance",)
-"""The options ``attentionhand:PATH,NAME=VALUE,...`` knows: ``guidance=DIR`` (a separate guidance module)."""
-
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
-
-
-class AttentionHandSpecError(AttentionHandError):
-    """A ``--generator attentionhand:...`` value that cannot be parsed; the message names the bad part."""
 
 
 class AttentionHandOutOfMemoryError(HandgenError, RuntimeError):
     """The device ran out of memory generating a single image (generation batch 1); the message names the
     sample and what to change. Retrying as it is cannot help."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionHandSpec:
-    """A parsed ``attentionhand:PATH[,guidance=DIR]``: ``path`` the model folder, ``guidance`` a separate
-    guidance module folder (``None``: ``PATH/guidance``). Both exactly as given (not resolved)."""
-
-    path: str
-    guidance: str | None = None
-
-
-def parse_spec(spec: str) -> AttentionHandSpec:
-    """Parse a ``--generator`` value ``attentionhand:PATH[,NAME=VALUE...]`` (the ``attentionhand:`` prefix
-    may be left out). ``PATH`` cannot contain a comma; names and values are stripped of surrounding blanks.
-    Raises ``AttentionHandSpecError`` (one line) for a missing path, an empty, unknown or repeated option, an
-    option without ``=`` or without a value."""
-    usage = "attentionhand:PATH[,guidance=DIR]"
-    text = spec[len(SPEC_PREFIX) :] if spec.startswith(SPEC_PREFIX) else spec
-    path, *options = (part.strip() for part in text.split(","))
-    if not path:
-        raise AttentionHandSpecError(f"--generator {spec!r}: the model folder is missing (expected {usage})")
-    values = parse_options(spec, options, SPEC_OPTIONS, AttentionHandSpecError, usage)
-    return AttentionHandSpec(path=path, guidance=values.get("guidance"))
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -144,11 +112,21 @@ class AttentionHandGenerator(Generator):
         logger.debug("attentionhand: weights_id %s (%s, guidance %s)", self.weights_id, path, guidance)
 
     @classmethod
-    def from_spec(cls, spec: str | AttentionHandSpec, **kwargs) -> AttentionHandGenerator:
-        """A generator for a ``--generator attentionhand:PATH[,guidance=DIR]`` value (``parse_spec``);
-        ``kwargs`` go to ``__init__``."""
-        spec = parse_spec(spec) if isinstance(spec, str) else spec
-        return cls(spec.path, guidance=spec.guidance, **kwargs)
+    def from_config(cls, config, run, device: str = "auto", **_) -> AttentionHandGenerator:
+        """The generator of an ``AttentionHandGeneratorConfig`` (``generators.GENERATORS``) with the run's sampler
+        settings (``steps``, ``guidance_scale``, ``conditioning_scale``, ``tas``, ``generation_batch_size``
+        (default: ``batch_size``), ``views``)."""
+        return cls(
+            config.path,
+            guidance=config.guidance,
+            steps=run.steps,
+            guidance_scale=run.guidance_scale,
+            conditioning_scale=run.conditioning_scale,
+            tas=TASConfig(enabled=run.tas),
+            batch_size=run.generation_batch_size or run.batch_size,
+            device=device,
+            views=run.views,
+        )
 
     def generate(self, samples: Sequence[Sample]) -> None:
         self._generate_all(list(samples))

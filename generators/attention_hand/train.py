@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field, model_validator
 
-from pipeline.config import FrozenModel, load_model
+from pipeline.config import load_model
+from pipeline.config_base import FrozenModel
 from pipeline.errors import HandgenError
 
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.camera import project_points
+from pipeline.registry import Registry
 from pipeline.schema import SIDES, Sample
 from pipeline.sources.base import (
     FilterConfig,
@@ -17,9 +18,11 @@ from pipeline.sources.base import (
     letterbox_sample,
     pose_hands,
 )
+from pipeline.stage_configs import SOURCE_CONFIGS, SOURCE_USAGE, SourceConfig, SpecError, parse_stage
 
 __all__ = [
     "FilterConfig",
+    "SOURCES",
     "PoseSource",
     "SkipSample",
     "SourceError",
@@ -31,31 +34,20 @@ __all__ = [
 ]
 
 
-def _options(parts: list[str], allowed: dict) -> dict:
-    out = {}
-    for p in parts:
-        if "=" not in p:
-            raise SourceError(f"bad source option {p!r}: expected name=value")
-        k, v = (x.strip() for x in p.split("=", 1))
-        if k not in allowed:
-            raise SourceError(f"unknown source option {k!r}; allowed: {sorted(allowed)}")
-        try:
-            out[k] = allowed[k](v)
-        except ValueError as exc:
-            raise SourceError(f"bad value for source option {k}: {v!r}") from exc
-    return out
-
-
-def _flag(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes"):
-        return True
-    if v.lower() in ("0", "false", "no"):
-        return False
-    raise ValueError(v)
+SOURCES = Registry(
+    "source",
+    {
+        "prior": "pipeline.sources.prior:PriorSource.from_config",
+        "interhand": "pipeline.sources.interhand:InterHandSource.from_config",
+        "reinterhand": "pipeline.sources.reinterhand:ReInterHandSource.from_config",
+    },
+)
+"""The pose sources by ``kind`` (``pipeline.stage_configs.SourceConfig``); a factory takes the config and the
+keyword context of ``make_source``."""
 
 
 def make_source(
-    spec: str,
+    config: SourceConfig | str,
     hand_model,
     run_seed: int = 0,
     run_tag: str = "run",
@@ -63,44 +55,16 @@ def make_source(
     image_size: tuple[int, int] | None = None,
     filters: FilterConfig | None = None,
 ) -> PoseSource:
-    """Build a source from its spec: ``prior``, ``prior:NAME,NAME`` (gestures / interactions),
-    ``interhand:ROOT[,split=train][,dedup=0.05][,stratify=1]`` or
-    ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=0.05]``."""
-    kind, _, rest = spec.partition(":")
-    if kind == "prior":
-        from pipeline.sources.prior import PriorConfig, PriorSource
-
-        kw = {"image_size": tuple(image_size)} if image_size else {}
+    """The source of ``config`` (a ``SourceConfig`` or its spec string: ``prior``, ``prior:NAME,NAME``
+    (gestures / interactions), ``interhand:ROOT[,split=train][,dedup=0.05][,stratify=1]`` or
+    ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=0.05]``); ``SourceError`` (one line) for a bad spec."""
+    if isinstance(config, str):
         try:
-            cfg = PriorConfig.from_names(rest.split(","), **kw) if rest else PriorConfig(**kw)
-        except ValueError as exc:
-            raise SourceError(str(exc)) from exc
-        return PriorSource(hand_model, cfg, run_seed, run_tag, filters)
-    if kind in ("interhand", "reinterhand"):
-        parts = [p for p in rest.split(",") if p]
-        if not parts:
-            raise SourceError(f"{kind} needs a root folder: {kind}:ROOT")
-        root = parts[0]
-        if kind == "interhand":
-            from pipeline.sources.interhand import InterHandSource
-
-            opts = _options(parts[1:], {"split": str, "dedup": float, "stratify": _flag})
-            return InterHandSource(
-                root,
-                hand_model,
-                cache_dir=cache_dir,
-                run_seed=run_seed,
-                run_tag=run_tag,
-                filters=filters,
-                **opts,
-            )
-        from pipeline.sources.reinterhand import ReInterHandSource
-
-        opts = _options(parts[1:], {"ego": _flag, "stratify": _flag, "dedup": float})
-        return ReInterHandSource(
-            root, hand_model, run_seed=run_seed, run_tag=run_tag, filters=filters, **opts
-        )
-    raise SourceError(f"unknown source {spec!r}: use prior, prior:NAMES, interhand:ROOT or reinterhand:ROOT")
+            config = parse_stage(config, SOURCE_CONFIGS, "source", SOURCE_USAGE)
+        except SpecError as exc:
+            raise SourceError(str(exc)) from None
+    context = {"run_seed": run_seed, "run_tag": run_tag, "cache_dir": cache_dir, "image_size": image_size}
+    return SOURCES.build(config, hand_model=hand_model, filters=filters, **context)
 
 
 def dump_record(sample: Sample) -> dict:

@@ -222,6 +222,22 @@ class InterHandSource(PoseSource):
 
     name = "interhand2.6m"
 
+    @classmethod
+    def from_config(cls, config, hand_model, run_seed=0, run_tag="run", cache_dir=None, filters=None, **_):
+        """The source of an ``InterHandSourceConfig`` (``pipeline.sources.SOURCES``; the image size is the
+        dataset's)."""
+        return cls(
+            config.root,
+            hand_model,
+            split=config.split,
+            cache_dir=cache_dir,
+            run_seed=run_seed,
+            run_tag=run_tag,
+            filters=filters,
+            dedup=config.dedup,
+            stratify=config.stratify,
+        )
+
     def __init__(
         self,
         root: str | Path,

@@ -75,15 +75,9 @@ class PriorConfig:
     @classmethod
     def from_names(cls, names: list[str], **kw) -> PriorConfig:
         """Text control: a list of gesture and/or interaction names."""
-        names = [n.strip().lower().replace(" ", "_").replace("-", "_") for n in names if n.strip()]
+        names = check_names(names)
         gestures = tuple(n for n in names if n in GESTURES)
         interactions = tuple(n for n in names if n in INTERACTIONS)
-        unknown = [n for n in names if n not in GESTURES and n not in INTERACTIONS]
-        if unknown:
-            raise ValueError(
-                f"unknown prior names {unknown}; gestures: {sorted(GESTURES)}; "
-                f"interactions: {list(INTERACTIONS)}"
-            )
         if gestures:
             kw["gestures"] = gestures
         if interactions:
@@ -91,6 +85,18 @@ class PriorConfig:
             if not gestures:
                 kw["hand_type_probs"] = (0.0, 0.0, 1.0)
         return cls(**kw)
+
+
+def check_names(names) -> list[str]:
+    """The gesture and interaction ``names`` normalised (lower case, '_' for blanks and '-'); ``ValueError``
+    naming the unknown ones."""
+    names = [n.strip().lower().replace(" ", "_").replace("-", "_") for n in names if n.strip()]
+    unknown = [n for n in names if n not in GESTURES and n not in INTERACTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown prior names {unknown}; gestures: {sorted(GESTURES)}; interactions: {list(INTERACTIONS)}"
+        )
+    return names
 
 
 def _gesture_angles(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +115,13 @@ class PriorSource(PoseSource):
     """Samples from the built-in prior (module doc); needs the hand model to place and check hands."""
 
     name = "prior"
+
+    @classmethod
+    def from_config(cls, config, hand_model, run_seed=0, run_tag="run", image_size=None, filters=None, **_):
+        """The source of a ``PriorSourceConfig`` (``pipeline.sources.SOURCES``; cache_dir is not used)."""
+        kw = {"image_size": tuple(image_size)} if image_size else {}
+        prior = PriorConfig.from_names(list(config.names), **kw) if config.names else PriorConfig(**kw)
+        return cls(hand_model, prior, run_seed, run_tag, filters)
 
     def __init__(
         self,

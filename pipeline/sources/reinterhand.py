@@ -62,6 +62,20 @@ class ReInterHandSource(PoseSource):
 
     name = "reinterhand"
 
+    @classmethod
+    def from_config(cls, config, hand_model, run_seed=0, run_tag="run", filters=None, **_):
+        """The source of a ``ReInterHandSourceConfig`` (``pipeline.sources.SOURCES``)."""
+        return cls(
+            config.root,
+            hand_model,
+            run_seed=run_seed,
+            run_tag=run_tag,
+            filters=filters,
+            ego=config.ego,
+            stratify=config.stratify,
+            dedup=config.dedup,
+        )
+
     def __init__(
         self,
         root: str | Path,
