@@ -20,7 +20,9 @@ import numpy as np
 def make_samples(n: int):
     from pipeline.gestures import GESTURES, gesture_pose
     from pipeline.hand_model import HandModel
-    from pipeline.schema import Camera, HandState, Sample
+    from pipeline.sample import Drawn, HandParams, Sample
+    from pipeline.schema import Camera
+    from pipeline.sources import pose_hands
 
     hm = HandModel()
     rng = np.random.default_rng(0)
@@ -29,30 +31,14 @@ def make_samples(n: int):
     samples = []
     for i in range(n):
         sides = [("right",), ("left",), ("right", "left")][i % 3]
-        hands = {"right": None, "left": None}
+        params = {"right": None, "left": None}
         for s in sides:
             p = gesture_pose(names[int(rng.integers(len(names)))], hm.hands_mean[s], s, rng.normal(0, 1.0, 3))
             x = 0.0 if len(sides) == 1 else (0.1 if s == "right" else -0.1)
-            j = (
-                hm(s, p[None], np.zeros((1, 10)), np.array([[x, 0.0, 0.5]]))
-                .joints[0]
-                .numpy()
-                .astype(np.float64)
-            )
-            hands[s] = HandState(p, np.zeros(10), np.zeros(3), j)
+            params[s] = HandParams(p, np.zeros(10), np.array([x, 0.0, 0.5]))
         ht = "interacting" if len(sides) == 2 else sides[0]
-        samples.append(
-            Sample(
-                index=i,
-                seed=i,
-                key=f"b-{i:010d}",
-                image_size=(512, 512),
-                camera=Camera(K),
-                hand_type=ht,
-                hands=hands,
-                source={"dataset": "prior"},
-            )
-        )
+        drawn = Drawn(i, i, f"b-{i:010d}", (512, 512), Camera(K), ht, params, {"dataset": "prior"})
+        samples.append(Sample(drawn, pose_hands(drawn, hm)))
     return samples
 
 

@@ -49,8 +49,8 @@ def run_once(samples: int, out: Path, generator) -> float:
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = RunConfig(out=str(out), samples=samples)
-    st = stages.stages_for(cfg)  # the hash excludes ``out``: every row shares these stages
-    st.generator = generator
+    session = stages.current_session()  # main()'s: the hash excludes ``out``, so every row shares the stages
+    session.pipeline(cfg).load().generator = generator
     folder = RunFolder(cfg)
     folder.open(resume=False)
     t = time.perf_counter()
@@ -72,8 +72,14 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     from evaluation.run import EvalConfig, evaluate_run
+    from flows import stages
     from generators.composite import CompositeConfig, CompositeGenerator
 
+    with stages.Session():  # one pipeline for every row (run_once swaps its generator)
+        _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator)
+
+
+def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -> None:
     root = Path(args.out_root)
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",") if i.strip()]
     table = []

@@ -63,9 +63,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows import stages
-    from flows.generate import generate_shards
     from pipeline.config import RunConfig
-    from sinks.run import RunFolder
 
     d = tempfile.mkdtemp(prefix="bench_pipeline_")
     base = {
@@ -76,7 +74,17 @@ def main() -> None:
         "run_tag": "bench",
     }
     direct = RunConfig(out=f"{d}/direct", **base)
-    st = stages.stages_for(direct)  # models load here, once, outside the timings
+    with stages.Session() as session:  # every run below shares its pipeline: the hash excludes ``out``
+        _compare_flow(args, d, base, direct, session.pipeline(direct).load())
+
+
+def _compare_flow(args, d, base, direct, st) -> None:
+    """Direct stage calls vs the Prefect flow with the same (loaded) pipeline ``st``, then peak memory."""
+    from flows import stages
+    from flows.generate import generate_shards
+    from pipeline.config import RunConfig
+    from sinks.run import RunFolder
+
     folder = RunFolder(direct)
     folder.open(resume=False)
     st.timings.clear()
@@ -99,7 +107,7 @@ def main() -> None:
         RunConfig(out=f"{d}/warm", **{**base, "samples": 1}).model_dump(mode="json")
     )  # starts the API
     flow_cfg = RunConfig(out=f"{d}/flow", **base)
-    stages._STAGES[flow_cfg.config_sha256()] = st  # same models: the comparison is orchestration only
+    # same models (the session's pipeline): the comparison is orchestration only
     t = time.perf_counter()
     generate_shards(flow_cfg.model_dump(mode="json"))
     t_flow = time.perf_counter() - t
@@ -109,7 +117,6 @@ def main() -> None:
 
     for n in (args.small, args.large):
         cfg = RunConfig(out=f"{d}/mem{n}", **{**base, "samples": n, "shard_size": 100})
-        stages._STAGES[cfg.config_sha256()] = st
         folder = RunFolder(cfg)
         folder.open(resume=False)
         stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
@@ -168,17 +175,25 @@ class SleepGenerator:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def generate(self, samples) -> None:
+    tokenizer = None
+
+    def generate(self, samples) -> list:
+        from pipeline.sample import Generation
+
         time.sleep(self.seconds * len(samples))
-        for s in samples:
-            s.image = s.mesh_image.copy()
-            s.generator = {
-                "name": self.name,
-                "version": self.version,
-                "weights_id": None,
-                "seed": int(s.seed),
-                "seconds_per_sample": self.seconds,
-            }
+        return [
+            Generation(
+                s.mesh_image.copy(),
+                {
+                    "name": self.name,
+                    "version": self.version,
+                    "weights_id": None,
+                    "seed": int(s.seed),
+                    "seconds_per_sample": self.seconds,
+                },
+            )
+            for s in samples
+        ]
 
     def close(self) -> None:
         pass
@@ -186,12 +201,9 @@ class SleepGenerator:
 
 def compare_overlap(args) -> None:
     """Generator-only rate vs ``run_shard`` with and without prefetch, on the same samples (module doc)."""
-    from collections import Counter
 
     from flows import stages
-    from flows.prefetch import DEFAULT_DEPTH
     from pipeline.config import RunConfig
-    from sinks.run import RunFolder
 
     d = tempfile.mkdtemp(prefix="bench_overlap_")
     base = {
@@ -202,8 +214,20 @@ def compare_overlap(args) -> None:
         "seed": 1,
         "run_tag": "bench",
     }
-    st = stages.stages_for(RunConfig(out=f"{d}/cpu", **base))  # models load here, once, outside the timings
-    st.generator = SleepGenerator(args.overlap)  # every run below shares these stages (one config)
+    with stages.Session() as session:  # models load here, once, outside the timings
+        st = session.pipeline(RunConfig(out=f"{d}/cpu", **base)).load()
+        st.generator = SleepGenerator(args.overlap)  # every run below shares these stages (one config)
+        _compare_overlap(args, d, base, st)
+
+
+def _compare_overlap(args, d, base, st) -> None:
+    from collections import Counter
+
+    from flows import stages
+    from flows.prefetch import DEFAULT_DEPTH
+    from pipeline.config import RunConfig
+    from sinks.run import RunFolder
+
     print(
         f"{args.n} samples at {args.size}x{args.size}, batches of {args.batch_size}, shards of "
         f"{args.shard_size}; simulated generator {args.overlap * 1000:.0f} ms/sample; "
@@ -216,17 +240,14 @@ def compare_overlap(args) -> None:
         batches = []
         t = time.perf_counter()
         for i in range(0, args.n, args.batch_size):
-            chunk = range(i, min(i + args.batch_size, args.n))
-            drawn = [s for s in (st.draw(j, skips) for j in chunk) if s is not None]
-            batches.append(st.prepare(drawn, skips) if drawn else [])
+            batches.append(st.prepare(range(i, min(i + args.batch_size, args.n)), skips))
         cpu_ms = (time.perf_counter() - t) / args.n * 1000
         t = time.perf_counter()
         for b in batches:
             st.generate(b, skips)  # the call run_shard makes
         return cpu_ms, sum(len(b) for b in batches) / (time.perf_counter() - t)
 
-    warm = [s for s in (st.draw(j, Counter()) for j in range(args.batch_size)) if s is not None]
-    st.prepare(warm, Counter())  # warm-up: llvmpipe compiles its shaders on the first draw
+    st.prepare(range(args.batch_size), Counter())  # warm-up: llvmpipe compiles its shaders on the first draw
     eff: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
     write_ms: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
     for r in range(args.repeats):
@@ -237,7 +258,7 @@ def compare_overlap(args) -> None:
         )
         for depth in (DEFAULT_DEPTH, 0):
             cfg = RunConfig(out=f"{d}/run{r}-depth{depth}", **base)
-            if stages.stages_for(cfg) is not st:
+            if stages.current_session().pipeline(cfg) is not st:
                 raise RuntimeError("the output folder changed the config identity: the stages are not shared")
             folder = RunFolder(cfg)
             folder.open(resume=False)
@@ -248,7 +269,7 @@ def compare_overlap(args) -> None:
                 list(range(cfg.num_shards)),
                 folder,
                 write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
-                    cfg, k, folder, prefetch=depth
+                    cfg, k, st, folder, prefetch=depth
                 ),
             )
             wall = time.perf_counter() - t

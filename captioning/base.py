@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Sequence
 
-from pipeline.schema import Sample
-
-
-@dataclasses.dataclass(frozen=True)
-class Caption:
-    """A caption and what made it: ``captioner`` (name) and ``prompt_version``; ``meta`` holds extras
-    (e.g. the raw model answer, or why a fallback was used)."""
-
-    text: str
-    captioner: str
-    prompt_version: str
-    meta: dict = dataclasses.field(default_factory=dict)
-
-    def record(self) -> dict:
-        """What the label keeps about how the caption was made."""
-        return {"captioner": self.captioner, "prompt_version": self.prompt_version, **self.meta}
+from pipeline.sample import Caption, Sample
 
 
 class Captioner(abc.ABC):
-    """Turns samples (with their exact labels and, optionally, a source RGB image) into captions."""
+    """Turns samples (posed and rendered, with their exact labels and, optionally, a source photo) into
+    captions (``pipeline.sample.Caption``, untagged: the pipeline tags them with the generator's tokenizer)."""
 
     name = "base"
     prompt_version = "0"

@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from captioning.base import Caption, Captioner
+from captioning.base import Captioner
 from pipeline.gestures import classify_gesture, hands_relation, palm_facing
-from pipeline.schema import Sample
+from pipeline.sample import Caption, Sample
 from pipeline.seeding import stage_rng
 
 SUBJECTS = (

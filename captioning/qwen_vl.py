@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.base import Caption, Captioner
+from captioning.base import Captioner
 from captioning.postprocess import clean_caption
 from pipeline.errors import HandgenError, one_line
-from pipeline.schema import Sample
+from pipeline.sample import Caption, Sample
 
 logger = logging.getLogger(__name__)
 

@@ -114,7 +114,7 @@ def _cmd_sources_dump(args) -> int:
     import json
     from collections import Counter
 
-    from pipeline.sources import SkipSample, apply_filters, dump_record, pose_hands
+    from pipeline.sources import SkipSample, dump_record, posed_sample
     from sinks.store import Store
 
     src = _source(args)
@@ -122,8 +122,7 @@ def _cmd_sources_dump(args) -> int:
     lines = []
     for i in range(args.limit):
         try:
-            s = pose_hands(src.sample(i), src.hm)
-            apply_filters(s, src.filters)
+            s = posed_sample(src, i, src.hm, src.filters)
         except SkipSample as exc:
             skipped[exc.reason] += 1
             logger.info("skipped sample %d: %s", i, exc)
@@ -206,26 +205,29 @@ def _generate(args, server) -> int:
     t0 = time.perf_counter()
     # extra workers start first, so that their model loading overlaps this process's; each checks the models
     # and the run folder itself before it claims a shard
-    with LocalWorkers(
-        cfg, 0 if finished else args.workers - 1, verbose=args.verbose, resume=args.resume
-    ) as workers:
+    extra = 0 if finished else args.workers - 1
+    # the session closes every stage it loaded (models, GL contexts) when the command ends
+    with (
+        LocalWorkers(cfg, extra, verbose=args.verbose, resume=args.resume) as workers,
+        stages.Session() as session,
+    ):
         if not finished:
-            stages.stages_for(
-                cfg
-            )  # models load first: a bad model path fails before the run folder is created
+            # models load first: a bad model path fails before the run folder is created
+            session.pipeline(cfg).load()
         state = folder.open(resume=args.resume)  # run.json first; a mismatch or a foreign folder is one line
         if state == "finished":
             print(f"{cfg.out} already holds the finished run {folder.record['run_tag']}: nothing to do")
             return 0
-        return _write(args, cfg, folder, workers, prepare, t0, server)
+        return _write(args, cfg, folder, workers, session, prepare, t0, server)
 
 
-def _write(args, cfg, folder, workers, prepare: bool, t0: float, server) -> int:
+def _write(args, cfg, folder, workers, session, prepare: bool, t0: float, server) -> int:
     import time
 
     from flows import runtime, stages
 
-    with stages.progress_bar(cfg, args.command, args.quiet, workers):
+    with stages.progress_bar(cfg, args.command, args.quiet, workers) as progress:
+        session.progress = progress
         if args.no_prefect:
             stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
             manifest = stages.finalize(cfg, folder)
@@ -619,23 +621,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: run ``main`` and leave without native-library teardown.
-
-    The GL (llvmpipe), torch and arrow thread pools can race at interpreter teardown and abort an otherwise
-    finished process ("terminate called without an active exception"); everything is written and flushed
-    by then, so the process exits directly with main's code.
-    """
-    import atexit
-    import os
-
-    code = main()
-    try:
-        atexit._run_exitfuncs()  # Python-level cleanup still runs (e.g. Prefect stops its temporary server)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
+    """Console-script entry point: ``main``'s code is the process's exit code. Every stage a command loads
+    closes when the command ends (``flows.stages.Session``), so the process ends normally."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows import stages
 from flows.runtime import no_retry_for_user_errors
-from flows.stages import finalize, run_shard, run_shards, stages_for, write_preview
+from flows.stages import finalize, run_shard, run_shards, write_preview
 from pipeline.config import ConfigError, RunConfig
 from pipeline.errors import one_line
 from sinks.run import RunFolder, process_owner
@@ -38,7 +39,9 @@ def generate_shard(config: dict, shard: int) -> dict | None:
     """Write one shard under its claim; returns its small report (name, count, skips, sha256), or None when
     this task wrote nothing (the shard is complete, or another worker holds it)."""
     cfg = RunConfig(**config)
-    report = run_shard(cfg, shard, RunFolder(cfg, owner=process_owner()))
+    with stages.session() as session:  # the flow run's session: its pipeline loads once per process
+        folder = RunFolder(cfg, owner=process_owner())
+        report = run_shard(cfg, shard, session.pipeline(cfg), folder, progress=session.progress)
     if report is None:
         return None
     return {
@@ -112,9 +115,31 @@ def _run(
     if not 0 <= first_shard < stop:
         raise ConfigError(f"empty shard range [{first_shard}, {stop}) for {cfg.num_shards} shards")
     whole = first_shard == 0 and stop == cfg.num_shards
+    with stages.session() as session:  # the command line's session, or one for this flow run
+        return _run_in(
+            session,
+            cfg,
+            first_shard,
+            stop,
+            whole,
+            resume,
+            fan_out,
+            deployment,
+            task,
+            flow_name,
+            finalize_run,
+            log,
+        )
+
+
+def _run_in(
+    session, cfg, first_shard, stop, whole, resume, fan_out, deployment, task, flow_name, finalize_run, log
+) -> dict:
+    """``_run`` within the ``session`` whose pipeline writes the shards in this process."""
     folder = RunFolder(cfg, owner=process_owner())
     if fan_out == 0 and not folder.finished():
-        stages_for(cfg)  # models load first: a bad model path fails before the run folder is created
+        # models load first: a bad model path fails before the run folder is created
+        session.pipeline(cfg).load()
     folder.open(resume=resume or not whole or fan_out > 0)
     t0 = time.perf_counter()
     if fan_out > 0:

@@ -657,8 +657,9 @@ def _serve(argv: list[str]) -> int:
     def _watchdog():  # works without prctl too: a parent that died leaves us reparented
         while os.getppid() == args.parent_pid:
             time.sleep(0.2)
-        _remove_home(args.home)
-        os._exit(0)
+        # stop as the parent would: SIGTERM (uvicorn's graceful shutdown, or _terminate before it runs); the
+        # server then leaves through the finally below, which removes the folder
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=_watchdog, name="parent-watchdog", daemon=True).start()
     try:

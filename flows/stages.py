@@ -1,34 +1,48 @@
-"""The generation run in plain Python (no Prefect): stage objects, one shard, finalisation.
+"""The generation run in plain Python (no Prefect): the pipeline of stages, one shard, finalisation.
 
-``Stages`` builds every model once (hand model, source, renderer, captioner, tagger, generator); a worker
-process keeps one per run config (``stages_for``). ``run_shard`` produces shard ``k`` of a run: the samples
-with indices in ``config.shard_indices(k)`` go through sample -> hand model -> render -> caption -> generate
--> write, in batches; a bad sample is skipped and counted by reason. The Prefect flow (``flows.generate``) and
+``GenerationPipeline`` owns every stage of a run: the hand model, the pose source, the renderer, the
+captioner, the tagger (with the generator's tokenizer), the generator and the alignment scorer. It builds them
+from the run config through the stage registries (``load``) and closes them when its ``with`` block ends. The
+data flow of a batch, each stage returning its own frozen part of the samples (``pipeline.sample``):
+
+    sample -> pose -> render -> caption -> generate (-> score) -> write
+
+``run_shard`` produces shard ``k`` of a run with it: the samples with indices in ``config.shard_indices(k)``
+go through ``GenerationPipeline.prepare`` (sample, pose, render, caption: the CPU stages) and
+``GenerationPipeline.generate``, then to the shard writer; a bad sample is skipped and counted by reason.
+
+A ``Session`` is what one process keeps while it writes shards: its pipelines (one per run config, so models
+load once per process) and where progress goes. The command line opens one for the whole command; a Prefect
+flow run uses the session of its process, or opens its own. The Prefect flow (``flows.generate``) and
 ``hands generate --no-prefect`` call exactly this code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from pipeline.config import RunConfig, resolve_device
-from pipeline.schema import SIDES, SchemaError
+from pipeline.sample import Sample
+from pipeline.schema import SchemaError
 from sinks.run import RunFolder, wait_for
 from sinks.webdataset_sink import ShardedOutput, ShardReport
 
 logger = logging.getLogger(__name__)
-_STAGES: dict[str, Stages] = {}
-_PROGRESS: list = []  # callbacks (samples done) of a local progress bar, set by the command line
+
+Progress = Callable[[int], None]
+"""Called with the number of samples a batch processed (generated; its writing may still be under way)."""
 
 
 @contextlib.contextmanager
-def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
-    """A tqdm bar over the run's samples for the ``with`` block, fed by this process's shards and, when
-    given, the local ``workers``' counts (``flows.workers.LocalWorkers``)."""
+def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None) -> Iterator[Progress]:
+    """A tqdm bar over the run's samples for the ``with`` block; yields its update function (``Progress``) for
+    this process's shards, and also polls the local ``workers``' counts (``flows.workers.LocalWorkers``)."""
     import threading
 
     from tqdm import tqdm
@@ -50,7 +64,6 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
                 update(now - seen[0])
                 seen[0] = now
 
-    set_progress(update)
     thread = None
     if workers is not None and workers.extra:
         thread = threading.Thread(target=poll, name="progress", daemon=True)
@@ -58,7 +71,7 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
     failed = False
     try:
         with logging_redirect_tqdm():  # log lines print above the bar, not through it
-            yield bar
+            yield update
     except BaseException:
         failed = True
         raise
@@ -66,23 +79,31 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None):
         stop.set()
         if thread is not None:
             thread.join()
-        set_progress(None)
         if failed:  # an error ends the command with its one line: the bar goes away first
             bar.leave = False
         bar.close()
 
 
-def set_progress(callback: Callable[[int], None] | None) -> None:
-    """Report processed sample counts to ``callback`` (None: stop reporting)."""
-    _PROGRESS.clear()
-    if callback is not None:
-        _PROGRESS.append(callback)
-
-
-class Stages:
-    """Every stage of a run, built once (models load here)."""
+class GenerationPipeline:
+    """Every stage of a run (module doc). ``load()`` builds them (models load here; idempotent), ``close()`` (or
+    leaving the ``with`` block) releases them. ``timings``: seconds spent per stage in this pipeline."""
 
     def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.timings: Counter = Counter()
+        self.loaded = False
+        self._run_info: dict | None = None
+
+    def __enter__(self) -> GenerationPipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def load(self) -> GenerationPipeline:
+        """Build every stage from the run config (once); returns this pipeline."""
+        if self.loaded:
+            return self
         from captioning import CAPTIONERS
         from generators import GENERATORS
         from pipeline.hand_model import HandModel
@@ -91,35 +112,49 @@ class Stages:
         from pipeline.tagging import HandTokenTagger
         from renderers.base import RenderConfig, make_renderer
 
-        self.config = config
-        self.timings: Counter = Counter()  # seconds spent per stage in this process
-        self._run_info: dict | None = None
-        device = resolve_device(config.device)  # a GPU that is not there is one line
-        self.device = device
-        self.hand_model = HandModel(config.hand_model.mano_dir, device=device)
+        config = self.config
+        self.device = resolve_device(config.device)  # a GPU that is not there is one line
+        self.hand_model = HandModel(config.hand_model.mano_dir, device=self.device)
         filters = FilterConfig(min_hand_px=config.min_hand_px, max_truncation=config.max_truncation)
-        size = (config.image_size, config.image_size)
         self.source = make_source(
             config.source,
             self.hand_model,
             run_seed=config.seed,
             run_tag=config.effective_run_tag(),
             cache_dir=config.cache_dir,
-            image_size=size,
+            image_size=(config.image_size, config.image_size),
             filters=filters,
         )
         self.render_config = RenderConfig(local_size=512)
-        self.renderer = make_renderer(config.renderer, device=device, config=self.render_config)
-        self.captioner = CAPTIONERS.build(config.captioner, device=device)
-        self.tagger = HandTokenTagger()
+        self.renderer = make_renderer(config.renderer, device=self.device, config=self.render_config)
+        self.captioner = CAPTIONERS.build(config.captioner, device=self.device)
         generator = RealImageGeneratorConfig() if config.mode == "prepare" else config.generator
-        self.generator = GENERATORS.build(generator, run=config, device=device)
+        self.generator = GENERATORS.build(generator, run=config, device=self.device)
+        self.tagger = HandTokenTagger(tokenizer=self.generator.tokenizer)  # the positions TAS attends to
         self.scorer = None
         if config.min_alignment is not None:
             from evaluation.scorers import make_scorer
 
             self.scorer = make_scorer(config.scorer)
+        self.loaded = True
+        return self
 
+    def close(self) -> None:
+        """Release the stages' models, contexts and devices (the pipeline can be loaded again)."""
+        if not self.loaded:
+            return
+        self.loaded = False
+        for stage in (self.renderer, self.captioner, self.generator, self.scorer):
+            if stage is not None:
+                stage.close()
+
+    def for_thread(self) -> GenerationPipeline:
+        """The same stages with a ``timings`` of their own, for a background thread (merge them afterwards)."""
+        twin = copy.copy(self)
+        twin.timings = Counter()
+        return twin
+
+    # -- what the shard reports record --------------------------------------------------------------------
     def renderer_record(self) -> dict:
         """What the validator needs to re-render labels exactly."""
         import dataclasses
@@ -142,103 +177,116 @@ class Stages:
             }
         return self._run_info
 
-    def draw(self, index: int, skips: Counter):
-        """Sample ``index`` with hands posed and filters applied, or None (counted in ``skips``)."""
-        from pipeline.sources import SkipSample, apply_filters, letterbox_sample, pose_hands
+    # -- the stages, a batch at a time ----------------------------------------------------------------------
+    def prepare(self, indices: Sequence[int], skips: Counter) -> list[Sample]:
+        """The CPU stages of a batch: sample, pose, render, caption. Returns the samples ready for
+        ``generate``; the others are counted in ``skips`` by reason."""
+        samples = self.sample(indices, skips)
+        samples = self.pose(samples, skips)
+        samples = self.render(samples, skips) if samples else []
+        return self.caption(samples) if samples else []
+
+    def sample(self, indices: Sequence[int], skips: Counter) -> list[Sample]:
+        """Draw each index from the pose source (mode prepare: with its photo, letterboxed)."""
+        from pipeline.sources import SkipSample, letterbox
 
         t0 = time.perf_counter()
-        t1 = None
-        try:
-            s = self.source.sample(index)
-            if self.config.mode == "prepare":  # training tuples: the real image, letterboxed, and its camera
-                letterbox_sample(s, self.config.image_size)
-            t1 = time.perf_counter()
-            s = pose_hands(s, self.hand_model)
-            apply_filters(s, self.source.filters)
-            return s
-        except SkipSample as exc:
-            skips[exc.reason] += 1
-            logger.info("skipped sample %d: %s", index, exc)
-            return None
-        finally:
-            t2 = time.perf_counter()
-            self.timings["sample"] += (t1 or t2) - t0
-            self.timings["hand_model"] += t2 - (t1 or t2)
+        out = []
+        for index in indices:
+            try:
+                drawn = self.source.sample(index)
+                photo = None
+                if (
+                    self.config.mode == "prepare"
+                ):  # training tuples: the real image, letterboxed, and its camera
+                    drawn, photo = letterbox(drawn, self.config.image_size)
+                out.append(Sample(drawn, photo=photo))
+            except SkipSample as exc:
+                _skip(skips, exc.reason, f"sample {index}", exc)
+        self.timings["sample"] += time.perf_counter() - t0
+        return out
 
-    def process(self, samples: list, skips: Counter) -> list:
-        """Render, caption and generate a batch; returns the samples that made it."""
-        return self.generate(self.prepare(samples, skips), skips)
+    def pose(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
+        """Run the hand model and the source's filters (hands behind the camera, too small, truncated)."""
+        from pipeline.sources import SkipSample, apply_filters, pose_hands
 
-    def prepare(self, samples: list, skips: Counter) -> list:
-        """Render, filter and caption a batch (the CPU side); returns the samples ready for ``generate``."""
-        from renderers.base import RenderBatch, RenderItem
-
-        items = []
+        t0 = time.perf_counter()
+        out = []
         for s in samples:
-            verts = {side: s.verts[i] for i, side in enumerate(SIDES) if s.hands[side] is not None}
-            joints = {side: s.hands[side].joints_3d for side in verts}
-            items.append(RenderItem(verts, joints, s.camera.K, s.image_size, s.camera.dist))
-        kept = []
+            try:
+                posed = pose_hands(s.drawn, self.hand_model)
+                apply_filters(s.drawn, posed, self.source.filters)
+                out.append(s.with_(posed=posed))
+            except SkipSample as exc:
+                _skip(skips, exc.reason, f"sample {s.index}", exc)
+        self.timings["hand_model"] += time.perf_counter() - t0
+        return out
+
+    def render(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
+        """Render the batch; skip samples whose hands do not show (``not_visible``), show only on the letterbox
+        padding (``no_overlap``) or show fewer joints than ``min_visible_joints`` (per present hand)."""
+        from renderers.base import RenderBatch, render_item
+
         t0 = time.perf_counter()
-        results = self.renderer.render(RenderBatch(items, self.hand_model.faces))
-        t1 = time.perf_counter()
-        self.timings["render"] += t1 - t0
+        results = self.renderer.render(RenderBatch([render_item(s) for s in samples], self.hand_model.faces))
+        self.timings["render"] += time.perf_counter() - t0
+        out = []
         for s, r in zip(samples, results, strict=True):
-            for side in SIDES:
-                if s.hands[side] is not None:
-                    h = s.hands[side]
-                    h.joints_2d, h.joints_visible, h.bbox = (
-                        r.joints_2d[side],
-                        r.joints_visible[side],
-                        r.bbox[side],
-                    )
-            s.crop_box, s.mesh_image, s.mesh_local = r.crop_box, r.mesh_image, r.mesh_local
-            s.mask, s.depth, s.local = r.mask, r.depth, r.local
             if not (r.mask > 0).any():
                 skips["not_visible"] += 1
                 continue
-            if "letterbox" in s.source and not ((r.mask > 0) & self._valid_region(s)).any():
+            if "letterbox" in s.source and not ((r.mask > 0) & _valid_region(s)).any():
                 skips["no_overlap"] += 1  # the hands render only onto the letterbox padding
                 continue
-            vis = [int(r.joints_visible[side].sum()) for side in SIDES if s.hands[side] is not None]
+            vis = [int(v.sum()) for v in r.joints_visible.values() if v is not None]
             if min(vis) < self.config.min_visible_joints:  # the visibility filter (per present hand)
                 skips["too_few_visible_joints"] += 1
                 continue
-            kept.append(s)
+            out.append(s.with_(rendered=r))
+        return out
+
+    def caption(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Caption the batch and tag each caption's hand tokens with the generator's tokenizer."""
+        import dataclasses
+
         t0 = time.perf_counter()
-        caps = self.captioner.caption(kept)
+        captions = self.captioner.caption(samples)
         t1 = time.perf_counter()
-        for s, cap in zip(kept, caps, strict=True):
-            s.caption, s.caption_meta = cap.text, cap.record()
-            s.hand_token_indices = tuple(self.tagger.tag(cap.text).hand_token_indices)
+        out = []
+        for s, cap in zip(samples, captions, strict=True):
+            tokens = tuple(self.tagger.tag(cap.text).hand_token_indices)
+            out.append(s.with_(captioned=dataclasses.replace(cap, hand_token_indices=tokens)))
         self.timings["caption"] += t1 - t0
         self.timings["tag"] += time.perf_counter() - t1
-        return kept
+        return out
 
-    def generate(self, samples: list, skips: Counter) -> list:
+    def generate(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
         """Generate the images of prepared samples; returns the samples that made it.
 
         With ``min_alignment``, each image is scored against its label; the samples below it are generated
         again, together, from the streams of their next try (``Sample.attempt``), at most ``max_tries`` tries
-        in all; those still below are skipped as ``misaligned``. Every kept sample carries the verdict on
-        its image in ``quality`` (with ``try``, 1-based)."""
-        pending = list(samples)
+        in all; those still below are skipped as ``misaligned``. Every kept sample carries the verdict on its
+        image in ``quality`` (with ``try``, 1-based)."""
+        done: dict[int, Sample] = {}  # position in ``samples`` -> the sample with its accepted image
+        pending = list(enumerate(samples))
         tries = 1 if self.scorer is None else self.config.max_tries
         for attempt in range(tries):
-            for s in pending:
-                s.attempt = attempt
             t0 = time.perf_counter()
-            self.generator.generate(pending)
+            batch = [s.with_(attempt=attempt) for _, s in pending]
+            made = [s.with_(generated=g) for s, g in zip(batch, self.generator.generate(batch), strict=True)]
             t1 = time.perf_counter()
             self.timings["generate"] += t1 - t0
             if self.scorer is None:
+                done.update((i, s) for (i, _), s in zip(pending, made, strict=True))
                 pending = []
                 break
-            pending = [s for s in pending if not self._judge(s, attempt)]
+            judged = [self._judge(s, attempt) for s in made]
+            done.update((i, s) for (i, _), (s, ok) in zip(pending, judged, strict=True) if ok)
+            pending = [(i, s) for (i, _), (s, ok) in zip(pending, judged, strict=True) if not ok]
             self.timings["score"] += time.perf_counter() - t1
             if not pending:
                 break
-        for s in pending:  # below min_alignment after the last try
+        for _, s in pending:  # below min_alignment after the last try
             skips["misaligned"] += 1
             logger.info(
                 "skipped %s: alignment %s below %s after %d tries",
@@ -247,16 +295,12 @@ class Stages:
                 self.config.min_alignment,
                 tries,
             )
-        rejected = {id(s) for s in pending}
-        kept = [s for s in samples if id(s) not in rejected]
-        for s in kept:
-            s.generator = {**s.generator, "prompt": s.caption_meta}
-        return kept
+        return [done[i] for i in sorted(done)]
 
-    def _judge(self, s, attempt: int) -> bool:
-        """Score ``s.image`` against its label, record the verdict in ``s.quality``; True when it passes."""
+    def _judge(self, s: Sample, attempt: int) -> tuple[Sample, bool]:
+        """``s`` with the scorer's verdict on its image in ``quality``, and whether it passes."""
         result = self.scorer.score(s.image, s)
-        s.quality = {**result.quality(), "try": attempt + 1}
+        judged = s.with_(quality={**result.quality(), "try": attempt + 1})
         ok = result.passes(self.config.min_alignment)
         if not ok:
             logger.debug(
@@ -266,26 +310,72 @@ class Stages:
                 result.alignment,
                 self.config.min_alignment,
             )
-        return ok
+        return judged, ok
 
-    @staticmethod
-    def _valid_region(s):
-        from pipeline.imaging import Letterbox
 
-        return Letterbox.from_json(s.source["letterbox"]).valid_region()
+def _skip(skips: Counter, reason: str, what: str, exc: Exception) -> None:
+    skips[reason] += 1
+    logger.info("skipped %s: %s", what, exc)
+
+
+def _valid_region(s: Sample):
+    from pipeline.imaging import Letterbox
+
+    return Letterbox.from_json(s.source["letterbox"]).valid_region()
+
+
+class Session:
+    """What one process keeps while it writes shards: its pipelines, one per run config (models load once per
+    process), and ``progress`` (where batch counts go; None: nowhere). ``with Session(...)`` makes it the
+    current session of the code inside (``current_session``; the Prefect tasks of a flow run in this process
+    included) and closes every pipeline it opened when the block ends."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.progress = progress
+        self._pipelines: dict[str, GenerationPipeline] = {}
+        self._token = None
+
+    def pipeline(self, config: RunConfig) -> GenerationPipeline:
+        """The pipeline of ``config`` in this session (``load()`` it to build its stages; once loaded, it stays
+        loaded until the session ends)."""
+        key = config.config_sha256()
+        if key not in self._pipelines:
+            self._pipelines[key] = GenerationPipeline(config)
+        return self._pipelines[key]
 
     def close(self) -> None:
-        for obj in (self.renderer, self.captioner, self.generator, self.scorer):
-            if obj is not None:
-                obj.close()
+        while self._pipelines:
+            _, pipe = self._pipelines.popitem()
+            pipe.close()
+
+    def __enter__(self) -> Session:
+        self._token = _SESSION.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        finally:
+            _SESSION.reset(self._token)
 
 
-def stages_for(config: RunConfig) -> Stages:
-    """The process-wide ``Stages`` of a run config (models load once per worker process)."""
-    key = config.config_sha256()
-    if key not in _STAGES:
-        _STAGES[key] = Stages(config)
-    return _STAGES[key]
+_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar("handgen_session", default=None)
+
+
+@contextlib.contextmanager
+def session(progress: Progress | None = None) -> Iterator[Session]:
+    """The current session (``Session``) for the ``with`` block, or a new one that ends with it."""
+    current = _SESSION.get()
+    if current is not None:
+        yield current
+        return
+    with Session(progress) as new:
+        yield new
+
+
+def current_session() -> Session | None:
+    """The session of the innermost ``with Session(...)`` around the caller, or None."""
+    return _SESSION.get()
 
 
 def output_for(config: RunConfig) -> ShardedOutput:
@@ -293,17 +383,21 @@ def output_for(config: RunConfig) -> ShardedOutput:
 
 
 def run_shard(
-    config: RunConfig, k: int, folder: RunFolder | None = None, prefetch: int | None = None
+    config: RunConfig,
+    k: int,
+    pipeline: GenerationPipeline,
+    folder: RunFolder | None = None,
+    prefetch: int | None = None,
+    progress: Progress | None = None,
 ) -> ShardReport | None:
-    """Write shard ``k`` under its claim (``sinks.run``). Returns its report, or None when this call wrote
-    nothing: the shard is complete already, or another worker holds a live claim on it.
+    """Write shard ``k`` with ``pipeline`` (loaded here if it is not yet) under its claim (``sinks.run``).
+    Returns its report, or None when this call wrote nothing: the shard is complete already, or another worker
+    holds a live claim on it. ``progress`` hears the samples of each batch once they are generated.
 
-    While this thread generates a batch, a background thread runs the CPU stages (draw, prepare) of up to
-    ``prefetch`` batches ahead and another encodes and writes up to ``prefetch`` batches behind
+    While this thread generates a batch, a background thread runs the CPU stages (``pipeline.prepare``) of up
+    to ``prefetch`` batches ahead and another encodes and writes up to ``prefetch`` batches behind
     (``flows.prefetch``; default ``config.prefetch``); 0 runs every stage in turn on this thread. The shard's
     bytes, its sample order and its skip counts are the same either way."""
-    import copy
-
     from flows.prefetch import Prefetch, WriteBehind
     from sinks.records import view_records
 
@@ -312,23 +406,22 @@ def run_shard(
     if folder.is_complete(k):
         folder.report(k)  # refuses a shard of another run
         return None
-    stages = stages_for(config)  # models load before the claim: a bad setting fails with nothing begun
+    pipeline.load()  # models load before the claim: a bad setting fails with nothing begun
     with folder.writing(k) as held:
         if held is None:
             return None
         claim, writer = held
-        writer.report.run.update(stages.run_info())
+        writer.report.run.update(pipeline.run_info())
         skips: Counter = Counter()
         t0 = time.perf_counter()
         # Each batch's counters belong to one thread at a time; this thread merges them, in batch order.
         counted: list[tuple[Counter, Counter, Counter]] = []  # per batch: skips before/while writing, timings
 
         def prepared(chunks):  # on the prefetch thread
-            cpu = copy.copy(stages)  # the same models, with a ``timings`` of its own
+            cpu = pipeline.for_thread()
             for chunk in chunks:
                 cpu.timings, batch_skips = Counter(), Counter()
-                batch = [s for s in (cpu.draw(j, batch_skips) for j in chunk) if s is not None]
-                yield (cpu.prepare(batch, batch_skips) if batch else None), batch_skips, cpu.timings
+                yield cpu.prepare(chunk, batch_skips), batch_skips, cpu.timings
 
         def write(job):  # on the write-behind thread
             samples, write_skips, write_timings = job
@@ -352,16 +445,16 @@ def run_shard(
                 for chunk in chunks:
                     claim.check()
                     batch, batch_skips, batch_timings = next(ahead)
-                    stages.timings.update(batch_timings)
-                    done = stages.generate(batch, batch_skips) if batch is not None else []
+                    pipeline.timings.update(batch_timings)
+                    done = pipeline.generate(batch, batch_skips) if batch else []
                     counted.append((batch_skips, Counter(), Counter()))
                     behind.put((done, *counted[-1][1:]))
-                    for cb in _PROGRESS:  # the batch is generated; its writing may still be under way
-                        cb(len(chunk))
+                    if progress is not None:  # the batch is generated; its writing may still be under way
+                        progress(len(chunk))
             for before, writing, timings in counted:
                 skips.update(before)
                 skips.update(writing)
-                stages.timings.update(timings)
+                pipeline.timings.update(timings)
             writer.add_skips(skips)
     report = writer.report
     logger.info(
@@ -383,9 +476,12 @@ def run_shards(
     poll: float = 2.0,
 ) -> list[ShardReport]:
     """Write every shard of ``shards`` that no other worker holds, then (``wait``) wait for the others,
-    taking over any whose worker died. ``write(k)`` writes one shard (default ``run_shard``; the Prefect flow
-    passes its task). Returns the reports of the shards this call wrote."""
-    write = write or (lambda k: run_shard(config, k, folder))
+    taking over any whose worker died. ``write(k)`` writes one shard (default: ``run_shard`` with the current
+    session's pipeline and progress; the Prefect flow passes its task). Returns the reports of the shards this
+    call wrote."""
+    if write is None:  # the current session's pipeline (or, without one, a session for this call)
+        with session() as current:
+            return run_shards(config, shards, folder, _session_writer(current, config, folder), wait, poll)
     reports: list[ShardReport] = []
 
     def take(k: int) -> bool:
@@ -402,6 +498,13 @@ def run_shards(
     if wait:
         wait_for(lambda: [k for k in shards if not folder.is_complete(k)], take, poll=poll)
     return reports
+
+
+def _session_writer(current: Session, config: RunConfig, folder: RunFolder) -> Callable:
+    def write(k: int) -> ShardReport | None:
+        return run_shard(config, k, current.pipeline(config), folder, progress=current.progress)
+
+    return write
 
 
 def finalize(

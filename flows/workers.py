@@ -67,11 +67,13 @@ def worker_main(
             with counter.get_lock():
                 counter.value += n
 
-        stages.set_progress(progress)
-        stages.stages_for(cfg)  # the models first, then the folder's identity, as the main process does
-        folder = RunFolder(cfg)
-        folder.open(resume=resume)
-        stages.run_shards(cfg, list(range(cfg.num_shards)), folder, wait=False)
+        with stages.Session(progress) as session:
+            session.pipeline(
+                cfg
+            ).load()  # the models first, then the folder's identity, as the main process does
+            folder = RunFolder(cfg)
+            folder.open(resume=resume)
+            stages.run_shards(cfg, list(range(cfg.num_shards)), folder, wait=False)
     except HandgenError as exc:  # the main process meets the same error and reports it: one line in all
         if RunFolder(cfg).finished():  # the others finished the whole run before this worker got going
             logger.info("worker stops: the run is finished")

@@ -1,26 +1,32 @@
-"""Generator interface: fill each sample's RGB ``image`` and the ``generator`` record that shaped it."""
+"""Generator interface: an image per sample, and the record of what shaped it."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
 
-from pipeline.schema import Sample
+from pipeline.sample import Generation, Sample
 
 
 class Generator(abc.ABC):
-    """Turns rendered samples (mesh images, mask, depth, caption, hand tokens) into images.
+    """Turns rendered, captioned samples (mesh images, mask, depth, caption, hand tokens) into images.
 
-    ``generate`` sets ``sample.image`` ((H, W, 3) uint8, the sample's image size) and ``sample.generator``
-    (a dict with at least ``name``, ``version`` and ``seed``: every setting that shaped the image).
+    ``generate`` returns one ``pipeline.sample.Generation`` per sample: the image ((H, W, 3) uint8, the sample's
+    image size) and the label's ``generator`` record (at least ``name``, ``version`` and ``seed``: every setting
+    that shaped the image). A generator draws from the streams of the sample's try (``Sample.attempt``).
+
+    ``tokenizer``: the CLIP tokenizer whose token positions the generator attends to (captions are tagged with
+    it when the pipeline is built); None for generators that read no text (the default CLIP vocabulary is
+    used).
     """
 
     name = "base"
     version = 1
+    tokenizer = None
 
     @abc.abstractmethod
-    def generate(self, samples: Sequence[Sample]) -> None:
-        """Fill ``image`` and ``generator`` of every sample, in place."""
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        """One ``Generation`` per sample, in order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook for generators that hold models
         """Release models and devices."""

@@ -44,7 +44,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from generators.base import Generator
 from pipeline.kinematics import FINGER_CHAINS
-from pipeline.schema import SIDES, Sample
+from pipeline.sample import Generation, Sample
+from pipeline.schema import SIDES
 from pipeline.seeding import stage_rng
 
 logger = logging.getLogger(__name__)
@@ -809,6 +810,5 @@ class CompositeGenerator(Generator):
         }
         return out, record
 
-    def generate(self, samples: Sequence[Sample]) -> None:
-        for s in samples:
-            s.image, s.generator = self.render(s)
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        return [Generation(*self.render(s)) for s in samples]

@@ -1,7 +1,7 @@
 """The ``real`` generator of training tuples (``hands prepare``): the record's image is the dataset's own photo.
 
-It does not synthesise anything: ``image`` is the letterboxed source image (``pipeline.sources.letterbox_sample``
-put it in ``source_image``) and ``image_local`` is that image's crop box resampled exactly like the local mesh
+It does not synthesise anything: ``image`` is the letterboxed source image (``pipeline.sources.letterbox`` made
+it, the sample's ``photo``) and ``image_local`` is that image's crop box resampled exactly like the local mesh
 image, so the RGB and mesh pairs align pixel for pixel.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from generators.base import Generator
 from pipeline.imaging import crop_resample
-from pipeline.schema import Sample
+from pipeline.sample import Generation, Sample
 
 
 class RealImageGenerator(Generator):
@@ -28,15 +26,16 @@ class RealImageGenerator(Generator):
         """``generators.GENERATORS``' factory (``RealImageGeneratorConfig``: no settings)."""
         return cls()
 
-    def generate(self, samples: Sequence[Sample]) -> None:
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        out = []
         for s in samples:
-            img = s.source_image
-            if not isinstance(img, np.ndarray) or img.shape[:2] != tuple(s.image_size):
+            img = s.photo
+            if img is None or img.shape[:2] != tuple(s.image_size):
                 raise ValueError(
                     f"{s.key}: the real image must be loaded and letterboxed to {tuple(s.image_size)} first"
                 )
             if s.crop_box is None or s.mesh_local is None:
                 raise ValueError(f"{s.key}: render the sample before taking its local crop")
-            s.image = img
-            s.image_local = crop_resample(img, s.crop_box, s.mesh_local.shape[0])
-            s.generator = {"name": self.name, "version": self.version, "seed": s.seed}
+            crop = crop_resample(img, s.crop_box, s.mesh_local.shape[0])
+            out.append(Generation(img, {"name": self.name, "version": self.version, "seed": s.seed}, crop))
+        return out

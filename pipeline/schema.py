@@ -1,10 +1,7 @@
 """The sample record and label schema v1 (DESIGN section 3).
 
-Two types:
-
-* ``Sample``: the one mutable record that stages fill in order (sample -> hand model -> render -> caption
-  -> generate) and the writer turns into a WebDataset record;
-* ``Label``: the frozen, validated content of ``label.json`` (+ ``verts.npy``), with exact round trips.
+``Label`` is the frozen, validated content of ``label.json`` (+ ``verts.npy``), with exact round trips. Stages
+build a sample from frozen parts (``pipeline.sample``), and ``Sample.to_label()`` composes the label.
 
 Conventions: camera space is OpenCV's (x right, y down, z forward), metres; pixel coordinates put the centre
 of pixel (u, v) at integer (u, v). Joint order: ``pipeline.kinematics.JOINT_NAMES``.
@@ -499,105 +496,3 @@ def _check_verts(value: Any, present: tuple[str, ...]) -> np.ndarray:
 def empty_verts() -> np.ndarray:
     """(2, 778, 3) float32 of NaN: the ``verts.npy`` of a record before hands are filled in."""
     return np.full((2, N_VERTS, 3), np.nan, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the working record
-# ----------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class HandState:
-    """One hand as stages fill it. Parameters (camera space): pose (48,), shape (10,), trans (3,) float64.
-    Filled later: joints_3d (21, 3) metres, joints_2d (21, 2) px, joints_visible (21,) bool, bbox (4,) px."""
-
-    pose: np.ndarray
-    shape: np.ndarray
-    trans: np.ndarray
-    joints_3d: np.ndarray | None = None
-    joints_2d: np.ndarray | None = None
-    joints_visible: np.ndarray | None = None
-    bbox: np.ndarray | None = None
-
-
-@dataclasses.dataclass
-class Sample:
-    """The one record a sample travels in, from the pose source to the writer.
-
-    Filled by the source: index, seed, key, image_size (H, W), camera, hand_type, hands, source (ids),
-    source_image (optional (H, W, 3) uint8 or a path). By the hand model: verts (2, 778, 3) float32,
-    hands[*].joints_3d, hand_model. By the renderer: hands[*].joints_2d/joints_visible/bbox, crop_box,
-    mesh_image (H, W, 3) uint8, mesh_local (512, 512, 3) uint8, mask (H, W) uint8, depth (H, W) float32.
-    By the captioner: caption, hand_token_indices, caption_meta. By the generator: image (H, W, 3) uint8,
-    generator (settings dict); generators draw from the streams of try ``attempt`` (0 for the first try;
-    ``pipeline.seeding.stage_rng(seed, stage, attempt)``). By the alignment filter (``--min-alignment``):
-    quality (the scorer's verdict, ``evaluation.scorers.ScoreResult.quality()``). Training tuples (``mode: prepare``) also carry image_local (L, L, 3) uint8,
-    the real image's crop box resampled like mesh_local.
-
-    Views: ``local`` is the renderer's result for the local close-up in its own frame (a
-    ``renderers.base.RenderResult``: camera ``K``, local keypoints, mask and depth), from which
-    ``sinks.records.local_sample`` builds the local record (``--views global,local``); ``image_local`` is then
-    the generator's local image, if it makes one. ``view`` is the ``label.json`` view field: None for a global
-    record, set on the local record (``Label``).
-    """
-
-    index: int
-    seed: int
-    key: str
-    image_size: tuple[int, int]
-    camera: Camera
-    hand_type: str
-    hands: dict[str, HandState | None]
-    source: dict
-    source_image: Any = None
-    verts: np.ndarray = dataclasses.field(default_factory=empty_verts)
-    hand_model: dict | None = None
-    crop_box: np.ndarray | None = None
-    mesh_image: np.ndarray | None = None
-    mesh_local: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    depth: np.ndarray | None = None
-    caption: str | None = None
-    hand_token_indices: tuple[int, ...] = ()
-    caption_meta: dict = dataclasses.field(default_factory=dict)
-    image: np.ndarray | None = None
-    image_local: np.ndarray | None = None
-    generator: dict | None = None
-    attempt: int = 0
-    quality: dict | None = None
-    local: Any = None
-    view: dict | None = None
-
-    def to_label(self) -> Label:
-        """Validate and freeze into the ``Label``; raises ``SchemaError`` naming the first missing or bad field."""
-        hands: dict[str, HandLabel | None] = {}
-        for s in SIDES:
-            h = self.hands.get(s)
-            if h is None:
-                hands[s] = None
-                continue
-            for name in ("joints_3d", "joints_2d", "joints_visible", "bbox"):
-                if getattr(h, name) is None:
-                    raise SchemaError(f"hands.{s}.{name}: not filled in (stage missing?)")
-            hands[s] = HandLabel(
-                h.pose, h.shape, h.trans, h.joints_3d, h.joints_2d, h.joints_visible, h.bbox, side=s
-            )
-        for name in ("crop_box", "caption", "hand_model", "generator"):
-            if getattr(self, name) is None:
-                raise SchemaError(f"{name}: not filled in (stage missing?)")
-        return Label(
-            key=self.key,
-            index=self.index,
-            seed=self.seed,
-            image_size=tuple(self.image_size),
-            camera=self.camera,
-            hand_type=self.hand_type,
-            hands=hands,
-            crop_box=self.crop_box,
-            caption=self.caption,
-            hand_token_indices=tuple(self.hand_token_indices),
-            source=self.source,
-            hand_model=self.hand_model,
-            generator=self.generator,
-            verts=self.verts,
-            quality=self.quality,
-            view=self.view,
-        )

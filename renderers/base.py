@@ -38,6 +38,7 @@ import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
+from pipeline.sample import RenderResult
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
@@ -133,37 +134,12 @@ class RenderBatch:
     faces: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class RenderResult:
-    """Render outputs of one sample.
-
-    mesh_image (H, W, 3) uint8; mask (H, W) uint8: 0 background, 1 right, 2 left (after the depth test);
-    depth (H, W) float32 metres along z, 0 on background. joints_2d: side -> (21, 2) float64 pixels;
-    joints_visible: side -> (21,) bool; bbox: side -> (4,) float64 [x0, y0, x1, y1] pixels, the box of the
-    hand's projected vertices clipped to the image (absent hands: None). crop_box (4,) float64 square
-    [x0, y0, x1, y1] in global pixels (may extend past the image). mesh_local (L, L, 3) uint8 and mask_local
-    (L, L) uint8: the crop re-rendered at L = local_size. K (3, 3): the intrinsics of this frame.
-
-    local: the local view as a frame of its own (``--views global,local`` writes it as a record): a
-    ``RenderResult`` whose K is ``crop_intrinsics(K, crop_box, L)``, whose mesh_image / mask / depth are the
-    local render (black, 0 and 0 where the crop leaves the global image), joints_2d the joints projected with
-    that K, joints_visible the visibility rule of the module doc applied to the local mask and depth, bbox
-    each hand's box of projected vertices clipped to the part of the local image that the global image
-    covers; its crop_box is its whole frame ``[-0.5, -0.5, L - 0.5, L - 0.5]`` (for which ``crop_intrinsics``
-    is the identity), so its mesh_local / mask_local are its mesh_image / mask; its own ``local`` is None.
-    """
-
-    mesh_image: np.ndarray
-    mask: np.ndarray
-    depth: np.ndarray
-    joints_2d: dict
-    joints_visible: dict
-    bbox: dict
-    crop_box: np.ndarray
-    mesh_local: np.ndarray
-    mask_local: np.ndarray
-    K: np.ndarray | None = None
-    local: RenderResult | None = None
+def render_item(x) -> RenderItem:
+    """The render input of a sample (``pipeline.sample.Sample``, posed) or a label (``pipeline.schema.Label``):
+    both give verts (2, 778, 3) metres, per hand ``hands[side].joints_3d`` (21, 3), the camera and the image size."""
+    verts = {side: x.verts[i] for i, side in enumerate(SIDES) if x.hands[side] is not None}
+    joints = {side: x.hands[side].joints_3d for side in verts}
+    return RenderItem(verts, joints, x.camera.K, tuple(x.image_size), x.camera.dist)
 
 
 def full_frame(size: int) -> np.ndarray:

@@ -34,7 +34,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.schema import Camera, HandState, Label, Sample, SchemaError, make_key
+from pipeline.sample import Sample
+from pipeline.schema import Camera, Label, SchemaError, make_key
 
 RECORD_FILES = ("label.json", "verts.npy", "mesh.png", "mesh_local.png", "mask.png")
 IMAGE_FILES = ("image.jpg", "image.png")
@@ -95,8 +96,8 @@ def local_sample(sample: Sample) -> Sample:
     """The local record of a rendered, generated global ``sample`` (module doc); the input is not changed."""
     from pipeline.imaging import crop_resample
 
-    loc = sample.local
-    if loc is None or sample.crop_box is None:
+    loc = None if sample.rendered is None else sample.rendered.local
+    if loc is None:
         raise SchemaError(f"{sample.key}: local view: not rendered (stage missing?)")
     if sample.image is None:
         raise SchemaError(f"{sample.key}: image: not filled in (stage missing?)")
@@ -105,20 +106,6 @@ def local_sample(sample: Sample) -> Sample:
         image, origin = _check_image("image_local", sample.image_local, (L, L), 3), "generated"
     else:
         image, origin = crop_resample(sample.image, sample.crop_box, L), "resampled"
-    hands = {}
-    for side, h in sample.hands.items():
-        if h is None:
-            hands[side] = None
-            continue
-        hands[side] = HandState(
-            h.pose,
-            h.shape,
-            h.trans,
-            joints_3d=h.joints_3d,
-            joints_2d=loc.joints_2d[side],
-            joints_visible=loc.joints_visible[side],
-            bbox=loc.bbox[side],
-        )
     H, W = (int(v) for v in sample.image_size)
     crop = np.asarray(sample.crop_box, dtype=np.float64).tolist()
     view = {
@@ -129,22 +116,14 @@ def local_sample(sample: Sample) -> Sample:
         "image": origin,
     }
     tag, _, _ = sample.key.rpartition("-")
-    return dataclasses.replace(
-        sample,
+    drawn = dataclasses.replace(
+        sample.drawn,
         key=make_key(tag, sample.index, "local"),
         image_size=(L, L),
         camera=Camera(loc.K, sample.camera.dist),
-        hands=hands,
-        crop_box=loc.crop_box,
-        mesh_image=loc.mesh_image,
-        mesh_local=loc.mesh_local,
-        mask=loc.mask,
-        depth=loc.depth,
-        image=image,
-        image_local=None,
-        local=None,
-        view=view,
     )
+    generated = dataclasses.replace(sample.generated, image=image, image_local=None)
+    return sample.with_(drawn=drawn, rendered=loc, generated=generated, view=view)
 
 
 def view_records(sample: Sample, views) -> list[Sample]:
@@ -154,7 +133,8 @@ def view_records(sample: Sample, views) -> list[Sample]:
     if "local" not in views:
         return [sample]
     local = local_sample(sample)
-    return [dataclasses.replace(sample, image_local=None, local=None), local]
+    generated = dataclasses.replace(sample.generated, image_local=None)
+    return [sample.with_(generated=generated), local]
 
 
 def decode_image(data: bytes) -> np.ndarray:

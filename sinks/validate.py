@@ -435,13 +435,10 @@ class _Rerender:
         self.models = models
 
     def check(self, dec: dict) -> str | None:
-        from renderers.base import RenderBatch, RenderItem
+        from renderers.base import RenderBatch, render_item
 
         label = dec["label"]
-        verts = {s: label.verts[i] for i, s in enumerate(SIDES) if label.hands[s] is not None}
-        joints = {s: label.hands[s].joints_3d for s in verts}
-        item = RenderItem(verts, joints, label.camera.K, label.image_size, label.camera.dist)
-        batch = RenderBatch([item], self.models.get(label.hand_model).faces)
+        batch = RenderBatch([render_item(label)], self.models.get(label.hand_model).faces)
         if label.view is None:
             res = self.renderer.render(batch)[0]
         else:  # a local record: its own camera and size, black outside its parent's global image

@@ -31,7 +31,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import SCHEMA_VERSION, Label, Sample
+from pipeline.sample import Sample
+from pipeline.schema import SCHEMA_VERSION, Label
 from sinks.records import encode_record, index_row
 from sinks.store import Store, StoreError, describe_os_error
 

@@ -4,70 +4,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.schema import Camera, HandState, Sample, make_key
+from pipeline.sample import Caption, Drawn, Generation, HandParams, RenderResult, Sample
+from pipeline.schema import Camera, make_key
 from pipeline.seeding import sample_rng, sample_seed
-from renderers.base import RenderBatch, RenderConfig, RenderItem
+from pipeline.sources import pose_hands
+from renderers.base import RenderBatch, RenderConfig, render_item
 
 
 def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(96, 128), local=64, dist=None):
-    """Deterministic samples (same index -> same sample) with every stage's fields filled."""
+    """Deterministic samples (same index -> same sample) with every stage's part made."""
     H, W = size
     K = np.array([[140.0, 0, (W - 1) / 2], [0, 140.0, (H - 1) / 2], [0, 0, 1.0]])
-    samples, items = [], []
+    samples = []
     for i in indices:
         seed = sample_seed(run_seed, i)
         rng = sample_rng(seed)
         hand_type = ("right", "left", "interacting")[i % 3]
         sides = ("right", "left") if hand_type == "interacting" else (hand_type,)
-        hands, verts, joints = {"right": None, "left": None}, {}, {}
-        allv = np.full((2, 778, 3), np.nan, dtype=np.float32)
+        params = {"right": None, "left": None}
         for s in sides:
             x = {"right": 0.04, "left": -0.04}[s] if len(sides) == 2 else 0.0
             pose = np.concatenate([rng.normal(0, 0.5, 3), rng.normal(0, 0.2, 45)])
             shape, trans = rng.normal(0, 0.5, 10), np.array([x, 0.0, 0.45])
-            o = hand_model(s, pose[None], shape[None], trans[None])
-            verts[s], joints[s] = (
-                o.vertices[0].numpy().astype(np.float32),
-                o.joints[0].numpy(),
-            )  # as verts.npy
-            allv[("right", "left").index(s)] = verts[s]
-            hands[s] = HandState(pose, shape, trans, joints[s].astype(np.float64))
-        items.append(RenderItem(verts, joints, K, size, dist))
-        samples.append(
-            Sample(
-                index=i,
-                seed=seed,
-                key=make_key(run_tag, i),
-                image_size=size,
-                camera=Camera(K, dist),
-                hand_type=hand_type,
-                hands=hands,
-                verts=allv,
-                hand_model=hand_model.info.to_json(),
-                source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
-                caption=f"a hand number {i}",
-                hand_token_indices=(2,),
-                generator={"name": "test", "version": 1},
-            )
+            params[s] = HandParams(pose, shape, trans)
+        drawn = Drawn(
+            index=i,
+            seed=seed,
+            key=make_key(run_tag, i),
+            image_size=size,
+            camera=Camera(K, dist),
+            hand_type=hand_type,
+            params=params,
+            source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
         )
-    cfg = renderer.config
-    if cfg.local_size != local:
+        caption = Caption(f"a hand number {i}", "test", "1", hand_token_indices=(2,))
+        samples.append(Sample(drawn, pose_hands(drawn, hand_model), captioned=caption))
+    if renderer.config.local_size != local:
         renderer.config = RenderConfig(local_size=local)
-    for s, r in zip(samples, renderer.render(RenderBatch(items, hand_model.faces)), strict=True):
-        for side in ("right", "left"):
-            if s.hands[side] is not None:
-                s.hands[side].joints_2d = r.joints_2d[side]
-                s.hands[side].joints_visible = r.joints_visible[side]
-                s.hands[side].bbox = r.bbox[side]
-        s.crop_box, s.mesh_image, s.mesh_local, s.mask, s.depth = (
-            r.crop_box,
-            r.mesh_image,
-            r.mesh_local,
-            r.mask,
-            r.depth,
-        )
-        s.image = np.clip(r.mesh_image.astype(np.int16) + np.array([20, 0, -20]), 0, 255).astype(np.uint8)
-    return samples
+    rendered = renderer.render(RenderBatch([render_item(s) for s in samples], hand_model.faces))
+    out = []
+    for s, r in zip(samples, rendered, strict=True):
+        image = np.clip(r.mesh_image.astype(np.int16) + np.array([20, 0, -20]), 0, 255).astype(np.uint8)
+        out.append(s.with_(rendered=r, generated=Generation(image, {"name": "test", "version": 1})))
+    return out
 
 
 def write_run(out, hand_model, n: int, shard_size: int, run_tag: str):
@@ -91,3 +70,44 @@ def write_run(out, hand_model, n: int, shard_size: int, run_tag: str):
         gl.close()
     output.finalize(shards, {"samples": n}, "0" * 64, {"renderer": {"name": "opengl", "local_size": 64}})
     return out
+
+
+def stub_sample(index, seed, size, mesh_image=None, mesh_local=None, caption=None, tagger=None, K=None):
+    """A sample with only what a generator reads: its ids, camera, a render with the given mesh images (and
+    blank mask and depth) and, with ``caption``, a caption tagged by ``tagger`` (``HandTokenTagger``)."""
+    H, W = (size, size) if isinstance(size, int) else size
+    K = np.array([[100.0, 0.0, W / 2], [0.0, 100.0, H / 2], [0.0, 0.0, 1.0]]) if K is None else K
+    drawn = Drawn(
+        index=index,
+        seed=seed,
+        key=f"t-{index:010d}",
+        image_size=(H, W),
+        camera=Camera(K),
+        hand_type="right",
+        params={"right": None, "left": None},
+        source={},
+    )
+    rendered = None
+    if mesh_image is not None:
+        L = 64 if mesh_local is None else mesh_local.shape[0]
+        rendered = RenderResult(
+            mesh_image=mesh_image,
+            mask=np.zeros((H, W), np.uint8),
+            depth=np.zeros((H, W), np.float32),
+            joints_2d={},
+            joints_visible={},
+            bbox={},
+            crop_box=np.array([0.0, 0.0, W - 1.0, H - 1.0]),
+            mesh_local=mesh_local,
+            mask_local=np.zeros((L, L), np.uint8),
+        )
+    captioned = None
+    if caption is not None:
+        tokens = () if tagger is None else tuple(tagger.tag(caption).hand_token_indices)
+        captioned = Caption(caption, "test", "1", hand_token_indices=tokens)
+    return Sample(drawn, rendered=rendered, captioned=captioned)
+
+
+def generated(generator, samples):
+    """``samples`` with the generator's output composed in (what the pipeline does)."""
+    return [s.with_(generated=g) for s, g in zip(samples, generator.generate(samples), strict=True)]

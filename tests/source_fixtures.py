@@ -196,9 +196,9 @@ def write_interhand_photos(
     """
     from PIL import Image
 
-    from pipeline.sources import SkipSample, pose_hands
+    from pipeline.sources import SkipSample, posed_sample
     from pipeline.sources.interhand import InterHandSource
-    from renderers.base import RenderBatch, RenderItem, make_renderer
+    from renderers.base import RenderBatch, make_renderer, render_item
 
     ann = root / "annotations" / split
     if padding_only is not None:
@@ -222,7 +222,7 @@ def write_interhand_photos(
     try:
         for i in range(len(src)):
             try:
-                s = pose_hands(src.sample(i), hm)
+                s = posed_sample(src, i, hm)
             except SkipSample:
                 continue
             name = s.source["file_name"]
@@ -232,11 +232,7 @@ def write_interhand_photos(
                 path.unlink(missing_ok=True)
                 continue
             H, W = s.image_size
-            verts = {
-                side: s.verts[j] for j, side in enumerate(("right", "left")) if s.hands[side] is not None
-            }
-            joints = {side: s.hands[side].joints_3d for side in verts}
-            r = renderer.render(RenderBatch([RenderItem(verts, joints, s.camera.K, (H, W))], hm.faces))[0]
+            r = renderer.render(RenderBatch([render_item(s)], hm.faces))[0]
             photo = (rng.integers(20, 60, size=(H, W, 3))).astype(np.uint8)
             photo[r.mask > 0] = (225, 180, 150)
             if name in wrong_size:

@@ -3,6 +3,7 @@ from the next seed of their own streams, and skipped as ``misaligned`` after K t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from generators.base import Generator
 from pipeline.config import RunConfig
+from pipeline.sample import Generation
 
 pytest.importorskip("mediapipe", reason="the MediaPipe scorer needs mediapipe==0.10.14")
 
@@ -33,31 +35,32 @@ class _Spoiled(Generator):
         self.inner, self.how = inner, how
         self.calls: list[list[tuple[str, int]]] = []
 
-    def generate(self, samples) -> None:
+    def generate(self, samples) -> list[Generation]:
         self.calls.append([(s.key, s.attempt) for s in samples])
-        self.inner.generate(samples)
-        for s in samples:
+        out = []
+        for g in self.inner.generate(samples):
             if self.how == "mirror":
-                s.image = np.ascontiguousarray(s.image[:, ::-1])
+                image = np.ascontiguousarray(g.image[:, ::-1])
             else:  # a third of the image sideways: every keypoint lands far from its label
-                s.image = np.roll(s.image, s.image.shape[1] // 3, axis=1)
+                image = np.roll(g.image, g.image.shape[1] // 3, axis=1)
+            out.append(dataclasses.replace(g, image=image))
+        return out
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    from flows.stages import Stages
+    from flows.stages import GenerationPipeline
 
     cfg = RunConfig(
         out=str(tmp_path_factory.mktemp("align")), samples=8, seed=SEED, min_alignment=A, max_tries=3
     )
-    st = Stages(cfg)
-    yield st
-    st.close()
+    with GenerationPipeline(cfg) as pipe:
+        yield pipe.load()
 
 
 def _prepared(stages, indices=GOOD):
     skips: Counter = Counter()
-    samples = stages.prepare([stages.draw(i, skips) for i in indices], skips)
+    samples = stages.prepare(indices, skips)
     assert [s.index for s in samples] == list(indices) and not skips
     return samples
 
@@ -92,26 +95,21 @@ def test_each_try_draws_from_its_own_deterministic_stream(stages):
     images = {}
     for attempt in (0, 1, 1):
         (s,) = _prepared(stages, GOOD[:1])
-        s.attempt = attempt
-        gen.generate([s])
-        images.setdefault(attempt, []).append(s.image)
+        (g,) = gen.generate([s.with_(attempt=attempt)])
+        images.setdefault(attempt, []).append(g.image)
     assert np.array_equal(images[1][0], images[1][1])  # same try, same image
     assert not np.array_equal(images[0][0], images[1][0])  # the next try is another image
 
 
 def test_no_filter_leaves_labels_unchanged(tmp_path):
-    from flows.stages import Stages
+    from flows.stages import GenerationPipeline
 
-    st = Stages(RunConfig(out=str(tmp_path), samples=8, seed=SEED))
-    try:
-        assert st.scorer is None
+    with GenerationPipeline(RunConfig(out=str(tmp_path), samples=8, seed=SEED)) as st:
+        assert st.load().scorer is None
         skips: Counter = Counter()
-        samples = st.prepare([st.draw(i, skips) for i in GOOD], skips)
-        kept = st.generate(samples, skips)
+        kept = st.generate(st.prepare(GOOD, skips), skips)
         assert len(kept) == len(GOOD) and all(s.quality is None and s.attempt == 0 for s in kept)
         assert "quality" not in kept[0].to_label().to_json()
-    finally:
-        st.close()
 
 
 def _labels(run) -> list[dict]:

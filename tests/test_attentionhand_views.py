@@ -517,26 +517,17 @@ def test_no_attention_state_between_calls(pipe, inputs, monkeypatch):
 
 
 # -- the generator stage -------------------------------------------------------------------------------------
-def _samples(n=5, size=64, local_size=64, caption="A person holding up a hand."):
-    from pipeline.schema import Sample
+def _samples(n=5, size=64, local_size=64, caption="A person holding up a hand.", with_local=True):
+    from pipeline.tagging import HandTokenTagger, clip_tokenizer
+    from tests.samples import stub_sample
 
+    tagger = HandTokenTagger(clip_tokenizer())  # the tiny model's tokenizer has the same vocabulary
     rng = np.random.default_rng(3)
     out = []
     for i in range(n):
-        s = Sample(
-            index=i,
-            seed=100 + i,
-            key=f"t-{i:010d}",
-            image_size=(size, size),
-            camera=None,
-            hand_type="right",
-            hands={},
-            source={},
-        )
-        s.mesh_image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        s.mesh_local = rng.integers(0, 256, (local_size, local_size, 3), dtype=np.uint8)
-        s.caption = caption
-        out.append(s)
+        mesh = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        local = rng.integers(0, 256, (local_size, local_size, 3), dtype=np.uint8)
+        out.append(stub_sample(i, 100 + i, size, mesh, local if with_local else None, caption, tagger))
     return out
 
 
@@ -570,14 +561,13 @@ def test_generator_oom_halves_the_batch_and_keeps_it(caplog):
     import logging
 
     from generators.attention_hand.generator import AttentionHandGenerator
+    from tests.samples import generated
 
-    want = _samples(7)
-    AttentionHandGenerator(pipeline=FakePipe(), batch_size=8).generate(want)
+    want = generated(AttentionHandGenerator(pipeline=FakePipe(), batch_size=8), _samples(7))
     fake = FakePipe(fits=2)
     gen = AttentionHandGenerator(pipeline=fake, batch_size=8)
-    got = _samples(7)
     with caplog.at_level(logging.WARNING, logger="generators.attention_hand.generator"):
-        gen.generate(got)
+        got = generated(gen, _samples(7))
     assert all(s.image is not None for s in got)
     assert all(np.array_equal(s.image, w.image) for s, w in zip(got, want, strict=True))
     assert [s.generator for s in got] == [w.generator for w in want]
@@ -610,16 +600,16 @@ def test_generator_oom_at_one_sample_is_a_one_line_error():
 def test_generator_views_and_records(pipe):
     from generators.attention_hand.generator import AttentionHandGenerator
     from generators.attention_hand.pipeline import AttentionHandError
+    from tests.samples import generated
 
     fake = FakePipe()
-    one = _samples(2)
-    for s in one:
-        s.mesh_local = None  # not needed for the global view
-    AttentionHandGenerator(pipeline=fake, batch_size=2).generate(one)
+    one = _samples(2, with_local=False)  # mesh_local is not needed for the global view
+    one = generated(AttentionHandGenerator(pipeline=fake, batch_size=2), one)
     assert all(s.generator["views"] == ["global"] and s.image_local is None for s in one)
     assert one[0].generator["version"] == 2
-    both = _samples(2, local_size=32)
-    AttentionHandGenerator(pipeline=fake, batch_size=2, views="global,local").generate(both)
+    both = generated(
+        AttentionHandGenerator(pipeline=fake, batch_size=2, views="global,local"), _samples(2, local_size=32)
+    )
     assert all(s.generator["views"] == ["global", "local"] for s in both)
     # at mesh_local's size
     assert all(s.image_local.shape == (32, 32, 3) and s.image_local.dtype == np.uint8 for s in both)
@@ -628,11 +618,11 @@ def test_generator_views_and_records(pipe):
     with pytest.raises(AttentionHandError, match="batch size"):
         AttentionHandGenerator(pipeline=fake, batch_size=0)
     # the real tiny pipeline: the generator's global view is the pipeline's, whatever the views
-    real = _samples(2)
-    AttentionHandGenerator(pipeline=pipe, steps=2, batch_size=2, views=("global", "local")).generate(real)
+    real = generated(
+        AttentionHandGenerator(pipeline=pipe, steps=2, batch_size=2, views=("global", "local")), _samples(2)
+    )
     assert all(s.image.shape == s.image_local.shape == (64, 64, 3) for s in real)
-    alone = _samples(2)
-    AttentionHandGenerator(pipeline=pipe, steps=2, batch_size=2).generate(alone)
+    alone = generated(AttentionHandGenerator(pipeline=pipe, steps=2, batch_size=2), _samples(2))
     for a, b in zip(real, alone, strict=True):
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 

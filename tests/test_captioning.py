@@ -10,7 +10,8 @@ import pytest
 from captioning.labels import LabelCaptioner
 from captioning.postprocess import clean_caption
 from pipeline.gestures import GESTURES, classify_gesture, gesture_pose, hands_relation, palm_facing
-from pipeline.schema import Camera, HandState, Sample
+from pipeline.sample import Drawn, HandParams, Posed, Sample
+from pipeline.schema import Camera
 
 K = np.array([[500.0, 0, 255.5], [0, 500.0, 255.5], [0, 0, 1]])
 PALM_TO_CAMERA = np.array([np.pi / 2, 0.0, 0.0])  # right hand: palm (-y) turned to face the camera (-z)
@@ -156,21 +157,25 @@ def test_hands_relation(hand_model):
     assert hands_relation(r, interleaved) == "clasped"
 
 
-def _sample(index, seed, hands):
-    hs = {"right": None, "left": None}
+def _sample(index, seed, hands, source_image=None, photo=None):
+    params = {"right": None, "left": None}
+    joints = {"right": None, "left": None}
     for side, (p, j) in hands.items():
-        hs[side] = HandState(p, np.zeros(10), np.zeros(3), j)
+        params[side], joints[side] = HandParams(p, np.zeros(10), np.zeros(3)), j
     hand_type = "interacting" if len(hands) == 2 else next(iter(hands))
-    return Sample(
+    drawn = Drawn(
         index=index,
         seed=seed,
         key=f"t-{index:010d}",
         image_size=(512, 512),
         camera=Camera(K),
         hand_type=hand_type,
-        hands=hs,
+        params=params,
         source={"dataset": "prior"},
+        source_image=source_image,
     )
+    posed = Posed(np.full((2, 778, 3), np.nan, np.float32), joints, {"name": "standin"}) if hands else None
+    return Sample(drawn, posed, photo=photo)
 
 
 def test_label_captions(hand_model, tagger):
@@ -201,16 +206,7 @@ def test_label_captions(hand_model, tagger):
 
 
 def test_label_caption_needs_joints():
-    s = Sample(
-        index=0,
-        seed=0,
-        key="t-0000000000",
-        image_size=(64, 64),
-        camera=Camera(K),
-        hand_type="right",
-        hands={"right": HandState(np.zeros(48), np.zeros(10), np.zeros(3)), "left": None},
-        source={"dataset": "prior"},
-    )
+    s = _sample(0, 0, {"right": (np.zeros(48), None)}).with_(posed=None)
     with pytest.raises(ValueError, match="joints_3d is not filled in"):
         LabelCaptioner().caption([s])
 
@@ -255,10 +251,9 @@ def test_qwen_vl_end_to_end_on_cpu(tiny_qwen, hand_model, tmp_path):
     rng = np.random.default_rng(0)
     png = tmp_path / "frame.png"
     Image.fromarray((rng.random((70, 90, 3)) * 255).astype(np.uint8)).save(png)
-    s_arr = _sample(0, 1, {"right": _hand(hand_model, "fist", "right")})
-    s_arr.source_image = (rng.random((80, 96, 3)) * 255).astype(np.uint8)
-    s_path = _sample(1, 2, {"right": _hand(hand_model, "open", "right")})
-    s_path.source_image = str(png)
+    photo = (rng.random((80, 96, 3)) * 255).astype(np.uint8)  # a letterboxed photo (mode prepare)
+    s_arr = _sample(0, 1, {"right": _hand(hand_model, "fist", "right")}, photo=photo)
+    s_path = _sample(1, 2, {"right": _hand(hand_model, "open", "right")}, source_image=str(png))
     s_none = _sample(2, 3, {"right": _hand(hand_model, "point", "right")})
     raw = cap.answer([s_arr.source_image, np.asarray(Image.open(png).convert("RGB"))])
     assert len(raw) == 2 and all(isinstance(a, str) for a in raw)

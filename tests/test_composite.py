@@ -21,46 +21,31 @@ from generators.composite import (
     to_srgb8,
 )
 from pipeline.seeding import stage_rng
+from tests.samples import generated
 
 
 @pytest.fixture(scope="module")
 def samples(hand_model):
     """Six rendered prior samples at 128 px (mask, depth and 2D joints filled in)."""
-    from pipeline.sources import make_source, pose_hands
-    from renderers.base import RenderBatch, RenderConfig, RenderItem, make_renderer
+    from pipeline.sources import make_source, posed_sample
+    from renderers.base import RenderBatch, RenderConfig, make_renderer, render_item
 
     gl = make_renderer("opengl", config=RenderConfig(local_size=128))
     src = make_source("prior", hand_model, run_seed=5, image_size=(128, 128))
-    out = [pose_hands(src.sample(i), hand_model) for i in range(6)]
-    items = [
-        RenderItem(
-            {k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
-            {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
-            s.camera.K,
-            s.image_size,
-        )
-        for s in out
-    ]
-    for s, r in zip(out, gl.render(RenderBatch(items, hand_model.faces)), strict=True):
-        s.mask, s.depth, s.crop_box = r.mask, r.depth, r.crop_box
-        for side in ("right", "left"):
-            if s.hands[side] is not None:
-                h = s.hands[side]
-                h.joints_2d, h.joints_visible, h.bbox = (
-                    r.joints_2d[side],
-                    r.joints_visible[side],
-                    r.bbox[side],
-                )
+    posed = [posed_sample(src, i, hand_model) for i in range(6)]
+    rendered = gl.render(RenderBatch([render_item(s) for s in posed], hand_model.faces))
     gl.close()
+    out = [s.with_(rendered=r) for s, r in zip(posed, rendered, strict=True)]
     assert all((s.mask > 0).any() for s in out)
     return out
 
 
 def _fresh(samples, attempt=0):
-    out = [copy.copy(s) for s in samples]
-    for s in out:
-        s.attempt = attempt
-    return out
+    return [s.with_(attempt=attempt) for s in samples]
+
+
+def _with_seed(sample, seed):
+    return sample.with_(drawn=dataclasses.replace(sample.drawn, seed=seed))
 
 
 def test_hand_pixels_are_exactly_the_mask(samples):
@@ -102,8 +87,7 @@ def test_deterministic_per_seed_and_attempt(samples):
     a = _fresh(samples[:3])
     b = _fresh(samples[:3])
     c = _fresh(samples[:3], attempt=1)
-    for batch in (a, b, c):
-        gen.generate(batch)
+    a, b, c = (generated(gen, batch) for batch in (a, b, c))
     for x, y, z in zip(a, b, c, strict=True):
         assert np.array_equal(x.image, y.image) and x.generator == y.generator
         assert not np.array_equal(x.image, z.image)  # a regeneration try is another image
@@ -112,8 +96,7 @@ def test_deterministic_per_seed_and_attempt(samples):
 
 def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
-    s = _fresh(samples[:1])[0]
-    gen.generate([s])
+    (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
     assert rec["name"] == "composite" and rec["version"] == 2 and rec["seed"] == s.seed
     assert rec["components"] == {
@@ -129,8 +112,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
         assert 1500 <= rec["lighting"][role]["kelvin"] <= 15000 and len(rec["lighting"][role]["dir"]) == 3
     assert rec["background"] == "procedural" and rec["background_kind"] == "blobs"
     natural = CompositeGenerator(CompositeConfig(background="natural"))
-    s = _fresh(samples[:1])[0]
-    natural.generate([s])
+    (s,) = generated(natural, _fresh(samples[:1]))
     assert s.generator["background_kind"] in BACKGROUND_KINDS
     cam = rec["camera"]
     assert set(cam) >= {"white_balance", "defocus", "motion_blur", "noise", "jpeg_quality"}
@@ -166,8 +148,7 @@ def test_skin_tones_in_images_span_light_to_dark(samples):
     gen = CompositeGenerator(CompositeConfig(camera_effects=False))
     means, tones = [], []
     for seed in range(12):
-        t = copy.copy(samples[0])
-        t.seed = seed
+        t = _with_seed(samples[0], seed)
         comp, _ = gen.compose(t)
         means.append(float(to_srgb8(np.clip(comp.hand[comp.alpha], 0, 1)).mean()))
         tones.append(comp.record["skin_tone"])
@@ -176,8 +157,7 @@ def test_skin_tones_in_images_span_light_to_dark(samples):
     two = [s for s in samples if (s.mask == 1).sum() > 200 and (s.mask == 2).sum() > 200]
     assert two, "the fixture should hold a two-hand sample"
     for seed in range(4):
-        t = copy.copy(two[0])
-        t.seed = seed
+        t = _with_seed(two[0], seed)
         comp, _ = gen.compose(t)
         chroma = []
         for value in (1, 2):
@@ -252,8 +232,7 @@ def test_spectrum_matching_moves_the_slope_toward_minus_one(samples):
 
 def test_version1_components_still_available(samples):
     cfg = CompositeConfig(skin="flat", light="single", background="blobs", camera_effects=False)
-    s = _fresh(samples[:1])[0]
-    CompositeGenerator(cfg).generate([s])
+    (s,) = generated(CompositeGenerator(cfg), _fresh(samples[:1]))
     rec = s.generator
     assert isinstance(rec["skin_tone"], int) and rec["background_kind"] == "blobs" and len(rec["light"]) == 3
     assert "blur" in rec and "noise" in rec and "camera" not in rec

@@ -10,10 +10,10 @@ import pytest
 
 from flows import stages
 from pipeline.config import RunConfig
-from pipeline.sources import make_source
-from pipeline.sources.base import FilterConfig, SkipSample, apply_filters, pose_hands
+from pipeline.sources import make_source, posed_sample
+from pipeline.sources.base import FilterConfig, SkipSample
 from renderers import base as render_base
-from renderers.base import LEGACY_STYLE, RenderBatch, RenderConfig, RenderItem, make_renderer
+from renderers.base import LEGACY_STYLE, RenderBatch, RenderConfig, RenderItem, make_renderer, render_item
 from sinks.run import RunFolder
 from sinks.validate import validate
 
@@ -30,15 +30,12 @@ def _prior_items(hand_model, n: int, size: tuple[int, int]) -> list[RenderItem]:
     items, i = [], 0
     while len(items) < n:
         try:
-            s = pose_hands(src.sample(i), hand_model)
-            apply_filters(s, src.filters)
+            s = posed_sample(src, i, hand_model, src.filters)
         except SkipSample:
             continue
         finally:
             i += 1
-        verts = {side: s.verts[k] for k, side in enumerate(("right", "left")) if s.hands[side] is not None}
-        joints = {side: s.hands[side].joints_3d for side in verts}
-        items.append(RenderItem(verts, joints, s.camera.K, s.image_size, s.camera.dist))
+        items.append(render_item(s))
     return items
 
 
@@ -170,8 +167,6 @@ def test_grey_style_reproduces_the_earlier_pixels(hand_model, backend, tint):
 # -- the style travels with the run: hands validate re-renders exactly -----------------------------------------
 def _run(out, style: str | None, monkeypatch) -> dict:
     """A 3-sample run as ``hands generate`` writes it, its renderer in ``style`` (None: the default)."""
-    built: dict = {}
-    monkeypatch.setattr(stages, "_STAGES", built)  # stages of our own, built with the patched config
     if style is not None:
         config_cls = render_base.RenderConfig
         monkeypatch.setattr(render_base, "RenderConfig", lambda **kw: config_cls(**{"style": style, **kw}))
@@ -179,11 +174,10 @@ def _run(out, style: str | None, monkeypatch) -> dict:
         cfg = RunConfig(out=str(out), samples=3, shard_size=3, image_size=96, batch_size=3)
         folder = RunFolder(cfg)
         folder.open(resume=True)
-        stages.run_shards(cfg, [0], folder)
+        with stages.Session():  # stages of our own, built with the patched config, closed at the end
+            stages.run_shards(cfg, [0], folder)
         stages.finalize(cfg, folder)
     finally:
-        for st in built.values():
-            st.close()
         monkeypatch.undo()
     return json.loads((out / "manifest.json").read_text())
 

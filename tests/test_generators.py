@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from generators.attention_hand.pipeline import AttentionHandPipeline, TASConfig, tas_loss
+from tests.samples import generated
 
 PROMPTS = ["A man holding a cup with his right hand.", "A woman pointing with her left index finger."]
 
@@ -148,41 +149,31 @@ def test_tiny_model_cli_and_loading(tmp_path):
         load_pipeline(tmp_path / "m")
 
 
-def _rendered_samples(hand_model, n=3, size=64, seed=1):
-    from pipeline.sources import make_source, pose_hands
-    from renderers.base import RenderBatch, RenderConfig, RenderItem, make_renderer
+def _rendered_samples(hand_model, n=3, size=64, seed=1, tokenizer=None):
+    """Rendered prior samples captioned "A person holding up a hand.", tagged with ``tokenizer`` (what the
+    pipeline does with the generator's tokenizer)."""
+    from pipeline.sample import Caption
+    from pipeline.sources import make_source, posed_sample
+    from pipeline.tagging import HandTokenTagger
+    from renderers.base import RenderBatch, RenderConfig, make_renderer, render_item
 
     gl = make_renderer("opengl", config=RenderConfig(local_size=size))
     src = make_source("prior", hand_model, run_seed=seed, image_size=(size, size))
-    samples = [pose_hands(src.sample(i), hand_model) for i in range(n)]
-    items = [
-        RenderItem(
-            {k: s.verts[j] for j, k in enumerate(("right", "left")) if s.hands[k] is not None},
-            {k: s.hands[k].joints_3d for k in ("right", "left") if s.hands[k] is not None},
-            s.camera.K,
-            s.image_size,
-        )
-        for s in samples
-    ]
-    for s, r in zip(samples, gl.render(RenderBatch(items, hand_model.faces)), strict=True):
-        s.mask, s.depth, s.mesh_image, s.mesh_local, s.crop_box = (
-            r.mask,
-            r.depth,
-            r.mesh_image,
-            r.mesh_local,
-            r.crop_box,
-        )
-        s.caption = "A person holding up a hand."
+    samples = [posed_sample(src, i, hand_model) for i in range(n)]
+    rendered = gl.render(RenderBatch([render_item(s) for s in samples], hand_model.faces))
     gl.close()
-    return samples
+    text = "A person holding up a hand."
+    tokens = tuple(HandTokenTagger(tokenizer).tag(text).hand_token_indices)
+    caption = Caption(text, "test", "1", hand_token_indices=tokens)
+    return [s.with_(rendered=r, captioned=caption) for s, r in zip(samples, rendered, strict=True)]
 
 
 def test_generator_stage_on_samples(pipe, hand_model):
     from generators.attention_hand.generator import AttentionHandGenerator
 
-    samples = _rendered_samples(hand_model)
     gen = AttentionHandGenerator(pipeline=pipe, steps=2, batch_size=2)
-    gen.generate(samples)
+    assert gen.tokenizer is pipe.tokenizer  # the pipeline tags captions with it
+    samples = generated(gen, _rendered_samples(hand_model, tokenizer=gen.tokenizer))
     for s in samples:
         assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
         assert (
@@ -192,8 +183,7 @@ def test_generator_stage_on_samples(pipe, hand_model):
         )
         assert s.generator["views"] == ["global"]
         assert list(s.hand_token_indices) == [3, 6]  # <sot> a person "holding" up a "hand"
-    again = _rendered_samples(hand_model)
-    gen.generate(again)
+    again = generated(gen, _rendered_samples(hand_model, tokenizer=gen.tokenizer))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(samples, again, strict=True))
 
 
@@ -207,8 +197,8 @@ def test_composite_hand_pixels_are_the_mask(hand_model, tmp_path):
         Image.new("RGB", (80, 80), colour).save(tmp_path / name / "bg.png")
     s1 = _rendered_samples(hand_model, n=4, size=128, seed=2)
     s2 = _rendered_samples(hand_model, n=4, size=128, seed=2)
-    CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "a"))).generate(s1)
-    CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "b"))).generate(s2)
+    s1 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "a"))), s1)
+    s2 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "b"))), s2)
     for a, b in zip(s1, s2, strict=True):
         assert a.image.shape == (128, 128, 3) and a.generator["name"] == "composite"
         same = np.abs(a.image.astype(int) - b.image.astype(int)).max(-1) < 40  # unaffected by the background
@@ -224,11 +214,9 @@ def test_composite_hand_pixels_are_the_mask(hand_model, tmp_path):
         assert not same[~outer].any()  # outside the mask: the background
         skin = a.image[hand].astype(float).mean(0)
         assert skin[0] >= skin[2]  # skin tones are red-leaning
-    procedural = _rendered_samples(hand_model, n=2, size=128, seed=2)
-    CompositeGenerator().generate(procedural)
+    procedural = generated(CompositeGenerator(), _rendered_samples(hand_model, n=2, size=128, seed=2))
     assert procedural[0].generator["background"] == "procedural"
-    again = _rendered_samples(hand_model, n=2, size=128, seed=2)
-    CompositeGenerator().generate(again)
+    again = generated(CompositeGenerator(), _rendered_samples(hand_model, n=2, size=128, seed=2))
     assert np.array_equal(procedural[0].image, again[0].image)  # deterministic per sample seed
     with pytest.raises(FileNotFoundError, match="backgrounds folder not found"):
         CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "none")))

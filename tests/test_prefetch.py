@@ -291,9 +291,9 @@ def _run(out: Path, depth: int) -> dict:
     cfg = RunConfig(out=str(out), **BASE)
     folder = RunFolder(cfg)
     folder.open(resume=False)
-    stages.run_shards(
-        cfg, list(range(cfg.num_shards)), folder, write=lambda k: stages.run_shard(cfg, k, folder, depth)
-    )
+    with stages.GenerationPipeline(cfg) as pipe:
+        shards = list(range(cfg.num_shards))
+        stages.run_shards(cfg, shards, folder, write=lambda k: stages.run_shard(cfg, k, pipe, folder, depth))
     return stages.finalize(cfg, folder)
 
 
@@ -316,8 +316,8 @@ def test_prefetched_run_writes_the_same_bytes(tmp_path, monkeypatch):
 
         monkeypatch.setattr(cls, name, wrapper)
 
-    traced(stages.Stages, "draw")
-    traced(stages.Stages, "generate")
+    traced(stages.GenerationPipeline, "prepare")
+    traced(stages.GenerationPipeline, "generate")
     traced(ShardWriter, "write")
     write = ShardWriter.write
 
@@ -332,8 +332,8 @@ def test_prefetched_run_writes_the_same_bytes(tmp_path, monkeypatch):
         manifests[depth[0]] = _run(tmp_path / f"depth{depth[0]}", depth[0])
     sequential, prefetched = manifests[0], manifests[DEFAULT_DEPTH]
     here = {threading.current_thread().name}
-    assert threads["draw", 0] == threads["generate", 0] == threads["write", 0] == here  # depth 0: all here
-    assert threads["draw", DEFAULT_DEPTH] == {"prefetch-shard-0", "prefetch-shard-1"}
+    assert threads["prepare", 0] == threads["generate", 0] == threads["write", 0] == here  # depth 0: all here
+    assert threads["prepare", DEFAULT_DEPTH] == {"prefetch-shard-0", "prefetch-shard-1"}
     assert threads["generate", DEFAULT_DEPTH] == here  # the generator stays on the calling thread
     assert threads["write", DEFAULT_DEPTH] == {"write-shard-0", "write-shard-1"}
     counts = sequential["counts"]
@@ -352,7 +352,7 @@ def test_prefetched_run_writes_the_same_bytes(tmp_path, monkeypatch):
 def test_prefetched_run_error_is_raised_with_its_type(tmp_path, monkeypatch, where):
     from sinks.webdataset_sink import ShardWriter
 
-    cls = stages.Stages if where == "prepare" else ShardWriter
+    cls = stages.GenerationPipeline if where == "prepare" else ShardWriter
     method, calls = getattr(cls, where), [0]
 
     def failing(self, *args):
@@ -365,7 +365,7 @@ def test_prefetched_run_error_is_raised_with_its_type(tmp_path, monkeypatch, whe
     cfg = RunConfig(out=str(tmp_path / "run"), **{**BASE, "min_hand_px": 0.0, "min_visible_joints": 0})
     folder = RunFolder(cfg)
     folder.open(resume=False)
-    with pytest.raises(Boom, match=f"{where} failed"):
-        stages.run_shard(cfg, 0, folder, prefetch=2)
+    with pytest.raises(Boom, match=f"{where} failed"), stages.GenerationPipeline(cfg) as pipe:
+        stages.run_shard(cfg, 0, pipe, folder, prefetch=2)
     assert not folder.is_complete(0)
     assert not list((tmp_path / "run").glob("*.tar"))

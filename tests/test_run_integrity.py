@@ -158,7 +158,8 @@ def test_sibling_in_progress_file_is_not_removed(reference, tmp_path):
     (out / "hands-000001.tar.sibling.tmp").write_bytes(b"partial")
     stages.run_shards(cfg, [0], folder, wait=False)
     assert (out / "hands-000001.tar.sibling.tmp").exists() and folder.is_complete(0)
-    assert stages.run_shard(cfg, 1, folder) is None  # the sibling's claim is live
+    with stages.GenerationPipeline(cfg) as pipe:
+        assert stages.run_shard(cfg, 1, pipe, folder) is None  # the sibling's claim is live
     sibling._stop.set()
     sibling._thread.join()
     time.sleep(1.2)
@@ -168,18 +169,17 @@ def test_sibling_in_progress_file_is_not_removed(reference, tmp_path):
     assert _hashes(out) == _hashes(reference)
 
 
-def test_finalize_loads_no_models(reference, tmp_path):
+def test_finalize_loads_no_models(reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     for name in ("manifest.json", "index.parquet"):
         (out / name).unlink()
-    saved = dict(stages._STAGES)
-    stages._STAGES.clear()
-    try:
-        manifest = stages.finalize(_cfg(out))
-        assert not stages._STAGES  # no stage (hand model, renderer, generator) was built
-    finally:
-        stages._STAGES.update(saved)
+
+    def no_models(self):
+        raise AssertionError("finalize built the stages (hand model, renderer, generator)")
+
+    monkeypatch.setattr(stages.GenerationPipeline, "load", no_models)
+    manifest = stages.finalize(_cfg(out))
     assert manifest["counts"]["written"] == 6
     mine, ref = (json.loads((d / "manifest.json").read_text()) for d in (out, reference))
     assert mine["config"].pop("out") != ref["config"].pop("out")

@@ -5,55 +5,57 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.schema import (
-    SCHEMA_VERSION,
-    Camera,
-    HandState,
-    Label,
-    Sample,
-    SchemaError,
-    empty_verts,
-    make_key,
-)
+from pipeline.sample import Caption, Drawn, Generation, HandParams, RenderResult, Sample
+from pipeline.schema import SCHEMA_VERSION, Camera, Label, SchemaError, make_key
 
 
 def _sample(hand_type="interacting", hand_model=None) -> Sample:
     from pipeline.hand_model import HandModel
+    from pipeline.sources import pose_hands
 
     hm = hand_model or HandModel()
     rng = np.random.default_rng(0)
     K = np.array([[600.0, 0, 255.5], [0, 600.0, 255.5], [0, 0, 1]])
     present = {"right": ("right",), "left": ("left",), "interacting": ("right", "left")}[hand_type]
-    hands = {"right": None, "left": None}
-    verts = empty_verts()
-    for i, side in enumerate(("right", "left")):
-        if side not in present:
-            continue
+    params = {"right": None, "left": None}
+    for side in present:
         pose, shape = rng.normal(0, 0.2, 48), rng.normal(0, 1, 10)
         trans = np.array([0.05 * (1 if side == "right" else -1), 0.0, 0.45])
-        out = hm(side, pose[None], shape[None], trans[None])
-        j3 = out.joints[0].numpy().astype(np.float64)
-        uv = (j3 @ K.T)[:, :2] / j3[:, 2:]
-        hands[side] = HandState(
-            pose, shape, trans, j3, uv, np.ones(21, bool), np.array([*uv.min(0), *uv.max(0)])
-        )
-        verts[i] = out.vertices[0].numpy()
-    return Sample(
+        params[side] = HandParams(pose, shape, trans)
+    drawn = Drawn(
         index=7,
         seed=123456789,
         key=make_key("abc123", 7),
         image_size=(512, 512),
         camera=Camera(K),
         hand_type=hand_type,
-        hands=hands,
+        params=params,
         source={"dataset": "prior", "split": None, "capture": None, "frame": None, "camera": None},
-        verts=verts,
-        hand_model=hm.info.to_json(),
-        crop_box=np.array([100.0, 100.0, 400.0, 400.0]),
-        caption="A person holding a cup with the right hand.",
-        hand_token_indices=(3, 8),
-        generator={"name": "composite", "version": 1, "seed": 1},
     )
+    posed = pose_hands(drawn, hm)
+    j2d, vis, box = {}, {}, {}
+    for side in ("right", "left"):
+        j3 = posed.joints_3d[side]
+        if j3 is None:
+            j2d[side] = vis[side] = box[side] = None
+            continue
+        j2d[side] = (j3 @ K.T)[:, :2] / j3[:, 2:]
+        vis[side], box[side] = np.ones(21, bool), np.array([*j2d[side].min(0), *j2d[side].max(0)])
+    blank = np.zeros((512, 512), np.uint8)
+    rendered = RenderResult(
+        mesh_image=np.zeros((512, 512, 3), np.uint8),
+        mask=blank,
+        depth=np.zeros((512, 512), np.float32),
+        joints_2d=j2d,
+        joints_visible=vis,
+        bbox=box,
+        crop_box=np.array([100.0, 100.0, 400.0, 400.0]),
+        mesh_local=np.zeros((64, 64, 3), np.uint8),
+        mask_local=np.zeros((64, 64), np.uint8),
+    )
+    caption = Caption("A person holding a cup with the right hand.", "labels", "1", hand_token_indices=(3, 8))
+    generated = Generation(np.zeros((512, 512, 3), np.uint8), {"name": "composite", "version": 1, "seed": 1})
+    return Sample(drawn, posed, rendered, caption, generated)
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +161,16 @@ def test_bad_verts_are_rejected(label):
 
 def test_absent_hand_must_be_nan(hand_model):
     s = _sample("right", hand_model)
-    s.verts[1] = 0.0
+    s.posed.verts[1] = 0.0
     with pytest.raises(SchemaError, match=r"verts\[1\] \(left hand\): an absent hand must be all NaN"):
         s.to_label()
 
 
 def test_unfilled_sample_names_the_stage(hand_model):
     s = _sample("left", hand_model)
-    s.hands["left"].joints_2d = None
     with pytest.raises(SchemaError, match=r"hands\.left\.joints_2d: not filled in"):
-        s.to_label()
-    s = _sample("left", hand_model)
-    s.caption = None
+        s.with_(rendered=None).to_label()
+    s = _sample("left", hand_model).with_(captioned=None)
     with pytest.raises(SchemaError, match=r"caption: not filled in"):
         s.to_label()
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline import geometry
 from pipeline.camera import project_points
 from pipeline.hand_model import PROJECT_TO_INTERHAND
-from pipeline.sources import FilterConfig, SkipSample, SourceError, apply_filters, make_source, pose_hands
+from pipeline.sources import FilterConfig, SkipSample, SourceError, apply_filters, make_source, posed_sample
 from tests.source_fixtures import write_interhand, write_reinterhand
 
 
@@ -26,7 +26,7 @@ def _all(src, n):
     out, skips = {}, Counter()
     for i in range(n):
         try:
-            out[i] = pose_hands(src.sample(i), src.hm)
+            out[i] = posed_sample(src, i, src.hm)
         except SkipSample as exc:
             skips[exc.reason] += 1
     return out, skips
@@ -125,7 +125,7 @@ def test_reinterhand(tmp_path, hand_model):
     kept, reasons = [], Counter()
     for s in samples.values():
         try:
-            apply_filters(s, src.filters)
+            apply_filters(s.drawn, s.posed, src.filters)
             kept.append(s)
         except SkipSample as exc:
             reasons[exc.reason] += 1
@@ -183,8 +183,7 @@ def prior_samples(hand_model):
     src = make_source("prior", hand_model, run_seed=3, image_size=(256, 256))
     out = []
     for i in range(30):
-        s = pose_hands(src.sample(i), hand_model)
-        apply_filters(s, FilterConfig())
+        s = posed_sample(src, i, hand_model, FilterConfig())
         out.append(s)
     return src, out
 
@@ -209,8 +208,8 @@ def test_prior_hands_in_frame_and_apart(prior_samples, hand_model):
 
 def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
     src = make_source("prior", hand_model, run_seed=5)
-    a = pose_hands(src.sample(7), hand_model)
-    b = pose_hands(make_source("prior", hand_model, run_seed=5).sample(7), hand_model)
+    a = posed_sample(src, 7, hand_model)
+    b = posed_sample(make_source("prior", hand_model, run_seed=5), 7, hand_model)
     assert np.array_equal(a.verts, b.verts, equal_nan=True) and a.seed == b.seed
     outs = []
     for _ in range(2):
@@ -238,7 +237,7 @@ def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
     assert outs[0] == outs[1]
     rec = json.loads(outs[0].splitlines()[0])
     assert set(rec) == {"key", "index", "seed", "hand_type", "hands", "camera", "image_size", "source"}
-    mine = pose_hands(make_source("prior", hand_model, run_seed=5).sample(rec["index"]), hand_model)
+    mine = posed_sample(make_source("prior", hand_model, run_seed=5), rec["index"], hand_model)
     side = "right" if mine.hands["right"] is not None else "left"
     assert rec["hand_type"] == mine.hand_type  # the other process drew the same sample
     assert np.allclose(rec["hands"][side]["mano_pose"], mine.hands[side].pose)
@@ -252,7 +251,7 @@ def test_prior_text_control(hand_model):
         assert all(g.startswith("pinch") or g == "pinch+pinch" for g in s.source["gestures"].values())
     inter = make_source("prior:clasped,fingertips_touching", hand_model, run_seed=1)
     for i in range(4):
-        s = pose_hands(inter.sample(i), hand_model)
+        s = posed_sample(inter, i, hand_model)
         assert s.hand_type == "interacting" and s.source["interaction"] in ("clasped", "fingertips_touching")
         assert not geometry.meshes_interpenetrate(
             s.verts[0], hand_model.faces["right"], s.verts[1], hand_model.faces["left"]
@@ -267,10 +266,9 @@ def test_prior_stratified_and_fraction(hand_model):
     src = PriorSource(
         hand_model, PriorConfig(stratify=True, hand_fraction=(0.3, 0.3), image_size=(300, 400)), 2
     )
-    got = [src.sample(i) for i in range(6)]
+    got = [posed_sample(src, i, hand_model) for i in range(6)]
     assert [s.hand_type for s in got[:3]] == ["right", "left", "interacting"]
     for s in got:
-        pose_hands(s, hand_model)
         uv = np.concatenate(
             [project_points(s.verts[i], s.camera.K) for i in range(2) if s.hands[("right", "left")[i]]]
         )

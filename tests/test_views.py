@@ -359,8 +359,9 @@ def test_attentionhand_local_records_carry_the_generated_local_image(tmp_path, m
     original = AttentionHandGenerator.generate
 
     def spy(self, samples):
-        original(self, samples)
-        made.update({s.key: s.image_local.copy() for s in samples})
+        out = original(self, samples)
+        made.update({s.key: g.image_local.copy() for s, g in zip(samples, out, strict=True)})
+        return out
 
     monkeypatch.setattr(AttentionHandGenerator, "generate", spy)
     preset = tmp_path / "lossless.yaml"

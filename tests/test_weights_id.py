@@ -242,31 +242,20 @@ def test_sha256_file_streams_in_chunks(tmp_path):
 
 
 def _sample(size=64):
-    from pipeline.schema import Camera, Sample
+    from tests.samples import stub_sample
 
     rng = np.random.default_rng(0)
-    K = np.array([[100.0, 0.0, size / 2], [0.0, 100.0, size / 2], [0.0, 0.0, 1.0]])
-    return Sample(
-        index=0,
-        seed=7,
-        key="t-0000000000",
-        image_size=(size, size),
-        camera=Camera(K),
-        hand_type="right",
-        hands={"right": None, "left": None},
-        source={},
-        mesh_image=rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-        mesh_local=rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-        caption="A person holding up a hand.",
-    )
+    mesh = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    local = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return stub_sample(0, 7, size, mesh, local, caption="A person holding up a hand.")
 
 
 def test_generator_label_records_the_content_id(tiny):
     from generators.attention_hand.generator import AttentionHandGenerator
+    from tests.samples import generated
 
     gen = AttentionHandGenerator(tiny[0], steps=1, batch_size=1, device="cpu")
-    s = _sample()
-    gen.generate([s])
+    (s,) = generated(gen, [_sample()])
     assert s.generator["weights_id"] == model_weights_id(tiny[0]) == gen.weights_id
     # the id follows the folders named, also when the pipeline is passed in (no reload here)
     g1 = tiny[1] / "guidance"

@@ -18,7 +18,7 @@ import torch
 from generators.attention_hand.pipeline import AttentionHandError, TASConfig, normalize_views
 from generators.base import Generator
 from pipeline.errors import HandgenError
-from pipeline.schema import Sample
+from pipeline.sample import Generation, Sample
 from pipeline.seeding import diffusion_seed
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,9 @@ def _release_cuda_memory() -> None:
 class AttentionHandGenerator(Generator):
     """Generates each sample's image from its caption, hand tokens and mesh images.
 
-    Images are generated at the sample's image size (square, a multiple of the model's size step). The hand
-    tokens are recomputed with the model's own tokenizer (``pipeline.tagging``), so TAS attends to the right
-    positions whatever tokenizer captioned the sample; the sample's ``hand_token_indices`` are updated to
-    match. The diffusion seed is drawn from the sample's own stream
+    Images are generated at the sample's image size (square, a multiple of the model's size step). TAS attends
+    to the caption's hand tokens, which the pipeline tags with this generator's ``tokenizer`` (the model's
+    own). The diffusion seed is drawn from the sample's own stream
     (``pipeline.seeding.diffusion_seed(seed, attempt)``: a regeneration takes the next seed of the stream), so
     a sample's noise does not depend on its batch.
 
@@ -93,7 +92,6 @@ class AttentionHandGenerator(Generator):
         given without ``path``.
         """
         from generators.attention_hand.models import load_pipeline, model_weights_id
-        from pipeline.tagging import HandTokenTagger
 
         self.views = normalize_views(views)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -107,7 +105,6 @@ class AttentionHandGenerator(Generator):
         self.tas = tas or TASConfig()
         self.batch_size = batch_size
         self.current_batch_size = batch_size
-        self.tagger = HandTokenTagger(tokenizer=self.pipe.tokenizer)
         self.weights_id = model_weights_id(path, guidance) if path is not None else "in-memory"
         logger.debug("attentionhand: weights_id %s (%s, guidance %s)", self.weights_id, path, guidance)
 
@@ -128,22 +125,22 @@ class AttentionHandGenerator(Generator):
             views=run.views,
         )
 
-    def generate(self, samples: Sequence[Sample]) -> None:
-        self._generate_all(list(samples))
+    @property
+    def tokenizer(self):
+        """The model's CLIP tokenizer: captions are tagged with it."""
+        return self.pipe.tokenizer
 
-    def _generate_all(self, samples: list[Sample]) -> None:
-        """Generate in batches of ``current_batch_size`` (re-read before each batch: it may shrink)."""
-        i = 0
-        while i < len(samples):
-            n = self.current_batch_size
-            self._generate_fitting(samples[i : i + n])
-            i += n
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        samples = list(samples)
+        out: list[Generation] = []
+        while len(out) < len(samples):  # ``current_batch_size`` is re-read before each batch: it may shrink
+            out += self._generate_fitting(samples[len(out) : len(out) + self.current_batch_size])
+        return out
 
-    def _generate_fitting(self, batch: list[Sample]) -> None:
+    def _generate_fitting(self, batch: list[Sample]) -> list[Generation]:
         """Generate ``batch``; when the device runs out of memory, retry it in halves (keeping that size)."""
         try:
-            self._batch(batch)
-            return
+            return self._batch(batch)
         except _OOM_ERRORS as exc:
             if len(batch) == 1:
                 s = batch[0]
@@ -168,9 +165,9 @@ class AttentionHandGenerator(Generator):
             batch[0].key,
             self.current_batch_size,
         )
-        self._generate_all(batch)
+        return self.generate(batch)
 
-    def _batch(self, batch: list[Sample]) -> None:
+    def _batch(self, batch: list[Sample]) -> list[Generation]:
         sizes = {tuple(s.image_size) for s in batch}
         if len(sizes) != 1:
             raise ValueError(f"a generation batch needs one image size, got {sorted(sizes)}")
@@ -184,7 +181,6 @@ class AttentionHandGenerator(Generator):
             if s.caption is None or s.mesh_image is None or (local and s.mesh_local is None):
                 need = "caption and mesh images" if local else "caption and mesh image"
                 raise ValueError(f"{s.key}: {need} must be filled in before generation")
-            s.hand_token_indices = tuple(self.tagger.tag(s.caption).hand_token_indices)
         seeds = [diffusion_seed(s.seed, s.attempt) for s in batch]
         out = self.pipe(
             [s.caption for s in batch],
@@ -202,20 +198,22 @@ class AttentionHandGenerator(Generator):
             progress=False,
         )
         local_images = out.local_images if local else [None] * len(batch)
-        for s, img, img_local, seed in zip(batch, out.images, local_images, seeds, strict=True):
-            s.image = img
-            if local:
-                s.image_local = _resized(img_local, s.mesh_local.shape[:2])
-            s.generator = {
-                "name": self.name,
-                "version": self.version,
-                "weights_id": self.weights_id,
-                "steps": self.steps,
-                "guidance_scale": self.guidance_scale,
-                "conditioning_scale": self.conditioning_scale,
-                "scheduler": type(self.pipe.scheduler).__name__,
-                "tas": self.tas.to_json(),
-                "views": list(self.views),
-                "seed": seed,
-                "dtype": str(self.pipe.unet.dtype),
-            }
+        record = {
+            "name": self.name,
+            "version": self.version,
+            "weights_id": self.weights_id,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "conditioning_scale": self.conditioning_scale,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "tas": self.tas.to_json(),
+            "views": list(self.views),
+        }
+        return [
+            Generation(
+                image=img,
+                record={**record, "seed": seed, "dtype": str(self.pipe.unet.dtype)},
+                image_local=None if img_local is None else _resized(img_local, s.mesh_local.shape[:2]),
+            )
+            for s, img, img_local, seed in zip(batch, out.images, local_images, seeds, strict=True)
+        ]

@@ -8,14 +8,15 @@ import numpy as np
 
 from pipeline.camera import project_points
 from pipeline.registry import Registry
-from pipeline.schema import SIDES, Sample
+from pipeline.sample import Sample
+from pipeline.schema import SIDES
 from pipeline.sources.base import (
     FilterConfig,
     PoseSource,
     SkipSample,
     SourceError,
     apply_filters,
-    letterbox_sample,
+    letterbox,
     pose_hands,
 )
 from pipeline.stage_configs import SOURCE_CONFIGS, SOURCE_USAGE, SourceConfig, SpecError, parse_stage
@@ -28,9 +29,10 @@ __all__ = [
     "SourceError",
     "apply_filters",
     "dump_record",
-    "letterbox_sample",
+    "letterbox",
     "make_source",
     "pose_hands",
+    "posed_sample",
 ]
 
 
@@ -67,8 +69,19 @@ def make_source(
     return SOURCES.build(config, hand_model=hand_model, filters=filters, **context)
 
 
+def posed_sample(source: PoseSource, index: int, hand_model, filters: FilterConfig | None = None) -> Sample:
+    """Sample ``index`` of ``source`` with its hands posed by ``hand_model`` (a ``Sample`` of its ``Drawn`` and
+    ``Posed`` parts); with ``filters``, ``SkipSample`` for a sample they reject."""
+    drawn = source.sample(index)
+    posed = pose_hands(drawn, hand_model)
+    if filters is not None:
+        apply_filters(drawn, posed, filters)
+    return Sample(drawn, posed)
+
+
 def dump_record(sample: Sample) -> dict:
-    """The label fields that sampling determines, formatted as in label schema v1 (after ``pose_hands``)."""
+    """The label fields that sampling determines, formatted as in label schema v1 (a sample with its ``Drawn``
+    and ``Posed`` parts)."""
     hands = {}
     for s in SIDES:
         h = sample.hands[s]

@@ -1,8 +1,8 @@
 """Pose sources: where a sample's hands and camera come from.
 
-A source turns (run seed, sample index) into a ``Sample`` whose hands carry MANO parameters in camera space
-(``pose`` 48 axis-angle relative to the mean pose, ``shape`` 10, ``trans`` metres), with the camera, image size,
-source ids and, for datasets, the source image path. ``sample(i)`` is a pure function of the run seed, ``i`` and
+A source turns (run seed, sample index) into a ``pipeline.sample.Drawn`` whose hands carry MANO parameters in
+camera space (``pose`` 48 axis-angle relative to the mean pose, ``shape`` 10, ``trans`` metres), with the camera,
+image size, source ids and, for datasets, the source image path. ``sample(i)`` is a pure function of the run seed, ``i`` and
 the source's configuration. A sample that cannot be used raises ``SkipSample`` with a reason; runs count skips
 by reason.
 """
@@ -18,7 +18,8 @@ import numpy as np
 
 from pipeline.camera import project_points
 from pipeline.errors import HandgenError
-from pipeline.schema import SIDES, Camera, HandState, Sample, empty_verts, make_key
+from pipeline.sample import Drawn, HandParams, Posed
+from pipeline.schema import SIDES, Camera, empty_verts, make_key
 from pipeline.seeding import sample_seed
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class FilterConfig:
 
 
 class PoseSource(abc.ABC):
-    """Base class: subclasses implement ``_draw(index, seed) -> Sample``."""
+    """Base class: subclasses implement ``_draw(index, seed) -> Drawn``."""
 
     name = "source"
 
@@ -66,13 +67,13 @@ class PoseSource(abc.ABC):
         self.run_seed, self.run_tag = int(run_seed), run_tag
         self.filters = filters or FilterConfig()
 
-    def sample(self, index: int) -> Sample:
+    def sample(self, index: int) -> Drawn:
         """Sample ``index`` of the run (raises ``SkipSample``)."""
         seed = sample_seed(self.run_seed, index)
         return self._draw(index, seed)
 
     @abc.abstractmethod
-    def _draw(self, index: int, seed: int) -> Sample:
+    def _draw(self, index: int, seed: int) -> Drawn:
         """Build sample ``index`` from its seed."""
 
     def inspect(self) -> dict:
@@ -81,12 +82,12 @@ class PoseSource(abc.ABC):
 
     def _new_sample(
         self, index, seed, image_size, K, dist, hands: dict, source: dict, source_image=None
-    ) -> Sample:
+    ) -> Drawn:
         present = [s for s in SIDES if hands.get(s) is not None]
         if not present:
             raise SkipSample("no_valid_hand")
         hand_type = "interacting" if len(present) == 2 else present[0]
-        states = {s: None for s in SIDES}
+        params: dict[str, HandParams | None] = {s: None for s in SIDES}
         for s in present:
             pose, shape, trans = (np.asarray(x, dtype=np.float64) for x in hands[s])
             for nm, x, n in (("pose", pose, 48), ("shape", shape, 10), ("trans", trans, 3)):
@@ -94,45 +95,45 @@ class PoseSource(abc.ABC):
                     raise SkipSample("bad_mano_params", f"{s} {nm} has shape {x.shape}, expected ({n},)")
                 if not np.isfinite(x).all():
                     raise SkipSample("bad_mano_params", f"{s} {nm} is not finite")
-            states[s] = HandState(pose, shape, trans)
-        return Sample(
+            params[s] = HandParams(pose, shape, trans)
+        return Drawn(
             index=index,
             seed=seed,
             key=make_key(self.run_tag, index),
             image_size=tuple(image_size),
             camera=Camera(K, dist),
             hand_type=hand_type,
-            hands=states,
+            params=params,
             source=source,
             source_image=source_image,
         )
 
 
-def pose_hands(sample: Sample, hand_model) -> Sample:
-    """Run the hand model: fills ``sample.verts`` (2, 778, 3) float32, ``hands[*].joints_3d`` and ``hand_model``."""
+def pose_hands(drawn: Drawn, hand_model) -> Posed:
+    """Run the hand model on ``drawn``'s hands: verts (2, 778, 3) float32, joints_3d (21, 3) float64 per hand,
+    and the hand model's record."""
     verts = empty_verts()
+    joints: dict[str, np.ndarray | None] = {s: None for s in SIDES}
     for i, s in enumerate(SIDES):
-        h = sample.hands[s]
-        if h is None:
+        p = drawn.params[s]
+        if p is None:
             continue
-        out = hand_model(s, h.pose[None], h.shape[None], h.trans[None])
+        out = hand_model(s, p.pose[None], p.shape[None], p.trans[None])
         verts[i] = out.vertices[0].cpu().numpy()
-        h.joints_3d = out.joints[0].cpu().numpy().astype(np.float64)
-    sample.verts = verts
-    sample.hand_model = hand_model.info.to_json()
-    return sample
+        joints[s] = out.joints[0].cpu().numpy().astype(np.float64)
+    return Posed(verts=verts, joints_3d=joints, hand_model=hand_model.info.to_json())
 
 
-def apply_filters(sample: Sample, filters: FilterConfig) -> None:
+def apply_filters(drawn: Drawn, posed: Posed, filters: FilterConfig) -> None:
     """Raise ``SkipSample`` when a hand is behind the camera, too small, or too truncated."""
-    H, W = sample.image_size
+    H, W = drawn.image_size
     for i, s in enumerate(SIDES):
-        if sample.hands[s] is None:
+        if drawn.params[s] is None:
             continue
-        v = sample.verts[i]
+        v = posed.verts[i]
         if (v[:, 2] < 0.05).any():
             raise SkipSample("behind_camera", f"{s} hand is closer than 5 cm or behind the camera")
-        uv = project_points(v, sample.camera.K, sample.camera.dist)
+        uv = project_points(v, drawn.camera.K, drawn.camera.dist)
         inside = (uv[:, 0] >= -0.5) & (uv[:, 0] < W - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < H - 0.5)
         if not inside.any():
             raise SkipSample("outside_image", f"{s} hand is fully outside the image")
@@ -143,32 +144,32 @@ def apply_filters(sample: Sample, filters: FilterConfig) -> None:
             raise SkipSample("too_small", f"{s} hand is {side:.0f} px")
 
 
-def letterbox_sample(sample: Sample, size: int) -> Sample:
-    """Replace the sample's image by its real source image letterboxed to ``size`` x ``size`` (never stretched)
-    and its camera by that image's camera (``pipeline.imaging.Letterbox``); ``source['letterbox']`` records how.
+def letterbox(drawn: Drawn, size: int) -> tuple[Drawn, np.ndarray]:
+    """The dataset photo of ``drawn`` letterboxed to ``size`` x ``size`` (never stretched; (size, size, 3) uint8),
+    and ``drawn`` seen through that image: its camera, image size, and ``source['letterbox']`` recording how
+    (``pipeline.imaging.Letterbox``).
 
     Skips (``SkipSample``): no source image, an unreadable file, or a file whose size differs from the
     annotation's (the intrinsics would not match it).
     """
     from pipeline.imaging import Letterbox, load_rgb
 
-    src = sample.source_image
+    src = drawn.source_image
     if src is None:
-        raise SkipSample("no_source_image", f"{sample.source.get('file_name', sample.key)}")
-    if isinstance(src, np.ndarray):
-        img = src
-    else:
-        try:
-            img = load_rgb(src)
-        except (OSError, ValueError) as exc:
-            raise SkipSample("unreadable_image", f"{src}: {exc}") from exc
-    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(sample.image_size):
+        raise SkipSample("no_source_image", f"{drawn.source.get('file_name', drawn.key)}")
+    try:
+        img = load_rgb(src)
+    except (OSError, ValueError) as exc:
+        raise SkipSample("unreadable_image", f"{src}: {exc}") from exc
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(drawn.image_size):
         raise SkipSample(
-            "image_size_mismatch", f"image is {img.shape}, the annotation says {tuple(sample.image_size)}"
+            "image_size_mismatch", f"image is {img.shape}, the annotation says {tuple(drawn.image_size)}"
         )
     lb = Letterbox.fit(img.shape[:2], size)
-    sample.source_image = lb.apply(img)
-    sample.camera = Camera(lb.intrinsics(sample.camera.K), sample.camera.dist)
-    sample.image_size = (size, size)
-    sample.source = {**sample.source, "letterbox": lb.to_json()}
-    return sample
+    boxed = dataclasses.replace(
+        drawn,
+        camera=Camera(lb.intrinsics(drawn.camera.K), drawn.camera.dist),
+        image_size=(size, size),
+        source={**drawn.source, "letterbox": lb.to_json()},
+    )
+    return boxed, lb.apply(img)

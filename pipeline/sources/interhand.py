@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.rotations import move_mano
-from pipeline.schema import HAND_TYPES, Sample
+from pipeline.sample import Drawn
+from pipeline.schema import HAND_TYPES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError, default_cache_dir
 
@@ -322,7 +323,7 @@ class InterHandSource(PoseSource):
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         return K, R, -R @ pos
 
-    def _draw(self, index: int, seed: int) -> Sample:
+    def _draw(self, index: int, seed: int) -> Drawn:
         ix = self.index
         e = self.entry(index)
         cap, fr, cam = int(ix["capture"][e]), int(ix["frame"][e]), int(ix["camera"][e])

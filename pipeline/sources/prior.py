@@ -26,7 +26,7 @@ from pipeline import geometry, kinematics
 from pipeline.camera import project_points
 from pipeline.gestures import GESTURES
 from pipeline.rotations import aa_to_matrix, matrix_to_aa, move_mano, random_rotation
-from pipeline.schema import Sample
+from pipeline.sample import Drawn
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
@@ -263,7 +263,7 @@ class PriorSource(PoseSource):
         return K, R, t
 
     # -- sample ----------------------------------------------------------------------------------------
-    def _draw(self, index: int, seed: int) -> Sample:
+    def _draw(self, index: int, seed: int) -> Drawn:
         cfg = self.config
         rng = stage_rng(seed, "prior")
         types = ("right", "left", "interacting")

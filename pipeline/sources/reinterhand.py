@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.rotations import move_mano
-from pipeline.schema import Sample
+from pipeline.sample import Drawn
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError
 
@@ -151,7 +151,7 @@ class ReInterHandSource(PoseSource):
         fid = f"{int(frame):06d}" if frame.isdigit() else frame
         return _read_json(base / "params" / f"{fid}.json", "no_camera"), base / "images" / f"{fid}.png"
 
-    def _draw(self, index: int, seed: int) -> Sample:
+    def _draw(self, index: int, seed: int) -> Drawn:
         stratum = self._strata[index % len(self._strata)]
         cap, frame, cam, kind = self.entries[int(stratum[(index // len(self._strata)) % len(stratum)])]
         fid = f"{int(frame):06d}" if frame.isdigit() else frame
