@@ -58,7 +58,7 @@ def main() -> None:
         t0 = time.perf_counter()
         w = out.shard(0)
         for r in recs:
-            w._add(r)
+            w._tar.write(r)  # the RecordWriter: records already encoded
             w.report.count += 1
         w.close()
         return time.perf_counter() - t0

@@ -171,11 +171,11 @@ def _tile(raw: dict, scored: dict, tile: int = 224):
 
     from pipeline.schema import Label
     from sinks.preview import draw_skeleton
-    from sinks.records import decode_image
+    from sinks.records import IMAGE_FILES, LABEL_FILE, VERTS_FILE, decode_image, find_file
 
     files = {k.lstrip("."): v for k, v in raw.items()}
-    label = Label.from_bytes(files["label.json"], files["verts.npy"])
-    image = decode_image(files.get("image.jpg") or files["image.png"])
+    label = Label.from_bytes(files[LABEL_FILE], files[VERTS_FILE])
+    image = decode_image(files[find_file(files, IMAGE_FILES)])
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     image = np.ascontiguousarray(image[:, :, :3])

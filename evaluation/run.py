@@ -109,7 +109,7 @@ class EvalConfig:
 # -- reading -------------------------------------------------------------------------------------------------------
 def run_shards(run: str) -> list[str]:
     """The shard URLs of ``run``; ``NotARunError`` (one line) when it has none."""
-    from sinks.reader import ShardReadError, ShardsNotFoundError, resolve_shards
+    from sinks.records import ShardReadError, ShardsNotFoundError, resolve_shards
 
     try:
         urls = resolve_shards(run)
@@ -136,11 +136,11 @@ def _expected_records(run: str) -> int | None:
 def iter_raw_records(urls: list[str], counts: collections.Counter) -> Iterator[dict]:
     """Raw records (``__key__``, ``__url__``, file name -> bytes) of the shards in order; a corrupt shard is
     logged and counted (``counts['bad_shards']``), its complete records before the damage are kept."""
-    from sinks.reader import ShardReadError, _shard_records
+    from sinks.records import ShardReadError, iter_records
 
     for url in urls:
         try:
-            yield from _shard_records(url, None)
+            yield from iter_records(url)
         except ShardReadError as exc:
             counts["bad_shards"] += 1
             logger.warning("skipping the rest of a shard: %s", exc.one_line())
@@ -148,7 +148,6 @@ def iter_raw_records(urls: list[str], counts: collections.Counter) -> Iterator[d
 
 # -- per record (runs in the worker processes) ---------------------------------------------------------------------
 _KEY_INDEX = re.compile(r"-(\d+)$")
-_IMAGE_NAMES = ("image.jpg", "image.png")
 _WORDS = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -192,6 +191,7 @@ def score_record(scorer, raw: dict) -> dict:
     """One raw record -> {"row": flat scores row, "detections": [(21, 2) keypoints], "caption", "hand_conf":
     [handedness scores of all detections]}. Never raises for bad data: it sets ``status``."""
     from pipeline.schema import Label
+    from sinks.records import IMAGE_FILES, LABEL_FILE, VERTS_FILE, find_file
 
     key = raw.get("__key__", "?")
     m = _KEY_INDEX.search(key)
@@ -204,7 +204,7 @@ def score_record(scorer, raw: dict) -> dict:
     out = {"row": row, "detections": [], "caption": "", "hand_conf": []}
     files = {k.lstrip("."): v for k, v in raw.items()}
     try:
-        label = Label.from_bytes(files["label.json"], files["verts.npy"])
+        label = Label.from_bytes(files[LABEL_FILE], files[VERTS_FILE])
     except Exception as exc:  # noqa: BLE001 (a missing file, bad JSON, a schema break: counted, not fatal)
         row["status"] = "bad_label"
         logger.warning("record %s: unusable label: %s", key, one_line(exc))
@@ -214,10 +214,10 @@ def score_record(scorer, raw: dict) -> dict:
     out["caption"] = label.caption
     from evaluation.detector import UnreadableImageError
 
-    name = next((n for n in _IMAGE_NAMES if n in files), None)
+    name = find_file(files, IMAGE_FILES)
     try:
         if name is None:
-            raise _DecodeError("no image.jpg or image.png in the record")
+            raise _DecodeError(f"no {' or '.join(IMAGE_FILES)} in the record")
         image = _decode(files[name])
         result = scorer.score(image, label)
     except (UnreadableImageError, _DecodeError) as exc:

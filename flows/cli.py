@@ -72,7 +72,7 @@ def _cmd_mano_show(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from sinks.validate import validate
+    from evaluation.validate import validate
 
     report = validate(
         args.dir, renderer=args.renderer, mano_dir=args.mano_dir, render=not args.no_render, limit=args.limit

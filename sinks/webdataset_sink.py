@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import subprocess
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.sample import Sample
 from pipeline.schema import SCHEMA_VERSION, Label
-from sinks.records import encode_record, index_row
+from sinks.records import RecordWriter, encode_record, index_row
 from sinks.store import Store, StoreError, describe_os_error
 
 logger = logging.getLogger(__name__)
@@ -178,33 +177,21 @@ class ShardWriter:
         self._stack = contextlib.ExitStack()
         raw = self._stack.enter_context(store.open_write(name, name + tmp_suffix))
         self._hashing = _HashingWriter(raw)
-        # tar stream mode writes ~10 KB blocks: buffer them in C so the hashing wrapper sees 1 MB chunks
+        # tar writes 512-byte blocks: buffer them in C so the hashing wrapper sees 1 MB chunks
         self._buffered = io.BufferedWriter(self._hashing, buffer_size=1 << 20)
-        # Plain tarfile in seekless "w" mode over the buffer, in WebDataset's layout (members "<key>.<name>",
-        # sorted by name). webdataset.TarWriter's stream mode ("w|") re-buffers every block in Python and
-        # measured ~20% slower (bench/sink.py); the reader side is webdataset.
-        self._tar = tarfile.open(fileobj=self._buffered, mode="w", format=tarfile.PAX_FORMAT)
+        self._tar = RecordWriter(self._buffered)  # WebDataset's layout, deterministic headers (sinks.records)
         self._closed = False
 
     def write(self, sample: Sample) -> Label:
         files, label = encode_record(sample, self.lossless)
         try:
-            self._add(files)
+            self._tar.write(files)
         except OSError as exc:
             self.abort()
             raise StoreError(describe_os_error(exc, self.store.path(self.name))) from exc
         self.report.count += 1
         self.report.rows.append(index_row(label, self.name))
         return label
-
-    def _add(self, files: dict) -> None:
-        """Append one record (``__key__`` + name -> bytes) as tar members ``<key>.<name>``."""
-        key = files["__key__"]
-        for name in sorted(k for k in files if not k.startswith("__")):
-            data = files[name]
-            ti = tarfile.TarInfo(f"{key}.{name}")
-            ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o444, "", ""
-            self._tar.addfile(ti, io.BytesIO(data))
 
     @property
     def bytes_written(self) -> int:

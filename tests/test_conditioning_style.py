@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from evaluation.validate import validate
 from flows import stages
 from pipeline.config import RunConfig
 from pipeline.sources import make_source, posed_sample
@@ -15,7 +16,6 @@ from pipeline.sources.base import FilterConfig, SkipSample
 from renderers import base as render_base
 from renderers.base import LEGACY_STYLE, RenderBatch, RenderConfig, RenderItem, make_renderer, render_item
 from sinks.run import RunFolder
-from sinks.validate import validate
 
 # hand pixels of redorangeyellowy/AttentionHand samples/mesh/*.jpg (commit 13e7b03; pixels brighter than 40,
 # value = mean of R, G, B): mean 225.7, 10th percentile 195.7, 90th 249.3; R 218.5, G 229.2, B 229.4

@@ -9,7 +9,7 @@ import sys
 import tarfile
 import time
 
-from sinks.validate import validate
+from evaluation.validate import validate
 
 
 def _generate(out, *extra, env=None, verbose=False, **kw):

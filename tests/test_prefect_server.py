@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.validate import validate
+from evaluation.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]

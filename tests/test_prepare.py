@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from evaluation.validate import validate
 from pipeline.imaging import Letterbox, crop_resample
 from sinks.reader import open_shards
 from sinks.records import decode_record
-from sinks.validate import validate
 from tests.source_fixtures import write_interhand, write_interhand_photos
 
 MISSING = "Capture0/ROM01_Interaction/cam400263/image0012.jpg"

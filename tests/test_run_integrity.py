@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.validate import validate
 from flows import stages
 from pipeline.config import RunConfig
 from sinks.run import RunFolder, RunMismatchError, claim_file, try_claim
 from sinks.store import Store, StoreError
-from sinks.validate import validate
 
 BASE = {"samples": 6, "shard_size": 3, "image_size": 96, "batch_size": 3}
 

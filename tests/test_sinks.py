@@ -10,11 +10,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from evaluation.validate import validate
 from pipeline.config import RunConfig
 from sinks.reader import ShardReadError, collate, open_shards
 from sinks.run import run_record
 from sinks.store import StoreError
-from sinks.validate import validate
 from sinks.webdataset_sink import SequentialWriter, ShardedOutput
 from tests.samples import make_samples
 

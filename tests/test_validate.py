@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from evaluation.validate import CHECKS, PARAMS_TOLERANCE_M, validate
 from flows import stages
 from pipeline.config import RunConfig
 from pipeline.schema import Label
@@ -26,7 +27,6 @@ from pipeline.seeding import SEED_LIMIT, sample_seed
 from sinks.records import index_row
 from sinks.run import RunFolder
 from sinks.store import StoreError
-from sinks.validate import CHECKS, PARAMS_TOLERANCE_M, validate
 from sinks.webdataset_sink import INDEX_SCHEMA, meta_name
 
 BASE = {"samples": 6, "shard_size": 3, "image_size": 96, "batch_size": 3}

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from evaluation.validate import validate
 from flows.cli import main
 from pipeline.camera import crop_intrinsics, project_points
 from pipeline.config import RunConfig
 from pipeline.imaging import crop_resample
 from pipeline.schema import Label
 from sinks.records import decode_image, decode_record, index_row
-from sinks.validate import validate
 from sinks.webdataset_sink import INDEX_SCHEMA, meta_name
 
 L = 512  # RenderConfig.local_size

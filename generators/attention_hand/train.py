@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,80 +144,73 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
 # ----------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------
-_NEEDED = ("label.json", "mesh.png", "mesh_local.png")
-
-
 class TrainingTuples(torch.utils.data.Dataset):
-    """Training tuples of prepared shards, read by random access (tar member offsets indexed once).
+    """Training tuples of prepared shards, read by random access (``sinks.records.RecordIndex``: each shard's
+    member offsets are indexed once, then an item is one ``seek`` + ``read`` per file).
 
     Item i: ``pixels`` (2, 3, R, R) float32 in [-1, 1] (global photo, local crop), ``mesh`` (2, 3, R, R)
     float32 in [0, 1] (global, local mesh image), ``caption`` str, ``key`` str, with R = ``resolution``.
     """
 
     def __init__(self, source: str | Path, resolution: int) -> None:
-        from sinks.reader import resolve_shards
+        from sinks.records import (
+            IMAGE_FILES,
+            LABEL_FILE,
+            LOCAL_IMAGE_FILES,
+            MESH_FILE,
+            MESH_LOCAL_FILE,
+            RecordIndex,
+            ShardReadError,
+            find_file,
+            resolve_shards,
+        )
 
         try:
             self.shards = resolve_shards(str(source))
         except FileNotFoundError as exc:
             raise TrainError(f"training data: {exc}") from exc
         self.resolution = int(resolution)
-        self.items: list[tuple[int, dict[str, tuple[int, int]]]] = []
+        self.indexes: list[RecordIndex] = []
+        # (shard, key, the files read per item: label, image, local image, mesh, local mesh)
+        self.items: list[tuple[int, str, tuple[str, ...]]] = []
         for si, url in enumerate(self.shards):
             if "://" in url:
                 raise TrainError(f"training data must be local shard files, got {url}")
-            records: dict[str, dict[str, tuple[int, int]]] = {}
             try:
-                with tarfile.open(url) as tf:
-                    for m in tf:
-                        if m.isfile():
-                            key, _, name = m.name.partition(".")
-                            records.setdefault(key, {})[name] = (m.offset_data, m.size)
-            except (OSError, tarfile.TarError) as exc:
-                raise TrainError(f"cannot read training shard {url}: {exc}") from exc
-            for key, files in records.items():
-                missing = [n for n in _NEEDED if n not in files]
-                has_img = any(n in files for n in ("image.jpg", "image.png"))
-                has_local = any(n in files for n in ("image_local.jpg", "image_local.png"))
-                if missing or not has_img:
+                index = RecordIndex.build(url)
+            except ShardReadError as exc:
+                raise TrainError(f"cannot read training shard {url}: {exc.one_line()}") from exc
+            self.indexes.append(index)
+            for key, files in index.members.items():
+                missing = [n for n in (LABEL_FILE, MESH_FILE, MESH_LOCAL_FILE) if n not in files]
+                image, local = find_file(files, IMAGE_FILES), find_file(files, LOCAL_IMAGE_FILES)
+                if missing or image is None:
                     raise TrainError(f"{url}: record {key} lacks {missing or ['image']}")
-                if not has_local:
+                if local is None:
                     raise TrainError(
                         f"{url}: record {key} has no image_local: not a training shard "
                         "(write training data with hands prepare)"
                     )
-                self.items.append((si, files))
+                self.items.append((si, key, (LABEL_FILE, image, local, MESH_FILE, MESH_LOCAL_FILE)))
         if not self.items:
             raise TrainError(f"no training tuples in {source}")
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read(self, shard: int, files: dict[str, tuple[int, int]], names: list[str]) -> list[bytes]:
-        """The bytes of the record members ``names`` (one open of the shard)."""
-        out = []
-        with open(self.shards[shard], "rb") as f:
-            for n in names:
-                f.seek(files[n][0])
-                out.append(f.read(files[n][1]))
-        return out
-
     def _image(self, data: bytes, resample) -> np.ndarray:
-        import io
+        """PNG/JPEG bytes -> (R, R, 3) uint8 RGB, resized with ``resample`` when the size differs."""
+        from sinks.records import decode_image
 
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (self.resolution, self.resolution):
-                im = im.resize((self.resolution, self.resolution), resample)
-            return np.asarray(im)
+        im = Image.fromarray(decode_image(data)).convert("RGB")
+        if im.size != (self.resolution, self.resolution):
+            im = im.resize((self.resolution, self.resolution), resample)
+        return np.asarray(im)
 
     def __getitem__(self, i: int) -> dict:
-        shard, files = self.items[i]
-        name = next(n for n in ("image.jpg", "image.png") if n in files)
-        local = next(n for n in ("image_local.jpg", "image_local.png") if n in files)
-        label, img, img_l, mesh_g, mesh_l = self._read(
-            shard, files, ["label.json", name, local, "mesh.png", "mesh_local.png"]
-        )
+        shard, key, names = self.items[i]
+        rec = self.indexes[shard].read(key, names)
+        label, img, img_l, mesh_g, mesh_l = (rec[n] for n in names)
         label = json.loads(label)
         rgb = [self._image(b, Image.Resampling.BICUBIC) for b in (img, img_l)]
         mesh = [self._image(b, Image.Resampling.BILINEAR) for b in (mesh_g, mesh_l)]

@@ -49,7 +49,6 @@ import io
 import json
 import logging
 import re
-import tarfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -57,7 +56,7 @@ import numpy as np
 
 from pipeline.camera import project_points
 from pipeline.schema import SCHEMA_VERSION, SIDES, SchemaError
-from sinks.records import decode_record
+from sinks.records import ShardReadError, decode_record, iter_records
 from sinks.store import Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -113,21 +112,15 @@ class ValidationReport:
 # reading
 # ----------------------------------------------------------------------------------------------------
 def _records(tar_bytes: bytes, name: str):
-    """(key, files) per record of a tar, in order; raises ValueError naming the shard when unreadable."""
-    groups: dict[str, dict] = defaultdict(dict)
-    order: list[str] = []
+    """(key, files) per record of a tar, in order (``sinks.records.iter_records``); raises ValueError naming
+    the shard (and the last complete key) when unreadable or truncated."""
+    out = []
     try:
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                if key not in groups:
-                    order.append(key)
-                groups[key][ext] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ValueError(f"shard {name} is not a readable tar: {exc}") from exc
-    return [(k, groups[k]) for k in order]
+        for rec in iter_records(io.BytesIO(tar_bytes), url=name):
+            out.append((rec["__key__"], {k: v for k, v in rec.items() if not k.startswith("__")}))
+    except ShardReadError as exc:
+        raise ValueError(exc.one_line()) from exc
+    return out
 
 
 def _open_store(out_dir: str | Path) -> tuple[Store, list[str]]:
