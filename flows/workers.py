@@ -28,10 +28,13 @@ def _threads_per_process(processes: int) -> int:
 
 
 def limit_threads(processes: int) -> None:
-    """Give this process its share of the cores (torch intra-op threads); call before heavy work."""
+    """Give this process its share of the cores: torch's intra-op threads, and llvmpipe's (``LP_NUM_THREADS``,
+    read when a GL context starts; a value the user set is kept). Call before any heavy work."""
     import torch
 
-    torch.set_num_threads(_threads_per_process(processes))
+    n = _threads_per_process(processes)
+    torch.set_num_threads(n)
+    os.environ.setdefault("LP_NUM_THREADS", str(n))  # the one place this process's environment is set
 
 
 def _die_with_parent() -> None:
@@ -48,7 +51,7 @@ def worker_main(
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         sys.exit(1)
-    os.environ["LP_NUM_THREADS"] = str(_threads_per_process(processes))  # llvmpipe, before GL starts
+    limit_threads(processes)  # before GL starts (workers inherit the parent's environment)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         stream=sys.stderr,
@@ -61,7 +64,6 @@ def worker_main(
 
     cfg = RunConfig(**config)  # the main process's config, already valid
     try:
-        limit_threads(processes)
 
         def progress(n: int) -> None:
             with counter.get_lock():
@@ -100,7 +102,6 @@ class LocalWorkers:
             return self
         processes = self.extra + 1
         limit_threads(processes)
-        os.environ.setdefault("LP_NUM_THREADS", str(_threads_per_process(processes)))
         args = (
             self.cfg.model_dump(mode="json"),
             self._counter,

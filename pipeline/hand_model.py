@@ -393,9 +393,3 @@ class HandModel:
         on the pose (MANO rotates about it)."""
         base, dirs = self._root[side]
         return base + dirs @ np.asarray(shape, dtype=np.float64).reshape(10)
-
-    def rest_joints(self, side: str, shape=None) -> np.ndarray:
-        """(21, 3) joints of the mean pose at zero translation for ``shape`` (default: zeros), metres."""
-        shape = np.zeros((1, 10)) if shape is None else np.asarray(shape).reshape(1, 10)
-        out = self.forward(side, np.zeros((1, 48)), shape, np.zeros((1, 3)))
-        return out.joints[0].cpu().numpy()

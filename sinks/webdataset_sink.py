@@ -338,37 +338,3 @@ class ShardedOutput:
         self.store.write_bytes("manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         logger.info("wrote manifest: %d records in %d shards", len(rows), len(reports))
         return manifest
-
-
-class SequentialWriter:
-    """Writes samples in order, starting a new shard at ``maxcount`` records or ``maxsize`` bytes.
-
-    For streams without a fixed index -> shard mapping (e.g. preparing training data). ``close()`` returns the
-    shard reports; ``output.finalize`` can then write the index and manifest.
-    """
-
-    def __init__(
-        self, output: ShardedOutput, maxcount: int = 1000, maxsize: float = 3e9, start: int = 0
-    ) -> None:
-        if maxcount < 1 or maxsize <= 0:
-            raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount}, {maxsize}")
-        self.output, self.maxcount, self.maxsize = output, maxcount, maxsize
-        self.next_shard = start
-        self.reports: list[ShardReport] = []
-        self._cur: ShardWriter | None = None
-
-    def write(self, sample: Sample) -> Label:
-        if self._cur is None:
-            self._cur = self.output.shard(self.next_shard)
-            self.next_shard += 1
-        label = self._cur.write(sample)
-        if self._cur.report.count >= self.maxcount or self._cur.bytes_written >= self.maxsize:
-            self.reports.append(self._cur.close())
-            self._cur = None
-        return label
-
-    def close(self) -> list[ShardReport]:
-        if self._cur is not None:
-            self.reports.append(self._cur.close())
-            self._cur = None
-        return self.reports

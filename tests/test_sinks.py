@@ -12,10 +12,11 @@ import pytest
 
 from evaluation.validate import validate
 from pipeline.config import RunConfig
+from pipeline.schema import SchemaError
 from sinks.reader import ShardReadError, collate, open_shards
 from sinks.run import run_record
 from sinks.store import StoreError
-from sinks.webdataset_sink import SequentialWriter, ShardedOutput
+from sinks.webdataset_sink import ShardedOutput
 from tests.samples import make_samples
 
 SHARD = 3
@@ -193,7 +194,7 @@ def test_newer_schema_is_refused(tmp_path, run_dir):
 
     (tmp_path / "new").mkdir()
     _rewrite_record(run_dir / "hands-000000.tar", tmp_path / "new" / "x-000000.tar", bump)
-    with pytest.raises(Exception, match="newer version"):
+    with pytest.raises(SchemaError, match="newer version"):
         list(open_shards(tmp_path / "new", split_by_worker=False))
 
 
@@ -373,24 +374,18 @@ def test_full_disk_tmpfs(tmp_path, hand_model, gl):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_sequential_writer_rotates_and_fsspec_store(hand_model, gl):
+def test_shards_on_an_fsspec_store(hand_model, gl):
     import fsspec
 
     output = ShardedOutput("memory://runs/seq", prefix="p")
     output.prepare(resume=False)
-    w = SequentialWriter(output, maxcount=2)
-    for s in make_samples(hand_model, gl, range(5)):
-        w.write(s)
-    reports = w.close()
-    assert [r.count for r in reports] == [2, 2, 1]
-    m = output.finalize([r.shard for r in reports], {}, "0" * 64)
+    samples = make_samples(hand_model, gl, range(5))
+    for k, part in enumerate((samples[:2], samples[2:4], samples[4:])):
+        with output.shard(k) as w:
+            for s in part:
+                w.write(s)
+    m = output.finalize([0, 1, 2], {}, "0" * 64)
     fs = fsspec.filesystem("memory")
     assert fs.exists("/runs/seq/p-000002.tar") and fs.exists("/runs/seq/manifest.json")
-    assert m["counts"]["written"] == 5 and not any(
-        p.endswith(".tmp") for p in fs.ls("/runs/seq", detail=False)
-    )
-    sized = SequentialWriter(ShardedOutput("memory://runs/size", prefix="q"), maxcount=100, maxsize=1)
-    sized.output.prepare(resume=False)
-    for s in make_samples(hand_model, gl, range(3)):
-        sized.write(s)
-    assert [r.count for r in sized.close()] == [1, 1, 1]  # maxsize rotates after every record
+    assert [s["count"] for s in m["shards"]] == [2, 2, 1] and m["counts"]["written"] == 5
+    assert not any(p.endswith(".tmp") for p in fs.ls("/runs/seq", detail=False))
