@@ -14,10 +14,11 @@ With ``--overlap SECONDS`` (default 0.1), instead: how well the CPU stages hide 
 (``flows.prefetch``: draw + prepare run ahead of the generator, encoding + writing behind it). A simulated
 generator (``SleepGenerator``, bench only) costs SECONDS per sample in ``time.sleep``, which releases the GIL
 like a GPU computing, and fills each image from its mesh image. On the same samples, side by side: the CPU
-stages alone (draw + prepare, ms/sample), (a) the generator alone (samples/s), then ``run_shard`` with
-prefetch (depth ``DEFAULT_DEPTH``) and without (depth 0), alternately ``--repeats`` times; overlap efficiency
-= end-to-end rate / generator-only rate (goal with prefetch: >= 0.95). Each shard starts with an empty
-pipeline (the first batch's CPU stages are not hidden), so the efficiency grows with ``--shard-size``.
+stages alone (draw + prepare, ms/sample), (a) the generator alone (samples/s), then the run (b) streamed
+across shard boundaries (``flows.stages.ShardStream``, what ``run_shards`` does), (c) with prefetch within
+each shard only (``run_shard`` shard by shard: each shard starts with an empty pipeline, and waits for its
+last writes) and (d) without prefetch (depth 0), alternately ``--repeats`` times; overlap efficiency =
+end-to-end rate / generator-only rate (goal with the stream: >= 0.95 at the default shard size).
 
 Usage: python bench/pipeline.py [--n 96] [--size 256] [--small 200] [--large 1000] [--shard-size 32]
        python bench/pipeline.py --workers 2 [--n 192] [--size 512] [--shard-size 16] [--repeats 2]
@@ -248,44 +249,54 @@ def _compare_overlap(args, d, base, st) -> None:
         return cpu_ms, sum(len(b) for b in batches) / (time.perf_counter() - t)
 
     st.prepare(range(args.batch_size), Counter())  # warm-up: llvmpipe compiles its shaders on the first draw
-    eff: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
-    write_ms: dict[int, list[float]] = {0: [], DEFAULT_DEPTH: []}
+    variants = {  # name -> (prefetch depth, stream across shards)
+        "stream": (DEFAULT_DEPTH, True),
+        "per-shard": (DEFAULT_DEPTH, False),
+        "none": (0, False),
+    }
+    labels = {
+        "stream": f"(b) prefetch depth {DEFAULT_DEPTH}, across shards",
+        "per-shard": f"(c) prefetch depth {DEFAULT_DEPTH}, per shard",
+        "none": "(d) no prefetch (depth 0)",
+    }
+    eff: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.repeats):
         cpu_ms, gen_rate = cpu_and_generator_alone()
         print(
             f"run {r + 1}: CPU stages alone (draw + prepare) {cpu_ms:6.1f} ms/sample; "
             f"(a) generator alone {gen_rate:6.2f} samples/s"
         )
-        for depth in (DEFAULT_DEPTH, 0):
-            cfg = RunConfig(out=f"{d}/run{r}-depth{depth}", **base)
+        for name, (depth, across) in variants.items():
+            cfg = RunConfig(out=f"{d}/run{r}-{name}", prefetch=depth, **base)
             if stages.current_session().pipeline(cfg) is not st:
                 raise RuntimeError("the output folder changed the config identity: the stages are not shared")
             folder = RunFolder(cfg)
             folder.open(resume=False)
             st.timings.clear()
             t = time.perf_counter()
-            reports = stages.run_shards(
-                cfg,
-                list(range(cfg.num_shards)),
-                folder,
-                write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
-                    cfg, k, st, folder, prefetch=depth
-                ),
-            )
+            shards = list(range(cfg.num_shards))
+            if across:  # run_shards' own path: the session's stream over the shards
+                reports = stages.run_shards(cfg, shards, folder)
+            else:
+                reports = stages.run_shards(
+                    cfg,
+                    shards,
+                    folder,
+                    write=lambda k, cfg=cfg, folder=folder, depth=depth: stages.run_shard(
+                        cfg, k, st, folder, prefetch=depth
+                    ),
+                )
             wall = time.perf_counter() - t
             written = sum(rep.count for rep in reports)
-            eff[depth].append(written / wall / gen_rate)
-            write_ms[depth].append(st.timings["write"] / max(written, 1) * 1000)
-            what = f"(b) prefetch depth {depth}" if depth else "(c) no prefetch (depth 0)"
+            eff[name].append(written / wall / gen_rate)
+            write_ms = st.timings["write"] / max(written, 1) * 1000
             print(
-                f"run {r + 1}: {what:26s} {written / wall:6.2f} samples/s  overlap efficiency "
-                f"{eff[depth][-1]:.3f}  ({written} samples in {wall:.1f} s; "
-                f"write {write_ms[depth][-1]:.1f} ms/sample)"
+                f"run {r + 1}: {labels[name]:36s} {written / wall:6.2f} samples/s  overlap efficiency "
+                f"{eff[name][-1]:.3f}  ({written} samples in {wall:.1f} s; write {write_ms:.1f} ms/sample)"
             )
-    for depth in (DEFAULT_DEPTH, 0):
-        what = f"prefetch depth {depth}" if depth else "no prefetch"
-        goal = " (goal >= 0.95)" if depth else ""
-        print(f"mean overlap efficiency, {what}: {sum(eff[depth]) / len(eff[depth]):.3f}{goal}")
+    for name in variants:
+        goal = " (goal >= 0.95)" if name == "stream" else ""
+        print(f"mean overlap efficiency, {labels[name][4:]}: {sum(eff[name]) / len(eff[name]):.3f}{goal}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

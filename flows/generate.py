@@ -41,7 +41,8 @@ def generate_shard(config: dict, shard: int) -> dict | None:
     cfg = RunConfig(**config)
     with stages.session() as session:  # the flow run's session: its pipeline loads once per process
         folder = RunFolder(cfg, owner=process_owner())
-        report = run_shard(cfg, shard, session.pipeline(cfg), folder, progress=session.progress)
+        pipe, stream = session.pipeline(cfg), session.stream(cfg)  # the flow run's stream of its shards
+        report = run_shard(cfg, shard, pipe, folder, progress=session.progress, stream=stream)
     if report is None:
         return None
     return {
@@ -149,7 +150,9 @@ def _run_in(
     # one shard after another in this process (the models and the GL context are not shared across threads);
     # parallelism comes from several workers (or fan-out children) claiming shards of the same run
     cfg_json = cfg.model_dump(mode="json")
-    reports = [r for r in run_shards(cfg, shards, folder, write=lambda k: task(cfg_json, k)) if r is not None]
+    with session.streaming(cfg, folder, shards):  # CPU stages run ahead across shard boundaries
+        reports = run_shards(cfg, shards, folder, write=lambda k: task(cfg_json, k))
+    reports = [r for r in reports if r is not None]
     summary = {
         "shards": [first_shard, stop],
         "shards_written": len(reports),

@@ -1,9 +1,9 @@
 """Bounded overlap of work on background threads: ``Prefetch`` runs a producer ahead of its consumer,
 ``WriteBehind`` runs a consumer behind its producer.
 
-The generation run (``flows.stages.run_shard``) uses both so that the generator never waits: ``Prefetch``
-draws, renders and captions the next batches while the generator works on the current one, and
-``WriteBehind`` encodes and writes the previous batch meanwhile. The generator itself stays on the calling
+The generation run (``flows.stages.run_shard`` and its ``ShardStream``, across shard boundaries) uses both so
+that the generator never waits: ``Prefetch`` draws, renders and captions the next batches while the generator
+works on the current one, and ``WriteBehind`` encodes and writes the previous batch meanwhile. The generator itself stays on the calling
 thread (the one that built the models and owns the GPU).
 
 ``Prefetch(items, depth)`` pulls the items of ``items`` (typically a generator doing CPU work) on a thread of
@@ -26,6 +26,7 @@ own:
   finishes.
 * The first exception raised by ``consume`` is raised, as that very object, by the next ``put`` or by
   ``close()``; the items put after the failing one are dropped, never consumed.
+* ``flush()`` waits until every item put so far is consumed and raises a pending error; the thread stays.
 * Leaving the ``with`` block normally waits for every item put (``close()``) and raises a pending error;
   leaving it by an exception drops the waiting items, waits for the one in progress (``abort()``) and lets
   the original exception propagate. Either way the thread is joined.
@@ -189,6 +190,17 @@ class WriteBehind(Generic[T]):
             self._slots.release()
             self._raise()
         self._queue.put((_ITEM, item))
+
+    def flush(self) -> None:
+        """Wait until every item put so far is consumed (the thread keeps running), and raise the consumer's
+        error if any."""
+        if self._thread is not None:
+            for _ in range(self.depth):  # every slot free again: nothing waiting, nothing in progress
+                self._slots.acquire()
+            for _ in range(self.depth):
+                self._slots.release()
+        if self._errors and not self._raised:
+            self._raise()
 
     def close(self) -> None:
         """Wait until every item put is consumed, join the thread, and raise the consumer's error if any."""

@@ -23,12 +23,14 @@ import contextlib
 import contextvars
 import copy
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from pipeline.config import RunConfig, resolve_device
-from pipeline.sample import Sample
+from pipeline.errors import one_line
+from pipeline.sample import Sample, Skipped
 from pipeline.schema import SchemaError
 from sinks.run import RunFolder, wait_for
 from sinks.webdataset_sink import ShardedOutput, ShardReport
@@ -266,14 +268,22 @@ class GenerationPipeline:
         With ``min_alignment``, each image is scored against its label; the samples below it are generated
         again, together, from the streams of their next try (``Sample.attempt``), at most ``max_tries`` tries
         in all; those still below are skipped as ``misaligned``. Every kept sample carries the verdict on its
-        image in ``quality`` (with ``try``, 1-based)."""
+        image in ``quality`` (with ``try``, 1-based). A sample the generator answers with ``Skipped`` (e.g. out of
+        memory for a single image) is counted under its reason, and the batch goes on."""
         done: dict[int, Sample] = {}  # position in ``samples`` -> the sample with its accepted image
         pending = list(enumerate(samples))
         tries = 1 if self.scorer is None else self.config.max_tries
         for attempt in range(tries):
             t0 = time.perf_counter()
             batch = [s.with_(attempt=attempt) for _, s in pending]
-            made = [s.with_(generated=g) for s, g in zip(batch, self.generator.generate(batch), strict=True)]
+            made = []
+            for (i, s), g in zip(pending, self.generator.generate(batch), strict=True):
+                if isinstance(g, Skipped):
+                    _skip(skips, g.reason, s.key, g.detail)
+                else:
+                    made.append((i, s.with_(generated=g, attempt=attempt)))
+            pending = [(i, s) for i, s in made]
+            made = [s for _, s in made]
             t1 = time.perf_counter()
             self.timings["generate"] += t1 - t0
             if self.scorer is None:
@@ -313,9 +323,9 @@ class GenerationPipeline:
         return judged, ok
 
 
-def _skip(skips: Counter, reason: str, what: str, exc: Exception) -> None:
+def _skip(skips: Counter, reason: str, what: str, detail) -> None:
     skips[reason] += 1
-    logger.info("skipped %s: %s", what, exc)
+    logger.info("skipped %s: %s", what, detail)
 
 
 def _valid_region(s: Sample):
@@ -333,6 +343,7 @@ class Session:
     def __init__(self, progress: Progress | None = None) -> None:
         self.progress = progress
         self._pipelines: dict[str, GenerationPipeline] = {}
+        self._streams: dict[str, ShardStream] = {}
         self._token = None
 
     def pipeline(self, config: RunConfig) -> GenerationPipeline:
@@ -343,7 +354,31 @@ class Session:
             self._pipelines[key] = GenerationPipeline(config)
         return self._pipelines[key]
 
+    @contextlib.contextmanager
+    def streaming(self, config: RunConfig, folder: RunFolder, shards) -> Iterator[ShardStream | None]:
+        """For the ``with`` block, ``stream(config)`` is a ``ShardStream`` over ``shards`` (the shards this
+        process means to write, in order; none with ``config.prefetch`` 0). It is closed when the block ends."""
+        key = config.config_sha256()
+        todo = [k for k in shards if not folder.is_complete(k)]
+        if config.prefetch == 0 or key in self._streams or not todo:  # an open stream of this run is kept
+            yield self._streams.get(key)
+            return
+        pipe = self.pipeline(config).load()
+        self._streams[key] = stream = ShardStream(config, pipe, folder, todo, config.prefetch)
+        try:
+            yield stream
+        finally:
+            stream.close()
+            self._streams.pop(key, None)
+
+    def stream(self, config: RunConfig) -> ShardStream | None:
+        """The open ``ShardStream`` of ``config`` (``streaming``), or None."""
+        return self._streams.get(config.config_sha256())
+
     def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
         while self._pipelines:
             _, pipe = self._pipelines.popitem()
             pipe.close()
@@ -382,6 +417,122 @@ def output_for(config: RunConfig) -> ShardedOutput:
     return ShardedOutput(config.out, prefix=config.shard_prefix, lossless=config.lossless)
 
 
+def shard_chunks(config: RunConfig, k: int) -> list[list[int]]:
+    """The sample indices of shard ``k`` in batches of ``config.batch_size``, in order."""
+    indices = list(config.shard_indices(k))
+    return [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
+
+
+class ShardStream:
+    """One worker's planned shards as one stream across shard boundaries, so that the generator never waits.
+
+    A background thread takes the next shard of ``shards`` that nobody holds (its claim) and runs the CPU stages
+    (``GenerationPipeline.prepare``) of its batches, up to ``depth`` batches ahead of the generator: near the
+    end of a shard it is already preparing the next one. Another thread encodes and writes ``depth`` batches
+    behind. At the end of a shard, while its last batches are written, the generator already makes the first
+    batch of the next shard (``run_shard``). ``take(k)`` hands the stream's claim on shard ``k`` to
+    ``run_shard``; ``close()`` stops both threads and releases every claim not handed out.
+    """
+
+    def __init__(
+        self, config: RunConfig, pipeline: GenerationPipeline, folder: RunFolder, shards, depth: int
+    ) -> None:
+        from flows.prefetch import Prefetch, WriteBehind
+
+        self.config, self.pipeline, self.folder = config, pipeline, folder
+        self.shards = list(shards)
+        self.closed = False
+        self._lock = threading.Lock()
+        self._unhanded: list = []  # claims taken by the producer and not yet handed to run_shard
+        self._next: tuple | None = None  # the next shard start taken from the prefetch, not yet handed out
+        self.ready: tuple | None = None  # (k, samples, skips, timings): a batch generated ahead (run_shard)
+        self.ahead = Prefetch(self._produce(), depth, name="prefetch")
+        self.behind = WriteBehind(_write_job, depth, name="write-behind")
+
+    def _produce(self):  # on the prefetch thread
+        cpu = self.pipeline.for_thread()
+        for k in self.shards:
+            if self.folder.is_complete(k):
+                continue
+            claim = self.folder.claim(self.folder.output.shard_name(k))
+            if claim is None:  # another worker holds it
+                continue
+            if self.folder.is_complete(k):
+                claim.release()
+                continue
+            with self._lock:
+                self._unhanded.append(claim)
+            yield ("start", k, claim)
+            for chunk in shard_chunks(self.config, k):
+                cpu.timings, skips = Counter(), Counter()
+                yield ("batch", k, chunk, cpu.prepare(chunk, skips), skips, cpu.timings)
+
+    def plans(self, k: int) -> bool:
+        """Whether shard ``k`` is the stream's to decide (it is planned and the stream is open)."""
+        return not self.closed and k in self.shards
+
+    def take(self, k: int):
+        """The stream's claim on shard ``k``, when ``k`` is the next shard it holds; None when the stream passed
+        ``k`` over (another worker held it, or it was complete) or has no shard left."""
+        if self._next is None:
+            self._next = next(self.ahead, None)
+        if self._next is None or self._next[1] < k:  # no shard left, or one nobody asked for: done here
+            self.close()  # (run_shard then claims shards on its own)
+            return None
+        if self._next[1] != k:
+            return None
+        _, _, claim = self._next
+        self._next = None
+        with self._lock:
+            self._unhanded.remove(claim)
+        return claim
+
+    def next_start(self) -> tuple[int, object] | None:
+        """The next shard the stream holds, ``(k, claim)``, once the current shard's batches are taken; None when
+        there is none. It stays the next: ``take(k)`` hands it out."""
+        if self._next is None:
+            self._next = next(self.ahead, None)
+        return None if self._next is None else self._next[1:]
+
+    def next_batch(self, k: int) -> tuple:
+        """The next prepared batch of shard ``k``: (chunk, samples, skips, timings)."""
+        kind, shard, *batch = next(self.ahead)
+        if (
+            kind != "batch" or shard != k
+        ):  # cannot happen: the producer yields every batch of a shard in order
+            raise RuntimeError(f"shard stream out of order: {kind} of shard {shard} while writing {k}")
+        return tuple(batch)
+
+    def close(self) -> None:
+        """Stop the threads and release the claims not handed out. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.ahead.close()
+        self.behind.abort()
+        with self._lock:
+            claims, self._unhanded = self._unhanded, []
+        for claim in claims:
+            claim.release()
+        self._next = self.ready = None
+
+
+def _write_job(job) -> None:
+    """The write-behind thread's work: a batch's records into its shard's writer."""
+    writer, views, samples, write_skips, write_timings = job
+    from sinks.records import view_records
+
+    for s in samples:
+        tw = time.perf_counter()
+        try:
+            for record in view_records(s, views):  # views global,local: + its local record
+                writer.write(record)
+        except SchemaError as exc:
+            write_skips["invalid_label"] += 1
+            logger.warning("skipped %s: %s", s.key, exc)
+        write_timings["write"] += time.perf_counter() - tw
+
+
 def run_shard(
     config: RunConfig,
     k: int,
@@ -389,17 +540,18 @@ def run_shard(
     folder: RunFolder | None = None,
     prefetch: int | None = None,
     progress: Progress | None = None,
+    stream: ShardStream | None = None,
 ) -> ShardReport | None:
     """Write shard ``k`` with ``pipeline`` (loaded here if it is not yet) under its claim (``sinks.run``).
     Returns its report, or None when this call wrote nothing: the shard is complete already, or another worker
     holds a live claim on it. ``progress`` hears the samples of each batch once they are generated.
 
-    While this thread generates a batch, a background thread runs the CPU stages (``pipeline.prepare``) of up
-    to ``prefetch`` batches ahead and another encodes and writes up to ``prefetch`` batches behind
-    (``flows.prefetch``; default ``config.prefetch``); 0 runs every stage in turn on this thread. The shard's
+    The generator runs on this thread; the CPU stages run ahead and the writing behind on background threads:
+    with ``stream`` (a ``ShardStream`` that plans ``k``: the worker's shards streamed across shard
+    boundaries), or else on threads of this shard alone, up to ``prefetch`` batches ahead and behind
+    (``flows.prefetch``; default ``config.prefetch``; 0 runs every stage in turn on this thread). The shard's
     bytes, its sample order and its skip counts are the same either way."""
     from flows.prefetch import Prefetch, WriteBehind
-    from sinks.records import view_records
 
     depth = config.prefetch if prefetch is None else prefetch
     folder = folder or RunFolder(config)
@@ -407,55 +559,43 @@ def run_shard(
         folder.report(k)  # refuses a shard of another run
         return None
     pipeline.load()  # models load before the claim: a bad setting fails with nothing begun
-    with folder.writing(k) as held:
-        if held is None:
-            return None
-        claim, writer = held
-        writer.report.run.update(pipeline.run_info())
-        skips: Counter = Counter()
-        t0 = time.perf_counter()
-        # Each batch's counters belong to one thread at a time; this thread merges them, in batch order.
-        counted: list[tuple[Counter, Counter, Counter]] = []  # per batch: skips before/while writing, timings
+    claim = None
+    if stream is not None and stream.plans(k):
+        claim = stream.take(k)
+        if claim is None and not stream.closed:
+            return None  # the stream passed it over: another worker holds it, or it is complete
+    if claim is None:
+        stream = None  # this shard alone
+    try:
+        with folder.writing(k, claim) as held:
+            if held is None:
+                return None
+            claim, writer = held
+            writer.report.run.update(pipeline.run_info())
+            t0 = time.perf_counter()
+            with writer:
+                if stream is not None:
+                    skips = _write_batches(config, k, pipeline, claim, writer, stream, progress)
+                else:
 
-        def prepared(chunks):  # on the prefetch thread
-            cpu = pipeline.for_thread()
-            for chunk in chunks:
-                cpu.timings, batch_skips = Counter(), Counter()
-                yield cpu.prepare(chunk, batch_skips), batch_skips, cpu.timings
+                    def prepared(chunks):  # on the prefetch thread
+                        cpu = pipeline.for_thread()
+                        for chunk in chunks:
+                            cpu.timings, batch_skips = Counter(), Counter()
+                            yield chunk, cpu.prepare(chunk, batch_skips), batch_skips, cpu.timings
 
-        def write(job):  # on the write-behind thread
-            samples, write_skips, write_timings = job
-            for s in samples:
-                tw = time.perf_counter()
-                try:
-                    for record in view_records(s, config.views):  # views global,local: + its local record
-                        writer.write(record)
-                except SchemaError as exc:
-                    write_skips["invalid_label"] += 1
-                    logger.warning("skipped %s: %s", s.key, exc)
-                write_timings["write"] += time.perf_counter() - tw
-
-        with writer:
-            indices = list(config.shard_indices(k))
-            chunks = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
-            with (
-                Prefetch(prepared(chunks), depth, name=f"prefetch-shard-{k}") as ahead,
-                WriteBehind(write, depth, name=f"write-shard-{k}") as behind,
-            ):
-                for chunk in chunks:
-                    claim.check()
-                    batch, batch_skips, batch_timings = next(ahead)
-                    pipeline.timings.update(batch_timings)
-                    done = pipeline.generate(batch, batch_skips) if batch else []
-                    counted.append((batch_skips, Counter(), Counter()))
-                    behind.put((done, *counted[-1][1:]))
-                    if progress is not None:  # the batch is generated; its writing may still be under way
-                        progress(len(chunk))
-            for before, writing, timings in counted:
-                skips.update(before)
-                skips.update(writing)
-                pipeline.timings.update(timings)
-            writer.add_skips(skips)
+                    with (
+                        Prefetch(
+                            prepared(shard_chunks(config, k)), depth, name=f"prefetch-shard-{k}"
+                        ) as ahead,
+                        WriteBehind(_write_job, depth, name=f"write-shard-{k}") as behind,
+                    ):
+                        skips = _generate_shard(config, k, pipeline, claim, writer, ahead, behind, progress)
+                writer.add_skips(skips)
+    except BaseException:
+        if stream is not None:
+            stream.close()  # its claims on later shards go back; they are written without the stream
+        raise
     report = writer.report
     logger.info(
         "shard %d: %d written, %d skipped in %.1f s",
@@ -465,6 +605,73 @@ def run_shard(
         time.perf_counter() - t0,
     )
     return report
+
+
+def _generate_shard(config, k, pipeline, claim, writer, batches, behind, progress) -> Counter:
+    """Generate the prepared ``batches`` of shard ``k`` (chunk, samples, skips, timings) and hand them to the
+    write-behind ``behind``; returns the shard's skip counts once every batch is written."""
+    counted: list[tuple[Counter, Counter, Counter]] = []  # per batch: skips before/while writing, timings
+    for chunk, batch, batch_skips, batch_timings in batches:
+        claim.check()
+        pipeline.timings.update(batch_timings)
+        done = pipeline.generate(batch, batch_skips) if batch else []
+        counted.append((batch_skips, Counter(), Counter()))
+        behind.put((writer, config.views, done, *counted[-1][1:]))
+        if progress is not None:  # the batch is generated; its writing may still be under way
+            progress(len(chunk))
+    behind.flush()
+    return _merge(pipeline, counted)
+
+
+def _write_batches(config, k, pipeline, claim, writer, stream: ShardStream, progress) -> Counter:
+    """``_generate_shard`` on the stream: the batch generated ahead (if it is this shard's) first; at the end,
+    the next shard's first batch is generated while this shard's last batches are written."""
+    counted: list[tuple[Counter, Counter, Counter]] = []
+
+    def generate(claim, chunk, batch, batch_skips):
+        claim.check()
+        done = pipeline.generate(batch, batch_skips) if batch else []
+        if progress is not None:  # the batch is generated; its writing may still be under way
+            progress(len(chunk))
+        return done
+
+    n, i, done = len(shard_chunks(config, k)), 0, None
+    if stream.ready is not None and stream.ready[0] == k:  # generated at the end of the previous shard
+        _, done, batch_skips, batch_timings = stream.ready
+        stream.ready, i = None, 1
+    while True:
+        if done is not None:
+            counted.append((batch_skips, Counter(), Counter()))
+            stream.behind.put((writer, config.views, done, *counted[-1][1:]))
+            pipeline.timings.update(batch_timings)
+        if i == n:
+            break
+        chunk, batch, batch_skips, batch_timings = stream.next_batch(k)
+        done = generate(claim, chunk, batch, batch_skips)
+        i += 1
+    try:  # keep the generator busy while this shard's last batches are written: the next shard's first batch
+        following = stream.next_start()
+        if following is not None:
+            k2, claim2 = following
+            chunk, batch, batch_skips, batch_timings = stream.next_batch(k2)
+            stream.ready = (k2, generate(claim2, chunk, batch, batch_skips), batch_skips, batch_timings)
+    except Exception as exc:  # the look-ahead never costs this shard: the next one is written on its own
+        logger.info("stopped preparing shards ahead: %s", one_line(exc))
+        stream.behind.flush()
+        stream.close()
+        return _merge(pipeline, counted)
+    stream.behind.flush()
+    return _merge(pipeline, counted)
+
+
+def _merge(pipeline: GenerationPipeline, counted) -> Counter:
+    """A shard's skip counts from its batches' counters (in batch order); timings go to the pipeline."""
+    skips: Counter = Counter()
+    for before, writing, timings in counted:
+        skips.update(before)
+        skips.update(writing)
+        pipeline.timings.update(timings)
+    return skips
 
 
 def run_shards(
@@ -480,7 +687,7 @@ def run_shards(
     session's pipeline and progress; the Prefect flow passes its task). Returns the reports of the shards this
     call wrote."""
     if write is None:  # the current session's pipeline (or, without one, a session for this call)
-        with session() as current:
+        with session() as current, current.streaming(config, folder, shards):
             return run_shards(config, shards, folder, _session_writer(current, config, folder), wait, poll)
     reports: list[ShardReport] = []
 
@@ -502,7 +709,8 @@ def run_shards(
 
 def _session_writer(current: Session, config: RunConfig, folder: RunFolder) -> Callable:
     def write(k: int) -> ShardReport | None:
-        return run_shard(config, k, current.pipeline(config), folder, progress=current.progress)
+        pipe, stream = current.pipeline(config), current.stream(config)
+        return run_shard(config, k, pipe, folder, progress=current.progress, stream=stream)
 
     return write
 

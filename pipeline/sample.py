@@ -136,6 +136,15 @@ class Generation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A generator's answer for a sample it could not make (in place of its ``Generation``): the sample is
+    skipped and counted under ``reason`` (e.g. ``out_of_memory``); ``detail`` is logged."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class HandView:
     """One hand as the label sees it, assembled from the parts made so far (None where a stage has not run):
     pose (48,), shape (10,), trans (3,) float64; joints_3d (21, 3) metres; joints_2d (21, 2) pixels;

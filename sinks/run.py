@@ -315,11 +315,12 @@ class RunFolder:
         return try_claim(self.store, name, self.owner, self.lease)
 
     @contextlib.contextmanager
-    def writing(self, k: int) -> Iterator[tuple[Claim, object] | None]:
-        """Claim shard ``k`` and yield ``(claim, writer)``; yields None when another worker holds it or it is
-        already complete. Leftover temporary files of the shard are removed once the claim is held."""
+    def writing(self, k: int, claim: Claim | None = None) -> Iterator[tuple[Claim, object] | None]:
+        """Claim shard ``k`` (or take over ``claim``, already held on it) and yield ``(claim, writer)``; yields
+        None when another worker holds it or it is already complete. Leftover temporary files of the shard are
+        removed once the claim is held. The claim is released when the block ends."""
         name = self.output.shard_name(k)
-        claim = self.claim(name)
+        claim = claim or self.claim(name)
         if claim is None:
             yield None
             return

@@ -584,18 +584,59 @@ def test_generator_oom_halves_the_batch_and_keeps_it(caplog):
     assert fake.calls == [2, 2, 1] and not caplog.records
 
 
-def test_generator_oom_at_one_sample_is_a_one_line_error():
-    from generators.attention_hand.generator import AttentionHandGenerator, AttentionHandOutOfMemoryError
-    from pipeline.errors import HandgenError
+def test_generator_oom_at_one_sample_is_a_counted_skip(caplog):
+    import logging
+
+    from generators.attention_hand.generator import AttentionHandGenerator
+    from pipeline.sample import Skipped
 
     gen = AttentionHandGenerator(pipeline=FakePipe(fits=0), batch_size=2)
-    with pytest.raises(AttentionHandOutOfMemoryError) as e:
-        gen.generate(_samples(2))
-    msg = str(e.value)
-    assert isinstance(e.value, HandgenError) and len(msg.splitlines()) == 1
-    assert msg.startswith("t-0000000000: out of memory on cuda:0 generating one 64x64 image")
-    assert "--image-size" in msg and "--no-tas" in msg and "--views" not in msg  # global only already
-    assert isinstance(e.value.__cause__, torch.OutOfMemoryError)
+    with caplog.at_level(logging.WARNING, logger="generators.attention_hand.generator"):
+        out = gen.generate(_samples(2))
+    assert [type(g) for g in out] == [Skipped, Skipped] and {g.reason for g in out} == {"out_of_memory"}
+    detail = out[0].detail
+    assert (
+        detail.startswith("out of memory on cuda:0 generating one 64x64 image")
+        and len(detail.splitlines()) == 1
+    )
+    assert (
+        "--image-size" in detail and "--no-tas" in detail and "--views" not in detail
+    )  # global only already
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 2 and skipped[0].startswith("attentionhand: skipped t-0000000000: out of memory")
+
+
+def test_pipeline_counts_an_out_of_memory_skip_and_goes_on(tmp_path):
+    from flows.stages import GenerationPipeline
+    from pipeline.config import RunConfig
+    from pipeline.sample import Skipped
+
+    class OneTooBig:  # the real composite, except that sample 1 does not fit
+        name, version, tokenizer = "fake", 1, None
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def generate(self, samples):
+            made = self.inner.generate(samples)
+            too_big = Skipped("out_of_memory", "too big")
+            return [too_big if s.index == 1 else g for s, g in zip(samples, made, strict=True)]
+
+        def close(self):
+            self.inner.close()
+
+    from collections import Counter
+
+    with GenerationPipeline(RunConfig(out=str(tmp_path), samples=4, image_size=128)) as pipe:
+        pipe.load()
+        pipe.generator = OneTooBig(pipe.generator)
+        skips: Counter = Counter()
+        kept = pipe.generate(pipe.prepare(range(4), skips), skips)
+    assert (
+        skips["out_of_memory"] == 1
+        and 1 not in [s.index for s in kept]
+        and len(kept) == 4 - sum(skips.values())
+    )
 
 
 def test_generator_views_and_records(pipe):

@@ -369,3 +369,114 @@ def test_prefetched_run_error_is_raised_with_its_type(tmp_path, monkeypatch, whe
         stages.run_shard(cfg, 0, pipe, folder, prefetch=2)
     assert not folder.is_complete(0)
     assert not list((tmp_path / "run").glob("*.tar"))
+
+
+# -- the shard stream: across shard boundaries ---------------------------------------------------------------
+def _streamed(out: Path, prefetch: int) -> dict:
+    cfg = RunConfig(out=str(out), **{**BASE, "prefetch": prefetch})
+    folder = RunFolder(cfg)
+    folder.open(resume=False)
+    with stages.Session():  # run_shards' default path: the session's pipeline and stream
+        stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
+    return stages.finalize(cfg, folder)
+
+
+def test_stream_prepares_and_generates_across_shard_boundaries(tmp_path, monkeypatch):
+    from sinks.webdataset_sink import ShardWriter
+
+    events: list[tuple] = []  # (what, shard, thread), in the order they happened
+    lock = threading.Lock()
+
+    def traced(cls, name, shard_of):
+        method = getattr(cls, name)
+
+        def wrapper(self, *args):
+            with lock:
+                events.append((name, shard_of(self, *args), threading.current_thread().name))
+            return method(self, *args)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    shard = BASE["shard_size"]
+    traced(stages.GenerationPipeline, "prepare", lambda self, chunk, skips: chunk[0] // shard)
+    traced(
+        stages.GenerationPipeline,
+        "generate",
+        lambda self, batch, skips: batch[0].index // shard if batch else None,
+    )
+    traced(ShardWriter, "close", lambda self: self.report.shard)
+    streamed = _streamed(tmp_path / "streamed", DEFAULT_DEPTH)
+    here = threading.current_thread().name
+    assert {t for what, _, t in events if what == "prepare"} == {"prefetch"}  # one thread for all shards
+    assert {t for what, _, t in events if what == "generate"} == {here}
+    order = [(what, k) for what, k, _ in events]
+    commit0 = order.index(("close", 0))
+    # before shard 0 is committed, shard 1's CPU stages have run and its first batch is generated
+    assert ("prepare", 1) in order[:commit0] and ("generate", 1) in order[:commit0]
+    sequential = _streamed(tmp_path / "sequential", 0)  # every stage in turn, shard by shard
+    assert streamed["counts"] == sequential["counts"] and sum(streamed["counts"]["skipped"].values()) > 0
+    assert _shards(tmp_path / "streamed") == _shards(tmp_path / "sequential")  # byte-identical shards
+
+
+def test_stream_look_ahead_failure_costs_nothing(tmp_path, monkeypatch):
+    """The next shard's first batch fails while it is generated ahead: the shard being written is committed,
+    the stream stops and gives its claim back, and the next shard is written on its own (where, this time,
+    the generator works)."""
+    generate, failed = stages.GenerationPipeline.generate, []
+
+    def once(self, batch, skips):
+        if batch and batch[0].index >= BASE["shard_size"] and not failed:
+            failed.append(batch[0].index)
+            raise Boom("generator failed")
+        return generate(self, batch, skips)
+
+    monkeypatch.setattr(stages.GenerationPipeline, "generate", once)
+    _streamed(tmp_path / "run", DEFAULT_DEPTH)
+    assert failed  # the failure happened, and was the look-ahead's
+    monkeypatch.undo()
+    _streamed(tmp_path / "ref", DEFAULT_DEPTH)
+    assert _shards(tmp_path / "run") == _shards(tmp_path / "ref")
+    assert not list((tmp_path / "run").glob("*.claim*"))
+
+
+def test_stream_error_releases_every_claim(tmp_path, monkeypatch):
+    """A failure in a shard's own batch stops the run: the claim the stream took ahead on the next shard goes
+    back, nothing half-written is left, no thread stays behind (fixture), and a rerun completes the run."""
+    generate, seen = stages.GenerationPipeline.generate, []
+
+    def failing(self, batch, skips):
+        if batch and batch[0].index < BASE["shard_size"]:
+            seen.append(batch[0].index)
+            if len(seen) == 2:  # shard 0's second batch with samples: by now the stream holds shard 1 too
+                raise Boom("generator failed")
+        return generate(self, batch, skips)
+
+    monkeypatch.setattr(stages.GenerationPipeline, "generate", failing)
+    out = tmp_path / "run"
+    with pytest.raises(Boom, match="generator failed"):
+        _streamed(out, DEFAULT_DEPTH)
+    assert not list(out.glob("*.claim*")) and not list(out.glob("*.tmp")) and not list(out.glob("*.tar"))
+    monkeypatch.undo()
+    cfg = RunConfig(out=str(out), **{**BASE, "prefetch": DEFAULT_DEPTH})
+    folder = RunFolder(cfg)
+    folder.open(resume=True)
+    with stages.Session():
+        stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
+    stages.finalize(cfg, folder)
+    _streamed(tmp_path / "ref", DEFAULT_DEPTH)
+    assert _shards(out) == _shards(tmp_path / "ref")
+
+
+def test_stream_skips_a_shard_another_worker_holds(tmp_path):
+    from sinks.run import try_claim
+
+    cfg = RunConfig(out=str(tmp_path / "run"), **{**BASE, "prefetch": DEFAULT_DEPTH})
+    folder = RunFolder(cfg, owner="me")
+    folder.open(resume=False)
+    other = try_claim(folder.store, "hands-000000.tar", "sibling", lease=60.0)
+    try:
+        with stages.Session():
+            reports = stages.run_shards(cfg, [0, 1], folder, wait=False)
+        assert [r.shard for r in reports] == [1] and not folder.is_complete(0)
+    finally:
+        other.release()

@@ -17,18 +17,12 @@ import torch
 
 from generators.attention_hand.pipeline import AttentionHandError, TASConfig, normalize_views
 from generators.base import Generator
-from pipeline.errors import HandgenError
-from pipeline.sample import Generation, Sample
+from pipeline.sample import Generation, Sample, Skipped
 from pipeline.seeding import diffusion_seed
 
 logger = logging.getLogger(__name__)
 
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
-
-
-class AttentionHandOutOfMemoryError(HandgenError, RuntimeError):
-    """The device ran out of memory generating a single image (generation batch 1); the message names the
-    sample and what to change. Retrying as it is cannot help."""
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -62,8 +56,8 @@ class AttentionHandGenerator(Generator):
 
     Generation batches hold ``batch_size`` samples (the generation batch, set apart from the run's render
     batch). When the device runs out of memory, the batch is retried in halves (one warning line), and the
-    smaller size is kept for later batches (``current_batch_size``); at one sample per batch the error becomes
-    a one-line ``AttentionHandOutOfMemoryError``.
+    smaller size is kept for later batches (``current_batch_size``); a single image that does not fit is
+    ``Skipped`` as ``out_of_memory`` (a warning line saying what to change): it never fails a shard.
     """
 
     name = "attentionhand"
@@ -141,19 +135,21 @@ class AttentionHandGenerator(Generator):
         """Generate ``batch``; when the device runs out of memory, retry it in halves (keeping that size)."""
         try:
             return self._batch(batch)
-        except _OOM_ERRORS as exc:
-            if len(batch) == 1:
+        except _OOM_ERRORS:
+            if len(batch) == 1:  # nothing smaller to try: this sample is skipped, the shard goes on
+                _release_cuda_memory()
                 s = batch[0]
                 H, W = s.image_size
                 fixes = ["a smaller --image-size"]
                 fixes += ["--views global"] if "local" in self.views else []
                 fixes += ["--no-tas"] if self.tas.enabled else []
                 device = getattr(self.pipe, "device", "the device")
-                raise AttentionHandOutOfMemoryError(
-                    f"{s.key}: out of memory on {device} generating one {H}x{W} image "
-                    f"(views {','.join(self.views)}); try {', '.join(fixes)}, "
-                    "or a device with more free memory"
-                ) from exc
+                detail = (
+                    f"out of memory on {device} generating one {H}x{W} image (views {','.join(self.views)}); "
+                    f"try {', '.join(fixes)}, or a device with more free memory"
+                )
+                logger.warning("attentionhand: skipped %s: %s", s.key, detail)
+                return [Skipped("out_of_memory", detail)]
         # outside the except block, so the failed call's tensors (held by the traceback) can be freed
         _release_cuda_memory()
         half = (len(batch) + 1) // 2
