@@ -85,8 +85,8 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None) -> Ite
 
 
 class GenerationPipeline:
-    """Every stage of a run (module doc). ``load()`` builds them (models load here; idempotent), ``close()`` (or
-    leaving the ``with`` block) releases them. ``timings``: seconds spent per stage in this pipeline."""
+    """Every stage of a run (module doc). ``load()`` builds them (models load here; idempotent), ``close()``
+    (or leaving the ``with`` block) releases them. ``timings``: seconds spent per stage in this pipeline."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -149,7 +149,8 @@ class GenerationPipeline:
                 stage.close()
 
     def for_thread(self) -> GenerationPipeline:
-        """The same stages with a ``timings`` of their own, for a background thread (merge them afterwards)."""
+        """The same stages with a ``timings`` of their own, for a background thread
+        (merge them afterwards)."""
         twin = copy.copy(self)
         twin.timings = Counter()
         return twin
@@ -223,8 +224,9 @@ class GenerationPipeline:
         return out
 
     def render(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
-        """Render the batch; skip samples whose hands do not show (``not_visible``), show only on the letterbox
-        padding (``no_overlap``) or show fewer joints than ``min_visible_joints`` (per present hand)."""
+        """Render the batch; skip samples whose hands do not show (``not_visible``), show only on the
+        letterbox padding (``no_overlap``) or show fewer joints than ``min_visible_joints``
+        (per present hand)."""
         from renderers.base import RenderBatch, render_item
 
         t0 = time.perf_counter()
@@ -336,8 +338,8 @@ class Session:
         self._token = None
 
     def pipeline(self, config: RunConfig) -> GenerationPipeline:
-        """The pipeline of ``config`` in this session (``load()`` it to build its stages; once loaded, it stays
-        loaded until the session ends)."""
+        """The pipeline of ``config`` in this session (``load()`` it to build its stages; once loaded, it
+        stays loaded until the session ends)."""
         key = config.config_sha256()
         if key not in self._pipelines:
             self._pipelines[key] = GenerationPipeline(config)
