@@ -4,8 +4,8 @@ on the embedded default run (stand-in hand, prior, label captions, 512 px), scor
 Every row is a full run (``flows.stages.run_shards`` with the stage's generator replaced by a
 ``CompositeGenerator(CompositeConfig(...))``) into OUT_ROOT/<row>, then ``evaluation.run.evaluate_run``:
 detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., and the run's samples/s.
-``--before FILE``: also time a run with the composite module in FILE (e.g. the version-1 file), alternating with
-the default, ``--repeats`` times each (this machine is noisy: ratios measured side by side).
+``--before FILE``: also time a run with the composite module in FILE (e.g. the version-1 file), alternating
+with the default, ``--repeats`` times each (this machine is noisy: ratios measured side by side).
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
        [--rows all|NAME,NAME] [--before /tmp/composite_v1.py --repeats 2]
@@ -42,7 +42,8 @@ def _slug(name: str) -> str:
 
 
 def run_once(samples: int, out: Path, generator) -> float:
-    """One full run with ``generator`` in place of the stage's; returns samples/s (wall, shards + manifest)."""
+    """One full run with ``generator`` in place of the stage's; returns samples/s
+    (wall, shards + manifest)."""
     from flows import stages
     from pipeline.config import RunConfig
     from sinks.run import RunFolder
@@ -118,8 +119,8 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
                 rates[k].append(run_once(args.samples, root / f"speed_{k}", g))
         b, a = max(rates["before"]), max(rates["after"])
         print(
-            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): before {b:.2f} samples/s,"
-            f" after {a:.2f} samples/s, after/before {a / b:.2f}"
+            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): "
+            f"before {b:.2f} samples/s, after {a:.2f} samples/s, after/before {a / b:.2f}"
         )
 
 

@@ -114,13 +114,15 @@ def main() -> None:
 
     rate1, cpu1, found1 = bench_single(images)
     print(
-        f"detector, 1 process (full model):   {rate1:6.1f} samples/s  {cpu1:5.1f} CPU ms/sample  ({found1} hands)"
+        f"detector, 1 process (full model):   {rate1:6.1f} samples/s  {cpu1:5.1f} CPU ms/sample  "
+        f"({found1} hands)"
     )
     rate_p, found_p = bench_pool(images, args.pool)
     print(f"detector, pool of {args.pool} (full model):   {rate_p:6.1f} samples/s  ({found_p} hands)")
     rate0, cpu0, found0 = bench_single(images, model_complexity=0)
     print(
-        f"detector, 1 process (lite model):   {rate0:6.1f} samples/s  {cpu0:5.1f} CPU ms/sample  ({found0} hands)"
+        f"detector, 1 process (lite model):   {rate0:6.1f} samples/s  {cpu0:5.1f} CPU ms/sample  "
+        f"({found0} hands)"
     )
     print(f"  ideal 2-core rate from CPU time (full model): {2000 / cpu1:.1f} samples/s")
 
@@ -134,13 +136,13 @@ def main() -> None:
         s = res.summary
         print(
             f"evaluate end to end, {workers} worker(s): scoring pass {s['samples_per_s']:.1f} samples/s "
-            f"(after the first record {s['steady_samples_per_s']:.1f}); whole call {s['samples'] / total:.1f} "
-            f"samples/s ({total:.1f} s incl. start and report)"
+            f"(after the first record {s['steady_samples_per_s']:.1f}); "
+            f"whole call {s['samples'] / total:.1f} samples/s ({total:.1f} s incl. start and report)"
         )
     print(
-        f"quality: detection rate {s['detection_rate']:.3f} ({s['detected_hands']}/{s['eligible_hands']} eligible "
-        f"hands), PCK@0.05 {s['pck_005']:.3f}, PCK@0.1 {s['pck_01']:.3f}, Hand Conf. {s['hand_conf']:.3f}, "
-        f"MSE-2D {s['mse_2d']:.1f} px^2"
+        f"quality: detection rate {s['detection_rate']:.3f} ({s['detected_hands']}/{s['eligible_hands']} "
+        f"eligible hands), PCK@0.05 {s['pck_005']:.3f}, PCK@0.1 {s['pck_01']:.3f}, "
+        f"Hand Conf. {s['hand_conf']:.3f}, MSE-2D {s['mse_2d']:.1f} px^2"
     )
     print(f"load at the end {_load()}")
     if tmp is not None:

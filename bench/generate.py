@@ -56,8 +56,8 @@ def main() -> None:
     per_step(TASConfig(enabled=False))  # warm-up
     on, off = per_step(TASConfig(steps_fraction=1.0)), per_step(TASConfig(enabled=False))
     print(
-        f"tiny pipeline, batch 2 (x2 branches), 64x64: TAS on {on * 1000:.1f} ms/step, off {off * 1000:.1f} ms/step,"
-        f" ratio {on / off:.2f}"
+        f"tiny pipeline, batch 2 (x2 branches), 64x64: TAS on {on * 1000:.1f} ms/step, "
+        f"off {off * 1000:.1f} ms/step, ratio {on / off:.2f}"
     )
 
     from generators.composite import CompositeGenerator

@@ -7,18 +7,19 @@ Both pipelines are built from the SAME component objects (random weights: the sp
 * ``--size tiny``: the tiny test components (``models.tiny_components``), 64x64.
 
 For each combination of dtype, batch, views, TAS, ``torch.compile`` (UNet and guidance module, in place) and
-channels_last, the script times ``AttentionHandPipeline.__call__`` and, at the same settings (DDIM, steps, CFG,
-conditioning scale, resolution, dtype, compile, memory format), ``StableDiffusionControlNetPipeline`` producing
-the same number of images. A sample is an image that ships as a record: B per call for ``global``, 2B (global
-and local close-up) for ``global,local``. The diffusers baseline makes B, or 2B, images per call.
+channels_last, the script times ``AttentionHandPipeline.__call__`` and, at the same settings (DDIM, steps,
+CFG, conditioning scale, resolution, dtype, compile, memory format), ``StableDiffusionControlNetPipeline``
+producing the same number of images. A sample is an image that ships as a record: B per call for ``global``,
+2B (global and local close-up) for ``global,local``. The diffusers baseline makes B, or 2B, images per call.
 
 Timing: ``--warmup`` untimed calls (compilation happens there), then ``--repeats`` timed calls; the fastest is
-reported (``torch.cuda.synchronize`` around each on CUDA). Peak memory: ``torch.cuda.max_memory_allocated`` over
-the timed calls on CUDA; the peak resident set size (RSS, sampled every 10 ms) on CPU.
+reported (``torch.cuda.synchronize`` around each on CUDA). Peak memory: ``torch.cuda.max_memory_allocated``
+over the timed calls on CUDA; the peak resident set size (RSS, sampled every 10 ms) on CPU.
 
 Usage:
   python bench/gpu.py --size sd15 --device cuda [--dtypes fp16,bf16] [--batches 1,4,8,16] [--steps 20]
-      [--views global global,local] [--tas off,on] [--compile off,on] [--channels-last off,on] [--json out.json]
+      [--views global global,local] [--tas off,on] [--compile off,on] [--channels-last off,on]
+      [--json out.json]
   python bench/gpu.py --size tiny --device cpu --quick      # smoke run, CPU, a few seconds
 
 ``--views`` takes view sets separated by spaces; each set is a comma list (``global`` or ``global,local``),
@@ -132,7 +133,7 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 MODELS = ("vae", "text_encoder", "unet", "guidance")
 
 
-# -- components ---------------------------------------------------------------------------------------------------
+# -- components ----------------------------------------------------------------------------------------------
 def sd15_components() -> dict:
     """Random-weight components with SD 1.5's architectures and the real CLIP tokenizer."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
@@ -195,7 +196,7 @@ def set_compiled(comps: dict, on: bool, mode: str) -> None:
             m._compiled_call_impl = None
 
 
-# -- the two pipelines --------------------------------------------------------------------------------------------
+# -- the two pipelines ---------------------------------------------------------------------------------------
 def views_mode(pipe_cls) -> str:
     """How ``AttentionHandPipeline.__call__`` can run the global branch alone: ``views`` (a ``views=``
     argument), ``mesh_local=None`` (an optional local mesh), or ``both`` (it always runs both branches)."""
@@ -299,7 +300,7 @@ class Runner:
         )
 
 
-# -- measuring ----------------------------------------------------------------------------------------------------
+# -- measuring -----------------------------------------------------------------------------------------------
 class PeakRSS:
     """Peak resident set size (bytes) while the block runs, sampled every 10 ms on a thread."""
 
@@ -463,7 +464,7 @@ def progress(row: dict) -> None:
     )
 
 
-# -- goals and the table ------------------------------------------------------------------------------------------
+# -- goals and the table -------------------------------------------------------------------------------------
 def goal_text(row: dict) -> str:
     r = row.get("ratio")
     if r is None:
@@ -569,12 +570,13 @@ def summary(rows: list[dict], meta: dict) -> list[str]:
         )
     else:
         lines.append(
-            f"goal 3, >= {GOAL_RATE} samples/s on one H100/H200: no global-only, TAS off, compiled row measured"
+            f"goal 3, >= {GOAL_RATE} samples/s on one H100/H200: "
+            "no global-only, TAS off, compiled row measured"
         )
     return lines
 
 
-# -- main ---------------------------------------------------------------------------------------------------------
+# -- main ----------------------------------------------------------------------------------------------------
 def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if x not in allowed]
@@ -721,9 +723,9 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
     }
     print(
-        f"AttentionHand vs diffusers StableDiffusionControlNetPipeline: {args.size} components (random weights) at "
-        f"{res}x{res}, DDIM {steps} steps, CFG {args.guidance_scale}, conditioning {args.conditioning_scale}, "
-        f"on {meta['device_name']}"
+        f"AttentionHand vs diffusers StableDiffusionControlNetPipeline: {args.size} components "
+        f"(random weights) at {res}x{res}, DDIM {steps} steps, CFG {args.guidance_scale}, "
+        f"conditioning {args.conditioning_scale}, on {meta['device_name']}"
         + ("" if cuda else f", {meta['cpu_threads']} torch threads")
         + f"; fastest of {repeats} timed calls after {warmup} warm-up",
         flush=True,

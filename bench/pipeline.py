@@ -113,7 +113,8 @@ def _compare_flow(args, d, base, direct, st) -> None:
     generate_shards(flow_cfg.model_dump(mode="json"))
     t_flow = time.perf_counter() - t
     print(
-        f"Prefect flow: {args.n / t_flow:.2f} samples/s; ratio flow / direct = {t_flow / t_direct:.3f} (goal <= 1.10)"
+        f"Prefect flow: {args.n / t_flow:.2f} samples/s; ratio flow / direct = {t_flow / t_direct:.3f} "
+        "(goal <= 1.10)"
     )
 
     for n in (args.small, args.large):
@@ -122,7 +123,8 @@ def _compare_flow(args, d, base, direct, st) -> None:
         folder.open(resume=False)
         stages.run_shards(cfg, list(range(cfg.num_shards)), folder)
         print(
-            f"after {n:6d} samples: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+            f"after {n:6d} samples: peak RSS "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
         )
 
 

@@ -43,8 +43,8 @@ def rate(src, hm, n: int) -> float:
 
 
 def write_synthetic_split(root: Path, frames: int, cameras: int = 1) -> None:
-    """InterHand-format files for ``frames`` frames (1 capture per 1000 frames) seen by ``cameras`` cameras each,
-    streamed to disk."""
+    """InterHand-format files for ``frames`` frames (1 capture per 1000 frames) seen by ``cameras`` cameras
+    each, streamed to disk."""
     rng = np.random.default_rng(0)
     ann = root / "annotations" / "train"
     ann.mkdir(parents=True)
@@ -174,7 +174,8 @@ def main() -> None:
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"index build: {r['seconds']:.1f} s for {r['images']} images, peak RSS {r['peak_mb']:.0f} MB (goal < 2048 MB)"
+            f"index build: {r['seconds']:.1f} s for {r['images']} images, peak RSS {r['peak_mb']:.0f} MB "
+            "(goal < 2048 MB)"
         )
 
 

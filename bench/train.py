@@ -1,13 +1,15 @@
-"""AttentionHand training speed: optimiser steps per second with TAS iterations 0, 1 and 5, side by side in one run.
+"""AttentionHand training speed: optimiser steps per second with TAS iterations 0, 1 and 5, side by side \
+in one run.
 
 * ``--size tiny`` (default, CPU here): the tiny test components at ``--resolution`` (default 64), batch 2;
-* ``--size sd15`` (for a GPU): random-weight components with Stable Diffusion 1.5's architecture (UNet 320-640-
-  1280-1280, VAE 128-256-512-512, CLIP ViT-L/14 text encoder) at 512x512, batch 1, mixed precision and gradient
-  checkpointing as the trainer picks them on CUDA. No weights are needed: the speed does not depend on them.
+* ``--size sd15`` (for a GPU): random-weight components with Stable Diffusion 1.5's architecture (UNet
+  320-640-1280-1280, VAE 128-256-512-512, CLIP ViT-L/14 text encoder) at 512x512, batch 1, mixed precision and
+  gradient checkpointing as the trainer picks them on CUDA. No weights are needed: the speed does not depend
+  on them.
 
-The training tuples are ``hands prepare`` output made from the InterHand2.6M-format test fixture (tiny photos).
-Each setting runs ``--warmup`` steps, then ``--steps`` timed steps; the timed steps/s and the ratio to TAS 0 are
-printed. Usage: python bench/train.py [--size tiny|sd15] [--steps 20] [--tas 0,1,5]
+The training tuples are ``hands prepare`` output made from the InterHand2.6M-format test fixture
+(tiny photos). Each setting runs ``--warmup`` steps, then ``--steps`` timed steps; the timed steps/s and the
+ratio to TAS 0 are printed. Usage: python bench/train.py [--size tiny|sd15] [--steps 20] [--tas 0,1,5]
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from pipeline.sample import Caption, Sample
 
 class Captioner(abc.ABC):
     """Turns samples (posed and rendered, with their exact labels and, optionally, a source photo) into
-    captions (``pipeline.sample.Caption``, untagged: the pipeline tags them with the generator's tokenizer)."""
+    captions (``pipeline.sample.Caption``, untagged: the pipeline tags them with the generator's
+    tokenizer)."""
 
     name = "base"
     prompt_version = "0"

@@ -107,8 +107,8 @@ class LabelCaptioner(Captioner):
 
     @classmethod
     def from_config(cls, config=None, **_) -> LabelCaptioner:
-        """``captioning.CAPTIONERS``' factory (``LabelsCaptionerConfig``: no settings; the phrase library is the
-        default one)."""
+        """``captioning.CAPTIONERS``' factory (``LabelsCaptionerConfig``: no settings; the phrase library is
+        the default one)."""
         return cls()
 
     def __init__(self, config: LabelCaptionConfig | None = None) -> None:

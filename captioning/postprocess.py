@@ -16,8 +16,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def clean_caption(text: str, count_tokens: Callable[[str], int], max_tokens: int = 77) -> str:
-    """First sentence(s) of ``text`` without boilerplate, fitting ``max_tokens`` (counted with ``count_tokens``,
-    which includes the start and end tokens). Returns '' when nothing usable is left."""
+    """First sentence(s) of ``text`` without boilerplate, fitting ``max_tokens`` (counted with
+    ``count_tokens``, which includes the start and end tokens). Returns '' when nothing usable is left."""
     if not isinstance(text, str):
         return ""
     t = _MARKDOWN.sub(" ", text)

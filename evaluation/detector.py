@@ -1,4 +1,5 @@
-"""The 2D hand detector of the evaluation: MediaPipe Hands (classic ``solutions`` API, ``mediapipe==0.10.14``).
+"""The 2D hand detector of the evaluation: MediaPipe Hands (classic ``solutions`` API,
+``mediapipe==0.10.14``).
 
 ``HandDetector`` builds one MediaPipe graph (palm detector + hand-landmark model, both shipped inside the
 wheel, so it runs offline), reuses it for every image and closes it deterministically (``close()`` or a
@@ -79,10 +80,10 @@ class UnreadableImageError(HandgenError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """One detected hand. keypoints (21, 2) px in our joint order and pixel convention; depth (21,) MediaPipe's
-    relative landmark depth (its z, in image-width units, wrist-relative; smaller is nearer); handedness
-    'right' | 'left' (camera view); handedness_score MediaPipe's score of its label; palm_score the palm
-    detector's score (NaN when unknown)."""
+    """One detected hand. keypoints (21, 2) px in our joint order and pixel convention; depth (21,)
+    MediaPipe's relative landmark depth (its z, in image-width units, wrist-relative; smaller is nearer);
+    handedness 'right' | 'left' (camera view); handedness_score MediaPipe's score of its label; palm_score the
+    palm detector's score (NaN when unknown)."""
 
     keypoints: np.ndarray
     depth: np.ndarray
@@ -194,7 +195,9 @@ class HandDetector:
                     "use_prev_landmarks": False,  # static-image mode: every image is detected afresh
                 },
                 calculator_params={
-                    "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": self.min_detection_confidence,
+                    "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": (
+                        self.min_detection_confidence
+                    ),
                     "handlandmarkcpu__ThresholdingCalculator.threshold": self.min_presence_confidence,
                 },
                 outputs=["multi_hand_landmarks", "multi_handedness", "palm_detections"],

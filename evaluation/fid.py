@@ -52,9 +52,9 @@ class EvaluationError(HandgenError, ValueError):
     """A user-caused evaluation problem (bad weights file, empty reference, too few images): one line."""
 
 
-# -- the FID Inception network ------------------------------------------------------------------------------------
-# Module and parameter names follow torchvision's Inception3 (num_classes=1008, aux_logits=False), which is what
-# the pytorch-fid weights file is a state dict of.
+# -- the FID Inception network -------------------------------------------------------------------------------
+# Module and parameter names follow torchvision's Inception3 (num_classes=1008, aux_logits=False), which is
+# what the pytorch-fid weights file is a state dict of.
 
 
 def _build_network_classes():
@@ -294,7 +294,7 @@ def load_inception(weights: str | os.PathLike, device: str = "cpu"):
     return net.eval()
 
 
-# -- feature extraction --------------------------------------------------------------------------------------------
+# -- feature extraction --------------------------------------------------------------------------------------
 
 
 def as_rgb(image) -> np.ndarray:
@@ -367,7 +367,7 @@ def extract_features(net, images: Iterable, device: str = "cpu", batch_size: int
     return ex.features()
 
 
-# -- the metrics -------------------------------------------------------------------------------------------------
+# -- the metrics ---------------------------------------------------------------------------------------------
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +438,8 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray, method: str = "auto") -> f
 
     method: ``features`` (the singular values of the (N1, N2) cross-Gram matrix of the centred features),
     ``eigh`` / ``scipy`` (``frechet_distance`` on the (d, d) statistics), or ``auto``: ``features`` when that
-    is the smaller problem (fewer images than feature dimensions), else ``eigh``. All are the same quantity."""
+    is the smaller problem (fewer images than feature dimensions), else ``eigh``. All are the same
+    quantity."""
     x, y = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
     for f in (x, y):
         if f.ndim != 2 or f.shape[0] < 2:
@@ -503,7 +504,7 @@ def kid_from_features(
     return float(scores.mean()), float(scores.std())
 
 
-# -- hand crops ----------------------------------------------------------------------------------------------------
+# -- hand crops ----------------------------------------------------------------------------------------------
 
 
 def crop_square(box: Sequence[float], margin: float = CROP_MARGIN) -> tuple[float, float, float] | None:
@@ -575,8 +576,8 @@ def _present_boxes(sample: Mapping) -> list:
 def _split_item(item) -> tuple[np.ndarray, list | None]:
     """A generated item -> (image, boxes or None for 'no labels').
 
-    Items: an image array; ``(image, boxes)``; or a dict with ``image`` and ``boxes`` (a list of [x0, y0, x1, y1])
-    or ``bbox`` + ``hand_present`` (what ``sinks.reader.open_shards`` yields)."""
+    Items: an image array; ``(image, boxes)``; or a dict with ``image`` and ``boxes`` (a list of
+    [x0, y0, x1, y1]) or ``bbox`` + ``hand_present`` (what ``sinks.reader.open_shards`` yields)."""
     if isinstance(item, Mapping):
         if "image" not in item:
             raise EvaluationError(f"a generated sample has no 'image' (keys: {sorted(item)[:8]})")
@@ -588,7 +589,7 @@ def _split_item(item) -> tuple[np.ndarray, list | None]:
     return item, None
 
 
-# -- reference sets ------------------------------------------------------------------------------------------------
+# -- reference sets ------------------------------------------------------------------------------------------
 
 
 def _is_shards(path: str) -> bool:
@@ -630,7 +631,8 @@ class ReferenceSet:
             self.photos = _photos(local)
             if not self.photos:
                 raise EvaluationError(
-                    f"reference folder {self.path} holds no images ({', '.join(PHOTO_SUFFIXES)}) and no shards (.tar)"
+                    f"reference folder {self.path} holds no images ({', '.join(PHOTO_SUFFIXES)}) "
+                    "and no shards (.tar)"
                 )
 
     @property
@@ -664,7 +666,7 @@ class ReferenceSet:
             yield arr, None
 
 
-# -- the entry point -----------------------------------------------------------------------------------------------
+# -- the entry point -----------------------------------------------------------------------------------------
 
 
 def _features_with_crops(net, items: Iterable, device: str, batch_size: int, margin: float):

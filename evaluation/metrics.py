@@ -9,9 +9,9 @@
 * ``eligible``: at least ``min_visible_joints`` visible joints and a box of at least ``min_box_px``.
 
 Matching (``match_hands``): detections are assigned to labelled hands by keypoints, never by handedness: the
-cost of a (hand, detection) pair is the hand's ``normalized_error``; pairs at or above ``gate`` (default 0.5 of
-the box) are not allowed, so a far-away detection is a miss; the assignment maximises the number of matches,
-then minimises the summed cost (exhaustive, exact for the handful of hands an image holds).
+cost of a (hand, detection) pair is the hand's ``normalized_error``; pairs at or above ``gate`` (default 0.5
+of the box) are not allowed, so a far-away detection is a miss; the assignment maximises the number of
+matches, then minimises the summed cost (exhaustive, exact for the handful of hands an image holds).
 
 3D (HandBooster's criterion, any unit; the scorers use mm): ``mpjpe`` (root-relative by default),
 ``pa_mpjpe`` (after the similarity transform, Umeyama / orthogonal Procrustes with scale, that best aligns the
@@ -137,7 +137,8 @@ def match_hands(
 
 
 def hand_alignment(eligible_hand: bool, detected: bool, pck_01: float) -> float | None:
-    """An eligible hand's alignment: its PCK@0.1 when detected, else 0.0; None for a hand that is not judged."""
+    """An eligible hand's alignment: its PCK@0.1 when detected, else 0.0; None for a hand that is not
+    judged."""
     if not eligible_hand:
         return None
     if not detected or not math.isfinite(pck_01):
@@ -151,7 +152,7 @@ def sample_alignment(hand_alignments: Sequence[float | None]) -> float | None:
     return min(vals) if vals else None
 
 
-# -- 3D ------------------------------------------------------------------------------------------------------------
+# -- 3D ------------------------------------------------------------------------------------------------------
 def _points(x, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 3 or len(a) < 1:
@@ -207,11 +208,12 @@ def handbooster_alignment(
     return float(min(1.0, max(0.0, 1.0 - worst)))
 
 
-# -- viewpoint -----------------------------------------------------------------------------------------------------
+# -- viewpoint -----------------------------------------------------------------------------------------------
 def hand_frame(joints_3d, side: str) -> np.ndarray:
-    """(3, 3) rows x, y, z of the hand's wrist frame from (21, 3) joints: x from the wrist to middle1 (along the
-    hand), z the palm normal (out of the palm; ``captioning.labels.palm_facing``'s convention), y completing
-    it towards the thumb side (index1 rather than pinky1), so a left and a right hand read alike."""
+    """(3, 3) rows x, y, z of the hand's wrist frame from (21, 3) joints: x from the wrist to middle1 (along
+    the hand), z the palm normal (out of the palm; ``captioning.labels.palm_facing``'s convention), y
+    completing it towards the thumb side (index1 rather than pinky1), so a left and a right hand read
+    alike."""
     j = _points(joints_3d, "joints_3d")
     x = j[9] - j[0]
     x /= max(np.linalg.norm(x), 1e-12)

@@ -40,7 +40,8 @@ STOPWORDS = frozenset(
 _WORDS = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _BOX_EDGES = (0, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1e9)
 _CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1400px;
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; \
+max-width: 1400px;
        color: #222; background: #fafafa; }
 h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 32px; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 8px 0; } td, th { padding: 4px 10px; border: 1px solid #ddd; }
@@ -50,7 +51,7 @@ th { background: #eee; text-align: left; } td.num { text-align: right; font-vari
 """
 
 
-# -- charts --------------------------------------------------------------------------------------------------------
+# -- charts --------------------------------------------------------------------------------------------------
 def _png_b64(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
@@ -164,7 +165,7 @@ def _binned(values, edges: Sequence[float], unit: str = "") -> tuple[list[str], 
     return labels, counts
 
 
-# -- grid of the worst-aligned samples -----------------------------------------------------------------------------
+# -- grid of the worst-aligned samples -----------------------------------------------------------------------
 def _tile(raw: dict, scored: dict, tile: int = 224):
     """[image + label skeleton | image + detected keypoints] with a caption strip, as a PIL image."""
     from PIL import Image, ImageDraw
@@ -237,7 +238,7 @@ def worst_grid(items: list[tuple[dict, dict]], per_row: int = 3) -> bytes | None
     return buf.getvalue()
 
 
-# -- the page ------------------------------------------------------------------------------------------------------
+# -- the page ------------------------------------------------------------------------------------------------
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -350,7 +351,10 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
     """The whole page as one string."""
     s = summary
     st = s.get("settings", {})
-    rule = f">= {st.get('min_visible_joints')} visible joints and a box of >= {st.get('min_box_px'):g} px (longer side)"
+    rule = (
+        f">= {st.get('min_visible_joints')} visible joints and a box of >= {st.get('min_box_px'):g} px "
+        "(longer side)"
+    )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>handgen evaluation</title>",
         f"<style>{_CSS}</style></head><body>",
@@ -388,8 +392,8 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
     ]
     parts.append(_table(table, ("measure", "value")))
     parts.append(
-        "<p class='note'>The AttentionHand paper (Table 1, MSCOCO) reports these for text-to-image models. Its "
-        "MSE-2D has no stated unit or normalisation, so only its ordering compares with ours (px²).</p>"
+        "<p class='note'>The AttentionHand paper (Table 1, MSCOCO) reports these for text-to-image models. "
+        "Its MSE-2D has no stated unit or normalisation, so only its ordering compares with ours (px²).</p>"
     )
     parts.append(_table([(n, hc, m) for n, hc, m in PAPER_REFERENCE], ("method", "Hand Conf. ↑", "MSE-2D ↓")))
     parts.append("<h2>FID / KID</h2>")
@@ -421,8 +425,9 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
         parts.append("<p class='note'>No sample has an eligible hand.</p>")
     else:
         parts.append(
-            "<p class='note'>Lowest alignment first. Left: the label skeleton (grey joints are occluded); right: "
-            "what the detector found (a matched detection in its hand's style: right solid, left thin).</p>"
+            "<p class='note'>Lowest alignment first. Left: the label skeleton (grey joints are occluded); "
+            "right: what the detector found (a matched detection in its hand's style: "
+            "right solid, left thin).</p>"
         )
         parts.append(_img(grid, "worst-aligned samples", "image/jpeg"))
     parts.append("</body></html>")

@@ -1,4 +1,5 @@
-"""``hands evaluate RUN``: score every sample of a run, write ``scores.parquet``, ``summary.json`` and ``report.html``.
+"""``hands evaluate RUN``: score every sample of a run, write ``scores.parquet``, ``summary.json`` and
+``report.html``.
 
 One pass over the run's shards (a local folder or an fsspec URL): each record's label and image are decoded,
 the scorer (default ``mediapipe``) scores the image against the label, and the label itself is described
@@ -58,9 +59,10 @@ class EvaluateError(HandgenError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Settings of one evaluation. ``scorer`` is a ``make_scorer`` spec; for ``mediapipe`` the eligibility rule
-    (``min_visible_joints``, ``min_box_px``) is passed to it. ``workers``: detector processes, 0 = automatic
-    (1 below 200 records, else the usable cores, at most 4). ``worst``: tiles in the report's worst-aligned grid."""
+    """Settings of one evaluation. ``scorer`` is a ``make_scorer`` spec; for ``mediapipe`` the eligibility
+    rule (``min_visible_joints``, ``min_box_px``) is passed to it. ``workers``: detector processes,
+    0 = automatic (1 below 200 records, else the usable cores, at most 4). ``worst``: tiles in the report's
+    worst-aligned grid."""
 
     run: str
     out: str | None = None
@@ -106,7 +108,7 @@ class EvalConfig:
         return f"{name}:{opts}" + (f",{arg}" if arg else "")
 
 
-# -- reading -------------------------------------------------------------------------------------------------------
+# -- reading -------------------------------------------------------------------------------------------------
 def run_shards(run: str) -> list[str]:
     """The shard URLs of ``run``; ``NotARunError`` (one line) when it has none."""
     from sinks.records import ShardReadError, ShardsNotFoundError, resolve_shards
@@ -146,7 +148,7 @@ def iter_raw_records(urls: list[str], counts: collections.Counter) -> Iterator[d
             logger.warning("skipping the rest of a shard: %s", exc.one_line())
 
 
-# -- per record (runs in the worker processes) ---------------------------------------------------------------------
+# -- per record (runs in the worker processes) ---------------------------------------------------------------
 _KEY_INDEX = re.compile(r"-(\d+)$")
 _WORDS = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
@@ -298,7 +300,7 @@ def score_records(records: Iterable[dict], spec: str, workers: int, scorer=None)
             yield pending.popleft().result()
 
 
-# -- dataset level -------------------------------------------------------------------------------------------------
+# -- dataset level -------------------------------------------------------------------------------------------
 def _mean(xs) -> float | None:
     xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     return float(np.mean(xs)) if xs else None
@@ -307,11 +309,11 @@ def _mean(xs) -> float | None:
 def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Counter | None = None) -> dict:
     """Dataset-level numbers from scores rows (docs/evaluation.md):
 
-    detection_rate: detected eligible hands / eligible hands; hand_conf: the Hand1000 "Hand Conf.", MediaPipe's
-    handedness score averaged over every detected hand (``hand_conf`` lists them); pck_005, pck_01,
-    error_norm, mse_2d: means over the detected eligible hands; handedness_agreement: the share of those whose
-    (converted) handedness equals the label's; alignment: mean and median over assessed samples, and the share
-    of them at or above each of ``PASS_THRESHOLDS``."""
+    detection_rate: detected eligible hands / eligible hands; hand_conf: the Hand1000 "Hand Conf.",
+    MediaPipe's handedness score averaged over every detected hand (``hand_conf`` lists them); pck_005,
+    pck_01, error_norm, mse_2d: means over the detected eligible hands; handedness_agreement: the share of
+    those whose (converted) handedness equals the label's; alignment: mean and median over assessed samples,
+    and the share of them at or above each of ``PASS_THRESHOLDS``."""
     counts = counts or collections.Counter()
     ok = [r for r in rows if r.get("status") == "ok"]
     hands = [(r, s) for r in ok for s in SIDES if r.get(f"{s}_present") and f"{s}_eligible" in r]
@@ -347,7 +349,7 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     }
 
 
-# -- outputs -------------------------------------------------------------------------------------------------------
+# -- outputs -------------------------------------------------------------------------------------------------
 def _columns(rows: list[dict]) -> list[str]:
     """Column order: the fixed leading columns, then the rest in first-seen order."""
     lead = [
@@ -410,7 +412,8 @@ def _resolve_device(device: str) -> str:
 
 
 def _fid_check(cfg: EvalConfig):
-    """Import ``evaluation.fid`` and check the reference and the weights before the long pass; (module, note)."""
+    """Import ``evaluation.fid`` and check the reference and the weights before the long pass;
+    (module, note)."""
     if not cfg.reference:
         return None, "FID/KID not computed: give --reference REAL and --inception WEIGHTS to compute them."
     try:

@@ -248,7 +248,7 @@ class Estimator3DScorer(Scorer):
         )
 
 
-# -- registry ------------------------------------------------------------------------------------------------------
+# -- registry ------------------------------------------------------------------------------------------------
 Factory = Callable[[str | None], Scorer]
 SCORERS = Registry("scorer", {}, entry_points=ENTRY_POINT_GROUP)
 """Alignment scorers by name; a factory takes the text after ``NAME:`` (None without one)."""
@@ -304,8 +304,8 @@ def scorer_names() -> list[str]:
 
 def make_scorer(spec: str | ScorerConfig = "mediapipe") -> Scorer:
     """Build a scorer from ``NAME`` or ``NAME:ARG`` (``mediapipe``, ``mediapipe:min_box_px=64``, a plug-in's
-    ``hamer:/models/hamer``) or its ``ScorerConfig``; ``ScorerError`` for an unknown name, ``DetectorError`` when
-    its model cannot load."""
+    ``hamer:/models/hamer``) or its ``ScorerConfig``; ``ScorerError`` for an unknown name, ``DetectorError``
+    when its model cannot load."""
     try:
         config = spec if isinstance(spec, ScorerConfig) else ScorerConfig.from_spec(str(spec))
     except SpecError as exc:

@@ -230,7 +230,8 @@ def _check_run(
     problems = []
     if run["config_sha256"] != cfg.config_sha256():
         problems.append(
-            f"config_sha256 {str(run['config_sha256'])[:12]} differs from its config's hash {cfg.config_sha256()[:12]}"
+            f"config_sha256 {str(run['config_sha256'])[:12]} differs from its config's hash "
+            f"{cfg.config_sha256()[:12]}"
         )
     if run["run_tag"] != cfg.effective_run_tag():
         problems.append(f"run_tag {run['run_tag']!r} differs from its config's {cfg.effective_run_tag()!r}")
@@ -311,7 +312,8 @@ class _HandModels:
         self._models: dict = {}
 
     def get(self, hand_model: dict):
-        """The ``pipeline.hand_model.HandModel`` (CPU, float32) for a label; ``SchemaError`` when unavailable."""
+        """The ``pipeline.hand_model.HandModel`` (CPU, float32) for a label; ``SchemaError`` when
+        unavailable."""
         from pipeline.hand_model import HandModel, HandModelError
 
         name, sha = hand_model.get("name"), hand_model.get("sha256")
@@ -368,7 +370,8 @@ def _hands_of(label, where: str) -> list[_Hand]:
 
 
 def _check_params(hands: list[_Hand], models: _HandModels, report: ValidationReport) -> None:
-    """The "params" check for ``hands``, one forward pass per (hand model, side) and ``PARAMS_BATCH`` hands."""
+    """The "params" check for ``hands``, one forward pass per (hand model, side) and ``PARAMS_BATCH``
+    hands."""
     groups: dict[tuple, list[_Hand]] = defaultdict(list)
     for h in hands:
         groups[(h.hand_model.get("sha256"), h.side)].append(h)
@@ -402,8 +405,9 @@ def _check_params(hands: list[_Hand], models: _HandModels, report: ValidationRep
                 else:
                     report.fail(
                         "params",
-                        f"{h.where}: {side} hand: mano_pose/shape/trans give vertices {ev * 1e3:.3f} mm and joints "
-                        f"{ej * 1e3:.3f} mm away from verts.npy/joints_3d (tolerance {PARAMS_TOLERANCE_M * 1e3:g} mm)",
+                        f"{h.where}: {side} hand: mano_pose/shape/trans give vertices {ev * 1e3:.3f} mm and "
+                        f"joints {ej * 1e3:.3f} mm away from verts.npy/joints_3d "
+                        f"(tolerance {PARAMS_TOLERANCE_M * 1e3:g} mm)",
                     )
 
 
@@ -612,9 +616,9 @@ def _check_membership(
             absent = [n for n in want if n not in listed]
             report.fail(
                 "membership",
-                f"manifest.json lists shards {list(listed)[:6]}, the run ({identity.origin}: {identity.samples} "
-                f"samples, {identity.shard_size} per shard) has {want[:6]} (not of the run: {unknown[:6]}; "
-                f"not listed: {absent[:6]})",
+                f"manifest.json lists shards {list(listed)[:6]}, the run ({identity.origin}: "
+                f"{identity.samples} samples, {identity.shard_size} per shard) has {want[:6]} "
+                f"(not of the run: {unknown[:6]}; not listed: {absent[:6]})",
             )
     if index.error is not None:
         return  # the "index" check reports it
@@ -688,7 +692,8 @@ def validate(
     if identity is None:
         report.fail(
             "keys",
-            f"cannot check keys: neither {RUN_FILE} nor the manifest holds a run config that matches its hash",
+            f"cannot check keys: neither {RUN_FILE} nor the manifest holds a run config "
+            "that matches its hash",
         )
     listed = {s.get("name"): s for s in manifest.get("shards", []) if isinstance(s, dict)}
     index = _read_index(store, manifest)

@@ -24,7 +24,8 @@ class UsageError(HandgenError):
 
 
 def _views(text: str) -> str:
-    """An argparse type for ``--views``: ``global`` or ``global,local`` (``pipeline.schema.normalize_views``)."""
+    """An argparse type for ``--views``: ``global`` or ``global,local``
+    (``pipeline.schema.normalize_views``)."""
     from pipeline.schema import SchemaError, normalize_views
 
     try:
@@ -131,7 +132,8 @@ def _cmd_sources_dump(args) -> int:
     out = Path(args.out)
     Store(str(out.parent)).write_bytes(out.name, ("\n".join(lines) + "\n").encode())
     print(
-        f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} {dict(skipped) if skipped else ''}"
+        f"wrote {len(lines)} samples to {out}; skipped {sum(skipped.values())} "
+        f"{dict(skipped) if skipped else ''}"
     )
     return 0
 
@@ -314,7 +316,8 @@ def _cmd_train_generator(args) -> int:
         f"{summary['final_loss']:.4f}"
     )
     print(
-        f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: {cfg.out / 'logs' / 'loss.jsonl'}"
+        f"checkpoint: {summary['checkpoint']}  model: {summary.get('model')}  log: "
+        f"{cfg.out / 'logs' / 'loss.jsonl'}"
     )
     return 0
 

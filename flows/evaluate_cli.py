@@ -55,8 +55,8 @@ def _cmd_evaluate(args) -> int:
     fid = s.get("fid")
     if fid:
         print(
-            f"FID {_fmt(fid.get('fid'), 2)}  KID {_fmt(fid.get('kid_mean'), 5)}  FID-H {_fmt(fid.get('fid_h'), 2)}  "
-            f"KID-H {_fmt(fid.get('kid_h_mean'), 5)}"
+            f"FID {_fmt(fid.get('fid'), 2)}  KID {_fmt(fid.get('kid_mean'), 5)}  "
+            f"FID-H {_fmt(fid.get('fid_h'), 2)}  KID-H {_fmt(fid.get('kid_h_mean'), 5)}"
         )
     elif s.get("fid_note"):
         print(s["fid_note"])
@@ -65,7 +65,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``evaluate`` to ``hands``' subcommands (``subparsers`` from ``add_subparsers``); returns its parser."""
+    """Add ``evaluate`` to ``hands``' subcommands (``subparsers`` from ``add_subparsers``); returns its
+    parser."""
     e = subparsers.add_parser(
         "evaluate",
         help="score a run's images against their labels (MediaPipe), write scores.parquet and report.html",

@@ -220,9 +220,9 @@ def prepare_training_shards(
     deployment: str = "prepare-training-shards/default",
     finalize: bool | None = None,
 ) -> dict:
-    """Write AttentionHand training tuples (``mode: prepare``, see ``pipeline.config.RunConfig``) from a dataset
-    source: the real image letterboxed, its mesh images, crop, local crop, caption, hand tokens and label, as
-    WebDataset shards with index and manifest. Parameters as ``generate-shards``."""
+    """Write AttentionHand training tuples (``mode: prepare``, see ``pipeline.config.RunConfig``) from a
+    dataset source: the real image letterboxed, its mesh images, crop, local crop, caption, hand tokens and
+    label, as WebDataset shards with index and manifest. Parameters as ``generate-shards``."""
     from pipeline.config import load_config
 
     cfg = load_config(preset, **{**(config or {}), "mode": "prepare"})

@@ -3,8 +3,8 @@
 
 The generation run (``flows.stages.run_shard`` and its ``ShardStream``, across shard boundaries) uses both so
 that the generator never waits: ``Prefetch`` draws, renders and captions the next batches while the generator
-works on the current one, and ``WriteBehind`` encodes and writes the previous batch meanwhile. The generator itself stays on the calling
-thread (the one that built the models and owns the GPU).
+works on the current one, and ``WriteBehind`` encodes and writes the previous batch meanwhile. The generator
+itself stays on the calling thread (the one that built the models and owns the GPU).
 
 ``Prefetch(items, depth)`` pulls the items of ``items`` (typically a generator doing CPU work) on a thread of
 its own:

@@ -1,10 +1,10 @@
 """How ``hands`` runs Prefect flows in its own process: quiet, with a private temporary API server, and with
 the same one-line error contract as ``--no-prefect``.
 
-- ``quiet_logging(verbose)``: our loggers at WARNING (INFO/DEBUG with ``-v``); httpx, httpcore and Prefect's own
-  machinery (engine, client, server, uvicorn, alembic, aiosqlite, ...) silent unless ``-v``; no logs sent to the
-  API (so no ``--- Error logging to API ---``) and no telemetry. Call it before Prefect is imported: Prefect reads
-  its logging settings once, at import.
+- ``quiet_logging(verbose)``: our loggers at WARNING (INFO/DEBUG with ``-v``); httpx, httpcore and Prefect's
+  own machinery (engine, client, server, uvicorn, alembic, aiosqlite, ...) silent unless ``-v``; no logs sent
+  to the API (so no ``--- Error logging to API ---``) and no telemetry. Call it before Prefect is imported:
+  Prefect reads its logging settings once, at import.
 - ``temporary_server()``: a context manager that starts Prefect's API server in a child process (private
   ``PREFECT_HOME`` and sqlite database in a temporary folder, 127.0.0.1, a port bound before the child starts)
   and points the in-process client at it. The child (``python -m flows.runtime serve``) dies with its parent,
@@ -57,7 +57,8 @@ _THIRD_PARTY = (
 _QUIET_ENV = {
     "DO_NOT_TRACK": "1",  # Prefect's SDK analytics (client side)
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's telemetry heartbeat (sens-o-matic.prefect.io)
-    "PREFECT_LOGGING_TO_API_ENABLED": "false",  # nobody reads a temporary server's logs; no "Error logging to API"
+    # nobody reads a temporary server's logs; no "Error logging to API"
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",  # prefect.* (engine, flow/task run loggers, client)
     "PREFECT_INTERNAL_LOGGING_LEVEL": "CRITICAL",  # prefect._internal: its own stderr handler, no propagation
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",  # prefect.server, uvicorn, fastapi in this process
@@ -207,8 +208,8 @@ def retry_unless(*permanent: type[BaseException]) -> Callable[[Any, Any, Any], b
 
 
 def no_retry_for_user_errors(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: False (no retry) when the task failed with a ``HandgenError`` (bad input:
-    a retry cannot fix it), True for a ``TransientError`` and for any other failure."""
+    """Prefect ``retry_condition_fn``: False (no retry) when the task failed with a ``HandgenError`` (bad
+    input: a retry cannot fix it), True for a ``TransientError`` and for any other failure."""
     from pipeline.errors import HandgenError, TransientError
 
     exc = _exception_of(state)
@@ -236,8 +237,9 @@ def run_flow(flow_fn, /, *args, **kwargs):
 
 
 def configured_api_url() -> str | None:
-    """The API URL that Prefect would use without us (``PREFECT_API_URL`` in the environment, the active profile,
-    ``prefect.toml``, ...), or None when Prefect would start its own temporary server. Imports Prefect."""
+    """The API URL that Prefect would use without us (``PREFECT_API_URL`` in the environment, the active
+    profile, ``prefect.toml``, ...), or None when Prefect would start its own temporary server. Imports
+    Prefect."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     from prefect.settings import get_current_settings
@@ -253,9 +255,9 @@ def _log_tail(path: Path, n: int = 2000) -> str:
 
 
 def _template_db() -> Path | None:
-    """A migrated, empty server database for this Prefect version in the user's cache folder (``$HANDGEN_CACHE``,
-    ``$XDG_CACHE_HOME/handgen`` or ``~/.cache/handgen``): a copy of it starts a server without running the
-    database migrations, which take most of a cold start."""
+    """A migrated, empty server database for this Prefect version in the user's cache folder
+    (``$HANDGEN_CACHE``, ``$XDG_CACHE_HOME/handgen`` or ``~/.cache/handgen``): a copy of it starts a server
+    without running the database migrations, which take most of a cold start."""
     try:
         from importlib.metadata import version
 
@@ -287,8 +289,8 @@ def _save_template(db: Path, template: Path) -> None:
 
 
 def _valid_template(path: Path) -> bool:
-    """Whether ``path`` is a migrated Prefect database (an sqlite file with an alembic version and block types);
-    anything else is removed, so the next start makes a new one."""
+    """Whether ``path`` is a migrated Prefect database (an sqlite file with an alembic version and block
+    types); anything else is removed, so the next start makes a new one."""
     import sqlite3
 
     if not path.is_file():
@@ -395,7 +397,8 @@ class TemporaryServer:
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "DO_NOT_TRACK": "1",
                     "PREFECT_UI_ENABLED": "false",
-                    "PREFECT__SERVER_EPHEMERAL": "1",  # as Prefect's own temporary server: no UI, no scheduler services
+                    # as Prefect's own temporary server: no UI, no scheduler services
+                    "PREFECT__SERVER_EPHEMERAL": "1",
                     "PREFECT__SERVER_FINAL": "1",
                     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",  # into server.log, never onto our terminal
                     "PREFECT_LOGGING_TO_API_ENABLED": "false",
@@ -444,8 +447,8 @@ class TemporaryServer:
         return self
 
     def wait(self) -> str:
-        """Block until the server answers ``/api/health``; returns the API URL. A server that fails on a copied
-        template is restarted once on a fresh database (and the template is dropped)."""
+        """Block until the server answers ``/api/health``; returns the API URL. A server that fails on a
+        copied template is restarted once on a fresh database (and the template is dropped)."""
         import urllib.error
         import urllib.request
 
@@ -486,8 +489,8 @@ class TemporaryServer:
         return self.api_url
 
     def stop(self) -> None:
-        """Kill the child (its whole process group) and remove its folder. Idempotent. Nothing in the temporary
-        database is kept, so a clean shutdown (2 s or more) would only make every run slower."""
+        """Kill the child (its whole process group) and remove its folder. Idempotent. Nothing in the
+        temporary database is kept, so a clean shutdown (2 s or more) would only make every run slower."""
         proc, self.proc = self.proc, None
         if proc is not None:
             if proc.poll() is None:
@@ -533,12 +536,12 @@ def temporary_server(
 ) -> Iterator[str]:
     """Run the body against a private temporary Prefect API server; yields its API URL.
 
-    ``server``: one already ``start()``-ed (to overlap its start-up with other work), else one is started here.
-    It is waited for before the body runs; ``PREFECT_API_URL`` points at it for this process (and for child
-    processes started in the body). On leaving, Prefect's background senders are drained, then the server is
-    stopped (a second Ctrl-C meanwhile is ignored). With ``use_configured`` and an API URL already configured
-    (environment or Prefect profile: a real server), that one is used and nothing is started (a ``server``
-    passed in is stopped)."""
+    ``server``: one already ``start()``-ed (to overlap its start-up with other work), else one is started
+    here. It is waited for before the body runs; ``PREFECT_API_URL`` points at it for this process (and for
+    child processes started in the body). On leaving, Prefect's background senders are drained, then the
+    server is stopped (a second Ctrl-C meanwhile is ignored). With ``use_configured`` and an API URL already
+    configured (environment or Prefect profile: a real server), that one is used and nothing is started (a
+    ``server`` passed in is stopped)."""
     if _VERBOSITY is not None and "prefect" in sys.modules:
         quiet_logging(_VERBOSITY)  # prefect was imported since: quieten the handlers it configured at import
     if use_configured and os.environ.get("PREFECT_API_URL"):

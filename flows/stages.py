@@ -87,8 +87,8 @@ def progress_bar(config: RunConfig, desc: str, quiet: bool, workers=None) -> Ite
 
 
 class GenerationPipeline:
-    """Every stage of a run (module doc). ``load()`` builds them (models load here; idempotent), ``close()`` (or
-    leaving the ``with`` block) releases them. ``timings``: seconds spent per stage in this pipeline."""
+    """Every stage of a run (module doc). ``load()`` builds them (models load here; idempotent), ``close()``
+    (or leaving the ``with`` block) releases them. ``timings``: seconds spent per stage in this pipeline."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -151,7 +151,8 @@ class GenerationPipeline:
                 stage.close()
 
     def for_thread(self) -> GenerationPipeline:
-        """The same stages with a ``timings`` of their own, for a background thread (merge them afterwards)."""
+        """The same stages with a ``timings`` of their own, for a background thread
+        (merge them afterwards)."""
         twin = copy.copy(self)
         twin.timings = Counter()
         return twin
@@ -225,8 +226,9 @@ class GenerationPipeline:
         return out
 
     def render(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
-        """Render the batch; skip samples whose hands do not show (``not_visible``), show only on the letterbox
-        padding (``no_overlap``) or show fewer joints than ``min_visible_joints`` (per present hand)."""
+        """Render the batch; skip samples whose hands do not show (``not_visible``), show only on the
+        letterbox padding (``no_overlap``) or show fewer joints than ``min_visible_joints``
+        (per present hand)."""
         from renderers.base import RenderBatch, render_item
 
         t0 = time.perf_counter()
@@ -268,8 +270,8 @@ class GenerationPipeline:
         With ``min_alignment``, each image is scored against its label; the samples below it are generated
         again, together, from the streams of their next try (``Sample.attempt``), at most ``max_tries`` tries
         in all; those still below are skipped as ``misaligned``. Every kept sample carries the verdict on its
-        image in ``quality`` (with ``try``, 1-based). A sample the generator answers with ``Skipped`` (e.g. out of
-        memory for a single image) is counted under its reason, and the batch goes on."""
+        image in ``quality`` (with ``try``, 1-based). A sample the generator answers with ``Skipped`` (e.g.
+        out of memory for a single image) is counted under its reason, and the batch goes on."""
         done: dict[int, Sample] = {}  # position in ``samples`` -> the sample with its accepted image
         pending = list(enumerate(samples))
         tries = 1 if self.scorer is None else self.config.max_tries
@@ -347,8 +349,8 @@ class Session:
         self._token = None
 
     def pipeline(self, config: RunConfig) -> GenerationPipeline:
-        """The pipeline of ``config`` in this session (``load()`` it to build its stages; once loaded, it stays
-        loaded until the session ends)."""
+        """The pipeline of ``config`` in this session (``load()`` it to build its stages; once loaded, it
+        stays loaded until the session ends)."""
         key = config.config_sha256()
         if key not in self._pipelines:
             self._pipelines[key] = GenerationPipeline(config)
@@ -357,7 +359,8 @@ class Session:
     @contextlib.contextmanager
     def streaming(self, config: RunConfig, folder: RunFolder, shards) -> Iterator[ShardStream | None]:
         """For the ``with`` block, ``stream(config)`` is a ``ShardStream`` over ``shards`` (the shards this
-        process means to write, in order; none with ``config.prefetch`` 0). It is closed when the block ends."""
+        process means to write, in order; none with ``config.prefetch`` 0). It is closed when the block
+        ends."""
         key = config.config_sha256()
         todo = [k for k in shards if not folder.is_complete(k)]
         if config.prefetch == 0 or key in self._streams or not todo:  # an open stream of this run is kept
@@ -426,11 +429,11 @@ def shard_chunks(config: RunConfig, k: int) -> list[list[int]]:
 class ShardStream:
     """One worker's planned shards as one stream across shard boundaries, so that the generator never waits.
 
-    A background thread takes the next shard of ``shards`` that nobody holds (its claim) and runs the CPU stages
-    (``GenerationPipeline.prepare``) of its batches, up to ``depth`` batches ahead of the generator: near the
-    end of a shard it is already preparing the next one. Another thread encodes and writes ``depth`` batches
-    behind. At the end of a shard, while its last batches are written, the generator already makes the first
-    batch of the next shard (``run_shard``). ``take(k)`` hands the stream's claim on shard ``k`` to
+    A background thread takes the next shard of ``shards`` that nobody holds (its claim) and runs the CPU
+    stages (``GenerationPipeline.prepare``) of its batches, up to ``depth`` batches ahead of the generator:
+    near the end of a shard it is already preparing the next one. Another thread encodes and writes ``depth``
+    batches behind. At the end of a shard, while its last batches are written, the generator already makes the
+    first batch of the next shard (``run_shard``). ``take(k)`` hands the stream's claim on shard ``k`` to
     ``run_shard``; ``close()`` stops both threads and releases every claim not handed out.
     """
 
@@ -472,8 +475,8 @@ class ShardStream:
         return not self.closed and k in self.shards
 
     def take(self, k: int):
-        """The stream's claim on shard ``k``, when ``k`` is the next shard it holds; None when the stream passed
-        ``k`` over (another worker held it, or it was complete) or has no shard left."""
+        """The stream's claim on shard ``k``, when ``k`` is the next shard it holds; None when the stream
+        passed ``k`` over (another worker held it, or it was complete) or has no shard left."""
         if self._next is None:
             self._next = next(self.ahead, None)
         if self._next is None or self._next[1] < k:  # no shard left, or one nobody asked for: done here
@@ -488,8 +491,8 @@ class ShardStream:
         return claim
 
     def next_start(self) -> tuple[int, object] | None:
-        """The next shard the stream holds, ``(k, claim)``, once the current shard's batches are taken; None when
-        there is none. It stays the next: ``take(k)`` hands it out."""
+        """The next shard the stream holds, ``(k, claim)``, once the current shard's batches are taken; None
+        when there is none. It stays the next: ``take(k)`` hands it out."""
         if self._next is None:
             self._next = next(self.ahead, None)
         return None if self._next is None else self._next[1:]

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
     tags=["gpu"],
 )
 def train_task(config: dict, resume: bool = True) -> dict:
-    """Train (or continue) the run described by ``config``; returns the summary without the per-step losses."""
+    """Train (or continue) the run described by ``config``; returns the summary without the per-step
+    losses."""
     summary = train(TrainConfig(**config), resume=resume)
     summary.pop("losses", None)
     return summary

@@ -11,10 +11,11 @@ from pipeline.sample import Generation, Sample, Skipped
 class Generator(abc.ABC):
     """Turns rendered, captioned samples (mesh images, mask, depth, caption, hand tokens) into images.
 
-    ``generate`` returns one ``pipeline.sample.Generation`` per sample: the image ((H, W, 3) uint8, the sample's
-    image size) and the label's ``generator`` record (at least ``name``, ``version`` and ``seed``: every setting
-    that shaped the image); or a ``pipeline.sample.Skipped`` for a sample it cannot make (counted by reason, the
-    shard goes on). A generator draws from the streams of the sample's try (``Sample.attempt``).
+    ``generate`` returns one ``pipeline.sample.Generation`` per sample: the image ((H, W, 3) uint8, the
+    sample's image size) and the label's ``generator`` record (at least ``name``, ``version`` and ``seed``:
+    every setting that shaped the image); or a ``pipeline.sample.Skipped`` for a sample it cannot make
+    (counted by reason, the shard goes on). A generator draws from the streams of the sample's try
+    (``Sample.attempt``).
 
     ``tokenizer``: the CLIP tokenizer whose token positions the generator attends to (captions are tagged with
     it when the pipeline is built); None for generators that read no text (the default CLIP vocabulary is

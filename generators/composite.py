@@ -6,23 +6,24 @@ under ``--min-alignment`` draws from the stream of its try), and every choice is
 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
-  ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches the
-  right; a lighter, pinker palm (per pixel, by the surface normal against the label's palm normal); knuckle and
-  crease darkening at the label's visible 2D joints; nails at the visible fingertips on the back of the hand; a
-  mottled texture; subtle specular. ``"flat"``: one palette tone, a faint texture (version 1).
+  ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
+  the right; a lighter, pinker palm (per pixel, by the surface normal against the label's palm normal);
+  knuckle and crease darkening at the label's visible 2D joints; nails at the visible fingertips on the back
+  of the hand; a mottled texture; subtle specular. ``"flat"``: one palette tone, a faint texture (version 1).
 * **light** (``light="presets"``): a key, a fill and a rim light from one of ``LIGHT_PRESETS`` (colour
   temperatures, strengths), in linear RGB; the same lights shade the background (a falloff toward the key
   light, their colours), exposure is metered on the hand. ``"single"``: one white light (version 1).
-* **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same lights;
-  MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``: ``dead_leaves`` (occluding shapes with a power-law size
-  distribution, textured), ``room`` (a wall and a table top with objects) or ``pink`` (coloured 1/f noise); all
-  have natural 1/f amplitude spectra, with a random depth-of-field blur. Photos from ``backgrounds`` (cropped to the aspect ratio, never stretched) replace
-  either, tinted by the lights.
+* **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same
+  lights; MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``:
+  ``dead_leaves`` (occluding shapes with a power-law size distribution, textured), ``room`` (a wall and a
+  table top with objects) or ``pink`` (coloured 1/f noise); all have natural 1/f amplitude spectra, with a
+  random depth-of-field blur. Photos from ``backgrounds`` (cropped to the aspect ratio, never stretched)
+  replace either, tinted by the lights.
 * **camera effects** (``camera_effects=True``): white balance with a residual cast, defocus, motion blur
   (sometimes), signal-dependent sensor noise, a JPEG round trip (sometimes). False: a mild blur, noise and a
   colour jitter (version 1).
-* **spectrum matching** (``spectrum_match > 0``, off by default): the whole image's radially averaged amplitude
-  spectrum is pulled toward a 1/f line, keeping the phase.
+* **spectrum matching** (``spectrum_match > 0``, off by default): the whole image's radially averaged
+  amplitude spectrum is pulled toward a 1/f line, keeping the phase.
 
 The hand is pasted exactly where the label's mask says (binary alpha, ``compose``); only the camera effects,
 which act on the whole image, mix a few pixels across the silhouette. The camera is the label's, so the label
@@ -123,7 +124,7 @@ class Composite(NamedTuple):
     record: dict
 
 
-# -- colour --------------------------------------------------------------------------------------------------------
+# -- colour --------------------------------------------------------------------------------------------------
 _SRGB_LUT = None
 _LINEAR_LUT = None
 
@@ -179,7 +180,7 @@ def skin_albedo(tone: float, tones: Sequence = SKIN_TONES) -> np.ndarray:
     return anchors[i] * (1 - (x - i)) + anchors[i + 1] * (x - i)
 
 
-# -- fields --------------------------------------------------------------------------------------------------------
+# -- fields --------------------------------------------------------------------------------------------------
 def _smooth_noise(rng, h: int, w: int, cells: int) -> np.ndarray:
     """(h, w) low-frequency noise in [-1, 1]: a random grid upsampled bicubically."""
     grid = rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32)
@@ -187,8 +188,9 @@ def _smooth_noise(rng, h: int, w: int, cells: int) -> np.ndarray:
 
 
 def pink_noise(rng, h: int, w: int, alpha: float = 1.0) -> np.ndarray:
-    """(h, w) float32 noise, zero mean and unit std, whose amplitude spectrum falls as 1/f^alpha (random phase).
-    Above 256 px it is drawn at half size and upsampled (its top octave is left to texture and sensor noise)."""
+    """(h, w) float32 noise, zero mean and unit std, whose amplitude spectrum falls as 1/f^alpha
+    (random phase). Above 256 px it is drawn at half size and upsampled (its top octave is left to texture and
+    sensor noise)."""
     if max(h, w) > 256:
         small = pink_noise(rng, (h + 1) // 2, (w + 1) // 2, alpha)
         return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BILINEAR), dtype=np.float32)
@@ -221,7 +223,8 @@ def radial_spectrum(img: np.ndarray, bins: int = 48) -> tuple[np.ndarray, np.nda
 
 
 def spectrum_slope(img: np.ndarray, fmin: float = 0.01, fmax: float = 0.25) -> float:
-    """The log-log slope of ``radial_spectrum`` between ``fmin`` and ``fmax`` cycles per pixel (natural: ~ -1)."""
+    """The log-log slope of ``radial_spectrum`` between ``fmin`` and ``fmax`` cycles per pixel
+    (natural: ~ -1)."""
     f, a = radial_spectrum(img)
     sel = (f >= fmin) & (f <= fmax)
     return float(np.polyfit(np.log(f[sel]), np.log(a[sel]), 1)[0])
@@ -242,8 +245,8 @@ def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
 
 def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smooth: int = 0) -> np.ndarray:
     """(H, W, 3) unit camera-space normals (facing the camera) from a depth map; background depth is filled
-    from neighbouring hand pixels first so silhouettes do not create false slopes. ``smooth``: a box-blur radius
-    (twice, mask-weighted) that rounds off the mesh's facets."""
+    from neighbouring hand pixels first so silhouettes do not create false slopes. ``smooth``: a box-blur
+    radius (twice, mask-weighted) that rounds off the mesh's facets."""
     d = depth.astype(np.float64).copy()
     valid = mask > 0
     for _ in range(3):  # spread hand depths 3 pixels outwards
@@ -274,7 +277,7 @@ def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smoo
     return n
 
 
-# -- lights --------------------------------------------------------------------------------------------------------
+# -- lights --------------------------------------------------------------------------------------------------
 def _unit(v) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     return v / max(float(np.linalg.norm(v)), 1e-12)
@@ -329,8 +332,8 @@ class CompositeGenerator(Generator):
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
-        """The generator of a ``CompositeGeneratorConfig`` (``generators.GENERATORS``): its components, and the
-        run's ``backgrounds`` folder."""
+        """The generator of a ``CompositeGeneratorConfig`` (``generators.GENERATORS``): its components, and
+        the run's ``backgrounds`` folder."""
         options = config.model_dump(exclude={"kind"})
         return cls(CompositeConfig(backgrounds=None if run is None else run.backgrounds, **options))
 
@@ -345,7 +348,7 @@ class CompositeGenerator(Generator):
             if not self._backgrounds:
                 raise FileNotFoundError(f"no images (jpg, png, webp, bmp) in backgrounds folder {root}")
 
-    # -- backgrounds -----------------------------------------------------------------------------------------------
+    # -- backgrounds -----------------------------------------------------------------------------------------
     def _photo(self, rng, H: int, W: int) -> tuple[np.ndarray, str]:
         path = self._backgrounds[int(rng.integers(len(self._backgrounds)))]
         with Image.open(path) as im:
@@ -361,7 +364,8 @@ class CompositeGenerator(Generator):
 
     @staticmethod
     def _blobs(rng, H: int, W: int, light2d: np.ndarray) -> np.ndarray:
-        """Version 1: a two-colour gradient along the light, low-frequency noise, a few soft shapes (sRGB uint8)."""
+        """Version 1: a two-colour gradient along the light, low-frequency noise, a few soft shapes
+        (sRGB uint8)."""
         c1, c2 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
         v, u = np.mgrid[0:H, 0:W].astype(np.float32)
         g = ((u / W - 0.5) * light2d[0] + (v / H - 0.5) * light2d[1]) + 0.5  # brighter toward the light
@@ -382,7 +386,8 @@ class CompositeGenerator(Generator):
 
     @staticmethod
     def _palette(rng, n: int) -> np.ndarray:
-        """(n, 3) sRGB colours of one scene: a few hues near a base hue, mostly desaturated, varied lightness."""
+        """(n, 3) sRGB colours of one scene: a few hues near a base hue, mostly desaturated, varied
+        lightness."""
         base = rng.uniform(0, 1)
         sat = rng.uniform(0.04, 0.35)
         out = []
@@ -396,7 +401,8 @@ class CompositeGenerator(Generator):
         return np.asarray(out, dtype=np.float32)
 
     def _natural(self, rng, H: int, W: int) -> tuple[np.ndarray, str, dict]:
-        """A procedural background with a natural 1/f spectrum: sRGB reflectance (H, W, 3) uint8, kind, record."""
+        """A procedural background with a natural 1/f spectrum: sRGB reflectance (H, W, 3) uint8, kind,
+        record."""
         kind = BACKGROUND_KINDS[int(rng.choice(len(BACKGROUND_KINDS), p=(0.4, 0.35, 0.25)))]
         alpha = float(rng.uniform(0.9, 1.1))
         tex_amp = float(rng.uniform(0.04, 0.15))
@@ -449,11 +455,11 @@ class CompositeGenerator(Generator):
         bg = bg * np.exp(tex_amp * pink_noise(rng, H, W, alpha))[..., None]
         return _to_u8(bg), kind, {"alpha": round(alpha, 4), "shapes": n}
 
-    # -- skin ------------------------------------------------------------------------------------------------------
+    # -- skin ------------------------------------------------------------------------------------------------
     @staticmethod
     def _marks(sample: Sample, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Crease lines, knuckle blobs and nails (each (h, w) float32 in [0, 1]) drawn at the label's visible 2D
-        joints, in the hands' box starting at (r0, c0)."""
+        """Crease lines, knuckle blobs and nails (each (h, w) float32 in [0, 1]) drawn at the label's visible
+        2D joints, in the hands' box starting at (r0, c0)."""
         layers = [Image.new("L", (w, h), 0) for _ in range(3)]
         draws = [ImageDraw.Draw(x) for x in layers]
         for side in SIDES:
@@ -508,7 +514,8 @@ class CompositeGenerator(Generator):
 
     @staticmethod
     def _palm_normals(sample: Sample) -> dict[int, np.ndarray]:
-        """Mask value (1 right, 2 left) -> unit palm normal (outward from the palm), from the label's joints."""
+        """Mask value (1 right, 2 left) -> unit palm normal (outward from the palm), from the label's
+        joints."""
         out = {}
         for value, side in ((1, "right"), (2, "left")):
             hand = sample.hands.get(side)
@@ -519,7 +526,7 @@ class CompositeGenerator(Generator):
             out[value] = _unit(n).astype(np.float32)
         return out
 
-    # -- the image -------------------------------------------------------------------------------------------------
+    # -- the image -------------------------------------------------------------------------------------------
     def compose(self, sample: Sample) -> tuple[Composite, np.random.Generator]:
         """The layers before the camera (linear RGB) and the stream to continue with (``render``)."""
         cfg = self.config

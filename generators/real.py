@@ -1,8 +1,9 @@
-"""The ``real`` generator of training tuples (``hands prepare``): the record's image is the dataset's own photo.
+"""The ``real`` generator of training tuples (``hands prepare``): the record's image is the dataset's own
+photo.
 
-It does not synthesise anything: ``image`` is the letterboxed source image (``pipeline.sources.letterbox`` made
-it, the sample's ``photo``) and ``image_local`` is that image's crop box resampled exactly like the local mesh
-image, so the RGB and mesh pairs align pixel for pixel.
+It does not synthesise anything: ``image`` is the letterboxed source image (``pipeline.sources.letterbox``
+made it, the sample's ``photo``) and ``image_local`` is that image's crop box resampled exactly like the local
+mesh image, so the RGB and mesh pairs align pixel for pixel.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pipeline.sample import Generation, Sample
 
 
 class RealImageGenerator(Generator):
-    """Fills ``image`` (H, W, 3) uint8 with the letterboxed source image and ``image_local`` (L, L, 3) uint8 with
-    its ``crop_box`` resampled to the local mesh image's size."""
+    """Fills ``image`` (H, W, 3) uint8 with the letterboxed source image and ``image_local`` (L, L, 3) uint8
+    with its ``crop_box`` resampled to the local mesh image's size."""
 
     name = "real"
     version = 1

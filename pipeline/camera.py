@@ -75,7 +75,8 @@ def crop_intrinsics(K: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarra
 
 
 def global_to_local(uv: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
-    """Global pixel coordinates (..., 2) -> local (crop) pixel coordinates, exact inverse of ``local_to_global``."""
+    """Global pixel coordinates (..., 2) -> local (crop) pixel coordinates, exact inverse of
+    ``local_to_global``."""
     x0, y0, x1, _ = (float(v) for v in crop_box)
     s = size / (x1 - x0)
     return (np.asarray(uv, dtype=np.float64) - np.array([x0, y0])) * s - 0.5

@@ -45,9 +45,9 @@ class HandModelConfig(FrozenModel):
 class RunConfig(FrozenModel):
     """One generation run. ``out`` is where outputs go and is not part of the config hash.
 
-    ``mode``: ``generate`` (synthetic images from the generator) or ``prepare`` (AttentionHand training tuples:
-    the dataset's real image letterboxed to ``image_size``, rendered in that image's camera; the generator
-    setting is not used). ``prepare`` needs a dataset source (interhand:ROOT or reinterhand:ROOT).
+    ``mode``: ``generate`` (synthetic images from the generator) or ``prepare`` (AttentionHand training
+    tuples: the dataset's real image letterboxed to ``image_size``, rendered in that image's camera; the
+    generator setting is not used). ``prepare`` needs a dataset source (interhand:ROOT or reinterhand:ROOT).
 
     ``batch_size`` samples are sampled, rendered and captioned together; ``generation_batch_size`` (default:
     ``batch_size``) is the diffusion generator's batch. ``steps``, ``guidance_scale`` (classifier-free),
@@ -97,7 +97,8 @@ class RunConfig(FrozenModel):
     @field_validator("out", mode="before")
     @classmethod
     def _out(cls, v) -> str:
-        # a local path or a URL (file://, s3://, gs://, memory://, ...); kept as a string so "s3://b/x" stays whole
+        # a local path or a URL (file://, s3://, gs://, memory://, ...); kept as a string so "s3://b/x" stays
+        # whole
         v = str(v) if isinstance(v, Path) else v
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"out must be a folder path or URL, got {v!r}")
@@ -223,7 +224,8 @@ def identity_diff(a: dict, b: dict) -> list[str]:
 
 def resolve_device(device: str) -> str:
     """The torch device a run computes on: ``auto`` is ``cuda`` when CUDA is available, else ``cpu``;
-    ``cuda`` and ``cuda:N`` (one GPU of a node; one worker per GPU) must exist here (``ConfigError`` if not)."""
+    ``cuda`` and ``cuda:N`` (one GPU of a node; one worker per GPU) must exist here
+    (``ConfigError`` if not)."""
     import torch
 
     if device == "auto":
@@ -260,8 +262,8 @@ def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -
     try:
         return cls(**data)
     except ValidationError as exc:
-        # one line naming the dotted field; a validator's own message as it is (it names the value), pydantic's
-        # built-in messages with the offending value (short, never the whole config)
+        # one line naming the dotted field; a validator's own message as it is (it names the value),
+        # pydantic's built-in messages with the offending value (short, never the whole config)
         errors = exc.errors()
         err = errors[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"

@@ -1,4 +1,5 @@
-"""The base of every typed config (run, stages, training): a frozen pydantic model that rejects unknown keys."""
+"""The base of every typed config (run, stages, training): a frozen pydantic model that rejects unknown
+keys."""
 
 from __future__ import annotations
 

@@ -166,8 +166,8 @@ def finger_curls(joints: np.ndarray) -> np.ndarray:
 
 
 def classify_gesture(joints: np.ndarray) -> str:
-    """The gesture a (21, 3) hand (label joint order, any frame) shows: ``ok``, ``pinch``, ``v_sign``, ``point``,
-    ``thumbs_up``, ``fist``, ``open_palm``, ``cylinder_grasp``, ``sphere_grasp`` or ``relaxed``."""
+    """The gesture a (21, 3) hand (label joint order, any frame) shows: ``ok``, ``pinch``, ``v_sign``,
+    ``point``, ``thumbs_up``, ``fist``, ``open_palm``, ``cylinder_grasp``, ``sphere_grasp`` or ``relaxed``."""
     j = np.asarray(joints, dtype=np.float64)
     c = finger_curls(j)
     ext = c[1:] < EXTENDED_DEG

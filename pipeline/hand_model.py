@@ -389,7 +389,7 @@ class HandModel:
     __call__ = forward
 
     def root_joint(self, side: str, shape) -> np.ndarray:
-        """(3,) root (wrist) joint of the zero-translation hand for ``shape`` (10,), metres; it does not depend
-        on the pose (MANO rotates about it)."""
+        """(3,) root (wrist) joint of the zero-translation hand for ``shape`` (10,), metres; it does not
+        depend on the pose (MANO rotates about it)."""
         base, dirs = self._root[side]
         return base + dirs @ np.asarray(shape, dtype=np.float64).reshape(10)

@@ -43,8 +43,8 @@ class Letterbox:
         return np.array([[sx, 0.0, 0.5 * sx - 0.5 + ox], [0.0, sy, 0.5 * sy - 0.5 + oy], [0.0, 0.0, 1.0]])
 
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
-        """The intrinsics of the letterboxed image, (3, 3) float64 pixels (distortion coefficients are unchanged:
-        they act on normalised coordinates, before K)."""
+        """The intrinsics of the letterboxed image, (3, 3) float64 pixels (distortion coefficients are
+        unchanged: they act on normalised coordinates, before K)."""
         return self.matrix() @ np.asarray(K, dtype=np.float64)
 
     def valid_region(self) -> np.ndarray:

@@ -59,8 +59,8 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 def move_mano(pose: np.ndarray, trans: np.ndarray, root: np.ndarray, R: np.ndarray, t: np.ndarray):
     """MANO parameters after the rigid move X -> R X + t (e.g. world -> camera).
 
-    pose (48,) radians, trans (3,) metres, root (3,): the root joint of the zero-translation hand (it depends on
-    shape only). MANO rotates about the root, so: global_orient' = R . global_orient and
+    pose (48,) radians, trans (3,) metres, root (3,): the root joint of the zero-translation hand (it depends
+    on shape only). MANO rotates about the root, so: global_orient' = R . global_orient and
     trans' = R (root + trans) + t - root. Returns (pose', trans').
     """
     pose = np.array(pose, dtype=np.float64, copy=True)

@@ -1,7 +1,7 @@
 """A sample as the stages build it: each stage's own frozen part, and the ``Sample`` that composes them.
 
-Data flows one way. Each stage reads the ``Sample`` made so far and returns its own part; the pipeline composes
-the next ``Sample`` from it (``Sample.with_``). Nothing is changed in place:
+Data flows one way. Each stage reads the ``Sample`` made so far and returns its own part; the pipeline
+composes the next ``Sample`` from it (``Sample.with_``). Nothing is changed in place:
 
 ============  ==================  ===============================================================
 stage         part                what it holds
@@ -18,11 +18,11 @@ scorer        ``quality``         the alignment verdict on the image (``--min-al
 ============  ==================  ===============================================================
 
 ``Sample.to_label()`` composes label schema v1 from the parts (``pipeline.schema.Label``). Read-only
-properties give stages the label's view of a sample (``sample.hands[side].joints_2d``, ``sample.mask``, ...), so
-a stage needs to know only the fields it reads.
+properties give stages the label's view of a sample (``sample.hands[side].joints_2d``, ``sample.mask``, ...),
+so a stage needs to know only the fields it reads.
 
-Conventions: camera space is OpenCV's (x right, y down, z forward), metres; pixel coordinates put the centre of
-pixel (u, v) at integer (u, v). Joint order: ``pipeline.kinematics.JOINT_NAMES``.
+Conventions: camera space is OpenCV's (x right, y down, z forward), metres; pixel coordinates put the centre
+of pixel (u, v) at integer (u, v). Joint order: ``pipeline.kinematics.JOINT_NAMES``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pipeline.schema import SIDES, Camera, HandLabel, Label, SchemaError, empty_
 
 @dataclasses.dataclass(frozen=True)
 class HandParams:
-    """One hand's MANO parameters in camera space: pose (48,) axis-angle radians (global orient first, relative
-    to MANO's mean pose), shape (10,), trans (3,) metres; float64."""
+    """One hand's MANO parameters in camera space: pose (48,) axis-angle radians (global orient first,
+    relative to MANO's mean pose), shape (10,), trans (3,) metres; float64."""
 
     pose: np.ndarray
     shape: np.ndarray
@@ -48,9 +48,9 @@ class HandParams:
 
 @dataclasses.dataclass(frozen=True)
 class Drawn:
-    """What the pose source draws for sample ``index``: ``seed`` (the per-sample seed), ``key``, ``image_size``
-    (H, W) pixels, ``camera``, ``hand_type``, ``params`` (side -> ``HandParams`` or None), ``source`` (the
-    label's source ids) and ``source_image`` (the dataset photo's path, or None)."""
+    """What the pose source draws for sample ``index``: ``seed`` (the per-sample seed), ``key``,
+    ``image_size`` (H, W) pixels, ``camera``, ``hand_type``, ``params`` (side -> ``HandParams`` or None),
+    ``source`` (the label's source ids) and ``source_image`` (the dataset photo's path, or None)."""
 
     index: int
     seed: int
@@ -109,9 +109,10 @@ class RenderResult:
 
 @dataclasses.dataclass(frozen=True)
 class Caption:
-    """A caption and what made it: ``captioner`` (name) and ``prompt_version``; ``meta`` holds extras (e.g. the
-    raw model answer, or why a fallback was used). ``hand_token_indices``: the CLIP token positions of its
-    hand-related words (``<sot>`` = 0), set by tagging (``pipeline.tagging``) with the generator's tokenizer."""
+    """A caption and what made it: ``captioner`` (name) and ``prompt_version``; ``meta`` holds extras (e.g.
+    the raw model answer, or why a fallback was used). ``hand_token_indices``: the CLIP token positions of its
+    hand-related words (``<sot>`` = 0), set by tagging (``pipeline.tagging``) with the generator's
+    tokenizer."""
 
     text: str
     captioner: str
@@ -127,8 +128,8 @@ class Caption:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     """A generator's output for one sample: ``image`` (H, W, 3) uint8 at the sample's image size, ``record``
-    (the label's ``generator`` field: at least ``name``, ``version`` and ``seed``, every setting that shaped the
-    image) and ``image_local`` ((L, L, 3) uint8, the local close-up, when the generator makes one)."""
+    (the label's ``generator`` field: at least ``name``, ``version`` and ``seed``, every setting that shaped
+    the image) and ``image_local`` ((L, L, 3) uint8, the local close-up, when the generator makes one)."""
 
     image: np.ndarray
     record: Mapping[str, Any]
@@ -163,7 +164,8 @@ class HandView:
 class Sample:
     """The parts of one sample made so far (module doc). ``attempt``: the generation try (0 first; generators
     draw from the streams of their try, ``pipeline.seeding.stage_rng(seed, stage, attempt)``). ``view``: the
-    label's ``view`` field (None for a global record; set on a local record, ``sinks.records.local_sample``)."""
+    label's ``view`` field (None for a global record; set on a local record,
+    ``sinks.records.local_sample``)."""
 
     drawn: Drawn
     posed: Posed | None = None
@@ -280,7 +282,8 @@ class Sample:
 
     @property
     def generator(self) -> dict | None:
-        """The label's ``generator`` field: the generator's record, then ``prompt`` (how the caption was made)."""
+        """The label's ``generator`` field: the generator's record, then ``prompt``
+        (how the caption was made)."""
         if self.generated is None:
             return None
         record = dict(self.generated.record)
@@ -289,7 +292,8 @@ class Sample:
         return record
 
     def to_label(self) -> Label:
-        """Compose and validate the ``Label``; raises ``SchemaError`` naming the first missing or bad field."""
+        """Compose and validate the ``Label``; raises ``SchemaError`` naming the first missing or bad
+        field."""
         hands: dict[str, HandLabel | None] = {}
         for s, h in self.hands.items():
             if h is None:

@@ -47,8 +47,8 @@ class SchemaError(HandgenError, ValueError):
 
 def normalize_views(views) -> tuple[str, ...]:
     """``("global",)`` or ``("global", "local")`` from a sequence of view names or a comma-separated string
-    (``"global,local"``), in ``VIEWS`` order. ``SchemaError`` for an unknown or repeated view, or a set without
-    ``global`` (the global view is always generated and written)."""
+    (``"global,local"``), in ``VIEWS`` order. ``SchemaError`` for an unknown or repeated view, or a set
+    without ``global`` (the global view is always generated and written)."""
     if isinstance(views, str):
         items = [v.strip() for v in views.split(",")]
     elif isinstance(views, (list, tuple)) and all(isinstance(v, str) for v in views):
@@ -313,7 +313,8 @@ class Label:
         _choice("hand_model.name", self.hand_model.get("name"), HAND_MODEL_NAMES)
         if not isinstance(self.hand_model.get("sha256"), str) or not _SHA_RE.match(self.hand_model["sha256"]):
             raise SchemaError(
-                f"hand_model.sha256: expected 64 lowercase hex digits, got {_fmt(self.hand_model.get('sha256'))}"
+                "hand_model.sha256: expected 64 lowercase hex digits, got "
+                f"{_fmt(self.hand_model.get('sha256'))}"
             )
         if not isinstance(self.generator, dict) or not isinstance(self.generator.get("name"), str):
             raise SchemaError(f"generator: expected an object with a name, got {_fmt(self.generator)}")
@@ -373,7 +374,8 @@ class Label:
             raise SchemaError(f"label: expected a JSON object, got {_fmt(d)}")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(
-                f"schema_version: this code reads version {SCHEMA_VERSION}, got {_fmt(d.get('schema_version'))}"
+                f"schema_version: this code reads version {SCHEMA_VERSION}, got "
+                f"{_fmt(d.get('schema_version'))}"
                 + (
                     " (written by a newer version; upgrade)"
                     if isinstance(d.get("schema_version"), int) and d["schema_version"] > SCHEMA_VERSION

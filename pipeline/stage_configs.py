@@ -1,10 +1,12 @@
 """Typed settings of each pluggable stage: pose sources, captioners, generators and alignment scorers.
 
-Each kind of stage has a family of frozen configs told apart by ``kind`` (a pydantic discriminated union), and a
-registry in its package that maps ``kind`` to the implementation (``pipeline.registry``). A run config holds
-these typed configs; they are parsed once, when the run config is made, and unknown options are rejected there.
+Each kind of stage has a family of frozen configs told apart by ``kind`` (a pydantic discriminated union), and
+a registry in its package that maps ``kind`` to the implementation (``pipeline.registry``). A run config holds
+these typed configs; they are parsed once, when the run config is made, and unknown options are rejected
+there.
 
-The command line (and YAML presets) may write a config as a spec string, ``KIND[:POSITIONAL][,NAME=VALUE...]``:
+The command line (and YAML presets) may write a config as a spec string,
+``KIND[:POSITIONAL][,NAME=VALUE...]``:
 
 * sources: ``prior``, ``prior:NAME,NAME`` (gestures and interactions), ``interhand:ROOT[,split=S][,dedup=D]
   [,stratify=1]``, ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=D]``;
@@ -35,10 +37,10 @@ class SpecError(HandgenError, ValueError):
 def parse_options(
     spec: str, flag: str, options: list[str], known: tuple[str, ...], usage: str
 ) -> dict[str, str]:
-    """The ``NAME=VALUE`` options of ``spec`` (already split at the commas), names and values stripped of blanks.
-    ``flag`` names where the spec came from (``--generator``). Raises ``SpecError`` (one line, naming ``spec``)
-    for an empty option (a stray comma), one without ``=``, an unknown name (not in ``known``), a repeated name,
-    or an empty value."""
+    """The ``NAME=VALUE`` options of ``spec`` (already split at the commas), names and values stripped of
+    blanks. ``flag`` names where the spec came from (``--generator``). Raises ``SpecError`` (one line, naming
+    ``spec``) for an empty option (a stray comma), one without ``=``, an unknown name (not in ``known``), a
+    repeated name, or an empty value."""
     values: dict[str, str] = {}
     names = ", ".join(known) or "none"
     for opt in (o.strip() for o in options):
@@ -83,8 +85,8 @@ def _format(value: Any) -> str:
 
 
 class StageConfig(FrozenModel):
-    """A stage's typed settings; ``kind`` picks the implementation. Subclasses set ``POSITIONAL`` (the field that
-    the spec's first part fills, or None), ``OPTIONS`` (the fields that ``NAME=VALUE`` parts may set) and
+    """A stage's typed settings; ``kind`` picks the implementation. Subclasses set ``POSITIONAL`` (the field
+    that the spec's first part fills, or None), ``OPTIONS`` (the fields that ``NAME=VALUE`` parts may set) and
     ``USAGE``."""
 
     FLAG: ClassVar[str] = "--stage"
@@ -97,7 +99,8 @@ class StageConfig(FrozenModel):
 
     @classmethod
     def from_spec(cls, spec: str) -> StageConfig:
-        """Parse ``KIND[:POSITIONAL][,NAME=VALUE...]``; ``SpecError`` (one line) for anything that does not fit."""
+        """Parse ``KIND[:POSITIONAL][,NAME=VALUE...]``; ``SpecError`` (one line) for anything that does not
+        fit."""
         _, _, rest = spec.partition(":")
         parts = [p.strip() for p in rest.split(",")] if rest else []
         data: dict[str, Any] = {}
@@ -241,7 +244,8 @@ class LabelsCaptionerConfig(_CaptionerConfig):
 
 
 class QwenVLCaptionerConfig(_CaptionerConfig):
-    """Qwen2-VL / Qwen2.5-VL from the local folder ``path`` (the source photo is captioned; labels otherwise)."""
+    """Qwen2-VL / Qwen2.5-VL from the local folder ``path`` (the source photo is captioned; labels
+    otherwise)."""
 
     POSITIONAL: ClassVar[str | None] = "path"
     POSITIONAL_NAME: ClassVar[str] = "model folder"
@@ -267,8 +271,8 @@ class _GeneratorConfig(StageConfig):
 
 class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
-    ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a 1/f
-    amplitude spectrum, at most 1)."""
+    ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
+    1/f amplitude spectrum, at most 1)."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = ("skin", "light", "background", "camera_effects", "spectrum_match")
     USAGE: ClassVar[str] = "composite[:NAME=VALUE,...]"
@@ -303,8 +307,8 @@ class CompositeGeneratorConfig(_GeneratorConfig):
 
 
 class AttentionHandGeneratorConfig(_GeneratorConfig):
-    """AttentionHand from the model folder ``path`` (diffusers layout); ``guidance``: a separate guidance module
-    folder (None: ``path/guidance``). Both exactly as given."""
+    """AttentionHand from the model folder ``path`` (diffusers layout); ``guidance``: a separate guidance
+    module folder (None: ``path/guidance``). Both exactly as given."""
 
     POSITIONAL: ClassVar[str | None] = "path"
     POSITIONAL_NAME: ClassVar[str] = "model folder"

@@ -104,7 +104,8 @@ class _TaggerUnpickler(pickle.Unpickler):
 
 def ensure_nltk_tagger(root: Path | None = None) -> Path:
     """Make NLTK's English perceptron tagger available offline: its three JSON files (NLTK's format) in
-    ``<root>/taggers/averaged_perceptron_tagger_eng/``; returns ``root`` (default ``<data dir>/nltk_data``)."""
+    ``<root>/taggers/averaged_perceptron_tagger_eng/``; returns ``root`` (default
+    ``<data dir>/nltk_data``)."""
     import nltk  # noqa: F401 - fails early with a clear ImportError when NLTK is missing
     from nltk.tag.perceptron import PerceptronTagger
 
@@ -171,7 +172,8 @@ def bytes_to_unicode() -> list[str]:
 
 
 def ensure_clip_vocab(root: Path | None = None) -> Path:
-    """Folder with CLIP's ``vocab.json`` and ``merges.txt`` (49408 tokens), built from the packaged BPE file."""
+    """Folder with CLIP's ``vocab.json`` and ``merges.txt`` (49408 tokens), built from the packaged BPE
+    file."""
     out = Path(root or data_dir() / "clip_tokenizer")
     with _LOCK:
         if (out / "vocab.json").is_file() and (out / "merges.txt").is_file():
@@ -213,7 +215,8 @@ def clip_tokenizer():
 
 
 class _NumpyPerceptron:
-    """Drop-in for ``nltk.tag.perceptron.AveragedPerceptron.predict`` over a dense (features x classes) matrix.
+    """Drop-in for ``nltk.tag.perceptron.AveragedPerceptron.predict`` over a dense (features x classes)
+    matrix.
 
     Same features, weights and tie-break as NLTK (highest score, then the larger label); about 4x faster than
     NLTK's pure-Python scoring loop, which dominated tagging time.

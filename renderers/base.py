@@ -135,8 +135,9 @@ class RenderBatch:
 
 
 def render_item(x) -> RenderItem:
-    """The render input of a sample (``pipeline.sample.Sample``, posed) or a label (``pipeline.schema.Label``):
-    both give verts (2, 778, 3) metres, per hand ``hands[side].joints_3d`` (21, 3), the camera and the image size."""
+    """The render input of a sample (``pipeline.sample.Sample``, posed) or a label
+    (``pipeline.schema.Label``): both give verts (2, 778, 3) metres, per hand ``hands[side].joints_3d``
+    (21, 3), the camera and the image size."""
     verts = {side: x.verts[i] for i, side in enumerate(SIDES) if x.hands[side] is not None}
     joints = {side: x.hands[side].joints_3d for side in verts}
     return RenderItem(verts, joints, x.camera.K, tuple(x.image_size), x.camera.dist)
@@ -270,8 +271,8 @@ class Renderer(abc.ABC):
         normals: dict,
         projected: dict | None = None,
     ) -> RasterJob:
-        """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions already
-        computed with this K (reused instead of projecting again)."""
+        """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions
+        already computed with this K (reused instead of projecting again)."""
         screens, views, norms, hands, tris = [], [], [], [], []
         offset = 0
         for s in SIDES:

@@ -78,7 +78,8 @@ class OpenGLRenderer(Renderer):
 
     @classmethod
     def from_config(cls, config: RenderConfig | None = None, device: str = "cpu") -> OpenGLRenderer:
-        """``renderers.RENDERERS``' factory (the GL context is the machine's EGL device, whatever ``device``)."""
+        """``renderers.RENDERERS``' factory (the GL context is the machine's EGL device, whatever
+        ``device``)."""
         return cls(config)
 
     def __init__(self, config: RenderConfig | None = None) -> None:
@@ -97,7 +98,8 @@ class OpenGLRenderer(Renderer):
                 self._ctx = moderngl.create_standalone_context(backend="egl")
             except Exception as exc:  # moderngl raises plain Exception when EGL/GL libraries are missing
                 raise RendererError(
-                    f"OpenGL (EGL) is unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                    "OpenGL (EGL) is unavailable "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                     f"install the system libraries: apt-get install {APT_PACKAGES}"
                 ) from exc
             self._prog = self._ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)

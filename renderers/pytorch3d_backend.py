@@ -1,4 +1,5 @@
-"""PyTorch3D backend: ``MeshRasterizer`` on screen-space vertices + a Lambert shader, batched, CUDA when asked.
+"""PyTorch3D backend: ``MeshRasterizer`` on screen-space vertices + a Lambert shader, batched, CUDA when
+asked.
 
 The rasterizer's ``transform`` is replaced by the shared projection of ``renderers.base``: vertices arrive as
 pixel coordinates and view depth and are mapped to PyTorch3D's NDC (+x left, +y up, the shorter image side

@@ -37,7 +37,8 @@ FINGER_COLOURS = {
 
 
 def draw_skeleton(image: np.ndarray, joints_2d: dict, visible: dict, scale: float = 1.0) -> Image.Image:
-    """Image (H, W, 3) uint8 with the skeletons drawn; ``joints_2d``/``visible``: side -> (21, 2)/(21,) or None."""
+    """Image (H, W, 3) uint8 with the skeletons drawn; ``joints_2d``/``visible``: side -> (21, 2)/(21,) or
+    None."""
     im = Image.fromarray(image).convert("RGB")
     if scale != 1.0:
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
@@ -92,7 +93,8 @@ def contact_sheet(records: list[dict], tile: int = 256) -> Image.Image:
 
 
 def check_image_name(target: str | os.PathLike) -> str:
-    """The PIL format that ``target``'s extension names (``PreviewError`` when it has none or an unknown one)."""
+    """The PIL format that ``target``'s extension names (``PreviewError`` when it has none or an unknown
+    one)."""
     target = str(target)
     name = target.rstrip("/").rpartition("/")[2]
     ext = os.path.splitext(name)[1].lower()
@@ -141,8 +143,8 @@ def save_image(image: Image.Image, target: str | os.PathLike) -> str:
 
 
 def preview(out_dir: str | Path, out_png: str | Path, n: int = 16, tile: int = 256) -> int:
-    """Write a contact sheet of the first ``n`` records of ``out_dir`` (a folder or URL) to ``out_png`` (a path
-    or URL; its extension names the format); returns the number of records drawn.
+    """Write a contact sheet of the first ``n`` records of ``out_dir`` (a folder or URL) to ``out_png`` (a
+    path or URL; its extension names the format); returns the number of records drawn.
 
     Errors are one-line ``HandgenError``s: a bad target name (``PreviewError``, checked before anything is
     read), a missing or empty run folder or an unreadable shard (``ShardReadError``), a target that cannot be

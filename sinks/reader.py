@@ -12,10 +12,10 @@ Each sample is a dict of arrays (hands stacked right then left, zeros where a ha
     mask, K and keypoints are in the crop's frame, see ``sinks.records``); parent str (the key of the
     sample's global record: the record's own key for a global record).
 
-Shards are local paths, ``file://`` URLs or any fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; ``pipe:``
-commands go through WebDataset's opener), read record by record with ``sinks.records.iter_records`` (the one tar
-reader; ``ShardReadError``, ``ShardsNotFoundError`` and ``resolve_shards`` live there too and are re-exported
-here). With ``verify=True`` each shard's sha256 is checked against the run's
+Shards are local paths, ``file://`` URLs or any fsspec URL (``s3://``, ``gs://``, ``memory://``, ...;
+``pipe:`` commands go through WebDataset's opener), read record by record with ``sinks.records.iter_records``
+(the one tar reader; ``ShardReadError``, ``ShardsNotFoundError`` and ``resolve_shards`` live there too and are
+re-exported here). With ``verify=True`` each shard's sha256 is checked against the run's
 ``manifest.json`` (or, before the run is finalised, the shard's ``<prefix>-NNNNNN.meta.json`` report) before
 any of its records is yielded.
 
@@ -144,8 +144,9 @@ def _bad_file(sample: dict) -> str | None:
 
 
 def decode_sample(sample: dict) -> dict:
-    """A raw record (``__key__``, ``__url__``, file name -> bytes) -> training dict; one-line errors naming the
-    shard and the key (``SchemaError`` for a label that breaks the schema, ``ShardReadError`` otherwise)."""
+    """A raw record (``__key__``, ``__url__``, file name -> bytes) -> training dict; one-line errors naming
+    the shard and the key (``SchemaError`` for a label that breaks the schema, ``ShardReadError``
+    otherwise)."""
     url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
     try:
         return to_arrays(decode_record(sample))
@@ -205,7 +206,8 @@ def open_shards(
 
 
 def collate(samples: list[dict]) -> dict:
-    """Batch training dicts: arrays become torch tensors with a leading batch dim; strings and lists stay lists.
+    """Batch training dicts: arrays become torch tensors with a leading batch dim; strings and lists stay
+    lists.
 
     Images must share a size within a batch; absent hands are zeros with ``hand_present`` False.
     """

@@ -1,9 +1,9 @@
 """The one mapping between a ``Sample`` and the files of a WebDataset record (DESIGN section 3), both ways.
 
 Record files: ``image.jpg`` (quality 95; ``image.png`` when lossless), ``mesh.png``, ``mesh_local.png``,
-``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``; training tuples (``hands prepare``)
-add ``image_local.jpg`` (``.png`` when lossless), the real image's crop. Encoding is deterministic: equal samples
-give byte-identical files.
+``mask.png`` (uint8 0/1/2), ``verts.npy`` (2, 778, 3) float32, ``label.json``; training tuples
+(``hands prepare``) add ``image_local.jpg`` (``.png`` when lossless), the real image's crop. Encoding is
+deterministic: equal samples give byte-identical files.
 
 Views (``--views global,local``): ``local_sample`` turns a rendered, generated sample into its local record,
 a record of its own with the same files, written right after the global one:
@@ -33,8 +33,8 @@ records of a shard (``{"__key__", "__url__", "<name>": bytes, ...}``) in file or
 ``file://`` or fsspec URL (``s3://``, ``memory://``, ...), a ``pipe:`` command or an open binary file, never
 yielding a partial record of a truncated shard, optionally checking the shard's sha256 first
 (``ShardChecksums``). ``RecordIndex`` holds the byte offset and size of every member of a shard by record key,
-for random access. ``resolve_shards`` turns a run folder, a glob or a list into shard URLs. Every read error is
-a one-line ``ShardReadError`` naming the shard and, where known, the record key.
+for random access. ``resolve_shards`` turns a run folder, a glob or a list into shard URLs. Every read error
+is a one-line ``ShardReadError`` naming the shard and, where known, the record key.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def decode_record(files: dict) -> dict:
     """Record files (name -> bytes; names with or without a leading '.') -> decoded dict.
 
     Returns ``label`` (``Label``), ``image`` (H, W, 3) uint8, ``mesh`` (H, W, 3), ``mesh_local`` (L, L, 3),
-    ``mask`` (H, W) uint8, and ``image_local`` (L, L, 3) for training tuples (absent otherwise). Raises ``SchemaError`` for a missing file or a label that breaks the schema
-    (including a newer schema version).
+    ``mask`` (H, W) uint8, and ``image_local`` (L, L, 3) for training tuples (absent otherwise). Raises
+    ``SchemaError`` for a missing file or a label that breaks the schema (including a newer schema version).
     """
     f = {k.lstrip("."): v for k, v in files.items()}
     missing = [n for n in RECORD_FILES if n not in f]
@@ -228,7 +228,8 @@ MASK_FILE = "mask.png"
 
 
 def find_file(files: Iterable[str], names: Sequence[str]) -> str | None:
-    """The first of ``names`` (e.g. ``IMAGE_FILES``) among the record's file names ``files``; None if absent."""
+    """The first of ``names`` (e.g. ``IMAGE_FILES``) among the record's file names ``files``; None if
+    absent."""
     have = set(files)
     return next((n for n in names if n in have), None)
 
@@ -387,7 +388,8 @@ class ShardChecksums:
         return self._manifests[folder]
 
     def expected(self, url: str) -> str:
-        """The sha256 (hex str) that shard ``url`` must have; ``ShardReadError`` when no record of it exists."""
+        """The sha256 (hex str) that shard ``url`` must have; ``ShardReadError`` when no record of it
+        exists."""
         from sinks.store import Store
 
         folder, name = _split_url(url)
@@ -469,7 +471,8 @@ def _open_shard(shard, url: str, checksums: ShardChecksums | None):
             raise ShardReadError(f"cannot read shard {url}: {one_line(exc)}") from exc
         if digest.hexdigest() != expected:
             raise ShardReadError(
-                f"shard {url} fails verification: sha256 {digest.hexdigest()[:16]}..., expected {expected[:16]}..."
+                f"shard {url} fails verification: sha256 {digest.hexdigest()[:16]}..., expected "
+                f"{expected[:16]}..."
             )
         spool.seek(0)
         yield spool
@@ -530,10 +533,11 @@ def iter_records(
     """Raw records of one shard, in file order: ``{"__key__": str, "__url__": str, "<name>": bytes, ...}``
     with file names such as ``image.jpg``, ``label.json`` (lower-cased, without the key).
 
-    shard: a local path, a ``file://`` or fsspec URL, a ``pipe:`` command, or a binary file object read from its
-    current position (not closed here). url: the shard's name in ``__url__`` and in messages (default: the path
-    or URL, or the file object's ``name``). checksums: check the shard's sha256 against its run's manifest (or
-    ``.meta.json``) before the first record is yielded (needs a path/URL or ``url`` to find them).
+    shard: a local path, a ``file://`` or fsspec URL, a ``pipe:`` command, or a binary file object read from
+    its current position (not closed here). url: the shard's name in ``__url__`` and in messages (default: the
+    path or URL, or the file object's ``name``). checksums: check the shard's sha256 against its run's
+    manifest (or ``.meta.json``) before the first record is yielded (needs a path/URL or ``url`` to find
+    them).
 
     A record is yielded only once the next record starts, or once the shard has ended with its end-of-archive
     blocks, so a truncated shard never yields a partial record. Errors are ``ShardReadError`` naming the shard

@@ -57,7 +57,8 @@ class RunMismatchError(HandgenError):
 
 
 class ClaimLostError(TransientError):
-    """This worker's claim on a shard was taken over (its lease expired); the shard is left to the new owner."""
+    """This worker's claim on a shard was taken over (its lease expired); the shard is left to the new
+    owner."""
 
 
 def lease_seconds() -> float:
@@ -232,7 +233,7 @@ class RunFolder:
         self.lease = lease_seconds() if lease is None else lease
         self.record = run_record(cfg)
 
-    # -- identity ---------------------------------------------------------------------------------------------
+    # -- identity --------------------------------------------------------------------------------------------
     def open(self, resume: bool) -> str:
         """Create the folder and ``run.json``, or check the existing one. Returns "new", "joined" (a run in
         progress with live claims), "resumed" or "finished" (its manifest exists). Raises ``RunMismatchError``
@@ -243,8 +244,8 @@ class RunFolder:
         ours = [n for n in names if n.startswith(self.cfg.shard_prefix + "-") and n.endswith(".tar")]
         if RUN_FILE not in names and (ours or MANIFEST in names):
             raise RunMismatchError(
-                f"{self.store.url} holds shards but no {RUN_FILE} (written by another tool or an older handgen); "
-                "choose an empty folder"
+                f"{self.store.url} holds shards but no {RUN_FILE} "
+                "(written by another tool or an older handgen); choose an empty folder"
             )
         data = json.dumps(self.record, indent=1, sort_keys=True).encode() + b"\n"
         if self.store.create_exclusive(RUN_FILE, data):
@@ -263,7 +264,8 @@ class RunFolder:
             return "resumed"
         if ours and not live_claims(self.store, names):
             raise StoreError(
-                f"{self.store.url} holds an unfinished run ({len(ours)} shards written); continue with --resume"
+                f"{self.store.url} holds an unfinished run ({len(ours)} shards written); "
+                "continue with --resume"
             )
         logger.info("joining run %s in progress in %s", existing["run_tag"], self.store.url)
         return "joined"
@@ -296,7 +298,7 @@ class RunFolder:
                 self.record["code_version"],
             )
 
-    # -- shards -----------------------------------------------------------------------------------------------
+    # -- shards ----------------------------------------------------------------------------------------------
     def is_complete(self, k: int) -> bool:
         return self.output.is_complete(k)
 
@@ -316,9 +318,9 @@ class RunFolder:
 
     @contextlib.contextmanager
     def writing(self, k: int, claim: Claim | None = None) -> Iterator[tuple[Claim, object] | None]:
-        """Claim shard ``k`` (or take over ``claim``, already held on it) and yield ``(claim, writer)``; yields
-        None when another worker holds it or it is already complete. Leftover temporary files of the shard are
-        removed once the claim is held. The claim is released when the block ends."""
+        """Claim shard ``k`` (or take over ``claim``, already held on it) and yield ``(claim, writer)``;
+        yields None when another worker holds it or it is already complete. Leftover temporary files of the
+        shard are removed once the claim is held. The claim is released when the block ends."""
         name = self.output.shard_name(k)
         claim = claim or self.claim(name)
         if claim is None:
@@ -344,7 +346,7 @@ class RunFolder:
         finally:
             claim.release()
 
-    # -- finalisation -----------------------------------------------------------------------------------------
+    # -- finalisation ----------------------------------------------------------------------------------------
     def finished(self) -> bool:
         return self.store.exists(MANIFEST)
 
@@ -398,8 +400,8 @@ def wait_for(
     poll: float = 2.0,
     timeout: float | None = None,
 ) -> None:
-    """Wait until ``pending()`` is empty; each poll calls ``take(k)`` for every pending shard, so a shard whose
-    worker died (lease expired) is written here. ``take`` returns True when it wrote the shard."""
+    """Wait until ``pending()`` is empty; each poll calls ``take(k)`` for every pending shard, so a shard
+    whose worker died (lease expired) is written here. ``take`` returns True when it wrote the shard."""
     t0 = time.monotonic()
     while True:
         todo = pending()

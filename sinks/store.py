@@ -48,7 +48,8 @@ _LINK_UNSUPPORTED = frozenset(
     for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK", "EXDEV")
     if hasattr(errno, n)
 )
-"""``os.link`` errors meaning "this filesystem has no hard links": ``create_exclusive`` falls back to O_EXCL."""
+"""``os.link`` errors meaning "this filesystem has no hard links": ``create_exclusive`` falls back to
+O_EXCL."""
 
 _CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "OperationAborted", "409"})
 """S3 error codes for "a concurrent conditional write on this key is in progress": try again."""
@@ -135,13 +136,14 @@ class Store:
         self.is_s3 = self.protocol in _ATOMIC_PUT_PROTOCOLS
 
     def path(self, name: str) -> str:
-        """Where ``name`` is: a local path, or a full URL (``s3://bucket/run/name``) that names it for messages
-        and for other tools (``Store``, ``open_shards``, ``save_image``) as well as for ``self.fs``."""
+        """Where ``name`` is: a local path, or a full URL (``s3://bucket/run/name``) that names it for
+        messages and for other tools (``Store``, ``open_shards``, ``save_image``) as well as for
+        ``self.fs``."""
         if self.is_local:
             return str(self.root / name)
         return self.fs.unstrip_protocol(f"{self.root.rstrip('/')}/{name}")
 
-    # -- folder -------------------------------------------------------------------------------------------------
+    # -- folder ----------------------------------------------------------------------------------------------
     def makedirs(self) -> None:
         """Make sure the root exists and can be written: create the folder (local, fsspec), then write and
         remove a probe file. On S3 a "folder" needs no creating, but the bucket must exist (it is not created:
@@ -184,7 +186,7 @@ class Store:
         names = (os.path.basename(p.rstrip("/")) for p in entries if p.rstrip("/") != root)
         return sorted(n for n in names if n)
 
-    # -- reading ------------------------------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------------------------
     def read_bytes(self, name: str) -> bytes:
         """The content of ``name``; ``FileNotFoundError`` when it does not exist."""
         p = self.path(name)
@@ -227,7 +229,7 @@ class Store:
                 return v.timestamp()
         return None
 
-    # -- writing ------------------------------------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------------------------
     def remove(self, name: str) -> None:
         """Remove ``name``; a missing file is not an error."""
         p = self.path(name)
@@ -323,7 +325,7 @@ class Store:
         with self.open_write(name, tmp_name) as f:
             f.write(data)
 
-    # -- exclusive create ---------------------------------------------------------------------------------------
+    # -- exclusive create ------------------------------------------------------------------------------------
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Create ``name`` holding ``data`` only if it does not exist: True if this call created it, False if
         it already existed. Of any number of concurrent callers (threads, processes, hosts) exactly one gets

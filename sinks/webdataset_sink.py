@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_SCHEMA = pa.schema(
     [
-        # view: "global" or "local" (--views global,local); null in rows of shards written before views existed
+        # view: "global" or "local" (--views global,local); null in rows of shards written before views
+        # existed
         ("key", pa.string()),
         ("index", pa.int64()),
         ("shard", pa.string()),
@@ -293,8 +294,9 @@ class ShardedOutput:
     def shard(
         self, k: int, tmp_suffix: str = ".tmp", run: dict | None = None, before_commit=None
     ) -> ShardWriter:
-        """Writer for shard ``k`` through ``<name><tmp_suffix>`` (an incomplete file of that name is replaced).
-        ``run`` goes into the shard's report; ``before_commit()`` runs before the rename and may abort it."""
+        """Writer for shard ``k`` through ``<name><tmp_suffix>`` (an incomplete file of that name is
+        replaced). ``run`` goes into the shard's report; ``before_commit()`` runs before the rename and may
+        abort it."""
         self.store.remove(self.shard_name(k) + tmp_suffix)
         return ShardWriter(self.store, self.shard_name(k), k, self.lossless, tmp_suffix, run, before_commit)
 

@@ -50,7 +50,7 @@ def pose_batch(rng: np.random.Generator, n: int, scale: float = 0.4) -> np.ndarr
     return rng.normal(0.0, scale, size=(n, 48))
 
 
-# -- S3: a real S3-protocol server process (moto) for object-store tests ------------------------------------------
+# -- S3: a real S3-protocol server process (moto) for object-store tests -------------------------------------
 
 _MOTO_SERIAL = """
 import os
@@ -102,7 +102,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """Endpoint URL (``http://127.0.0.1:PORT``) of moto's S3 server, run as a separate process for the session.
+    """Endpoint URL (``http://127.0.0.1:PORT``) of moto's S3 server, run as a separate process for the
+    session.
 
     Skips when moto's server or s3fs is not installed (``pip install "moto[server]" s3fs``).
     """

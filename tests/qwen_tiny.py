@@ -1,4 +1,5 @@
-"""A tiny random Qwen2-VL (byte-level tokenizer, 2-layer text model, 1-block vision tower) saved to a folder."""
+"""A tiny random Qwen2-VL (byte-level tokenizer, 2-layer text model, 1-block vision tower) saved to a
+folder."""
 
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ def make_samples(hand_model, renderer, indices, run_tag="t", run_seed=0, size=(9
 
 
 def write_run(out, hand_model, n: int, shard_size: int, run_tag: str):
-    """A finalised run of ``make_samples`` records 0..n-1 in shards of ``shard_size`` under ``out`` (a folder),
-    written by the real sink with an OpenGL renderer (local size 64); returns ``out``."""
+    """A finalised run of ``make_samples`` records 0..n-1 in shards of ``shard_size`` under ``out``
+    (a folder), written by the real sink with an OpenGL renderer (local size 64); returns ``out``."""
     from renderers.base import make_renderer
     from sinks.webdataset_sink import ShardedOutput
 

@@ -28,8 +28,8 @@ def interhand_cameras():
 
 def write_interhand(root: Path, hm, split: str = "train") -> dict:
     """Captures 0 and 1. Frames of capture 0: 10 interacting, 11 right only (left null), 12 left only,
-    13 hand_type_valid 0, 14 both hands but the right root invalid, 15 NaN in the right pose, 16 a 45-value pose.
-    Capture 1: frame 5 interacting, seen by camera 400262 and by 400999 (missing from camera.json).
+    13 hand_type_valid 0, 14 both hands but the right root invalid, 15 NaN in the right pose, 16 a 45-value
+    pose. Capture 1: frame 5 interacting, seen by camera 400262 and by 400999 (missing from camera.json).
     Returns the world parameters and joints for checks."""
     rng = np.random.default_rng(7)
     cams = interhand_cameras()
@@ -122,8 +122,8 @@ def write_interhand(root: Path, hm, split: str = "train") -> dict:
 
 def write_reinterhand(root: Path, hm) -> dict:
     """One capture, frames 000001 and 000002; Mugsy cameras 'cam01' (with PNG images) and 'cam02' (size in its
-    parameters); an egocentric fisheye camera 'ego01'; frame 000002 has only a left hand, and 'cam03' looks away
-    from the hands (a truncation skip)."""
+    parameters); an egocentric fisheye camera 'ego01'; frame 000002 has only a left hand, and 'cam03' looks
+    away from the hands (a truncation skip)."""
     rng = np.random.default_rng(3)
     cap = root / "m--capture01"
     (cap / "mano_fits" / "params").mkdir(parents=True)

@@ -1,5 +1,5 @@
-"""``hands generate --min-alignment A --max-tries K``: images that do not follow their label are generated again
-from the next seed of their own streams, and skipped as ``misaligned`` after K tries."""
+"""``hands generate --min-alignment A --max-tries K``: images that do not follow their label are generated
+again from the next seed of their own streams, and skipped as ``misaligned`` after K tries."""
 
 from __future__ import annotations
 

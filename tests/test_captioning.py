@@ -82,9 +82,9 @@ def test_numpy_perceptron_equals_nltk(tagger):
     stock = load_pos_tagger()  # NLTK's own AveragedPerceptron scoring
     rng = np.random.default_rng(0)
     words = (
-        "a man woman holding pointing hand right left with his her the in park kitchen palm facing camera making "
-        "fist thumbs up waving grasping cup and near street office showing open sign while resting on table "
-        "quickly she runs, . ! 42 Paris"
+        "a man woman holding pointing hand right left with his her the in park kitchen palm facing camera "
+        "making fist thumbs up waving grasping cup and near street office showing open sign while resting on "
+        "table quickly she runs, . ! 42 Paris"
     ).split()
     for _ in range(200):
         sent = list(rng.choice(words, size=int(rng.integers(1, 18))))

@@ -140,11 +140,11 @@ def _digest(results) -> str:
 
 
 # Produced BEFORE conditioning styles existed: the renderer of commit da52efc (the plain Lambert look, albedo
-# 0.8, ambient 0.25) rendered the scenes of ``_regression_items`` (hand model in float64, its CPU default) with
-# RenderConfig(local_size=64) (and tint=True), hashed by ``_digest``; the scenes were computed by this code and
-# handed to that tree's renderer. OpenGL on Mesa llvmpipe (the CPU driver; another GL driver may rasterize
-# edges differently), PyTorch3D on CPU. (Regenerated when the hand model moved to float64: float32 skinning
-# varied with the torch thread count and the CPU, and so did the earlier digests.)
+# 0.8, ambient 0.25) rendered the scenes of ``_regression_items`` (hand model in float64, its CPU default)
+# with RenderConfig(local_size=64) (and tint=True), hashed by ``_digest``; the scenes were computed by this
+# code and handed to that tree's renderer. OpenGL on Mesa llvmpipe (the CPU driver; another GL driver may
+# rasterize edges differently), PyTorch3D on CPU. (Regenerated when the hand model moved to float64: float32
+# skinning varied with the torch thread count and the CPU, and so did the earlier digests.)
 GREY_REFERENCE = {
     ("opengl", False): "69335665ad7215ea4de8c2135d828ef59984324cf400825024909c76887af036",
     ("opengl", True): "e2c8b57be7664b347286a8df89e5d2b4af164761b54675ae980c8f1aea469725",
@@ -164,7 +164,7 @@ def test_grey_style_reproduces_the_earlier_pixels(hand_model, backend, tint):
     assert _digest(results) == GREY_REFERENCE[backend, tint]
 
 
-# -- the style travels with the run: hands validate re-renders exactly -----------------------------------------
+# -- the style travels with the run: hands validate re-renders exactly ---------------------------------------
 def _run(out, style: str | None, monkeypatch) -> dict:
     """A 3-sample run as ``hands generate`` writes it, its renderer in ``style`` (None: the default)."""
     if style is not None:

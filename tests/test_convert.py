@@ -1,5 +1,6 @@
-"""The AttentionHand checkpoint converter: the official layout (``VAS.*``) and ControlNet forks (``control_model.*``)
-with their non-weight entries, converted exactly; everything else refused with one line."""
+"""The AttentionHand checkpoint converter: the official layout (``VAS.*``) and ControlNet forks
+(``control_model.*``) with their non-weight entries, converted exactly; everything else refused with one
+line."""
 
 import logging
 
@@ -15,9 +16,9 @@ MODELS = ("unet", "guidance", "vae", "text_encoder")
 
 
 def _components() -> dict:
-    """Tiny components with the standard ControlNet hint encoder (8 convolutions, like ``VisualAttentionStage``),
-    two layers per block and a four-level VAE, every weight random (no zero convolutions), so that each weight
-    must land in its own place."""
+    """Tiny components with the standard ControlNet hint encoder (8 convolutions, like
+    ``VisualAttentionStage``), two layers per block and a four-level VAE, every weight random
+    (no zero convolutions), so that each weight must land in its own place."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from generators.attention_hand.models import tiny_components
@@ -74,7 +75,8 @@ def weights(comps):
 
 
 def _schedule_buffers(n: int = 1000) -> dict:
-    """The buffers of ``DDPM.register_schedule`` (official ``ldm/models/diffusion/ddpm.py``), by their names."""
+    """The buffers of ``DDPM.register_schedule`` (official ``ldm/models/diffusion/ddpm.py``), by their
+    names."""
     betas = np.linspace(0.00085**0.5, 0.012**0.5, n, dtype=np.float64) ** 2
     alphas = 1.0 - betas
     ac = np.cumprod(alphas)
@@ -259,8 +261,8 @@ def test_both_or_neither_guidance_prefix_is_refused(template, weights, tmp_path)
     torch.save({"state_dict": neither}, tmp_path / "neither.ckpt")
     msg = _one_line_error(tmp_path / "neither.ckpt", tmp_path / "out", config_from=template)
     assert msg == (
-        f"{tmp_path / 'neither.ckpt'} is not an AttentionHand checkpoint: it holds neither AttentionHand (VAS.*) "
-        "nor ControlNet (control_model.*) guidance weights"
+        f"{tmp_path / 'neither.ckpt'} is not an AttentionHand checkpoint: it holds neither AttentionHand "
+        "(VAS.*) nor ControlNet (control_model.*) guidance weights"
     )
 
 
@@ -274,8 +276,8 @@ def test_a_text_weight_in_both_forms_is_refused(template, weights, tmp_path):
 
 
 def test_stable_diffusion_15_key_layout():
-    """At full size (meta tensors: no memory), the official key names and counts, and diffusers' converters map
-    them 1:1 onto the models."""
+    """At full size (meta tensors: no memory), the official key names and counts, and diffusers' converters
+    map them 1:1 onto the models."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from diffusers.loaders import single_file_utils as sfu
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -71,7 +71,7 @@ def _rewrite_member(src, dst, match, data: bytes):
     dst.write_bytes(out.getvalue())
 
 
-# -- 1. preview / mano show targets ----------------------------------------------------------------------------
+# -- 1. preview / mano show targets --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["sheet", "sheet.bogus"])
 def test_preview_target_without_known_extension(run_dir, tmp_path, capsys, name):
     target = tmp_path / name
@@ -97,7 +97,7 @@ def test_quicklook_refuses_a_bad_tile(hand_model):
         gesture_sheet(hand_model, tile=0)
 
 
-# -- 3. preview write failures ---------------------------------------------------------------------------------
+# -- 3. preview write failures -------------------------------------------------------------------------------
 def test_preview_full_disk_is_one_line_naming_the_file(run_dir, tmp_path):
     """A real OS write failure (RLIMIT_FSIZE -> EFBIG) while writing the PNG."""
     target = tmp_path / "sheet.png"
@@ -133,7 +133,7 @@ def test_preview_writes_to_an_fsspec_url(run_dir):
     assert data.startswith(b"\x89PNG")
 
 
-# -- 4. missing / empty folders ------------------------------------------------------------------------------------
+# -- 4. missing / empty folders ------------------------------------------------------------------------------
 def test_preview_missing_or_empty_folder(tmp_path, capsys):
     code, err = _run_cli(capsys, "preview", str(tmp_path / "nope"), "--out", str(tmp_path / "s.png"))
     assert code == 2 and _one_error_line(err) == f"hands: error: output folder not found: {tmp_path / 'nope'}"
@@ -142,7 +142,7 @@ def test_preview_missing_or_empty_folder(tmp_path, capsys):
     assert code == 2 and "no .tar shards in" in _one_error_line(err)
 
 
-# -- 5. the reader ---------------------------------------------------------------------------------------------
+# -- 5. the reader -------------------------------------------------------------------------------------------
 def test_reader_garbage_image_names_shard_and_key(run_dir, tmp_path, caplog):
     bad = _copy_run(run_dir, tmp_path / "bad")
     shard = bad / "hands-000001.tar"

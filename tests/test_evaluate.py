@@ -1,5 +1,5 @@
-"""hands evaluate: metric maths, keypoint matching, the scorer interface, the MediaPipe detector, and the command
-end to end on a small generated run (outputs, joinability, a self-contained report, bad input)."""
+"""hands evaluate: metric maths, keypoint matching, the scorer interface, the MediaPipe detector, and the
+command end to end on a small generated run (outputs, joinability, a self-contained report, bad input)."""
 
 import argparse
 import collections
@@ -24,7 +24,7 @@ from evaluation.scorers import (
     register_scorer,
 )
 
-# -- metric maths ----------------------------------------------------------------------------------------------------
+# -- metric maths --------------------------------------------------------------------------------------------
 
 
 def _hand(n=21, size=100.0, x0=50.0, y0=60.0):
@@ -187,7 +187,7 @@ def test_alignment_rules():
     }
 
 
-# -- scorer interface ------------------------------------------------------------------------------------------------
+# -- scorer interface ----------------------------------------------------------------------------------------
 
 
 class _Hand:
@@ -255,7 +255,7 @@ def test_scorer_registry_and_options():
         register_scorer("bad name:x", _Fake)
 
 
-# -- the MediaPipe detector ------------------------------------------------------------------------------------------
+# -- the MediaPipe detector ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_detector_inputs_and_lifecycle(mediapipe):
         HandDetector(min_detection_confidence=1.5)
 
 
-# -- end to end on a generated run ----------------------------------------------------------------------------------
+# -- end to end on a generated run ---------------------------------------------------------------------------
 
 SEED, N = 19, 7  # with this seed, MediaPipe finds and aligns well hands in samples 5 and 6 (on CPU)
 

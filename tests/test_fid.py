@@ -11,7 +11,7 @@ from PIL import Image
 from evaluation import fid as F
 from pipeline.errors import HandgenError
 
-# -- FID maths -----------------------------------------------------------------------------------------------------
+# -- FID maths -----------------------------------------------------------------------------------------------
 
 
 def _spd(rng, d, rank=None):
@@ -100,7 +100,7 @@ def test_fid_needs_two_samples():
         F.fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
 
 
-# -- KID maths -----------------------------------------------------------------------------------------------------
+# -- KID maths -----------------------------------------------------------------------------------------------
 
 
 def _kid_brute(x, y):
@@ -149,13 +149,13 @@ def test_kid_needs_two_samples():
         F.kid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
 
 
-# -- the FID Inception network -------------------------------------------------------------------------------------
+# -- the FID Inception network -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def random_net():
-    """The FID Inception network with random weights (He init, random BatchNorm statistics, so activations keep
-    a sensible scale through the 94 convolutions; PyTorch's default init shrinks them to ~1e-8)."""
+    """The FID Inception network with random weights (He init, random BatchNorm statistics, so activations
+    keep a sensible scale through the 94 convolutions; PyTorch's default init shrinks them to ~1e-8)."""
     import torch
 
     torch.manual_seed(0)
@@ -266,7 +266,7 @@ def test_loader_refuses_junk_and_other_networks(tmp_path, random_net):
     assert "not found" in _one_line_error(tmp_path / "absent.pth")
 
 
-# -- hand crops ----------------------------------------------------------------------------------------------------
+# -- hand crops ----------------------------------------------------------------------------------------------
 
 
 def _centroid(mask):
@@ -308,7 +308,7 @@ def test_hand_crop_degenerate_boxes():
     assert F.hand_crop(img[..., 0], [10, 10, 20, 20]).shape == (299, 299, 3)  # grey images are accepted
 
 
-# -- reference sets and the entry point ------------------------------------------------------------------------------
+# -- reference sets and the entry point ----------------------------------------------------------------------
 
 
 def test_reference_without_images_is_one_line_error(tmp_path):

@@ -77,7 +77,8 @@ def test_visibility_filter_counts_skips(tmp_path):
 
 
 def test_generate_with_attentionhand_base_plus_guidance(tmp_path):
-    """attentionhand:PATH,guidance=DIR: a base SD folder plus a separate guidance module, through hands generate."""
+    """attentionhand:PATH,guidance=DIR: a base SD folder plus a separate guidance module, through hands
+    generate."""
     import shutil
 
     tiny = tmp_path / "tiny"

@@ -1,4 +1,5 @@
-"""Generators: the AttentionHand pipeline (TAS + VAS) on tiny components, loading, and the composite generator."""
+"""Generators: the AttentionHand pipeline (TAS + VAS) on tiny components, loading, and the composite
+generator."""
 
 import numpy as np
 import pytest

@@ -1,8 +1,9 @@
 """Golden runs: the bytes a fixed set of small runs writes must not change by accident.
 
 Each case runs ``hands`` (``--no-prefect``) on a fixed config and compares the sha256 of every shard and of
-``index.parquet``, plus the manifest's counts, with ``tests/golden/runs.json``. A refactor that keeps behaviour
-keeps these hashes; a change that means to alter the output updates the file (and says why in its commit):
+``index.parquet``, plus the manifest's counts, with ``tests/golden/runs.json``. A refactor that keeps
+behaviour keeps these hashes; a change that means to alter the output updates the file (and says why in its
+commit):
 
     .venv/bin/python -m tests.test_golden --write
 
@@ -22,9 +23,9 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs.json"
 
-# name -> command-line arguments after ``hands generate|prepare --out OUT`` (a "{tiny}" is the tiny AttentionHand
-# model's folder, "{ih}" the InterHand2.6M fixture's root: temporary folders, so those cases fix their run tag,
-# which is otherwise a hash of the config, paths included)
+# name -> command-line arguments after ``hands generate|prepare --out OUT`` (a "{tiny}" is the tiny
+# AttentionHand model's folder, "{ih}" the InterHand2.6M fixture's root: temporary folders, so those cases fix
+# their run tag, which is otherwise a hash of the config, paths included)
 CASES = {
     "composite": ["generate", "--samples", "6", "--shard-size", "3", "--image-size", "128", "--seed", "11"],
     "composite_views_natural": [

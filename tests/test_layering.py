@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "renderers", "captioning", "generators", "sinks", "evaluation", "flows")
-# package -> what it may import besides itself: a package name allows all its modules, a dotted name one module
+# package -> what it may import besides itself: a package name allows all its modules, a dotted name one
+# module
 ALLOWED = {
     "pipeline": (),
     "renderers": ("pipeline",),

@@ -1,6 +1,6 @@
-"""The official AttentionHand inference settings (``presets/attentionhand-official.yaml``) and the sampler flags
-``--steps``, ``--guidance-scale``, ``--conditioning-scale``, ``--tas/--no-tas`` and ``--generation-batch-size``,
-end to end through a tiny model."""
+"""The official AttentionHand inference settings (``presets/attentionhand-official.yaml``) and the sampler
+flags ``--steps``, ``--guidance-scale``, ``--conditioning-scale``, ``--tas/--no-tas`` and
+``--generation-batch-size``, end to end through a tiny model."""
 
 from __future__ import annotations
 

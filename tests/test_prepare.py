@@ -1,4 +1,5 @@
-"""hands prepare: AttentionHand training tuples from the InterHand2.6M fixture with real (tiny JPEG) photos."""
+"""hands prepare: AttentionHand training tuples from the InterHand2.6M fixture with real (tiny JPEG)
+photos."""
 
 import json
 import subprocess
@@ -103,8 +104,8 @@ def test_prepare_counts_and_alignment(prepared):
     root, out, photos, r = prepared
     m = json.loads((out / "manifest.json").read_text())
     skipped = m["counts"]["skipped"]
-    # 16 fixture images: 7 with invalid annotations (InterHand's own skips), 1 photo missing, 1 of the wrong size,
-    # 1 whose hands land on the letterbox padding only; 6 written
+    # 16 fixture images: 7 with invalid annotations (InterHand's own skips), 1 photo missing, 1 of the wrong
+    # size, 1 whose hands land on the letterbox padding only; 6 written
     assert skipped == {
         "bad_mano_params": 4,
         "hand_type_invalid": 2,
@@ -126,7 +127,8 @@ def test_prepare_counts_and_alignment(prepared):
         far = ~lb.valid_region()
         far[:, lb.offset[0] - 8 : lb.offset[0] + lb.new_size[1] + 8] = False
         assert lb.offset[0] == 89 and far.any() and rec["image"][far].max() <= 3
-        # the label's visible 2D joints fall inside the rendered mask, and the rendered mask sits on the photo's hands
+        # the label's visible 2D joints fall inside the rendered mask, and the rendered mask sits on the
+        # photo's hands
         skin = np.abs(rec["image"].astype(int) - (225, 180, 150)).sum(-1) < 60
         mask = rec["mask"] > 0
         for side in ("right", "left"):
@@ -162,8 +164,8 @@ def test_prepare_refuses_prior(tmp_path):
 
 
 def test_prepare_reinterhand_with_fisheye(tmp_path, hand_model):
-    """Re:InterHand: Mugsy photos (square) and egocentric fisheye photos (640x480, letterboxed to 512x384 + padding,
-    distortion kept); the records re-render exactly (hands validate)."""
+    """Re:InterHand: Mugsy photos (square) and egocentric fisheye photos (640x480, letterboxed to
+    512x384 + padding, distortion kept); the records re-render exactly (hands validate)."""
     from tests.source_fixtures import write_reinterhand
 
     write_reinterhand(tmp_path / "rih", hand_model)

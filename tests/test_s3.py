@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (inheriting the test's environment, so the S3 settings) in the repo."""
+    """Run ``code`` in a fresh interpreter (inheriting the test's environment, so the S3 settings) in the
+    repo."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=REPO,
@@ -43,7 +44,7 @@ def any_root(request, tmp_path):
     return request.getfixturevalue("s3_bucket") + "/run"
 
 
-# -- Store primitives ---------------------------------------------------------------------------------------------
+# -- Store primitives ----------------------------------------------------------------------------------------
 
 
 def test_store_primitives_on_s3(s3_bucket):
@@ -131,7 +132,7 @@ def test_missing_bucket_and_unreachable_server_are_one_line(s3_bucket, monkeypat
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-# -- create_exclusive ---------------------------------------------------------------------------------------------
+# -- create_exclusive ----------------------------------------------------------------------------------------
 
 
 def test_create_exclusive_basics(any_root):
@@ -247,7 +248,7 @@ def test_conditional_put_is_refused_by_the_server(s3_bucket):
     assert store.read_bytes("k") == b"1"
 
 
-# -- shards and the reader ----------------------------------------------------------------------------------------
+# -- shards and the reader -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +302,7 @@ def test_preview_lands_in_bucket(s3_bucket, hand_model, gl, tmp_path, monkeypatc
     assert "preview.png" in Store(url).listdir() and os.listdir(tmp_path) == []
 
 
-# -- hands generate end to end ------------------------------------------------------------------------------------
+# -- hands generate end to end -------------------------------------------------------------------------------
 
 
 def test_config_keeps_s3_url():

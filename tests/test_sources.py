@@ -37,7 +37,8 @@ def test_interhand_conversion_and_validity(interhand, hand_model, tmp_path):
     src = make_source(f"interhand:{root},split=train", hand_model, cache_dir=tmp_path)
     assert len(src) == 16
     samples, skips = _all(src, len(src))
-    # 13: hand_type_valid 0 (2 cameras); 15: NaN pose, 16: 45-value pose (2 cameras each); camera 400999 missing
+    # 13: hand_type_valid 0 (2 cameras); 15: NaN pose, 16: 45-value pose (2 cameras each); camera 400999
+    # missing
     assert skips == Counter({"hand_type_invalid": 2, "bad_mano_params": 4, "no_camera": 1}), skips
     by_frame = {(s.source["capture"], s.source["frame"], s.source["camera"]): s for s in samples.values()}
     assert by_frame[(0, 11, 400262)].hand_type == "right"  # left was null

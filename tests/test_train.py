@@ -197,8 +197,9 @@ def test_train_generator_cli(data, tmp_path):
 
 
 def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
-    """Same micro-step (same noise and timesteps), different local photo: only the local loss changes. (Noising
-    the local branch from the global latent, as the official code does, would leave the local loss unchanged.)"""
+    """Same micro-step (same noise and timesteps), different local photo: only the local loss changes.
+    (Noising the local branch from the global latent, as the official code does, would leave the local loss
+    unchanged.)"""
     tr = Trainer(_cfg(data, tmp_path / "b", steps=1, tas_iterations=0), tiny_components(0))
     items = [tr.data[0], tr.data[1]]
     batch = {
@@ -218,8 +219,8 @@ def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
 
 
 def test_two_processes_share_the_run(data, tmp_path):
-    """Two processes (torchrun, gloo on CPU; what accelerate launch does on GPUs): one checkpoint with both RNG
-    states, one summary, and the logged loss is the mean over both processes."""
+    """Two processes (torchrun, gloo on CPU; what accelerate launch does on GPUs): one checkpoint with both
+    RNG states, one summary, and the logged loss is the mean over both processes."""
     model = save_tiny(tmp_path / "tiny")
     out = tmp_path / "ddp"
     cmd = [

@@ -79,7 +79,8 @@ def test_id_is_content_not_path(tiny, tmp_path):
 
 
 def test_symlinked_files_and_dot_names(tiny, tmp_path):
-    """A Hugging Face cache snapshot (files are links to blobs) gets the id of its content; dot-names are skipped."""
+    """A Hugging Face cache snapshot (files are links to blobs) gets the id of its content; dot-names are
+    skipped."""
     linked = tmp_path / "snapshot"
     for dirpath, _, names in os.walk(tiny[0]):
         rel = os.path.relpath(dirpath, tiny[0])

@@ -1,27 +1,29 @@
-"""``hands attentionhand convert SRC.ckpt OUT_DIR``: the official AttentionHand checkpoint -> the loadable layout.
+"""``hands attentionhand convert SRC.ckpt OUT_DIR``: the official AttentionHand checkpoint -> the loadable
+layout.
 
-The official checkpoint (redorangeyellowy/AttentionHand, ``models/attentionhand.yaml``: ``cldm.cldm.ConditioningPhase``)
-is a latent-diffusion state dict with four models:
+The official checkpoint (redorangeyellowy/AttentionHand, ``models/attentionhand.yaml``:
+``cldm.cldm.ConditioningPhase``) is a latent-diffusion state dict with four models:
 
-* ``VAS.*``: the guidance module, ``VisualAttentionStage`` (``cldm/cldm.py``: ``self.VAS``), a standard ControlNet
-  (``input_hint_block``, ``zero_convs``, ``middle_block_out``); ControlNet-style forks store the same module as
-  ``control_model.*``. The layout is detected; ``guidance_prefix`` names another one explicitly;
+* ``VAS.*``: the guidance module, ``VisualAttentionStage`` (``cldm/cldm.py``: ``self.VAS``), a standard
+  ControlNet (``input_hint_block``, ``zero_convs``, ``middle_block_out``); ControlNet-style forks store the
+  same module as ``control_model.*``. The layout is detected; ``guidance_prefix`` names another one
+  explicitly;
 * ``model.diffusion_model.*``: the UNet; ``first_stage_model.*``: the VAE;
-* ``cond_stage_model.transformer.text_model.*``: the CLIP text encoder (``FrozenCLIPEmbedder``: a transformers 4
-  ``CLIPTextModel``, whose weights sit under ``text_model.``; transformers 5 dropped that level, and LDM forks
-  saved with it, ``cond_stage_model.transformer.*``, are read too).
+* ``cond_stage_model.transformer.text_model.*``: the CLIP text encoder (``FrozenCLIPEmbedder``: a transformers
+  4 ``CLIPTextModel``, whose weights sit under ``text_model.``; transformers 5 dropped that level, and LDM
+  forks saved with it, ``cond_stage_model.transformer.*``, are read too).
 
 Its other entries are not weights of these models: the diffusion schedule buffers, EMA bookkeeping and shadow
-copies, and the CLIP position ids. They are ignored by name (``IGNORED_KEYS``, ``EMA_SHADOW_KEY``), and the log says
-how many. Everything else must be exactly the weights of the target architecture (``--config-from DIR``, a
-diffusers-layout model folder, e.g. one written by ``hands attentionhand tiny``; by default Stable Diffusion
-1.5's): an unknown key, a missing weight or a wrong shape is a one-line ``ConversionError`` that names a few
-keys. Each part goes through diffusers' own LDM converters (``diffusers.loaders.single_file_utils``), and the
-converted models load strictly.
+copies, and the CLIP position ids. They are ignored by name (``IGNORED_KEYS``, ``EMA_SHADOW_KEY``), and the
+log says how many. Everything else must be exactly the weights of the target architecture
+(``--config-from DIR``, a diffusers-layout model folder, e.g. one written by ``hands attentionhand tiny``; by
+default Stable Diffusion 1.5's): an unknown key, a missing weight or a wrong shape is a one-line
+``ConversionError`` that names a few keys. Each part goes through diffusers' own LDM converters
+(``diffusers.loaders.single_file_utils``), and the converted models load strictly.
 
-``to_ldm_state_dict`` is the inverse mapping (diffusers -> LDM key layout). The converter uses it for the exact
-key set it expects; the tests build official-layout checkpoints with it and check that conversion returns the
-original weights exactly.
+``to_ldm_state_dict`` is the inverse mapping (diffusers -> LDM key layout). The converter uses it for the
+exact key set it expects; the tests build official-layout checkpoints with it and check that conversion
+returns the original weights exactly.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ SD15_CLIP = dict(
 )
 
 GUIDANCE_PREFIXES = {"VAS.": "AttentionHand (VAS.*)", "control_model.": "ControlNet (control_model.*)"}
-"""The guidance module's key prefix in the official checkpoint (``ConditioningPhase.VAS``) and in ControlNet forks
-(``ControlLDM.control_model``)."""
+"""The guidance module's key prefix in the official checkpoint (``ConditioningPhase.VAS``) and in ControlNet
+forks (``ControlLDM.control_model``)."""
 
 UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX = (
     "model.diffusion_model.",
@@ -99,13 +101,14 @@ IGNORED_KEYS = {
     **dict.fromkeys(SCHEDULE_BUFFERS, "LDM schedule buffers"),
     # ddpm.py line 132: the per-timestep log-variance buffer (a parameter only with learn_logvar, unused here)
     "logvar": "LDM schedule buffers",
-    # ddpm.py lines 567 and 606: the latent scale, a buffer when scale_by_std (the diffusers VAE config holds it)
+    # ddpm.py lines 567 and 606: the latent scale, a buffer when scale_by_std (the diffusers VAE config holds
+    # it)
     "scale_factor": "LDM schedule buffers",
     # ldm/modules/ema.py lines 12-13: LitEma's bookkeeping (DDPM.model_ema, ddpm.py line 96, when use_ema)
     "model_ema.decay": "EMA entries",
     "model_ema.num_updates": "EMA entries",
-    # ldm/modules/encoders/modules.py line 100: FrozenCLIPEmbedder.transformer is a transformers CLIPTextModel,
-    # whose position-id buffer transformers before 4.31 saved with the weights
+    # ldm/modules/encoders/modules.py line 100: FrozenCLIPEmbedder.transformer is a transformers
+    # CLIPTextModel, whose position-id buffer transformers before 4.31 saved with the weights
     TEXT_PREFIX + "embeddings.position_ids": "CLIP position ids",
 }
 """Known non-weight entries: key -> what kind of entry (for the log line)."""
@@ -183,7 +186,7 @@ def load_state_dict(path: str | Path) -> dict:
     return sd
 
 
-# -- diffusers -> LDM (the inverse of diffusers' converters), for building official-layout checkpoints --------
+# -- diffusers -> LDM (the inverse of diffusers' converters), for building official-layout checkpoints -------
 _RESNET = {
     "norm1": "in_layers.0",
     "conv1": "in_layers.2",
@@ -351,7 +354,8 @@ def guidance_prefix_of(sd: dict, src, guidance_prefix: str | None = None) -> str
 
 def _with_text_level(sd: dict, src) -> dict:
     """``sd`` with its text-encoder keys in the official form, ``cond_stage_model.transformer.text_model.*``
-    (an LDM fork saved with transformers 5 has no ``text_model.`` level); a weight in both forms is an error."""
+    (an LDM fork saved with transformers 5 has no ``text_model.`` level); a weight in both forms is an
+    error."""
     outer = TEXT_PREFIX[: -len("text_model.")]
     out = {}
     for key, value in sd.items():
@@ -366,8 +370,9 @@ def _with_text_level(sd: dict, src) -> dict:
 
 
 def split_checkpoint(sd: dict, src, guidance_prefix: str | None = None) -> tuple[dict, str, dict[str, int]]:
-    """``(weights, guidance prefix, ignored)``: the checkpoint without its known non-weight entries, the guidance
-    module's prefix, and how many entries of each kind were ignored. A part with no weights is an error."""
+    """``(weights, guidance prefix, ignored)``: the checkpoint without its known non-weight entries, the
+    guidance module's prefix, and how many entries of each kind were ignored. A part with no weights is an
+    error."""
     prefix = guidance_prefix_of(sd, src, guidance_prefix)
     weights, ignored = {}, {}
     for key, value in _with_text_level(sd, src).items():
@@ -415,8 +420,8 @@ def _load_strict(model, sd: dict, part: str):
     if wrong:
         k = wrong[0]
         raise ConversionError(
-            f"{part}: {len(wrong)} weights of the wrong shape, e.g. {k!r}: {tuple(sd[k].shape)} in the checkpoint, "
-            f"{tuple(own[k].shape)} in the model"
+            f"{part}: {len(wrong)} weights of the wrong shape, e.g. {k!r}: "
+            f"{tuple(sd[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
         )
     model.load_state_dict(sd, strict=True)
     return model
@@ -433,8 +438,9 @@ def _convert(fn, sd: dict, config: dict, part: str) -> dict:
 
 
 def _models(config_from: str | Path | None) -> dict:
-    """Fresh ``unet``, ``guidance``, ``vae`` and ``text_encoder`` of the target architecture (``config_from``'s or
-    Stable Diffusion 1.5's), on the current default device (``torch.device("meta")`` for their keys alone)."""
+    """Fresh ``unet``, ``guidance``, ``vae`` and ``text_encoder`` of the target architecture
+    (``config_from``'s or Stable Diffusion 1.5's), on the current default device (``torch.device("meta")`` for
+    their keys alone)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

@@ -1,8 +1,8 @@
 """``--generator attentionhand:PATH``: the AttentionHand pipeline as a pipeline stage over samples.
 
-``--generator attentionhand:PATH[,guidance=DIR]`` parses into ``pipeline.stage_configs.AttentionHandGeneratorConfig``;
-``AttentionHandGenerator`` generates each sample's image, in generation batches of its own size that shrink
-on CUDA out-of-memory.
+``--generator attentionhand:PATH[,guidance=DIR]`` parses into
+``pipeline.stage_configs.AttentionHandGeneratorConfig``; ``AttentionHandGenerator`` generates each sample's
+image, in generation batches of its own size that shrink on CUDA out-of-memory.
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class AttentionHandGenerator(Generator):
 
     @classmethod
     def from_config(cls, config, run, device: str = "auto", **_) -> AttentionHandGenerator:
-        """The generator of an ``AttentionHandGeneratorConfig`` (``generators.GENERATORS``) with the run's sampler
-        settings (``steps``, ``guidance_scale``, ``conditioning_scale``, ``tas``, ``generation_batch_size``
-        (default: ``batch_size``), ``views``)."""
+        """The generator of an ``AttentionHandGeneratorConfig`` (``generators.GENERATORS``) with the run's
+        sampler settings (``steps``, ``guidance_scale``, ``conditioning_scale``, ``tas``,
+        ``generation_batch_size`` (default: ``batch_size``), ``views``)."""
         return cls(
             config.path,
             guidance=config.guidance,

@@ -4,8 +4,8 @@
 
 * a diffusers-layout folder with ``model_index.json`` and ``unet/ vae/ text_encoder/ tokenizer/ scheduler/
   guidance/`` (what ``hands attentionhand tiny`` and ``hands attentionhand convert`` write);
-* a base Stable Diffusion 1.5 folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) plus a guidance module
-  given separately (a ``ControlNetModel`` folder), or found in ``PATH/guidance``.
+* a base Stable Diffusion 1.5 folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) plus a guidance
+  module given separately (a ``ControlNetModel`` folder), or found in ``PATH/guidance``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ BASE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 def weight_folders(path: str | Path, guidance: str | Path | None = None) -> dict[str, Path]:
     """The folders ``load_pipeline(path, guidance)`` loads, by component name: ``PATH/<name>`` for each of
-    ``BASE_COMPONENTS``, and ``guidance`` (the separate guidance folder when given, else ``PATH/guidance``)."""
+    ``BASE_COMPONENTS``, and ``guidance`` (the separate guidance folder when given, else
+    ``PATH/guidance``)."""
     path = Path(path)
     folders = {name: path / name for name in BASE_COMPONENTS}
     folders["guidance"] = Path(guidance) if guidance else path / "guidance"
@@ -39,8 +40,8 @@ def weight_folders(path: str | Path, guidance: str | Path | None = None) -> dict
 
 
 def model_weights_id(path: str | Path, guidance: str | Path | None = None) -> str:
-    """The ``weights_id`` (``pipeline.weights``: a 16-hex content hash, cached per folder) of exactly the files
-    ``load_pipeline(path, guidance)`` loads: every base component plus the guidance module in use."""
+    """The ``weights_id`` (``pipeline.weights``: a 16-hex content hash, cached per folder) of exactly the
+    files ``load_pipeline(path, guidance)`` loads: every base component plus the guidance module in use."""
     from pipeline.weights import weights_id
 
     return weights_id(weight_folders(path, guidance))
@@ -126,8 +127,8 @@ def _resolve(device: str, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
 
 
 def load_base(path: str | Path, dtype: torch.dtype = torch.float32) -> dict:
-    """The frozen Stable Diffusion components of a model folder: ``vae``, ``text_encoder``, ``tokenizer``, ``unet``
-    (``dtype``) and ``scheduler`` (DDIM, from the folder's scheduler config)."""
+    """The frozen Stable Diffusion components of a model folder: ``vae``, ``text_encoder``, ``tokenizer``,
+    ``unet`` (``dtype``) and ``scheduler`` (DDIM, from the folder's scheduler config)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

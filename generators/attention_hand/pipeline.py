@@ -1,4 +1,5 @@
-"""AttentionHand: Stable Diffusion + a ControlNet-style guidance module (VAS) + the Text Attention Stage (TAS).
+"""AttentionHand: Stable Diffusion + a ControlNet-style guidance module (VAS) + the Text Attention Stage
+(TAS).
 
 Views: the global branch denoises a latent conditioned on the global mesh image, the local branch one
 conditioned on the local mesh image (the bbox crop), through one shared guidance module (a
@@ -58,9 +59,9 @@ def normalize_views(views: str | Sequence[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class TASConfig:
-    """Text Attention Stage settings: on/off, the fraction of steps it runs for (from the start), the step size
-    schedule (alpha from ``alpha_start`` to ``alpha_end``), updates per step, the softmax temperature over
-    text tokens, and the Gaussian smoothing (kernel, sigma)."""
+    """Text Attention Stage settings: on/off, the fraction of steps it runs for (from the start), the step
+    size schedule (alpha from ``alpha_start`` to ``alpha_end``), updates per step, the softmax temperature
+    over text tokens, and the Gaussian smoothing (kernel, sigma)."""
 
     enabled: bool = True
     steps_fraction: float = 0.5
@@ -298,7 +299,8 @@ class AttentionHandPipeline(DiffusionPipeline):
         return list(prompt)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        """CLIP input ids (B, 77) int64 on CPU, padded and truncated, and the position of ``<eot>`` per prompt."""
+        """CLIP input ids (B, 77) int64 on CPU, padded and truncated, and the position of ``<eot>`` per
+        prompt."""
         ids = self.tokenizer(
             prompts,
             padding="max_length",

@@ -9,15 +9,16 @@ One step, for a batch of B tuples (``train_step``):
 2. encode the caption with the frozen text encoder (both branches share it);
 3. draw one timestep t per tuple (shared by its two branches) and noise each branch from its **own** latent
    with its own noise: ``X_t = sqrt(abar_t) X_0 + sqrt(1 - abar_t) eps``;
-4. TAS: ``tas_iterations`` updates ``X_t <- X_t - alpha grad L_TAS`` on the noisy latents (the attention maps of
-   the frozen UNet with the current guidance residuals; no parameter gradients), giving ``X_hat_t``;
+4. TAS: ``tas_iterations`` updates ``X_t <- X_t - alpha grad L_TAS`` on the noisy latents (the attention maps
+   of the frozen UNet with the current guidance residuals; no parameter gradients), giving ``X_hat_t``;
 5. the regression target is the residual noise ``eps_hat = (X_hat_t - sqrt(abar_t) X_0) / sqrt(1 - abar_t)``;
 6. one guidance module (shared weights) conditions both branches on their mesh images; the frozen UNet
    predicts noise; ``L = lambda_G L_G + lambda_L L_L`` with mean-squared errors.
 
 Only the guidance module trains (initialised with ``ControlNetModel.from_unet``: a copy of the UNet encoder
 with zero convolutions). AdamW, gradient accumulation, mixed precision and gradient checkpointing on CUDA,
-several processes / GPUs through ``accelerate launch`` or ``torchrun`` (each process draws its own micro-batches).
+several processes / GPUs through ``accelerate launch`` or ``torchrun`` (each process draws its own
+micro-batches).
 
 Determinism: the data order and every random draw of micro-step m depend only on (seed, m, process rank),
 so a run resumed from a checkpoint (weights, optimiser, LR schedule, RNG states, step) continues exactly as
@@ -55,7 +56,8 @@ _STATE = "trainer_state.json"
 
 
 class TrainError(HandgenError, ValueError):
-    """A training setup that cannot run (bad data folder, incompatible checkpoint); the message is one line."""
+    """A training setup that cannot run (bad data folder, incompatible checkpoint); the message is one
+    line."""
 
 
 class TrainConfig(FrozenModel):
@@ -283,7 +285,8 @@ class Trainer:
     """Holds the frozen models, the trainable guidance module, the optimiser and the accelerator.
 
     ``components``: optional ready-made components (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
-    ``scheduler`` and optionally ``guidance``), e.g. tiny test models; otherwise they load from ``config.model``.
+    ``scheduler`` and optionally ``guidance``), e.g. tiny test models; otherwise they load from
+    ``config.model``.
     """
 
     def __init__(self, config: TrainConfig, components: dict | None = None) -> None:
@@ -314,7 +317,8 @@ class Trainer:
         if cfg.guidance_init:
             guidance = load_guidance(cfg.guidance_init)
         elif guidance is None:
-            # the conditioning encoder downsamples by 2 ** (levels - 1): the VAE's factor (8 for SD 1.5's 4 levels)
+            # the conditioning encoder downsamples by 2 ** (levels - 1): the VAE's factor
+            # (8 for SD 1.5's 4 levels)
             levels = len(comps["vae"].config.block_out_channels)
             guidance = ControlNetModel.from_unet(
                 comps["unet"], conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels]
@@ -436,8 +440,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self, progress: Callable[[int], None] | None = None) -> dict:
-        """Train until ``config.steps`` optimiser steps (resuming from ``global_step``); returns a summary with
-        ``losses`` (the mean loss of every optimiser step run here)."""
+        """Train until ``config.steps`` optimiser steps (resuming from ``global_step``); returns a summary
+        with ``losses`` (the mean loss of every optimiser step run here)."""
         cfg, acc = self.config, self.accelerator
         start = self.global_step
         if start >= cfg.steps:
@@ -515,7 +519,8 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_XXXXXXXX`` (weights, optimiser, LR schedule, RNG states, step) atomically:
-        a temporary folder renamed when complete; older checkpoints beyond ``keep_checkpoints`` are removed."""
+        a temporary folder renamed when complete; older checkpoints beyond ``keep_checkpoints`` are
+        removed."""
         cfg, acc = self.config, self.accelerator
         root = cfg.out / "checkpoints"
         final = root / f"step_{self.global_step:08d}"
@@ -564,8 +569,8 @@ class Trainer:
 
     # -- images and export ---------------------------------------------------------------------------
     def sample_grid(self, path: Path) -> Path | None:
-        """A grid of the first ``num_samples`` tuples: rows of (global mesh image, generated image, real photo),
-        generated with the current guidance module (fixed seeds, ``sample_steps`` DDIM steps)."""
+        """A grid of the first ``num_samples`` tuples: rows of (global mesh image, generated image, real
+        photo), generated with the current guidance module (fixed seeds, ``sample_steps`` DDIM steps)."""
         if not self.accelerator.is_main_process:
             return None
         cfg = self.config
@@ -637,8 +642,9 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def preflight(config: TrainConfig, resume: bool, check_model: bool = True) -> list[Path]:
-    """Check a run can start before any model loads: ``out`` holds no checkpoints unless resuming, and the model
-    folder (when ``check_model``) and the training data exist. Returns the complete checkpoints, oldest first."""
+    """Check a run can start before any model loads: ``out`` holds no checkpoints unless resuming, and the
+    model folder (when ``check_model``) and the training data exist. Returns the complete checkpoints, oldest
+    first."""
     ckpts = list_checkpoints(Path(config.out) / "checkpoints")
     if not resume and ckpts:
         raise TrainError(

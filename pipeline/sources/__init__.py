@@ -70,8 +70,8 @@ def make_source(
 
 
 def posed_sample(source: PoseSource, index: int, hand_model, filters: FilterConfig | None = None) -> Sample:
-    """Sample ``index`` of ``source`` with its hands posed by ``hand_model`` (a ``Sample`` of its ``Drawn`` and
-    ``Posed`` parts); with ``filters``, ``SkipSample`` for a sample they reject."""
+    """Sample ``index`` of ``source`` with its hands posed by ``hand_model`` (a ``Sample`` of its ``Drawn``
+    and ``Posed`` parts); with ``filters``, ``SkipSample`` for a sample they reject."""
     drawn = source.sample(index)
     posed = pose_hands(drawn, hand_model)
     if filters is not None:

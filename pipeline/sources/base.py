@@ -1,10 +1,10 @@
 """Pose sources: where a sample's hands and camera come from.
 
 A source turns (run seed, sample index) into a ``pipeline.sample.Drawn`` whose hands carry MANO parameters in
-camera space (``pose`` 48 axis-angle relative to the mean pose, ``shape`` 10, ``trans`` metres), with the camera,
-image size, source ids and, for datasets, the source image path. ``sample(i)`` is a pure function of the run seed, ``i`` and
-the source's configuration. A sample that cannot be used raises ``SkipSample`` with a reason; runs count skips
-by reason.
+camera space (``pose`` 48 axis-angle relative to the mean pose, ``shape`` 10, ``trans`` metres), with the
+camera, image size, source ids and, for datasets, the source image path. ``sample(i)`` is a pure function of
+the run seed, ``i`` and the source's configuration. A sample that cannot be used raises ``SkipSample`` with a
+reason; runs count skips by reason.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class SourceError(HandgenError, ValueError):
 
 
 def default_cache_dir() -> Path:
-    """Where dataset indexes are cached when no ``cache_dir`` is given: ``sources/`` in the user's handgen cache
-    folder (``$HANDGEN_CACHE``, else ``$XDG_CACHE_HOME/handgen``, else ``~/.cache/handgen``; see
+    """Where dataset indexes are cached when no ``cache_dir`` is given: ``sources/`` in the user's handgen
+    cache folder (``$HANDGEN_CACHE``, else ``$XDG_CACHE_HOME/handgen``, else ``~/.cache/handgen``; see
     ``pipeline.weights.user_cache_dir``). Never inside the dataset, which may be on a read-only mount."""
     from pipeline.weights import user_cache_dir
 
@@ -145,9 +145,9 @@ def apply_filters(drawn: Drawn, posed: Posed, filters: FilterConfig) -> None:
 
 
 def letterbox(drawn: Drawn, size: int) -> tuple[Drawn, np.ndarray]:
-    """The dataset photo of ``drawn`` letterboxed to ``size`` x ``size`` (never stretched; (size, size, 3) uint8),
-    and ``drawn`` seen through that image: its camera, image size, and ``source['letterbox']`` recording how
-    (``pipeline.imaging.Letterbox``).
+    """The dataset photo of ``drawn`` letterboxed to ``size`` x ``size`` (never stretched; (size, size, 3)
+    uint8), and ``drawn`` seen through that image: its camera, image size, and ``source['letterbox']``
+    recording how (``pipeline.imaging.Letterbox``).
 
     Skips (``SkipSample``): no source image, an unreadable file, or a file whose size differs from the
     annotation's (the intrinsics would not match it).

@@ -46,9 +46,9 @@ def _files(root: Path, split: str) -> dict[str, Path]:
 
 
 class _NonFiniteAsNull:
-    """Byte stream that turns the bare ``NaN`` / ``Infinity`` / ``-Infinity`` tokens Python's json module writes
-    into ``null`` (same length), so the strict streaming parser reads such files; the affected values become
-    counted skips instead of a failed index."""
+    """Byte stream that turns the bare ``NaN`` / ``Infinity`` / ``-Infinity`` tokens Python's json module
+    writes into ``null`` (same length), so the strict streaming parser reads such files; the affected values
+    become counted skips instead of a failed index."""
 
     _TOKENS = ((b"-Infinity", b"null     "), (b"Infinity", b"null    "), (b"NaN", b"null"))
 
@@ -201,8 +201,8 @@ def build_index(root: Path, split: str, dedup: float = 0.0) -> dict[str, np.ndar
 
 
 def _dedup_mask(frame_key, mano_arr, frame_rows, threshold: float) -> np.ndarray:
-    """Keep an image unless its frame's pose is within ``threshold`` (L2 over both hands' 96 pose values) of the
-    last kept frame of the same capture (frames in order)."""
+    """Keep an image unless its frame's pose is within ``threshold`` (L2 over both hands' 96 pose values) of
+    the last kept frame of the same capture (frames in order)."""
     keep_frame = np.ones(len(mano_arr), dtype=bool)
     by_cap: dict[int, list[tuple[int, int]]] = {}
     for (cap, fr), row in frame_key.items():

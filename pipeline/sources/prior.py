@@ -5,7 +5,8 @@ Per sample, all drawn from the sample's own streams (``stage_rng(seed, ...)``):
 * hand type from a configurable mix (right / left / interacting); optional stratification cycles through the
   types and viewpoints by sample index;
 * gesture: one of the named gestures (``pipeline.gestures``), or a blend of two, jittered per joint, then
-  clamped to per-joint anatomical limits (flexion and abduction ranges, radians); shape betas ~ N(0, shape_std);
+  clamped to per-joint anatomical limits (flexion and abduction ranges, radians); shape
+  betas ~ N(0, shape_std);
 * two hands: an interaction (clasped, fingertips touching, one hand over the other, side by side) placed in a
   scene frame; the left hand is pushed away from the right until the surfaces do not cross;
 * camera: third-person (any viewing direction, horizontal field of view in ``fov_third``) or egocentric
@@ -162,7 +163,8 @@ class PriorSource(PoseSource):
     def _scene_hand(
         self, side: str, hand_pose: np.ndarray, shape: np.ndarray, R: np.ndarray, pos: np.ndarray
     ):
-        """MANO params (pose, trans) and vertices of a hand whose canonical frame is rotated by R, root at pos."""
+        """MANO params (pose, trans) and vertices of a hand whose canonical frame is rotated by R, root at
+        pos."""
         root = self.hm.root_joint(side, shape)
         pose = np.concatenate([matrix_to_aa(R), hand_pose])
         trans = pos - root
@@ -170,7 +172,8 @@ class PriorSource(PoseSource):
         return pose, trans, root, out.vertices[0].cpu().numpy().astype(np.float64)
 
     def _two_hands(self, rng, interaction: str, poses: dict, shapes: dict):
-        """Scene placement of two hands for ``interaction``; the left hand moves apart until nothing crosses."""
+        """Scene placement of two hands for ``interaction``; the left hand moves apart until nothing
+        crosses."""
         jit = lambda s: aa_to_matrix(rng.normal(0.0, s, 3))  # noqa: E731
         if interaction == "side_by_side":
             Rr, Rl = _FORWARD @ jit(0.2), _MIRROR @ _FORWARD @ _MIRROR @ jit(0.2)

@@ -6,10 +6,10 @@ Layout read under ``ROOT/<capture>/`` (DESIGN section 7):
 * ``mano_fits/params/<frame>_{right,left}.json``: ``{pose: 48, shape: 10, trans: 3}`` (metres, world);
 * ``Mugsy_cameras/cam_params.json``: ``{cam: {R: 3x3, t: [3] mm, focal: [fx, fy], princpt: [cx, cy]}}`` with
   ``X_cam = R X_world + t / 1000``; images ``Mugsy_cameras/envmap_per_frame/images/<cam>/<frame:06d>.png``;
-* ``Ego_cameras/<cam>/params/<frame:06d>.json``: per-frame egocentric cameras, the same fields plus the fisheye
-  coefficients ``D`` (4 values, OpenCV fisheye), kept in the label's ``camera.dist`` so keypoints use the
-  fisheye model; images ``Ego_cameras/<cam>/images/<frame:06d>.png``. (The per-frame egocentric file layout is
-  this project's reading of the release; adjust ``_ego_params`` if yours differs.)
+* ``Ego_cameras/<cam>/params/<frame:06d>.json``: per-frame egocentric cameras, the same fields plus the
+  fisheye coefficients ``D`` (4 values, OpenCV fisheye), kept in the label's ``camera.dist`` so keypoints use
+  the fisheye model; images ``Ego_cameras/<cam>/images/<frame:06d>.png``. (The per-frame egocentric file
+  layout is this project's reading of the release; adjust ``_ego_params`` if yours differs.)
 
 Image size comes from the image file's header, else a ``size: [W, H]`` entry in the camera parameters. The
 truncation filter (``FilterConfig.max_truncation``, default 0.5 here) drops samples whose hands are mostly
@@ -126,7 +126,8 @@ class ReInterHandSource(PoseSource):
 
     @staticmethod
     def _dedup(cap: Path, frames: list[str], threshold: float) -> list[str]:
-        """Drop frames whose two-hand pose is within ``threshold`` (L2 over 96 values) of the last kept frame."""
+        """Drop frames whose two-hand pose is within ``threshold`` (L2 over 96 values) of the last kept
+        frame."""
         kept, last = [], None
         for fr in frames:
             pose = np.zeros(96)
