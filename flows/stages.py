@@ -447,7 +447,8 @@ class ShardStream:
         self.closed = False
         self._lock = threading.Lock()
         self._unhanded: list = []  # claims taken by the producer and not yet handed to run_shard
-        self._next: tuple | None = None  # the next shard start taken from the prefetch, not yet handed out
+        self._next: tuple | None = None  # the next item taken from the prefetch, not yet used
+        self._ahead_claim: tuple | None = None  # (k, claim): the shard whose first batch was generated ahead
         self.ready: tuple | None = None  # (k, samples, skips, timings): a batch generated ahead (run_shard)
         self.ahead = Prefetch(self._produce(), depth, name="prefetch")
         self.behind = WriteBehind(_write_job, depth, name="write-behind")
@@ -465,27 +466,37 @@ class ShardStream:
                 continue
             with self._lock:
                 self._unhanded.append(claim)
-            yield ("start", k, claim)
-            for chunk in shard_chunks(self.config, k):
+            for chunk in shard_chunks(self.config, k):  # the shard's first batch carries its claim
                 cpu.timings, skips = Counter(), Counter()
-                yield ("batch", k, chunk, cpu.prepare(chunk, skips), skips, cpu.timings)
+                yield (k, claim, chunk, cpu.prepare(chunk, skips), skips, cpu.timings)
+                claim = None
 
     def plans(self, k: int) -> bool:
         """Whether shard ``k`` is the stream's to decide (it is planned and the stream is open)."""
         return not self.closed and k in self.shards
 
+    def _peek(self) -> tuple | None:
+        if self._next is None:
+            self._next = next(self.ahead, None)
+        return self._next
+
     def take(self, k: int):
         """The stream's claim on shard ``k``, when ``k`` is the next shard it holds; None when the stream
         passed ``k`` over (another worker held it, or it was complete) or has no shard left."""
-        if self._next is None:
-            self._next = next(self.ahead, None)
-        if self._next is None or self._next[1] < k:  # no shard left, or one nobody asked for: done here
+        if self._ahead_claim is not None:  # the next shard's first batch was generated ahead
+            nxt, claim = self._ahead_claim
+        else:
+            item = self._peek()
+            nxt, claim = (None, None) if item is None else item[:2]
+        if nxt is None or nxt < k or claim is None:  # none left, or one nobody asked for: done here
             self.close()  # (run_shard then claims shards on its own)
             return None
-        if self._next[1] != k:
+        if nxt != k:
             return None
-        _, _, claim = self._next
-        self._next = None
+        if self._ahead_claim is not None:
+            self._ahead_claim = None
+        else:
+            self._next = (k, None, *self._next[2:])  # its first batch is still to be taken (``next_batch``)
         with self._lock:
             self._unhanded.remove(claim)
         return claim
@@ -493,18 +504,22 @@ class ShardStream:
     def next_start(self) -> tuple[int, object] | None:
         """The next shard the stream holds, ``(k, claim)``, once the current shard's batches are taken; None
         when there is none. It stays the next: ``take(k)`` hands it out."""
-        if self._next is None:
-            self._next = next(self.ahead, None)
-        return None if self._next is None else self._next[1:]
+        if self._ahead_claim is not None:
+            return self._ahead_claim
+        item = self._peek()
+        return None if item is None or item[1] is None else item[:2]
 
     def next_batch(self, k: int) -> tuple:
-        """The next prepared batch of shard ``k``: (chunk, samples, skips, timings)."""
-        kind, shard, *batch = next(self.ahead)
-        if (
-            kind != "batch" or shard != k
-        ):  # cannot happen: the producer yields every batch of a shard in order
-            raise RuntimeError(f"shard stream out of order: {kind} of shard {shard} while writing {k}")
-        return tuple(batch)
+        """The next prepared batch of shard ``k``: (chunk, samples, skips, timings). The first batch of a
+        shard not handed out yet (generated ahead, ``next_start``) leaves its claim to ``take``."""
+        item, self._next = self._peek(), None
+        if item is None or item[0] != k:  # cannot happen: the producer yields every batch in order
+            raise RuntimeError(
+                f"shard stream out of order: {None if item is None else item[0]} for shard {k}"
+            )
+        if item[1] is not None:
+            self._ahead_claim = item[:2]
+        return item[2:]
 
     def close(self) -> None:
         """Stop the threads and release the claims not handed out. Idempotent."""
@@ -517,7 +532,7 @@ class ShardStream:
             claims, self._unhanded = self._unhanded, []
         for claim in claims:
             claim.release()
-        self._next = self.ready = None
+        self._next = self.ready = self._ahead_claim = None
 
 
 def _write_job(job) -> None:
