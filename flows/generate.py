@@ -116,42 +116,22 @@ def _run(
     if not 0 <= first_shard < stop:
         raise ConfigError(f"empty shard range [{first_shard}, {stop}) for {cfg.num_shards} shards")
     whole = first_shard == 0 and stop == cfg.num_shards
-    with stages.session() as session:  # the command line's session, or one for this flow run
-        return _run_in(
-            session,
-            cfg,
-            first_shard,
-            stop,
-            whole,
-            resume,
-            fan_out,
-            deployment,
-            task,
-            flow_name,
-            finalize_run,
-            log,
-        )
-
-
-def _run_in(
-    session, cfg, first_shard, stop, whole, resume, fan_out, deployment, task, flow_name, finalize_run, log
-) -> dict:
-    """``_run`` within the ``session`` whose pipeline writes the shards in this process."""
     folder = RunFolder(cfg, owner=process_owner())
-    if fan_out == 0 and not folder.finished():
-        # models load first: a bad model path fails before the run folder is created
-        session.pipeline(cfg).load()
-    folder.open(resume=resume or not whole or fan_out > 0)
-    t0 = time.perf_counter()
-    if fan_out > 0:
-        _fan_out(cfg, fan_out, deployment, log)
-    shards = list(range(first_shard, stop))
-    log.info("%d shards [%d, %d) in %s", len(shards), first_shard, stop, cfg.out)
-    # one shard after another in this process (the models and the GL context are not shared across threads);
-    # parallelism comes from several workers (or fan-out children) claiming shards of the same run
-    cfg_json = cfg.model_dump(mode="json")
-    with session.streaming(cfg, folder, shards):  # CPU stages run ahead across shard boundaries
-        reports = run_shards(cfg, shards, folder, write=lambda k: task(cfg_json, k))
+    with stages.session() as session:  # the command line's session, or one for this flow run
+        if fan_out == 0 and not folder.finished():
+            # models load first: a bad model path fails before the run folder is created
+            session.pipeline(cfg).load()
+        folder.open(resume=resume or not whole or fan_out > 0)
+        t0 = time.perf_counter()
+        if fan_out > 0:
+            _fan_out(cfg, fan_out, deployment, log)
+        shards = list(range(first_shard, stop))
+        log.info("%d shards [%d, %d) in %s", len(shards), first_shard, stop, cfg.out)
+        # one shard after another in this process (the generator stays on this thread); parallelism comes from
+        # several workers (or fan-out children) claiming shards of the same run
+        cfg_json = cfg.model_dump(mode="json")
+        with session.streaming(cfg, folder, shards):  # CPU stages run ahead across shard boundaries
+            reports = run_shards(cfg, shards, folder, write=lambda k: task(cfg_json, k))
     reports = [r for r in reports if r is not None]
     summary = {
         "shards": [first_shard, stop],
@@ -161,6 +141,11 @@ def _run_in(
     }
     if not whole or finalize_run is False:
         return summary
+    return _finish(cfg, folder, summary, flow_name, log)
+
+
+def _finish(cfg: RunConfig, folder: RunFolder, summary: dict, flow_name: str, log) -> dict:
+    """Index, manifest, preview and the summary artifact of a run whose shards are all written."""
     manifest = finalize(cfg, folder)
     summary["manifest"] = {
         "written": manifest["counts"]["written"],
