@@ -15,6 +15,7 @@ from flows.argtypes import device as _device
 from flows.argtypes import non_negative, unit_interval
 from flows.argtypes import positive_int as _positive_int
 from pipeline.errors import HandgenError, one_line
+from pipeline.schema import SIDES
 
 logger = logging.getLogger("hands")
 
@@ -519,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_mano_convert)
     sh = msub.add_parser("show", help="render the hand model in four gestures (open, fist, point, pinch)")
     sh.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
-    sh.add_argument("--side", choices=("right", "left"), default="right")
+    sh.add_argument("--side", choices=SIDES, default="right")
     sh.add_argument("--tile", type=_positive_int, default=320, help="tile size in pixels")
     sh.add_argument("--out", required=True, help="output image (.png or .jpg; a path or fsspec URL)")
     sh.set_defaults(func=_cmd_mano_show)

@@ -40,10 +40,10 @@ from pipeline.kinematics import (
     mirror_axis_angle,
     unit,
 )
+from pipeline.schema import N_VERTS, SIDES
 
 logger = logging.getLogger(__name__)
 
-N_VERTS = 778
 N_FACES = 1538
 N_JOINTS = 16
 WRIST_LOOP_EDGES = 16
@@ -586,7 +586,7 @@ def build_standin(side: str = "right") -> dict:
     ``bs_style``/``bs_type`` strings, plus ``part_ids`` (778,) int8 (0 palm, 1 index, 2 middle, 3 ring,
     4 pinky, 5 thumb) and ``standin_version``.
     """
-    if side not in ("right", "left"):
+    if side not in SIDES:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     verts, faces, vinfo, info = _build_right_geometry()
     verts, faces, vinfo, regress, _ = _reorder_tips(verts, faces, vinfo, info["apex"], info["regress"])

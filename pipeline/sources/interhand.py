@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.rotations import move_mano
 from pipeline.sample import Drawn
-from pipeline.schema import HAND_TYPES
+from pipeline.schema import HAND_TYPES, SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError, default_cache_dir
 
@@ -117,7 +117,7 @@ def build_index(root: Path, split: str, dedup: float = 0.0) -> dict[str, np.ndar
                     key = (int(cap), int(fr))
                     vec = np.full((2, 61), np.nan)
                     present = np.zeros(2, dtype=bool)
-                    for i, s in enumerate(("right", "left")):
+                    for i, s in enumerate(SIDES):
                         v = _mano_vec((hands or {}).get(s))
                         if v is not None:
                             vec[i], present[i] = v, True
@@ -338,7 +338,7 @@ class InterHandSource(PoseSource):
         params = ix["mano"][row][:122].reshape(2, 61)
         present = ix["mano"][row][122:] > 0
         hands = {}
-        for i, s in enumerate(("right", "left")):
+        for i, s in enumerate(SIDES):
             if not present[i]:
                 continue
             if ix["valid"][row, i] == 0:

@@ -28,6 +28,7 @@ from pipeline.camera import project_points
 from pipeline.gestures import GESTURES
 from pipeline.rotations import aa_to_matrix, matrix_to_aa, move_mano, random_rotation
 from pipeline.sample import Drawn
+from pipeline.schema import SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
@@ -136,8 +137,8 @@ class PriorSource(PoseSource):
         self.hm = hand_model
         self.config = config or PriorConfig()
         self._angles = {g: _gesture_angles(g) for g in self.config.gestures}
-        self._flex = {s: kinematics.flexion_axes(s) for s in ("right", "left")}
-        self._abd = {s: kinematics.abduction_axes(s) for s in ("right", "left")}
+        self._flex = {s: kinematics.flexion_axes(s) for s in SIDES}
+        self._abd = {s: kinematics.abduction_axes(s) for s in SIDES}
 
     # -- hands -----------------------------------------------------------------------------------------
     def _hand_pose(self, rng: np.random.Generator, side: str) -> tuple[np.ndarray, str]:
@@ -278,7 +279,7 @@ class PriorSource(PoseSource):
         else:
             hand_type = types[int(rng.choice(3, p=probs))]
             ego = rng.random() < cfg.ego_prob
-        sides = ("right", "left") if hand_type == "interacting" else (hand_type,)
+        sides = SIDES if hand_type == "interacting" else (hand_type,)
         poses, shapes, gestures = {}, {}, {}
         for s in sides:
             poses[s], gestures[s] = self._hand_pose(rng, s)

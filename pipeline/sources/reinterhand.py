@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.rotations import move_mano
 from pipeline.sample import Drawn
+from pipeline.schema import SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample, SourceError
 
@@ -131,7 +132,7 @@ class ReInterHandSource(PoseSource):
         kept, last = [], None
         for fr in frames:
             pose = np.zeros(96)
-            for i, s in enumerate(("right", "left")):
+            for i, s in enumerate(SIDES):
                 p = cap / "mano_fits" / "params" / f"{fr}_{s}.json"
                 try:
                     pose[48 * i : 48 * (i + 1)] = np.asarray(
@@ -181,7 +182,7 @@ class ReInterHandSource(PoseSource):
         if size is None:
             raise SkipSample("no_image_size", f"{img} missing and no size in the camera parameters")
         hands = {}
-        for s in ("right", "left"):
+        for s in SIDES:
             path = self.root / cap / "mano_fits" / "params" / f"{frame}_{s}.json"
             if not path.is_file():
                 continue
