@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evaluation.metrics import MIN_VISIBLE_JOINTS
-from pipeline.schema import SIDES
+from pipeline.schema import HAND_TYPES, SIDES
 
 #: AttentionHand, Table 1 (text-to-image generation on MSCOCO): Hand Conf. (higher is better), MSE-2D (lower)
 PAPER_REFERENCE = (
@@ -274,9 +274,7 @@ def figures(rows: list[dict], captions: list[str], settings: dict) -> list[tuple
     def add(title: str, data: tuple, **kw) -> None:
         charts.append((title, data, kw))
 
-    add(
-        "Hand type", _counts([r["hand_type"] for r in ok], ("right", "left", "interacting")), xlabel="samples"
-    )
+    add("Hand type", _counts([r["hand_type"] for r in ok], HAND_TYPES), xlabel="samples")
     add("Gesture", _counts([r[f"{s}_gesture"] for r, s in hands]), xlabel="hands, from the 3D label")
     two = [r["interaction"] for r in ok if r.get("interaction") != "single"]
     add("Interaction", _counts(two, ("clasped", "touching", "apart")), xlabel="two-hand samples")

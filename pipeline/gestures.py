@@ -128,7 +128,7 @@ def absolute_hand_pose(name: str, side: str = "right") -> np.ndarray:
     for finger, joints in _F.items():
         for j, angle in zip(joints, g[finger], strict=True):
             pose[j - 1] += angle * flex[j - 1]
-    for finger, angle in zip(("index", "middle", "ring", "pinky"), g["spread"], strict=True):
+    for finger, angle in zip(kinematics.LONG_FINGERS, g["spread"], strict=True):
         j = _F[finger][0]
         pose[j - 1] += angle * abd[j - 1]
     j = _F["thumb"][0]

@@ -28,7 +28,7 @@ from pipeline.camera import project_points
 from pipeline.gestures import GESTURES
 from pipeline.rotations import aa_to_matrix, matrix_to_aa, move_mano, random_rotation
 from pipeline.sample import Drawn
-from pipeline.schema import SIDES
+from pipeline.schema import HAND_TYPES, SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
@@ -270,7 +270,7 @@ class PriorSource(PoseSource):
     def _draw(self, index: int, seed: int) -> Drawn:
         cfg = self.config
         rng = stage_rng(seed, "prior")
-        types = ("right", "left", "interacting")
+        types = HAND_TYPES
         probs = np.asarray(cfg.hand_type_probs, dtype=float) / np.sum(cfg.hand_type_probs)
         if cfg.stratify:
             allowed = [t for t, p in zip(types, probs, strict=True) if p > 0]
