@@ -4,11 +4,13 @@ on the embedded default run (stand-in hand, prior, label captions, 512 px), scor
 Every row is a full run (``flows.stages.run_shards`` with the stage's generator replaced by a
 ``CompositeGenerator(CompositeConfig(...))``) into OUT_ROOT/<row>, then ``evaluation.run.evaluate_run``:
 detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., and the run's samples/s.
-``--before FILE``: also time a run with the composite module in FILE (e.g. the version-1 file), alternating
-with the default, ``--repeats`` times each (this machine is noisy: ratios measured side by side).
+``--before FILE``: also time a run with the composite module in FILE (e.g. the version-2 file) and no props,
+alternating with the default (forearms), ``--repeats`` times each (this machine is noisy: ratios measured
+side by side); ``--props-speed``: the default generator with ``--props none`` against ``forearm``, alternated
+likewise.
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
-       [--rows all|NAME,NAME] [--before /tmp/composite_v1.py --repeats 2]
+       [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed]
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ try:
 except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixed path, without bench/ on it
     pass
 
-# cumulative: each row adds one component to the one before
+# cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
+# given; every other key is a ``CompositeConfig`` field)
 ROWS = (
     ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False)),
     ("+ skin", dict(light="single", background="blobs", camera_effects=False)),
@@ -34,6 +37,7 @@ ROWS = (
     ("+ camera effects (v2 default)", dict()),
     ("+ spectrum match 0.5", dict(spectrum_match=0.5)),
     ("skin + light + camera effects, blob background", dict(background="blobs")),
+    ("+ forearm (v3 default)", dict(background="blobs", props="forearm")),
 )
 
 
@@ -41,15 +45,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def run_once(samples: int, out: Path, generator) -> float:
-    """One full run with ``generator`` in place of the stage's; returns samples/s
-    (wall, shards + manifest)."""
+def run_once(samples: int, out: Path, generator, props: str = "none") -> float:
+    """One full run with ``generator`` in place of the stage's and ``props`` (``RunConfig.props``); returns
+    samples/s (wall, shards + manifest)."""
     from flows import stages
     from pipeline.config import RunConfig
     from sinks.run import RunFolder
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = RunConfig(out=str(out), samples=samples)
+    cfg = RunConfig(out=str(out), samples=samples, props=props)
     session = stages.current_session()  # main()'s: the hash excludes ``out``, so every row shares the stages
     session.pipeline(cfg).load().generator = generator
     folder = RunFolder(cfg)
@@ -67,6 +71,9 @@ def main() -> None:
     ap.add_argument("--rows", default="all", help="all, or comma-separated row numbers (0-based)")
     ap.add_argument("--before", default=None, help="a composite module file to time against the default")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--props-speed", action="store_true", help="time the default with --props none against forearm"
+    )
     args = ap.parse_args()
 
     import logging
@@ -86,7 +93,9 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
     table = []
     for name, opts in rows:  # --rows "" skips the table (throughput only)
         out = root / _slug(name)
-        rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)))
+        opts = dict(opts)
+        props = opts.pop("props", "none")
+        rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)), props)
         s = evaluate_run(EvalConfig(run=str(out), quiet=True)).summary
         table.append(
             (
@@ -111,16 +120,29 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         mod = importlib.util.module_from_spec(spec)
         sys.modules["composite_before"] = mod
         spec.loader.exec_module(mod)
-        gens = {"before": mod.CompositeGenerator(), "after": CompositeGenerator()}
+        # the module before ran without props; the default now has forearms
+        gens = {"before": (mod.CompositeGenerator(), "none"), "after": (CompositeGenerator(), "forearm")}
         rates: dict[str, list[float]] = {k: [] for k in gens}
-        run_once(16, root / "warmup", gens["after"])
+        run_once(16, root / "warmup", *gens["after"])
         for _ in range(args.repeats):
-            for k, g in gens.items():
-                rates[k].append(run_once(args.samples, root / f"speed_{k}", g))
+            for k, (g, props) in gens.items():
+                rates[k].append(run_once(args.samples, root / f"speed_{k}", g, props))
         b, a = max(rates["before"]), max(rates["after"])
         print(
             f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): "
             f"before {b:.2f} samples/s, after {a:.2f} samples/s, after/before {a / b:.2f}"
+        )
+    if args.props_speed:
+        gen = CompositeGenerator()
+        rates = {"none": [], "forearm": []}
+        run_once(16, root / "warmup", gen, "forearm")
+        for _ in range(args.repeats):
+            for k in rates:
+                rates[k].append(run_once(args.samples, root / f"speed_props_{k}", gen, k))
+        b, a = max(rates["none"]), max(rates["forearm"])
+        print(
+            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): --props none "
+            f"{b:.2f} samples/s, forearm {a:.2f} samples/s, forearm/none {a / b:.2f}"
         )
 
 

@@ -196,6 +196,7 @@ def _generate(args, server) -> int:
                 "max_tries",
                 "scorer",
                 "views",
+                "props",
             )
         },
         "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None,
@@ -417,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="global (default) | global,local: also write each sample's local close-up "
                 "as a record of its own, right after it",
+            )
+            q.add_argument(
+                "--props",
+                choices=("auto", "none", "forearm"),
+                default=None,
+                help="geometry drawn with the hands in the depth test: forearm | none "
+                "(default auto: forearm with the composite generator, none otherwise)",
             )
         q.add_argument("--seed", type=int, default=None)
         q.add_argument(

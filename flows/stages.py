@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pipeline.config import RunConfig, resolve_device
 from pipeline.errors import one_line
 from pipeline.sample import Sample, Skipped
-from pipeline.schema import SchemaError
+from pipeline.schema import SIDES, SchemaError
 from sinks.run import RunFolder, wait_for
 from sinks.webdataset_sink import ShardedOutput, ShardReport
 
@@ -186,6 +186,7 @@ class GenerationPipeline:
         ``generate``; the others are counted in ``skips`` by reason."""
         samples = self.sample(indices, skips)
         samples = self.pose(samples, skips)
+        samples = self.props(samples)
         samples = self.render(samples, skips) if samples else []
         return self.caption(samples) if samples else []
 
@@ -223,6 +224,19 @@ class GenerationPipeline:
             except SkipSample as exc:
                 _skip(skips, exc.reason, f"sample {s.index}", exc)
         self.timings["hand_model"] += time.perf_counter() - t0
+        return out
+
+    def props(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Draw each sample's props (``pipeline.props``, ``RunConfig.props``) from its ``props`` stream."""
+        if self.config.props == "none":
+            return list(samples)
+        from pipeline.props import draw_props
+        from pipeline.seeding import stage_rng
+
+        out = []
+        for s in samples:
+            sides = [side for side in SIDES if s.drawn.params.get(side) is not None]
+            out.append(s.with_(props=draw_props(stage_rng(s.seed, "props"), sides)))
         return out
 
     def render(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:

@@ -2,8 +2,8 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 2 (``CompositeConfig`` defaults; each component can be switched back to version 1
-for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 3 (version 2 and the forearm; ``CompositeConfig`` defaults; each component can
+be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
@@ -19,6 +19,13 @@ for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
   table top with objects) or ``pink`` (coloured 1/f noise); all have natural 1/f amplitude spectra, with a
   random depth-of-field blur. Photos from ``backgrounds`` (cropped to the aspect ratio, never stretched)
   replace either, tinted by the lights.
+* **forearm** (when the sample has props, ``pipeline.props``; the renderer drew the arms in the depth test
+  and gave their pixels as ``Sample.prop_mask``): shaded with the hand's skin and lights, without creases,
+  knuckles or nails; per person, bare or (``SLEEVE_P``) in a sleeve of a garment colour from
+  ``sleeve_start`` metres up the arm (measured along the line from the middle finger's base through the
+  wrist joint, on points back-projected from the depth), with folds and a cuff shadow, no specular. Drawn
+  from the sample's own ``forearm`` stream and recorded as ``forearm``. The arm is pasted into the image
+  but not into the hand layer or the alpha (the mask), which it already occludes.
 * **camera effects** (``camera_effects=True``): white balance with a residual cast, defocus, motion blur
   (sometimes), signal-dependent sensor noise, a JPEG round trip (sometimes). False: a mild blur, noise and a
   colour jitter (version 1).
@@ -42,6 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy.ndimage import uniform_filter
 
 from generators.base import Generator
 from pipeline.kinematics import FINGER_CHAINS
@@ -73,6 +81,21 @@ LIGHT_PRESETS = {
     "dramatic": {"key": (4800, 1.25), "fill": (5600, 0.12), "rim": (6000, 0.90), "ambient": 0.10},
 }
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
+ARM_ID = 3
+"""The forearms' id in the shading's id map (hands are 1 right, 2 left, as in the mask)."""
+SLEEVE_P = 0.5
+SLEEVE_START = (0.04, 0.20)  # metres up the arm from the wrist joint
+GARMENT_COLOURS = (  # sRGB 0-1
+    (0.12, 0.15, 0.25),  # navy
+    (0.45, 0.45, 0.47),  # grey
+    (0.08, 0.08, 0.09),  # black
+    (0.88, 0.88, 0.85),  # white
+    (0.55, 0.12, 0.12),  # red
+    (0.20, 0.35, 0.22),  # green
+    (0.72, 0.62, 0.48),  # beige
+    (0.25, 0.35, 0.52),  # denim
+    (0.60, 0.45, 0.20),  # mustard
+)
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -231,23 +254,16 @@ def spectrum_slope(img: np.ndarray, fmin: float = 0.01, fmax: float = 0.25) -> f
 
 
 def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
-    """Box blur of radius ``r`` along both first axes (edges clamped), via cumulative sums."""
-    for axis in (0, 1):
-        n = a.shape[axis]
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (r + 1, r)
-        c = np.cumsum(np.pad(a, pad, mode="edge"), axis=axis, dtype=np.float32)
-        hi = np.take(c, np.arange(2 * r + 1, n + 2 * r + 1), axis=axis)
-        lo = np.take(c, np.arange(0, n), axis=axis)
-        a = (hi - lo) / (2 * r + 1)
-    return a
+    """Box blur of radius ``r`` along both first axes (edges clamped)."""
+    size = (2 * r + 1, 2 * r + 1) + (1,) * (a.ndim - 2)
+    return uniform_filter(np.asarray(a, dtype=np.float32), size=size, mode="nearest")
 
 
 def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smooth: int = 0) -> np.ndarray:
     """(H, W, 3) unit camera-space normals (facing the camera) from a depth map; background depth is filled
     from neighbouring hand pixels first so silhouettes do not create false slopes. ``smooth``: a box-blur
     radius (twice, mask-weighted) that rounds off the mesh's facets."""
-    d = depth.astype(np.float64).copy()
+    d = depth.astype(np.float32)  # float32 throughout: depth steps of 0.1 mm at 1 m are far above its epsilon
     valid = mask > 0
     for _ in range(3):  # spread hand depths 3 pixels outwards
         grown = d.copy()
@@ -257,12 +273,20 @@ def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smoo
             grown[take] = nb[take]
         d = grown
     H, W = d.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    P = np.stack([(u - K[0, 2]) * d / K[0, 0], (v - K[1, 2]) * d / K[1, 1], d], axis=-1)
+    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+    fx, fy, cx, cy = (np.float32(x) for x in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    P = np.stack([(u - cx) * d / fx, (v - cy) * d / fy, d], axis=-1)
     du = np.gradient(P, axis=1)
     dv = np.gradient(P, axis=0)
-    n = np.cross(du, dv)
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    n = np.stack(
+        [
+            du[..., 1] * dv[..., 2] - du[..., 2] * dv[..., 1],
+            du[..., 2] * dv[..., 0] - du[..., 0] * dv[..., 2],
+            du[..., 0] * dv[..., 1] - du[..., 1] * dv[..., 0],
+        ],
+        axis=-1,
+    )  # du x dv
+    n /= np.maximum(np.sqrt((n * n).sum(-1, keepdims=True)), 1e-20)
     flip = (n * P).sum(-1) > 0  # make normals face the camera
     n[flip] *= -1.0
     n[~valid] = (0.0, 0.0, -1.0)
@@ -328,7 +352,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 2
+    version = 3
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -366,21 +390,25 @@ class CompositeGenerator(Generator):
     def _blobs(rng, H: int, W: int, light2d: np.ndarray) -> np.ndarray:
         """Version 1: a two-colour gradient along the light, low-frequency noise, a few soft shapes
         (sRGB uint8)."""
-        c1, c2 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
+        c1, c2 = rng.uniform(0.05, 0.95, 3).astype(np.float32), rng.uniform(0.05, 0.95, 3).astype(np.float32)
         v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-        g = ((u / W - 0.5) * light2d[0] + (v / H - 0.5) * light2d[1]) + 0.5  # brighter toward the light
+        lx, ly = np.float32(light2d[0]), np.float32(light2d[1])
+        g = ((u / W - 0.5) * lx + (v / H - 0.5) * ly) + 0.5  # brighter toward the light
         g = np.clip(g, 0, 1)[..., None]
         bg = c2 * (1 - g) + c1 * g
         bg = bg * (1.0 + 0.12 * _smooth_noise(rng, H, W, int(rng.integers(3, 9)))[..., None])
         canvas = Image.fromarray((np.clip(bg, 0, 1) * 255).astype(np.uint8))
-        layer = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+        # the soft shapes are drawn and blurred at half resolution (they are blurred anyway), then enlarged
+        h2, w2 = max(H // 2, 1), max(W // 2, 1)
+        layer = Image.new("RGBA", (w2, h2), (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
         for _ in range(int(rng.integers(2, 7))):
-            x0, y0 = rng.uniform(-0.2, 1.0) * W, rng.uniform(-0.2, 1.0) * H
-            x1, y1 = x0 + rng.uniform(0.1, 0.6) * W, y0 + rng.uniform(0.1, 0.6) * H
+            x0, y0 = rng.uniform(-0.2, 1.0) * w2, rng.uniform(-0.2, 1.0) * h2
+            x1, y1 = x0 + rng.uniform(0.1, 0.6) * w2, y0 + rng.uniform(0.1, 0.6) * h2
             col = tuple(int(c) for c in rng.integers(0, 256, 3)) + (int(rng.integers(60, 180)),)
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=col)
-        layer = layer.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.0, 8.0))))
+        layer = layer.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.0, 8.0)) / 2))
+        layer = layer.resize((W, H), Image.BILINEAR)
         canvas = Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
         return np.asarray(canvas, dtype=np.uint8)
 
@@ -610,33 +638,102 @@ class CompositeGenerator(Generator):
         img = bg.copy()
         hand_img = np.zeros_like(img)
         alpha = sample.mask > 0
-        rows, cols = np.nonzero(alpha)
+        arm = sample.prop_mask  # the forearms' pixels (never in the mask), or None
+        surface = alpha if arm is None else alpha | arm
+        if sample.props is not None and not sample.props.empty:
+            record["forearm"] = self._draw_forearm(sample, srgb)
+        rows, cols = np.nonzero(surface)
         if len(rows):
             r0, r1 = max(rows.min() - 4, 0), min(rows.max() + 5, H)
             c0, c1 = max(cols.min() - 4, 0), min(cols.max() + 5, W)
+            ids = sample.mask[r0:r1, c0:c1]
+            if arm is not None:
+                ids = np.where(arm[r0:r1, c0:c1], ARM_ID, ids).astype(np.uint8)
             skin = self._shade(
-                sample, rng, (r0, r1, c0, c1), srgb, tone, lights, spec_strength, tex_noise[r0:r1, c0:c1]
+                sample,
+                rng,
+                (r0, r1, c0, c1),
+                ids,
+                srgb,
+                tone,
+                lights,
+                spec_strength,
+                tex_noise[r0:r1, c0:c1],
+                record.get("forearm"),
             )
             skin = skin * exposure  # the exposure does not depend on the background: metered on the lights
             m = alpha[r0:r1, c0:c1]
             hand_img[r0:r1, c0:c1] = np.where(m[..., None], skin, 0.0)
-            img[r0:r1, c0:c1] = np.where(m[..., None], skin, img[r0:r1, c0:c1])
+            img[r0:r1, c0:c1] = np.where(surface[r0:r1, c0:c1, None], skin, img[r0:r1, c0:c1])
         return Composite(img, bg, hand_img, alpha, record), rng
 
-    def _shade(self, sample, rng, box, srgb, tone, lights, spec_strength, tex) -> np.ndarray:
-        """Shaded skin (h, w, 3) in the hands' box; linear RGB, or display space for the version-1 light."""
+    # -- the forearm -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _draw_forearm(sample: Sample, srgb: np.ndarray) -> dict:
+        """The forearms' look, one per person (both arms alike), from the sample's own ``forearm`` stream
+        (so a run without props draws nothing more from the generator's stream): bare skin, or a sleeve
+        from ``sleeve_start`` metres up the arm from the wrist joint, in a garment colour (sRGB), with folds
+        ``fold_period`` metres apart."""
+        rng = stage_rng(sample.seed, "forearm", sample.attempt)
+        sleeve = bool(rng.random() < SLEEVE_P)
+        start = float(rng.uniform(*SLEEVE_START))
+        base = np.asarray(GARMENT_COLOURS[int(rng.integers(len(GARMENT_COLOURS)))], np.float64)
+        rgb = np.clip(base * np.exp(rng.normal(0.0, 0.12, 3)), 0.02, 0.98)
+        period = float(rng.uniform(0.015, 0.04))
+        # the same fields in every record (tables such as Hugging Face datasets need one type)
+        return {
+            "sleeve": sleeve,
+            "sleeve_start": round(start, 4) if sleeve else 0.0,
+            "sleeve_rgb": [round(float(x), 4) for x in rgb] if sleeve else [0.0, 0.0, 0.0],
+            "fold_period": round(period, 4) if sleeve else 0.0,
+        }
+
+    @staticmethod
+    def _arm_coords(sample: Sample, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """(N,) float32 metres up the nearest forearm from its wrist joint, for the pixels ``uv`` (N, 2)
+        (u, v) of the image with ``depth`` (N,) metres (camera-space points back-projected; the arm's line
+        runs from the middle finger's base through the wrist joint)."""
+        K = np.asarray(sample.camera.K, dtype=np.float64)
+        z = depth.astype(np.float64)
+        P = np.stack([(uv[:, 0] - K[0, 2]) * z / K[0, 0], (uv[:, 1] - K[1, 2]) * z / K[1, 1], z], axis=-1)
+        best_t = np.zeros(len(z))
+        best_d = np.full(len(z), np.inf)
+        for side in SIDES:
+            hand = sample.hands.get(side)
+            if hand is None:
+                continue
+            j = np.asarray(hand.joints_3d, dtype=np.float64)
+            a = _unit(j[0] - j[9])
+            rel = P - j[0]
+            t = rel @ a
+            d = np.linalg.norm(rel - t[:, None] * a, axis=-1)
+            take = d < best_d
+            best_t = np.where(take, t, best_t)
+            best_d = np.where(take, d, best_d)
+        return best_t.astype(np.float32)
+
+    def _shade(self, sample, rng, box, mask, srgb, tone, lights, spec_strength, tex, forearm) -> np.ndarray:
+        """Shaded skin (h, w, 3) in the box of the hands and forearms (0 off them); linear RGB, or display
+        space for the version-1 light. ``mask`` (h, w) uint8: the box's hand ids, ``ARM_ID`` on forearm
+        pixels; ``forearm``: the forearms' look (``_draw_forearm``) or None. Normals and the marks are made
+        on the box (they need neighbours); the rest on the surface's pixels only."""
         cfg = self.config
         r0, r1, c0, c1 = box
         K = sample.camera.K.copy()
         K[0, 2] -= c0
         K[1, 2] -= r0
-        mask = sample.mask[r0:r1, c0:c1]
-        v2 = cfg.skin == "v2"
-        n = _normals_from_depth(sample.depth[r0:r1, c0:c1], mask, K, smooth=2 if v2 else 0)
         h, w = mask.shape
-        vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
+        sel = mask > 0
+        ids = mask[sel]
+        on_arm = ids == ARM_ID
+        sleeve_w = np.zeros(len(ids), np.float32)
+        v2 = cfg.skin == "v2"
+        n = _normals_from_depth(sample.depth[r0:r1, c0:c1], mask, K, smooth=2 if v2 else 0)[sel]  # (N, 3)
+        vv, uu = np.nonzero(sel)
+        vv, uu = vv.astype(np.float32), uu.astype(np.float32)
         view = -np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], axis=-1)
         view /= np.linalg.norm(view, axis=-1, keepdims=True)
+        tex = tex[sel]
         if v2:
             back = to_linear(srgb)
             palm_srgb = (
@@ -646,18 +743,34 @@ class CompositeGenerator(Generator):
             )
             palm = to_linear(np.clip(palm_srgb * np.array([1.02, 0.98, 0.98]), 0, 1))  # lighter, pinker palms
             nails = to_linear(np.clip((srgb * 0.55 + np.array([0.95, 0.78, 0.76]) * 0.45) * 1.05, 0, 1))
-            palm_w = np.zeros((h, w), np.float32)
+            palm_w = np.zeros(len(ids), np.float32)
             for value, pn in self._palm_normals(sample).items():
                 s = np.clip((n @ pn) * 1.5 + 0.5, 0.0, 1.0)
-                palm_w = np.where(mask == value, s * s * (3 - 2 * s), palm_w)
-            alb = back[None, None] * (1 - palm_w)[..., None] + palm[None, None] * palm_w[..., None]
-            creases, knuckles, nail = self._marks(sample, r0, c0, h, w)
+                palm_w = np.where(ids == value, s * s * (3 - 2 * s), palm_w)
+            alb = back[None] * (1 - palm_w)[:, None] + palm[None] * palm_w[:, None]
+            on_hand = (~on_arm).astype(np.float32)
+            creases, knuckles, nail = (x[sel] * on_hand for x in self._marks(sample, r0, c0, h, w))
             dark = creases * (0.10 + 0.22 * palm_w) + knuckles * 0.10 * (1 - palm_w)
-            alb = alb * (1 - dark)[..., None]
+            alb = alb * (1 - dark)[:, None]
             nail_w = nail * (1 - palm_w)
-            alb = alb * (1 - nail_w)[..., None] + nails[None, None] * nail_w[..., None]
-            fine = rng.standard_normal((h, w), dtype=np.float32)
-            alb = alb * (1 + 0.08 * tex + 0.025 * fine)[..., None]
+            alb = alb * (1 - nail_w)[:, None] + nails[None] * nail_w[:, None]
+            fine = rng.standard_normal((h, w), dtype=np.float32)[sel]
+            alb = alb * (1 + 0.08 * tex + 0.025 * fine)[:, None]
+            if forearm is not None and forearm["sleeve"] and on_arm.any():
+                uv = np.stack([uu[on_arm] + c0, vv[on_arm] + r0], axis=-1)
+                t = self._arm_coords(sample, uv, sample.depth[r0:r1, c0:c1][sel][on_arm])
+                edge = np.clip((t - forearm["sleeve_start"]) / 0.006, 0.0, 1.0)
+                sleeve_w[on_arm] = edge * edge * (3 - 2 * edge)
+                folds = 1.0 + 0.10 * np.sin(2 * math.pi * t / forearm["fold_period"] + 3.0 * tex[on_arm])
+                weave = 1.0 + 0.12 * tex[on_arm] + 0.05 * fine[on_arm]
+                cloth = (
+                    to_linear(np.asarray(forearm["sleeve_rgb"], np.float32))[None] * (folds * weave)[:, None]
+                )
+                # the cuff's shadow on the skin just below it
+                cuff = np.clip(1.0 - np.abs(t - forearm["sleeve_start"] + 0.004) / 0.004, 0.0, 1.0)
+                sw = sleeve_w[on_arm][:, None]
+                alb[on_arm] = alb[on_arm] * (1 - 0.35 * cuff)[:, None] * (1 - sw) + cloth * sw
+        out = np.zeros((h, w, 3), np.float32)
         if cfg.light == "single":
             to_light = lights["key"][0]
             diff = np.clip(n @ to_light.astype(np.float32), 0.0, 1.0)
@@ -665,31 +778,34 @@ class CompositeGenerator(Generator):
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
             spec = np.clip((n * half).sum(-1), 0.0, 1.0) ** cfg.shininess
             if v2:  # linear skin under the version-1 light, back to display space
-                e = (cfg.ambient + cfg.diffuse * diff)[..., None]
-                lin = alb * e + spec_strength * spec[..., None]
-                return to_srgb8(np.clip(lin, 0, 1)).astype(np.float32) / 255.0
-            albedo = srgb[None, None] * (1.0 + cfg.texture * tex)[..., None]
-            return albedo * (cfg.ambient + cfg.diffuse * diff)[..., None] + spec_strength * spec[..., None]
+                e = (cfg.ambient + cfg.diffuse * diff)[:, None]
+                lin = alb * e + spec_strength * spec[:, None]
+                out[sel] = to_srgb8(np.clip(lin, 0, 1)).astype(np.float32) / 255.0
+                return out
+            albedo = srgb[None] * (1.0 + cfg.texture * tex)[:, None]
+            out[sel] = albedo * (cfg.ambient + cfg.diffuse * diff)[:, None] + spec_strength * spec[:, None]
+            return out
         if not v2:
-            alb = to_linear(srgb)[None, None] * (1.0 + cfg.texture * tex)[..., None]
-            nail_w = np.zeros((h, w), np.float32)
+            alb = to_linear(srgb)[None] * (1.0 + cfg.texture * tex)[:, None]
+            nail_w = np.zeros(len(ids), np.float32)
         amb_c, amb_s = lights["ambient"]
-        e = np.broadcast_to((amb_c * amb_s)[None, None], (h, w, 3)).copy()
-        spec = np.zeros((h, w, 3), np.float32)
+        e = np.broadcast_to((amb_c * amb_s)[None], (len(ids), 3)).copy()
+        spec = np.zeros((len(ids), 3), np.float32)
         shin = 18.0 + 40.0 * nail_w
         for role in ("key", "fill"):
             d, c, s = lights[role]
             d = d.astype(np.float32)
             ndl = n @ d
-            e += (np.clip((ndl + 0.25) / 1.25, 0, 1) * s)[..., None] * c  # wrap lighting: skin scatters light
+            e += (np.clip((ndl + 0.25) / 1.25, 0, 1) * s)[:, None] * c  # wrap lighting: skin scatters light
             half = d + view
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
-            spec += (np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0))[..., None] * c
+            spec += (np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0))[:, None] * c
         d, c, s = lights["rim"]
         ndv = np.clip((n * view).sum(-1), 0, 1)
-        side_dot = np.clip(n[..., :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
-        e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[..., None] * c
-        return alb * e + (spec_strength * (1 + 2 * nail_w))[..., None] * spec
+        side_dot = np.clip(n[:, :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
+        e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[:, None] * c
+        out[sel] = alb * e + (spec_strength * (1 + 2 * nail_w) * (1 - sleeve_w))[:, None] * spec
+        return out
 
     def _camera(self, comp: Composite, rng) -> tuple[np.ndarray, dict]:
         """Linear (or display-space, version-1 light) image -> uint8, with the camera's effects."""

@@ -60,6 +60,10 @@ class RunConfig(FrozenModel):
     ``views``: ``("global",)`` or ``("global", "local")``: each sample's local close-up is also written, as a
     record of its own right after the global one (``sinks.records.local_sample``), and AttentionHand samples
     its local branch too.
+    ``props``: scene geometry drawn in the depth test with the hands (``pipeline.props``): ``forearm`` (an arm
+    from each hand's wrist) or ``none``; ``auto`` (the default) is ``forearm`` for the composite generator and
+    ``none`` otherwise (AttentionHand is conditioned on hand-only mesh images, as it was trained). Parsed to
+    the concrete value, which is what the run's identity holds.
     """
 
     mode: Literal["generate", "prepare"] = "generate"
@@ -93,6 +97,7 @@ class RunConfig(FrozenModel):
     cache_dir: str | None = None
     prefetch: int = Field(2, ge=0, le=64)
     views: tuple[str, ...] = ("global",)
+    props: Literal["auto", "none", "forearm"] = Field("auto", validate_default=True)
 
     @field_validator("out", mode="before")
     @classmethod
@@ -138,6 +143,15 @@ class RunConfig(FrozenModel):
         from pipeline.schema import normalize_views
 
         return normalize_views(v)
+
+    @field_validator("props")
+    @classmethod
+    def _props(cls, v, info):
+        if v != "auto":
+            return v
+        generator, mode = info.data.get("generator"), info.data.get("mode")
+        composite = generator is not None and generator.kind == "composite" and mode == "generate"
+        return "forearm" if composite else "none"
 
     @property
     def num_shards(self) -> int:
@@ -197,6 +211,7 @@ ADDED_FIELDS = {
     "max_tries": 3,
     "scorer": "mediapipe",
     "views": ["global"],
+    "props": "none",
 }
 """RunConfig fields added after runs were made: left out of ``identity()`` while they hold these defaults, so
 an older run's identity, hash and run tag stay as they were."""

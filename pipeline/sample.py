@@ -9,6 +9,7 @@ stage         part                what it holds
 source        ``Drawn``           index, seed, key, camera, image size, hand type, MANO parameters
                                   (``HandParams``), source ids and the dataset photo's path
 hand model    ``Posed``           vertices (2, 778, 3), joints_3d per hand, the hand model's record
+props         ``Props``           the forearms drawn with the hands (``pipeline.props``)
 letterbox     ``photo``           prepare mode: the dataset photo letterboxed (H, W, 3) uint8 (and a
                                   ``Drawn`` with that image's camera)
 renderer      ``RenderResult``    mesh images, mask, depth, 2D joints, visibility, boxes, crop
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.props import Props
 from pipeline.schema import SIDES, Camera, HandLabel, Label, SchemaError, empty_verts
 
 
@@ -92,6 +94,9 @@ class RenderResult:
     each hand's box of projected vertices clipped to the part of the local image that the global image
     covers; its crop_box is its whole frame ``[-0.5, -0.5, L - 0.5, L - 0.5]`` (for which ``crop_intrinsics``
     is the identity), so its mesh_local / mask_local are its mesh_image / mask; its own ``local`` is None.
+
+    prop_mask: (H, W) bool, the pixels where a prop (``pipeline.props``: a forearm) is the first surface, or
+    None when none shows; those pixels are 0 in ``mask``, and ``depth`` holds them.
     """
 
     mesh_image: np.ndarray
@@ -105,6 +110,7 @@ class RenderResult:
     mask_local: np.ndarray
     K: np.ndarray | None = None
     local: RenderResult | None = None
+    prop_mask: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +171,8 @@ class Sample:
     """The parts of one sample made so far (module doc). ``attempt``: the generation try (0 first; generators
     draw from the streams of their try, ``pipeline.seeding.stage_rng(seed, stage, attempt)``). ``view``: the
     label's ``view`` field (None for a global record; set on a local record,
-    ``sinks.records.local_sample``)."""
+    ``sinks.records.local_sample``). ``props``: the forearms drawn with the hands (``pipeline.props``; None:
+    none), the label's ``props`` field."""
 
     drawn: Drawn
     posed: Posed | None = None
@@ -176,6 +183,7 @@ class Sample:
     attempt: int = 0
     photo: np.ndarray | None = None
     view: Mapping[str, Any] | None = None
+    props: Props | None = None
 
     def with_(self, **parts) -> Sample:
         """A new sample with ``parts`` replaced (this one is not changed)."""
@@ -261,6 +269,10 @@ class Sample:
         return None if self.rendered is None else self.rendered.mask
 
     @property
+    def prop_mask(self) -> np.ndarray | None:
+        return None if self.rendered is None else self.rendered.prop_mask
+
+    @property
     def depth(self) -> np.ndarray | None:
         return None if self.rendered is None else self.rendered.depth
 
@@ -325,4 +337,5 @@ class Sample:
             verts=self.verts,
             quality=None if self.quality is None else dict(self.quality),
             view=None if self.view is None else dict(self.view),
+            props=None if self.props is None or self.props.empty else self.props.to_json(),
         )

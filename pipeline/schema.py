@@ -253,6 +253,7 @@ class Label:
     schema_version: int = SCHEMA_VERSION
     quality: dict | None = None
     view: dict | None = None
+    props: dict | None = None
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -322,6 +323,16 @@ class Label:
         if self.quality is not None:
             _check_quality(self.quality)
         _check_view(self.view, m, self.image_size)
+        if self.props is not None:
+            from pipeline.props import Props, PropsError
+
+            try:
+                parsed = Props.from_json(self.props)
+            except PropsError as exc:
+                raise SchemaError(str(exc)) from None
+            for s, arm in parsed.forearms.items():
+                if arm is not None and self.hands[s] is None:
+                    raise SchemaError(f"props.forearm.{s}: there is no {s} hand to attach it to")
 
     @property
     def view_name(self) -> str:
@@ -353,6 +364,7 @@ class Label:
             "generator": self.generator,
             **({} if self.quality is None else {"quality": self.quality}),
             **({} if self.view is None else {"view": self.view}),
+            **({} if self.props is None else {"props": self.props}),
         }
 
     def label_bytes(self) -> bytes:
@@ -421,6 +433,7 @@ class Label:
             verts=verts,
             quality=d.get("quality"),
             view=d.get("view"),
+            props=d.get("props"),
         )
 
     @classmethod

@@ -25,6 +25,11 @@ pixel's ray is not in front of it by more than ``own_tolerance`` (its own hand: 
 about one finger radius under the skin) or ``other_tolerance`` (the other hand). A joint whose pixel shows
 background or the other hand (a tip on its silhouette) must also have its own hand's mask within 1 px, so
 every visible joint lies on (or within 1 px of) its hand's mask.
+
+Props (``pipeline.props``: the forearms) are drawn in the same depth test with id ``PROP_ID`` and a mid grey
+(``PROP_ALBEDO``) in the mesh images; they are never in the returned hand mask (their front pixels are
+``RenderResult.prop_mask``), ``depth`` holds the first surface of hands and props alike, and a joint behind
+a prop is not visible (a prop pixel counts as "the other hand" above). The crop box is the hands' alone.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
+from pipeline.props import Props, prop_meshes
 from pipeline.sample import RenderResult
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
 
 HAND_ID = {"right": 1, "left": 2}
+PROP_ID = 3
+PROP_ALBEDO = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +124,8 @@ class RenderItem:
     verts: side -> (778, 3) float camera-space vertices in metres, or None for an absent hand.
     joints: side -> (21, 3) float camera-space joints in metres (None for an absent hand).
     K: (3, 3) intrinsics in pixels; dist: optional distortion coefficients (``pipeline.camera``).
-    image_size: (H, W) pixels.
+    image_size: (H, W) pixels. props: the sample's ``pipeline.props.Props`` (None: none), drawn in the depth
+    test.
     """
 
     verts: dict
@@ -124,6 +133,7 @@ class RenderItem:
     K: np.ndarray
     image_size: tuple[int, int]
     dist: np.ndarray | None = None
+    props: Props | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +147,21 @@ class RenderBatch:
 def render_item(x) -> RenderItem:
     """The render input of a sample (``pipeline.sample.Sample``, posed) or a label
     (``pipeline.schema.Label``): both give verts (2, 778, 3) metres, per hand ``hands[side].joints_3d``
-    (21, 3), the camera and the image size."""
+    (21, 3), the camera, the image size and the props (a label's ``props`` field, parsed)."""
     verts = {side: x.verts[i] for i, side in enumerate(SIDES) if x.hands[side] is not None}
     joints = {side: x.hands[side].joints_3d for side in verts}
-    return RenderItem(verts, joints, x.camera.K, tuple(x.image_size), x.camera.dist)
+    props = x.props
+    if isinstance(props, dict):
+        props = Props.from_json(props)
+    return RenderItem(verts, joints, x.camera.K, tuple(x.image_size), x.camera.dist, props)
+
+
+def _split_props(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(hand mask with prop pixels set to 0, (H, W) bool prop pixels or None when no prop shows)."""
+    props = mask == PROP_ID
+    if not props.any():
+        return mask, None
+    return np.where(props, 0, mask).astype(mask.dtype), props
 
 
 def full_frame(size: int) -> np.ndarray:
@@ -152,7 +173,7 @@ def full_frame(size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class RasterJob:
     """What a backend draws: screen (V, 3) = (u, v, z) pixels/metres, view (V, 3) camera-space positions,
-    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per hand id (3, 3), and the
+    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per id (4, 3), and the
     shading's ambient and gamma (``albedo * (ambient + (1 - ambient) * |n . l| ** gamma)``)."""
 
     screen: np.ndarray
@@ -168,7 +189,8 @@ class RasterJob:
 
 @dataclasses.dataclass(frozen=True)
 class RasterOut:
-    """rgb (H, W, 3) uint8, mask (H, W) uint8 hand ids, depth (H, W) float32 metres (0 = background)."""
+    """rgb (H, W, 3) uint8, mask (H, W) uint8 ids (hands, ``PROP_ID``), depth (H, W) float32 metres (0 =
+    background)."""
 
     rgb: np.ndarray
     mask: np.ndarray
@@ -257,9 +279,10 @@ class Renderer(abc.ABC):
 
     def _albedo(self) -> np.ndarray:
         style = STYLES[self.config.style]
-        alb = np.zeros((3, 3), dtype=np.float32)
+        alb = np.zeros((4, 3), dtype=np.float32)
         for s in SIDES:
             alb[HAND_ID[s]] = style.tints[s] if self.config.tint else style.albedo
+        alb[PROP_ID] = PROP_ALBEDO
         return alb
 
     def _job(
@@ -270,9 +293,11 @@ class Renderer(abc.ABC):
         size: tuple[int, int],
         normals: dict,
         projected: dict | None = None,
+        props: Sequence = (),
     ) -> RasterJob:
         """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions
-        already computed with this K (reused instead of projecting again)."""
+        already computed with this K (reused instead of projecting again); ``props``: [(vertices (V, 3),
+        faces (F, 3))] drawn with id ``PROP_ID``."""
         screens, views, norms, hands, tris = [], [], [], [], []
         offset = 0
         for s in SIDES:
@@ -287,6 +312,15 @@ class Renderer(abc.ABC):
             views.append(v)
             norms.append(normals[s])
             hands.append(np.full(len(v), HAND_ID[s], dtype=np.uint8))
+            tris.append(f[keep] + offset)
+            offset += len(v)
+        for v, f in props:
+            uv = project_points(v, K, item.dist)
+            keep = (v[f, 2] >= NEAR).all(axis=1)
+            screens.append(np.concatenate([np.nan_to_num(uv), v[:, 2:3]], axis=1))
+            views.append(v)
+            norms.append(vertex_normals(v, f))
+            hands.append(np.full(len(v), PROP_ID, dtype=np.uint8))
             tris.append(f[keep] + offset)
             offset += len(v)
         return RasterJob(
@@ -326,10 +360,10 @@ class Renderer(abc.ABC):
             crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
             K_local = crop_intrinsics(item.K, crop, L)
             uv_local = self._project(item, present, K_local)
-            jobs.append(
-                self._job(item, batch.faces, np.asarray(item.K, dtype=np.float64), (H, W), normals, uv_v)
-            )
-            jobs.append(self._job(item, batch.faces, K_local, (L, L), normals, uv_local))
+            props = prop_meshes(item.props, item.verts, batch.faces)
+            K = np.asarray(item.K, dtype=np.float64)
+            jobs.append(self._job(item, batch.faces, K, (H, W), normals, uv_v, props))
+            jobs.append(self._job(item, batch.faces, K_local, (L, L), normals, uv_local, props))
             metas.append((item, present, j2d, clipped, crop, K_local, uv_local))
         outs = self.rasterize(jobs)
         results = []
@@ -337,10 +371,11 @@ class Renderer(abc.ABC):
             g, loc = outs[2 * i], outs[2 * i + 1]
             vis = self._visibility(item, present, j2d, g.mask, g.depth)
             local = self._local_result(item, present, K_local, uv_local, crop, item.image_size, loc)
+            mask, prop_mask = _split_props(g.mask)
             results.append(
                 RenderResult(
                     mesh_image=g.rgb,
-                    mask=g.mask,
+                    mask=mask,
                     depth=g.depth,
                     joints_2d=j2d,
                     joints_visible=vis,
@@ -350,6 +385,7 @@ class Renderer(abc.ABC):
                     mask_local=local.mask,
                     K=np.asarray(item.K, dtype=np.float64),
                     local=local,
+                    prop_mask=prop_mask,
                 )
             )
         return results
@@ -367,7 +403,8 @@ class Renderer(abc.ABC):
             K = np.asarray(item.K, dtype=np.float64)
             normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
             uv = self._project(item, present, K)
-            jobs.append(self._job(item, batch.faces, K, tuple(item.image_size), normals, uv))
+            props = prop_meshes(item.props, item.verts, batch.faces)
+            jobs.append(self._job(item, batch.faces, K, tuple(item.image_size), normals, uv, props))
             metas.append((item, present, K, uv, np.asarray(crop, dtype=np.float64), tuple(size)))
         outs = self.rasterize(jobs)
         return [
@@ -432,6 +469,7 @@ class Renderer(abc.ABC):
                 b[[1, 3]] = np.clip(b[[1, 3]], lo[1], hi[1])
             bbox[s] = b
         vis = self._visibility(item, present, j2d, mask, depth)
+        mask, prop_mask = _split_props(mask)
         return RenderResult(
             mesh_image=mesh,
             mask=mask,
@@ -443,6 +481,7 @@ class Renderer(abc.ABC):
             mesh_local=mesh,
             mask_local=mask,
             K=np.asarray(K_local, dtype=np.float64),
+            prop_mask=prop_mask,
         )
 
     def _outside_global(self, crop: np.ndarray, image_size, size: int | None = None) -> np.ndarray:

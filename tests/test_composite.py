@@ -1,4 +1,4 @@
-"""The composite generator, version 2 (skin, lights, natural backgrounds, camera effects): exact masks,
+"""The composite generator, version 3 (skin, lights, natural backgrounds, camera effects): exact masks,
 determinism per seed and try, 1/f spectra, diversity records, bounded camera effects, photo backgrounds."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 2 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 3 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",

@@ -169,6 +169,26 @@ def test_shifted_mano_pose_fails_params(run_copy):
     assert victim.key in report.errors[0] and "mm" in report.errors[0]
 
 
+def test_forearms_are_re_rendered(base_run, run_copy):
+    """The default (composite) run has forearms (``props``); validate re-renders them with the hands, so a
+    changed forearm in a label (its mask no longer matches) fails the render check, and nothing else."""
+    labels = [lb for p in sorted(base_run.glob("*.tar")) for lb in _labels(p)]
+    assert all(lb.props is not None for lb in labels)
+    tar = run_copy / "hands-000000.tar"
+    victims = [lb for lb in _labels(tar) if lb.props is not None]
+
+    def stretch(d):  # every arm turned by 0.6 rad about both axes: the pixels it covers change
+        for arm in d["props"]["forearm"].values():
+            if arm is not None:
+                arm["bend"] = [arm["bend"][0] + 0.6, arm["bend"][1] - 0.6]
+
+    for lb in victims:
+        _rewrite_tar(tar, _edit_label(lb.key, stretch))
+    _reseal(run_copy)
+    report = validate(run_copy)
+    assert _failed(report) <= {"render", "visibility"} and "render" in _failed(report), report.errors
+
+
 def test_small_numeric_noise_is_within_tolerance(run_copy):
     """A label re-serialised with joints moved by a tenth of the tolerance still passes: the check compares
     within 0.1 mm, it does not demand bit equality with the writer's forward pass."""

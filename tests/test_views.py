@@ -298,12 +298,13 @@ def test_the_reader_yields_each_records_view(runs):
 
 
 def test_default_run_is_unchanged_by_views(runs):
-    """A default (global-only) run writes today's labels: no view field, the DESIGN field set; and the global
+    """A default (global-only) run writes today's labels: no view field, the DESIGN field set (and the
+    forearms' ``props``); and the global
     records of a --views global,local run are byte-identical to it (the feature only adds records)."""
     default = _records(runs["default"])
     assert [k for _, k, _ in default] == [f"vw-{i:010d}" for i in range(4)]
     for _, _, files in default:
-        assert set(json.loads(files["label.json"])) == GLOBAL_FIELDS
+        assert set(json.loads(files["label.json"])) == GLOBAL_FIELDS | {"props"}  # the composite's forearms
     local_globals = [(s, k, f) for s, k, f in _records(runs["local"]) if not k.endswith("-local")]
     assert local_globals == default
     index = pq.read_table(runs["default"] / "index.parquet")

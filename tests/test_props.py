@@ -1,0 +1,290 @@
+"""Props (the forearm): the mesh attached at the wrist loop, the label record and its checks, the renderer's
+depth test (a prop is never in the mask, removes the hand pixels it covers and hides the joints behind it),
+the composite's shading of the arm, and the run configuration (``--props``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.config import RunConfig
+from pipeline.props import (
+    LENGTH_RANGE,
+    SECTIONS,
+    Forearm,
+    Props,
+    PropsError,
+    draw_props,
+    forearm_mesh,
+    prop_meshes,
+    wrist_loop,
+)
+from pipeline.schema import SIDES, SchemaError
+from pipeline.seeding import stage_rng
+
+
+@pytest.fixture(scope="module")
+def posed(hand_model):
+    """Twelve posed prior samples at 128 px (one or two hands each)."""
+    from pipeline.sources import make_source, posed_sample
+
+    src = make_source("prior", hand_model, run_seed=3, image_size=(128, 128))
+    return [posed_sample(src, i, hand_model) for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    from renderers.base import RenderConfig, make_renderer
+
+    gl = make_renderer("opengl", config=RenderConfig(local_size=96))
+    yield gl
+    gl.close()
+
+
+def _with_forearms(samples):
+    out = []
+    for s in samples:
+        sides = [side for side in SIDES if s.hands[side] is not None]
+        out.append(s.with_(props=draw_props(stage_rng(s.seed, "props"), sides)))
+    return out
+
+
+def _render(renderer, hand_model, samples):
+    from renderers.base import RenderBatch, render_item
+
+    return renderer.render(RenderBatch([render_item(s) for s in samples], hand_model.faces))
+
+
+# -- geometry ----------------------------------------------------------------------------------------------
+def test_wrist_loop_is_the_open_boundary_cycle(hand_model):
+    for side in SIDES:
+        faces = np.asarray(hand_model.faces[side])
+        loop = wrist_loop(faces)
+        assert len(loop) == 16 and len(set(loop.tolist())) == 16
+        edges = {tuple(sorted(e)) for f in faces.tolist() for e in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0]))}
+        counts = {}
+        for f in faces.tolist():
+            for e in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0])):
+                k = tuple(sorted(e))
+                counts[k] = counts.get(k, 0) + 1
+        for a, b in zip(loop, np.roll(loop, -1), strict=True):  # consecutive ids share a boundary edge
+            k = tuple(sorted((int(a), int(b))))
+            assert k in edges and counts[k] == 1
+
+
+def test_closed_mesh_has_no_wrist_loop():
+    tetra = np.array([[0, 1, 2], [0, 3, 1], [1, 3, 2], [2, 3, 0]])
+    with pytest.raises(PropsError, match="no open wrist loop"):
+        wrist_loop(tetra)
+
+
+def test_forearm_starts_at_the_wrist_loop_and_points_away(posed, hand_model):
+    arm = Forearm(0.35, (1.2, 1.6), (0.1, -0.2))
+    for s in posed[:4]:
+        for i, side in enumerate(SIDES):
+            if s.hands[side] is None:
+                continue
+            verts = np.asarray(s.verts[i], dtype=np.float64)
+            loop = wrist_loop(hand_model.faces[side])
+            pts, faces = forearm_mesh(verts, loop, arm)
+            n = len(loop)
+            assert np.array_equal(pts[:n], verts[loop])  # the seam is the hand's own wrist vertices
+            assert pts.shape == ((SECTIONS + 1) * n + 1, 3) and np.isfinite(pts).all()
+            assert faces.min() == 0 and faces.max() == len(pts) - 1
+            centre = verts[loop].mean(axis=0)
+            cap = pts[-1]
+            assert abs(np.linalg.norm(cap - centre) - 0.35) < 1e-9
+            hand_centre = verts.mean(axis=0)
+            assert np.linalg.norm(cap - hand_centre) > np.linalg.norm(centre - hand_centre) + 0.3
+            # the middle finger's base lies on the other side of the wrist
+            j = np.asarray(s.hands[side].joints_3d)
+            assert (cap - centre) @ (j[9] - j[0]) < 0
+
+
+# -- the record --------------------------------------------------------------------------------------------
+def test_props_are_deterministic_per_stream_and_round_trip():
+    a = draw_props(stage_rng(7, "props"), ["right", "left"])
+    b = draw_props(stage_rng(7, "props"), ["right", "left"])
+    c = draw_props(stage_rng(8, "props"), ["right", "left"])
+    assert a == b and a != c
+    one = draw_props(stage_rng(7, "props"), ["left"])
+    assert one.forearms["right"] is None and one.forearms["left"] is not None
+    for p in (a, one):
+        d = json.loads(json.dumps(p.to_json()))
+        assert Props.from_json(d) == p
+    lengths = [draw_props(stage_rng(k, "props"), ["right"]).forearms["right"].length for k in range(200)]
+    assert LENGTH_RANGE[0] <= min(lengths) and max(lengths) <= LENGTH_RANGE[1]
+    assert max(lengths) - min(lengths) > 0.5 * (LENGTH_RANGE[1] - LENGTH_RANGE[0])  # varied
+    assert all(len(str(x).split(".")[-1]) <= 5 for x in lengths)  # rounded as the label keeps them
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"arm": {}}, "expected"),
+        ({"forearm": {"right": None}}, "expected keys"),
+        ({"forearm": {"right": {"length": 0.3}, "left": None}}, "expected"),
+        (
+            {"forearm": {"right": {"length": "x", "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            "not numbers",
+        ),
+        (
+            {"forearm": {"right": {"length": math.nan, "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            "finite",
+        ),
+        ({"forearm": {"right": {"length": 0.3, "widen": [1], "bend": [0, 0]}, "left": None}}, "2 finite"),
+        (
+            {"forearm": {"right": {"length": 9.0, "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            "out of range",
+        ),
+    ],
+)
+def test_bad_props_are_one_line_errors(bad, match):
+    with pytest.raises(PropsError, match=match) as exc:
+        Props.from_json(bad)
+    assert "\n" not in str(exc.value)
+
+
+def test_label_carries_props_and_checks_them(hand_model, renderer):
+    from pipeline.schema import Label
+    from tests.samples import make_samples
+
+    made = make_samples(hand_model, renderer, [0, 2])  # a right hand, and two hands
+    right, both = _with_forearms(made)
+    assert right.hands["left"] is None and both.hands["left"] is not None
+    for s in (right, both):
+        label = s.to_label()
+        assert label.props == s.props.to_json()
+        again = Label.from_bytes(label.label_bytes(), label.verts_bytes())
+        assert again.props == label.props and Props.from_json(again.props) == s.props
+    d = right.to_label().to_json()
+    arm = d["props"]["forearm"]["right"]
+    with pytest.raises(SchemaError, match="no left hand"):
+        Label.from_json({**d, "props": {"forearm": {"right": arm, "left": arm}}}, right.verts)
+    with pytest.raises(SchemaError, match="props"):
+        Label.from_json({**d, "props": {"forearm": 1}}, right.verts)
+    # no props, no field: the labels of a run without props are as before
+    assert "props" not in made[0].to_label().to_json()
+
+
+def test_prop_meshes_need_their_hand(posed, hand_model):
+    s = posed[0]
+    present = [x for x in SIDES if s.hands[x] is not None]
+    missing = [x for x in SIDES if s.hands[x] is None]
+    arm = Forearm(0.3, (1.1, 1.5), (0.0, 0.0))
+    verts = {x: s.verts[i] for i, x in enumerate(SIDES) if s.hands[x] is not None}
+    assert len(
+        prop_meshes(Props({x: arm for x in present} | {x: None for x in missing}), verts, hand_model.faces)
+    )
+    assert prop_meshes(None, verts, hand_model.faces) == []
+    if missing:
+        with pytest.raises(PropsError, match="no .* hand"):
+            prop_meshes(Props({x: arm for x in SIDES}), verts, hand_model.faces)
+
+
+# -- the renderer's depth test -----------------------------------------------------------------------------
+def test_forearms_never_enter_the_mask_and_only_remove_hand_pixels(posed, hand_model, renderer):
+    bare = _render(renderer, hand_model, posed)
+    armed = _render(renderer, hand_model, _with_forearms(posed))
+    shown = 0
+    for b, a in zip(bare, armed, strict=True):
+        if a.prop_mask is None:
+            continue
+        shown += 1
+        assert a.prop_mask.dtype == bool and a.prop_mask.shape == a.mask.shape
+        assert not (a.prop_mask & (a.mask > 0)).any()  # disjoint
+        assert set(np.unique(a.mask).tolist()) <= {0, 1, 2}
+        # hand pixels only disappear, and only where the arm is in front
+        assert ((a.mask > 0) <= (b.mask > 0)).all()
+        lost = (b.mask > 0) & (a.mask == 0)
+        assert a.prop_mask[lost].all()
+        assert (a.depth[lost] < b.depth[lost]).all()
+        # the depth holds the arm's pixels
+        assert (a.depth[a.prop_mask] > 0).all()
+        # a joint visible with the arm is visible without it; the 2D joints do not move
+        for side in SIDES:
+            if b.joints_visible[side] is None:
+                continue
+            assert np.array_equal(a.joints_2d[side], b.joints_2d[side])
+            assert (np.asarray(a.joints_visible[side]) <= np.asarray(b.joints_visible[side])).all()
+        # the local view splits the same way
+        assert not (a.local.prop_mask is not None and (a.local.prop_mask & (a.local.mask > 0)).any())
+    assert shown >= 8  # an arm shows in most frames
+
+
+def test_an_arm_in_front_hides_the_joints_behind_it(posed, hand_model, renderer, monkeypatch):
+    """A prop placed between the camera and the hand's palm: those pixels leave the mask, and the joints
+    under it are not visible (they are visible without it)."""
+    import renderers.base as rb
+
+    s = posed[0]
+    side = next(x for x in SIDES if s.hands[x] is not None)
+    j = np.asarray(s.hands[side].joints_3d)
+    bare = _render(renderer, hand_model, [s])[0]
+    target = [0, 1, 5, 9, 13, 17]  # wrist and bases: the palm
+    assert np.asarray(bare.joints_visible[side])[target].sum() >= 1
+    z = float(j[:, 2].min()) - 0.03
+    c = j[target].mean(axis=0)
+    half = 0.2
+    corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
+    quad = np.array([[c[0] + dx, c[1] + dy, z] for dx, dy in corners])
+    tris = np.array([[0, 1, 2], [0, 2, 3]])
+    monkeypatch.setattr(
+        rb, "prop_meshes", lambda props, verts, faces: [] if props is None else [(quad, tris)]
+    )
+    covered = _render(renderer, hand_model, [s.with_(props=Props({x: None for x in SIDES}))])[0]
+    assert not (covered.mask > 0).any()  # the board covers the whole hand
+    assert covered.prop_mask is not None and covered.prop_mask[bare.mask > 0].all()
+    assert not np.asarray(covered.joints_visible[side]).any()
+
+
+# -- the composite -----------------------------------------------------------------------------------------
+def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer):
+    from generators.composite import CompositeGenerator
+
+    samples = _with_forearms(posed[:6])
+    rendered = _render(renderer, hand_model, samples)
+    gen = CompositeGenerator()
+    sleeves, painted = set(), 0
+    for s, r in zip(samples, rendered, strict=True):
+        s = s.with_(rendered=r)
+        comp, _ = gen.compose(s)
+        assert np.array_equal(comp.alpha, s.mask > 0)  # the alpha is the hand mask, never the arm
+        assert (comp.hand[~comp.alpha] == 0).all()
+        rec = comp.record["forearm"]
+        assert set(rec) == {"sleeve", "sleeve_start", "sleeve_rgb", "fold_period"}
+        sleeves.add(rec["sleeve"])
+        if r.prop_mask is not None:
+            arm = r.prop_mask
+            painted += 1
+            # the arm is painted over the background
+            assert not np.allclose(comp.image[arm], comp.background[arm])
+            assert np.array_equal(comp.image[~arm & ~comp.alpha], comp.background[~arm & ~comp.alpha])
+        image, record = gen.render(s)
+        assert record["version"] == 3 and record["forearm"] == rec
+        again, _ = gen.render(s)
+        assert np.array_equal(image, again)
+    assert painted >= 4 and sleeves == {True, False}  # arms show, bare and in sleeves
+
+
+def test_composite_without_props_records_no_forearm(posed, hand_model, renderer):
+    from generators.composite import CompositeGenerator
+
+    r = _render(renderer, hand_model, posed[:1])[0]
+    comp, _ = CompositeGenerator().compose(posed[0].with_(rendered=r))
+    assert "forearm" not in comp.record and r.prop_mask is None
+
+
+# -- configuration -----------------------------------------------------------------------------------------
+def test_props_resolve_per_generator():
+    assert RunConfig(out="/tmp/x").props == "forearm"  # the composite
+    assert RunConfig(out="/tmp/x", props="none").props == "none"
+    assert RunConfig(out="/tmp/x", generator="attentionhand:/tmp/m").props == "none"
+    assert RunConfig(out="/tmp/x", generator="attentionhand:/tmp/m", props="forearm").props == "forearm"
+    assert RunConfig(out="/tmp/x", mode="prepare", source="interhand:/tmp/d").props == "none"
+    # a run without props keeps the identity it had before props existed
+    assert "props" not in RunConfig(out="/tmp/x", props="none").identity()
+    assert RunConfig(out="/tmp/x").identity()["props"] == "forearm"
