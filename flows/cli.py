@@ -421,10 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             q.add_argument(
                 "--props",
-                choices=("auto", "none", "forearm"),
                 default=None,
-                help="geometry drawn with the hands in the depth test: forearm | none "
-                "(default auto: forearm with the composite generator, none otherwise)",
+                metavar="auto|none|forearm,objects",
+                help="geometry drawn with the hands in the depth test: forearm and/or objects, or none "
+                "(default auto: both with the composite generator, none otherwise)",
             )
         q.add_argument("--seed", type=int, default=None)
         q.add_argument(

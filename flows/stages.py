@@ -186,7 +186,7 @@ class GenerationPipeline:
         ``generate``; the others are counted in ``skips`` by reason."""
         samples = self.sample(indices, skips)
         samples = self.pose(samples, skips)
-        samples = self.props(samples)
+        samples = self.props(samples, skips)
         samples = self.render(samples, skips) if samples else []
         return self.caption(samples) if samples else []
 
@@ -226,17 +226,34 @@ class GenerationPipeline:
         self.timings["hand_model"] += time.perf_counter() - t0
         return out
 
-    def props(self, samples: Sequence[Sample]) -> list[Sample]:
-        """Draw each sample's props (``pipeline.props``, ``RunConfig.props``) from its ``props`` stream."""
-        if self.config.props == "none":
+    def props(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:
+        """Draw each sample's props (``pipeline.props``, ``RunConfig.props``) from its ``props`` stream; a
+        hand mesh without a wrist opening is skipped and counted as ``props``."""
+        kinds = self.config.prop_kinds
+        if not kinds:
             return list(samples)
-        from pipeline.props import draw_props
+        from pipeline.props import PropsError, draw_props
         from pipeline.seeding import stage_rng
 
+        faces = self.hand_model.faces
         out = []
         for s in samples:
-            sides = [side for side in SIDES if s.drawn.params.get(side) is not None]
-            out.append(s.with_(props=draw_props(stage_rng(s.seed, "props"), sides)))
+            hands = {
+                side: None if s.hands[side] is None else (s.verts[i], s.hands[side].joints_3d)
+                for i, side in enumerate(SIDES)
+            }
+            try:
+                props = draw_props(
+                    stage_rng(s.seed, "props"),
+                    hands,
+                    faces,
+                    forearm="forearm" in kinds,
+                    objects="objects" in kinds,
+                )
+            except PropsError as exc:
+                _skip(skips, "props", f"sample {s.index}", exc)
+                continue
+            out.append(s.with_(props=props))
         return out
 
     def render(self, samples: Sequence[Sample], skips: Counter) -> list[Sample]:

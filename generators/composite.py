@@ -26,6 +26,11 @@ be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/co
   wrist joint, on points back-projected from the depth), with folds and a cuff shadow, no specular. Drawn
   from the sample's own ``forearm`` stream and recorded as ``forearm``. The arm is pasted into the image
   but not into the hand layer or the alpha (the mask), which it already occludes.
+* **objects** (props again: a cylinder, sphere or box held against a palm; ``Sample.prop_mask`` id 4):
+  painted in a material from ``OBJECT_COLOURS`` (ceramic, plastics, wood, rubber, metal) with its own
+  gloss, lit by the same lights without the skin's wrap. The material is drawn from the sample's own
+  ``objects`` stream and recorded as ``object_material`` for every sample of a run with props, so all
+  records have the same fields.
 * **camera effects** (``camera_effects=True``): white balance with a residual cast, defocus, motion blur
   (sometimes), signal-dependent sensor noise, a JPEG round trip (sometimes). False: a mild blur, noise and a
   colour jitter (version 1).
@@ -81,8 +86,19 @@ LIGHT_PRESETS = {
     "dramatic": {"key": (4800, 1.25), "fill": (5600, 0.12), "rim": (6000, 0.90), "ambient": 0.10},
 }
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
-ARM_ID = 3
-"""The forearms' id in the shading's id map (hands are 1 right, 2 left, as in the mask)."""
+ARM_ID, OBJECT_ID = 3, 4
+"""The props' ids in the shading's id map: as in ``Sample.prop_mask`` (hands are 1 right, 2 left, as in the
+mask)."""
+OBJECT_COLOURS = (  # sRGB 0-1: ceramic, plastics, wood, rubber, metal
+    (0.90, 0.89, 0.86),
+    (0.75, 0.12, 0.10),
+    (0.12, 0.30, 0.70),
+    (0.95, 0.78, 0.15),
+    (0.20, 0.55, 0.25),
+    (0.55, 0.36, 0.20),
+    (0.10, 0.10, 0.11),
+    (0.62, 0.63, 0.66),
+)
 SLEEVE_P = 0.5
 SLEEVE_START = (0.04, 0.20)  # metres up the arm from the wrist joint
 GARMENT_COLOURS = (  # sRGB 0-1
@@ -638,17 +654,19 @@ class CompositeGenerator(Generator):
         img = bg.copy()
         hand_img = np.zeros_like(img)
         alpha = sample.mask > 0
-        arm = sample.prop_mask  # the forearms' pixels (never in the mask), or None
-        surface = alpha if arm is None else alpha | arm
-        if sample.props is not None and not sample.props.empty:
+        props_px = sample.prop_mask  # the props' pixels by id (never in the mask), or None
+        surface = alpha if props_px is None else alpha | (props_px > 0)
+        if sample.props is not None:  # a run with props: the same fields in every record
             record["forearm"] = self._draw_forearm(sample, srgb)
+            record["object_material"] = self._draw_material(sample)
         rows, cols = np.nonzero(surface)
         if len(rows):
             r0, r1 = max(rows.min() - 4, 0), min(rows.max() + 5, H)
             c0, c1 = max(cols.min() - 4, 0), min(cols.max() + 5, W)
             ids = sample.mask[r0:r1, c0:c1]
-            if arm is not None:
-                ids = np.where(arm[r0:r1, c0:c1], ARM_ID, ids).astype(np.uint8)
+            if props_px is not None:
+                p = props_px[r0:r1, c0:c1]
+                ids = np.where(p > 0, p, ids).astype(np.uint8)
             skin = self._shade(
                 sample,
                 rng,
@@ -660,6 +678,7 @@ class CompositeGenerator(Generator):
                 spec_strength,
                 tex_noise[r0:r1, c0:c1],
                 record.get("forearm"),
+                record.get("object_material"),
             )
             skin = skin * exposure  # the exposure does not depend on the background: metered on the lights
             m = alpha[r0:r1, c0:c1]
@@ -689,6 +708,19 @@ class CompositeGenerator(Generator):
         }
 
     @staticmethod
+    def _draw_material(sample: Sample) -> dict:
+        """The held object's material (sRGB colour, specular strength and exponent) from the sample's own
+        ``objects`` stream; drawn for every sample of a run with props, object or not (one record type)."""
+        rng = stage_rng(sample.seed, "objects", sample.attempt)
+        base = np.asarray(OBJECT_COLOURS[int(rng.integers(len(OBJECT_COLOURS)))], np.float64)
+        rgb = np.clip(base * np.exp(rng.normal(0.0, 0.1, 3)), 0.02, 0.98)
+        return {
+            "rgb": [round(float(x), 4) for x in rgb],
+            "gloss": round(float(rng.uniform(0.05, 0.5)), 4),
+            "shininess": round(float(rng.uniform(10.0, 80.0)), 2),
+        }
+
+    @staticmethod
     def _arm_coords(sample: Sample, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """(N,) float32 metres up the nearest forearm from its wrist joint, for the pixels ``uv`` (N, 2)
         (u, v) of the image with ``depth`` (N,) metres (camera-space points back-projected; the arm's line
@@ -712,11 +744,14 @@ class CompositeGenerator(Generator):
             best_d = np.where(take, d, best_d)
         return best_t.astype(np.float32)
 
-    def _shade(self, sample, rng, box, mask, srgb, tone, lights, spec_strength, tex, forearm) -> np.ndarray:
-        """Shaded skin (h, w, 3) in the box of the hands and forearms (0 off them); linear RGB, or display
+    def _shade(
+        self, sample, rng, box, mask, srgb, tone, lights, spec_strength, tex, forearm, material
+    ) -> np.ndarray:
+        """Shaded skin (h, w, 3) in the box of the hands and props (0 off them); linear RGB, or display
         space for the version-1 light. ``mask`` (h, w) uint8: the box's hand ids, ``ARM_ID`` on forearm
-        pixels; ``forearm``: the forearms' look (``_draw_forearm``) or None. Normals and the marks are made
-        on the box (they need neighbours); the rest on the surface's pixels only."""
+        pixels, ``OBJECT_ID`` on object pixels; ``forearm``: the forearms' look (``_draw_forearm``) or None;
+        ``material``: the object's (``_draw_material``) or None. Normals and the marks are made on the box
+        (they need neighbours); the rest on the surface's pixels only."""
         cfg = self.config
         r0, r1, c0, c1 = box
         K = sample.camera.K.copy()
@@ -726,6 +761,7 @@ class CompositeGenerator(Generator):
         sel = mask > 0
         ids = mask[sel]
         on_arm = ids == ARM_ID
+        on_obj = ids == OBJECT_ID
         sleeve_w = np.zeros(len(ids), np.float32)
         v2 = cfg.skin == "v2"
         n = _normals_from_depth(sample.depth[r0:r1, c0:c1], mask, K, smooth=2 if v2 else 0)[sel]  # (N, 3)
@@ -748,7 +784,7 @@ class CompositeGenerator(Generator):
                 s = np.clip((n @ pn) * 1.5 + 0.5, 0.0, 1.0)
                 palm_w = np.where(ids == value, s * s * (3 - 2 * s), palm_w)
             alb = back[None] * (1 - palm_w)[:, None] + palm[None] * palm_w[:, None]
-            on_hand = (~on_arm).astype(np.float32)
+            on_hand = (~(on_arm | on_obj)).astype(np.float32)
             creases, knuckles, nail = (x[sel] * on_hand for x in self._marks(sample, r0, c0, h, w))
             dark = creases * (0.10 + 0.22 * palm_w) + knuckles * 0.10 * (1 - palm_w)
             alb = alb * (1 - dark)[:, None]
@@ -770,6 +806,9 @@ class CompositeGenerator(Generator):
                 cuff = np.clip(1.0 - np.abs(t - forearm["sleeve_start"] + 0.004) / 0.004, 0.0, 1.0)
                 sw = sleeve_w[on_arm][:, None]
                 alb[on_arm] = alb[on_arm] * (1 - 0.35 * cuff)[:, None] * (1 - sw) + cloth * sw
+            if material is not None and on_obj.any():
+                paint = to_linear(np.asarray(material["rgb"], np.float32))[None]
+                alb[on_obj] = paint * (1 + 0.04 * tex[on_obj] + 0.01 * fine[on_obj])[:, None]
         out = np.zeros((h, w, 3), np.float32)
         if cfg.light == "single":
             to_light = lights["key"][0]
@@ -792,11 +831,17 @@ class CompositeGenerator(Generator):
         e = np.broadcast_to((amb_c * amb_s)[None], (len(ids), 3)).copy()
         spec = np.zeros((len(ids), 3), np.float32)
         shin = 18.0 + 40.0 * nail_w
+        strength = spec_strength * (1 + 2 * nail_w) * (1 - sleeve_w)
+        wrap = np.float32(0.25)  # wrap lighting: skin scatters light; objects do not
+        if material is not None and on_obj.any():
+            shin = np.where(on_obj, np.float32(material["shininess"]), shin)
+            strength = np.where(on_obj, np.float32(material["gloss"]), strength)
+            wrap = np.where(on_obj, np.float32(0.0), wrap)
         for role in ("key", "fill"):
             d, c, s = lights[role]
             d = d.astype(np.float32)
             ndl = n @ d
-            e += (np.clip((ndl + 0.25) / 1.25, 0, 1) * s)[:, None] * c  # wrap lighting: skin scatters light
+            e += (np.clip((ndl + wrap) / (1 + wrap), 0, 1) * s)[:, None] * c
             half = d + view
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
             spec += (np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0))[:, None] * c
@@ -804,7 +849,7 @@ class CompositeGenerator(Generator):
         ndv = np.clip((n * view).sum(-1), 0, 1)
         side_dot = np.clip(n[:, :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
         e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[:, None] * c
-        out[sel] = alb * e + (spec_strength * (1 + 2 * nail_w) * (1 - sleeve_w))[:, None] * spec
+        out[sel] = alb * e + strength[:, None] * spec
         return out
 
     def _camera(self, comp: Composite, rng) -> tuple[np.ndarray, dict]:

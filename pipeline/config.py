@@ -42,6 +42,11 @@ class HandModelConfig(FrozenModel):
     mano_dir: Path | None = None
 
 
+PROP_KINDS = ("forearm", "objects")
+AUTO_PROPS = "forearm,objects"
+"""What ``props: auto`` means for the composite generator (measured in docs/benchmarks.md)."""
+
+
 class RunConfig(FrozenModel):
     """One generation run. ``out`` is where outputs go and is not part of the config hash.
 
@@ -60,10 +65,11 @@ class RunConfig(FrozenModel):
     ``views``: ``("global",)`` or ``("global", "local")``: each sample's local close-up is also written, as a
     record of its own right after the global one (``sinks.records.local_sample``), and AttentionHand samples
     its local branch too.
-    ``props``: scene geometry drawn in the depth test with the hands (``pipeline.props``): ``forearm`` (an arm
-    from each hand's wrist) or ``none``; ``auto`` (the default) is ``forearm`` for the composite generator and
+    ``props``: scene geometry drawn in the depth test with the hands (``pipeline.props``): a comma-separated
+    list of ``PROP_KINDS`` (``forearm``: an arm from each hand's wrist; ``objects``: sometimes an object held
+    against a palm) or ``none``; ``auto`` (the default) is ``AUTO_PROPS`` for the composite generator and
     ``none`` otherwise (AttentionHand is conditioned on hand-only mesh images, as it was trained). Parsed to
-    the concrete value, which is what the run's identity holds.
+    the concrete value in ``PROP_KINDS`` order, which is what the run's identity holds.
     """
 
     mode: Literal["generate", "prepare"] = "generate"
@@ -97,7 +103,7 @@ class RunConfig(FrozenModel):
     cache_dir: str | None = None
     prefetch: int = Field(2, ge=0, le=64)
     views: tuple[str, ...] = ("global",)
-    props: Literal["auto", "none", "forearm"] = Field("auto", validate_default=True)
+    props: str = Field("auto", validate_default=True)
 
     @field_validator("out", mode="before")
     @classmethod
@@ -144,14 +150,31 @@ class RunConfig(FrozenModel):
 
         return normalize_views(v)
 
-    @field_validator("props")
+    @field_validator("props", mode="before")
     @classmethod
     def _props(cls, v, info):
-        if v != "auto":
+        if not isinstance(v, str):
+            raise ValueError(f"expected auto, none or a list of {', '.join(PROP_KINDS)}, got {v!r}")
+        v = v.strip().lower()
+        if v == "auto":
+            generator, mode = info.data.get("generator"), info.data.get("mode")
+            composite = generator is not None and generator.kind == "composite" and mode == "generate"
+            return AUTO_PROPS if composite else "none"
+        if v == "none":
             return v
-        generator, mode = info.data.get("generator"), info.data.get("mode")
-        composite = generator is not None and generator.kind == "composite" and mode == "generate"
-        return "forearm" if composite else "none"
+        parts = [p.strip() for p in v.split(",")]
+        bad = [p for p in parts if p not in PROP_KINDS]
+        if bad or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"expected auto, none or a comma-separated list of {', '.join(PROP_KINDS)} "
+                f"(each once), got {v!r}"
+            )
+        return ",".join(k for k in PROP_KINDS if k in parts)
+
+    @property
+    def prop_kinds(self) -> frozenset[str]:
+        """The props drawn (``PROP_KINDS``; empty for ``none``)."""
+        return frozenset() if self.props == "none" else frozenset(self.props.split(","))
 
     @property
     def num_shards(self) -> int:

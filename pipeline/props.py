@@ -1,10 +1,15 @@
-"""Props: scene geometry that is not the hand but takes part in the depth test (the forearm).
+"""Props: scene geometry that is not the hand but takes part in the depth test (forearms and objects).
 
 A forearm continues each hand from its wrist opening (the open boundary loop of the hand mesh, MANO's and the
 stand-in's alike): its first cross-section *is* that loop, so the seam is closed; further sections follow the
 loop's shape, widened toward the elbow, along the loop's normal (pointing away from the hand) bent by a small
 wrist angle. The arm is long enough (0.30 to 0.45 m) to leave the frame at the usual camera distances, and
 ends in a flat cap.
+
+An object (``PropObject``: a cylinder, a sphere or a box) is held against the palm: for a hand whose gesture
+grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and orientation are drawn,
+then it slides out from the palm's centre along the palm normal until it just clears every vertex of every
+hand and forearm (``CLEARANCE``): in contact, never inside. At most one object per sample.
 
 Props are drawn per sample from their own stream (``stage_rng(seed, 'props')``), recorded in the label's
 ``props`` field (``Props.to_json``, rounded to the digits written, and the geometry is built from the rounded
@@ -18,12 +23,14 @@ Units: metres, camera space (OpenCV: x right, y down, z forward); angles in radi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import HandgenError
+from pipeline.gestures import classify_gesture
 from pipeline.schema import SIDES
 
 SECTIONS = 14
@@ -71,32 +78,41 @@ class Forearm:
 
 @dataclasses.dataclass(frozen=True)
 class Props:
-    """The props of one sample: ``forearms`` side -> ``Forearm`` (None: no arm drawn for that side)."""
+    """The props of one sample: ``forearms`` side -> ``Forearm`` (None: no arm drawn for that side), and
+    ``objects`` (``PropObject``, at most one so far)."""
 
     forearms: Mapping[str, Forearm | None]
+    objects: tuple = ()
 
     @property
     def empty(self) -> bool:
-        return all(f is None for f in self.forearms.values())
+        return all(f is None for f in self.forearms.values()) and not self.objects
 
     def to_json(self) -> dict:
-        """The label's ``props`` field."""
+        """The label's ``props`` field: ``{"forearm": {"right": ..., "left": ...}, "objects": [...]}``."""
         return {
             "forearm": {
                 s: None if self.forearms.get(s) is None else self.forearms[s].to_json() for s in SIDES
-            }
+            },
+            "objects": [o.to_json() for o in self.objects],
         }
 
     @classmethod
     def from_json(cls, d: Any) -> Props:
         """Parse (and check) a label's ``props`` field; ``PropsError`` names the bad part."""
-        if not isinstance(d, dict) or set(d) != {"forearm"} or not isinstance(d["forearm"], dict):
-            raise PropsError(f"props: expected {{forearm: {{right, left}}}}, got {d!r}")
+        if (
+            not isinstance(d, dict)
+            or set(d) != {"forearm", "objects"}
+            or not isinstance(d["forearm"], dict)
+            or not isinstance(d["objects"], list)
+        ):
+            raise PropsError(f"props: expected {{forearm: {{right, left}}, objects: [...]}}, got {d!r}")
         arms = d["forearm"]
         if set(arms) != set(SIDES):
             raise PropsError(f"props.forearm: expected keys ['right', 'left'], got {sorted(arms)}")
         return cls(
-            {s: None if arms[s] is None else Forearm.from_json(arms[s], f"props.forearm.{s}") for s in SIDES}
+            {s: None if arms[s] is None else Forearm.from_json(arms[s], f"props.forearm.{s}") for s in SIDES},
+            tuple(PropObject.from_json(o, f"props.objects[{i}]") for i, o in enumerate(d["objects"])),
         )
 
 
@@ -112,9 +128,31 @@ def draw_forearm(rng: np.random.Generator) -> Forearm:
     )
 
 
-def draw_props(rng: np.random.Generator, sides, forearm: bool = True) -> Props:
-    """Props for a sample whose present hands are ``sides``: a forearm per present hand when ``forearm``."""
-    return Props({s: draw_forearm(rng) if (forearm and s in sides) else None for s in SIDES})
+def draw_props(
+    rng: np.random.Generator,
+    hands: Mapping[str, tuple[np.ndarray, np.ndarray] | None],
+    faces: Mapping[str, np.ndarray],
+    forearm: bool = True,
+    objects: bool = False,
+) -> Props:
+    """Props for a sample whose hands are ``hands`` (side -> (vertices (778, 3), joints (21, 3)), metres,
+    camera space; None when absent) with triangles ``faces``: a forearm per present hand when ``forearm``;
+    then, when ``objects``, maybe an object held by one of the hands (module doc). The forearms are drawn
+    first, so turning objects on or off leaves them as they were."""
+    sides = [s for s in SIDES if hands.get(s) is not None]
+    arms = {s: draw_forearm(rng) if (forearm and s in sides) else None for s in SIDES}
+    if not (objects and sides):
+        return Props(arms)
+    side = sides[int(rng.integers(len(sides)))]
+    verts, joints = hands[side]
+    gesture = classify_gesture(joints)
+    if rng.random() >= OBJECT_P[0 if gesture in GRASP_OBJECTS else 1]:
+        return Props(arms)
+    kind = GRASP_OBJECTS.get(gesture) or OBJECT_TYPES[int(rng.integers(len(OBJECT_TYPES)))]
+    obstacles = [np.asarray(hands[s][0], dtype=np.float64) for s in sides]
+    obstacles += [m[1] for m in prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)]
+    obj = place_object(rng, kind, joints, side, np.concatenate(obstacles))
+    return Props(arms, () if obj is None else (obj,))
 
 
 _LOOPS: dict[bytes, np.ndarray] = {}
@@ -219,8 +257,8 @@ def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.
 def prop_meshes(
     props: Props | None, verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]
 ) -> list:
-    """[(vertices (V, 3), faces (F, 3))] of every prop of a sample; ``verts``/``faces`` side -> the posed
-    hand and its triangles (a forearm needs its hand)."""
+    """[(kind, vertices (V, 3), faces (F, 3))] of every prop of a sample, kind ``"forearm"`` or
+    ``"object"``; ``verts``/``faces`` side -> the posed hand and its triangles (a forearm needs its hand)."""
     if props is None:
         return []
     out = []
@@ -230,5 +268,238 @@ def prop_meshes(
             continue
         if verts.get(s) is None:
             raise PropsError(f"props.forearm.{s}: there is no {s} hand to attach it to")
-        out.append(forearm_mesh(verts[s], wrist_loop(faces[s]), arm))
+        out.append(("forearm", *forearm_mesh(verts[s], wrist_loop(faces[s]), arm)))
+    for obj in props.objects:
+        out.append(("object", *object_mesh(obj)))
     return out
+
+
+# -- objects -------------------------------------------------------------------------------------------------
+OBJECT_TYPES = ("cylinder", "sphere", "box")
+GRASP_OBJECTS = {
+    "cylinder_grasp": "cylinder",
+    "fist": "cylinder",
+    "sphere_grasp": "sphere",
+    "pinch": "sphere",
+}
+"""Gestures that hold something (``pipeline.gestures.classify_gesture``) and the object they usually hold."""
+OBJECT_P = (0.8, 0.25)
+"""Probability of an object for a sample whose hand grasps, and for any other sample."""
+OBJECT_SIZE = {"cylinder": (0.012, 0.035), "sphere": (0.018, 0.045), "box": (0.015, 0.035)}
+"""The drawn characteristic size, metres: the cylinder's and the sphere's radius, the box's half height."""
+CLEARANCE = 0.001
+"""Metres kept free between an object and every hand and forearm vertex: in contact, not inside."""
+_SLIDE_MAX = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class PropObject:
+    """A primitive object: ``type`` (``OBJECT_TYPES``); ``centre`` (3,) metres, camera space; ``rotation``
+    (3,) axis-angle radians, the object's frame to the camera's; ``size`` (3,) metres, half extents along the
+    object's own x, y and z (a cylinder: radius, radius, half length along z; a sphere: radius 3 times)."""
+
+    type: str
+    centre: tuple[float, float, float]
+    rotation: tuple[float, float, float]
+    size: tuple[float, float, float]
+
+    def to_json(self) -> dict:
+        return {
+            "type": self.type,
+            "centre": list(self.centre),
+            "rotation": list(self.rotation),
+            "size": list(self.size),
+        }
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> PropObject:
+        if not isinstance(d, dict) or set(d) != {"type", "centre", "rotation", "size"}:
+            raise PropsError(f"{where}: expected {{type, centre, rotation, size}}, got {d!r}")
+        if d["type"] not in OBJECT_TYPES:
+            raise PropsError(f"{where}.type: expected one of {list(OBJECT_TYPES)}, got {d['type']!r}")
+        try:
+            parts = [tuple(float(x) for x in d[k]) for k in ("centre", "rotation", "size")]
+        except (TypeError, ValueError) as exc:
+            raise PropsError(f"{where}: not numbers ({exc})") from exc
+        if any(len(p) != 3 for p in parts) or not np.isfinite(np.concatenate(parts)).all():
+            raise PropsError(f"{where}: centre, rotation and size need 3 finite numbers each, got {d!r}")
+        centre, rotation, size = parts
+        if not (all(0.001 <= s <= 1.0 for s in size) and max(map(abs, centre)) <= 100.0):
+            raise PropsError(f"{where}: out of range (size 0.001..1 m, |centre| <= 100 m): {d!r}")
+        return cls(d["type"], centre, rotation, size)  # type: ignore[arg-type]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(3, 3) the object's axes as columns, camera space."""
+        return _aa_matrix(np.asarray(self.rotation, dtype=np.float64))
+
+    def gauge(self, points: np.ndarray) -> np.ndarray:
+        """(N,) for camera-space ``points`` (N, 3): the scale of the object at which each point lies on its
+        surface (< 1: inside the object)."""
+        local = (np.asarray(points, dtype=np.float64) - np.asarray(self.centre)) @ self.matrix
+        return _gauge(self.type, local, np.asarray(self.size, dtype=np.float64))
+
+
+def _gauge(kind: str, local: np.ndarray, size: np.ndarray) -> np.ndarray:
+    q = local / size  # the unit shape's coordinates
+    if kind == "sphere":
+        return np.linalg.norm(q, axis=-1)
+    if kind == "cylinder":
+        return np.maximum(np.hypot(q[:, 0], q[:, 1]), np.abs(q[:, 2]))
+    return np.abs(q).max(axis=-1)
+
+
+def _aa_matrix(aa: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(aa))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = aa / theta
+    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * (K @ K)
+
+
+def _matrix_aa(R: np.ndarray) -> np.ndarray:
+    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
+    theta = float(np.arccos(cos))
+    if theta < 1e-9:
+        return np.zeros(3)
+    if np.pi - theta < 1e-6:  # near pi: the axis from the symmetric part
+        B = (R + np.eye(3)) / 2.0
+        k = np.sqrt(np.clip(np.diag(B), 0.0, None))
+        i = int(np.argmax(k))
+        k = B[i] / max(k[i], 1e-12)
+        return k / np.linalg.norm(k) * theta
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    return v / (2.0 * np.sin(theta)) * theta
+
+
+@functools.cache
+def _unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A unit mesh of ``kind`` (half extents 1), with separate vertices where the surface has an edge (so
+    the renderer's vertex normals keep the caps and faces flat). Cached: read-only arrays."""
+    pts, faces = _build_unit_mesh(kind)
+    pts.flags.writeable = False
+    faces.flags.writeable = False
+    return pts, faces
+
+
+def _build_unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "sphere":
+        n_lat, n_lon = 32, 64
+        th = np.linspace(0.0, np.pi, n_lat + 1)
+        ph = np.linspace(0.0, 2 * np.pi, n_lon, endpoint=False)
+        t, p = np.meshgrid(th, ph, indexing="ij")
+        pts = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], axis=-1).reshape(-1, 3)
+        faces = []
+        for i in range(n_lat):
+            for j in range(n_lon):
+                a, b = i * n_lon + j, i * n_lon + (j + 1) % n_lon
+                c, d = a + n_lon, b + n_lon
+                faces += [[a, c, d], [a, d, b]]
+        return pts, np.asarray(faces, dtype=np.int64)
+    if kind == "cylinder":
+        n = 64
+        ph = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+        ring = np.stack([np.cos(ph), np.sin(ph)], axis=-1)
+        side = np.concatenate([np.c_[ring, -np.ones(n)], np.c_[ring, np.ones(n)]])
+        caps = np.concatenate(
+            [np.c_[ring, -np.ones(n)], np.c_[ring, np.ones(n)], [[0, 0, -1.0], [0, 0, 1.0]]]
+        )
+        i = np.arange(n)
+        j = (i + 1) % n
+        f_side = np.concatenate([np.stack([i, j, n + j], 1), np.stack([i, n + j, n + i], 1)])
+        o = 2 * n
+        f_caps = np.concatenate(
+            [
+                np.stack([o + j, o + i, np.full(n, o + 2 * n)], 1),
+                np.stack([o + n + i, o + n + j, np.full(n, o + 2 * n + 1)], 1),
+            ]
+        )
+        return np.concatenate([side, caps]), np.concatenate([f_side, f_caps]).astype(np.int64)
+    pts, faces = [], []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            u, v = [a for a in range(3) if a != axis]
+            quad = np.zeros((4, 3))
+            quad[:, axis] = sign
+            quad[:, u] = [-1, 1, 1, -1]
+            quad[:, v] = [-1, -1, 1, 1]
+            k = len(pts) * 4
+            pts.append(quad)
+            faces += [[k, k + 1, k + 2], [k, k + 2, k + 3]]
+    return np.concatenate(pts), np.asarray(faces, dtype=np.int64)
+
+
+def object_mesh(obj: PropObject) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (V, 3) float64 metres camera space, faces (F, 3) int64) of ``obj``."""
+    pts, faces = _unit_mesh(obj.type)
+    return (pts * np.asarray(obj.size)) @ obj.matrix.T + np.asarray(obj.centre), faces
+
+
+def _palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(palm centre, across (index to little finger base, unit), along (wrist to fingers, unit), palm
+    normal (out of the palm, unit)) from (21, 3) joints (label order)."""
+    j = np.asarray(joints, dtype=np.float64)
+    centre = j[[0, 5, 9, 13, 17]].mean(axis=0)
+    n = np.cross(j[5] - j[0], j[17] - j[0]) * (-1.0 if side == "left" else 1.0)
+    n /= np.linalg.norm(n)
+    across = j[5] - j[17]
+    across -= (across @ n) * n
+    across /= np.linalg.norm(across)
+    along = np.cross(n, across)
+    if along @ (j[9] - j[0]) < 0:
+        along = -along
+    return centre, across, along, n
+
+
+def place_object(
+    rng: np.random.Generator, kind: str, joints: np.ndarray, side: str, obstacles: np.ndarray
+) -> PropObject | None:
+    """An object of ``kind`` in contact with the palm side of a hand (``joints`` (21, 3), ``side``) and
+    inside none of ``obstacles`` (N, 3) (the vertices of every hand and forearm): its size and orientation
+    are drawn, then it slides out from the palm's centre along the palm normal until ``CLEARANCE`` separates
+    it from the nearest vertex. None when it does not fit (it never clears, or the camera would be inside
+    it). Values are rounded to the digits the label keeps, and checked again after rounding."""
+    centre, across, along, n = _palm_frame(joints, side)
+    r = float(rng.uniform(*OBJECT_SIZE[kind]))
+    yaw = float(rng.normal(0.0, 0.25))
+    if kind == "cylinder":
+        size = np.array([r, r, r * float(rng.uniform(2.0, 4.0))])
+        axes = np.stack([along, n, across], axis=1)  # the axis runs across the palm, as in a grip
+    elif kind == "sphere":
+        size = np.full(3, r)
+        axes = np.stack([across, along, n], axis=1)
+    else:
+        size = np.array([r * float(rng.uniform(1.2, 2.5)), r * float(rng.uniform(1.0, 2.0)), r])
+        axes = np.stack([across, along, n], axis=1)  # flat side against the palm
+    if np.linalg.det(axes) < 0:  # a rotation, not a reflection (the shapes are symmetric: any sign will do)
+        axes[:, 0] = -axes[:, 0]
+    R = _aa_matrix(n * yaw) @ axes
+    aa = _matrix_aa(R)
+    size_r = np.round(size, _DIGITS)
+    inflated = size_r + CLEARANCE
+    pts = np.asarray(obstacles, dtype=np.float64)
+
+    def clear(d: float) -> bool:
+        c = centre + d * n
+        local = (pts - c) @ R
+        return bool(_gauge(kind, local, inflated).min() >= 1.0)
+
+    if clear(0.0) or not clear(_SLIDE_MAX):
+        return None
+    lo, hi = 0.0, _SLIDE_MAX
+    for _ in range(24):  # about 15 nm
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if clear(mid) else (mid, hi)
+    obj = PropObject(
+        kind,
+        tuple(round(float(x), _DIGITS) for x in centre + (hi + 2e-5) * n),
+        tuple(round(float(x), _DIGITS) for x in aa),
+        tuple(float(x) for x in size_r),
+    )
+    if obj.gauge(pts).min() < 1.0 + 0.5 * CLEARANCE / float(size_r.max()):
+        return None  # rounding moved it into the hand (does not happen at 5 digits; checked anyway)
+    verts, _ = object_mesh(obj)
+    if verts[:, 2].min() < 0.05:  # the camera (or its near plane) would be inside it
+        return None
+    return obj

@@ -95,8 +95,9 @@ class RenderResult:
     covers; its crop_box is its whole frame ``[-0.5, -0.5, L - 0.5, L - 0.5]`` (for which ``crop_intrinsics``
     is the identity), so its mesh_local / mask_local are its mesh_image / mask; its own ``local`` is None.
 
-    prop_mask: (H, W) bool, the pixels where a prop (``pipeline.props``: a forearm) is the first surface, or
-    None when none shows; those pixels are 0 in ``mask``, and ``depth`` holds them.
+    prop_mask: (H, W) uint8, the prop (``pipeline.props``) that is the first surface per pixel: 3 a forearm,
+    4 an object, 0 none (``renderers.base.PROP_IDS``); None when no prop shows. Those pixels are 0 in
+    ``mask``, and ``depth`` holds them.
     """
 
     mesh_image: np.ndarray
@@ -337,5 +338,5 @@ class Sample:
             verts=self.verts,
             quality=None if self.quality is None else dict(self.quality),
             view=None if self.view is None else dict(self.view),
-            props=None if self.props is None or self.props.empty else self.props.to_json(),
+            props=None if self.props is None else self.props.to_json(),
         )

@@ -26,10 +26,11 @@ about one finger radius under the skin) or ``other_tolerance`` (the other hand).
 background or the other hand (a tip on its silhouette) must also have its own hand's mask within 1 px, so
 every visible joint lies on (or within 1 px of) its hand's mask.
 
-Props (``pipeline.props``: the forearms) are drawn in the same depth test with id ``PROP_ID`` and a mid grey
-(``PROP_ALBEDO``) in the mesh images; they are never in the returned hand mask (their front pixels are
-``RenderResult.prop_mask``), ``depth`` holds the first surface of hands and props alike, and a joint behind
-a prop is not visible (a prop pixel counts as "the other hand" above). The crop box is the hands' alone.
+Props (``pipeline.props``: forearms and objects) are drawn in the same depth test with ids ``PROP_IDS`` and a
+mid grey (``PROP_ALBEDO``) in the mesh images; they are never in the returned hand mask (their front pixels
+are ``RenderResult.prop_mask``, by id), ``depth`` holds the first surface of hands and props alike, and a
+joint behind a prop is not visible (a prop pixel counts as "the other hand" above). The crop box is the
+hands' alone.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from pipeline.schema import SIDES
 logger = logging.getLogger(__name__)
 
 HAND_ID = {"right": 1, "left": 2}
-PROP_ID = 3
+PROP_IDS = {"forearm": 3, "object": 4}
 PROP_ALBEDO = (0.5, 0.5, 0.5)
+N_IDS = 5
+"""Ids in a raster's id map: 0 background, ``HAND_ID``, ``PROP_IDS``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +160,12 @@ def render_item(x) -> RenderItem:
 
 
 def _split_props(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(hand mask with prop pixels set to 0, (H, W) bool prop pixels or None when no prop shows)."""
-    props = mask == PROP_ID
+    """(hand mask with prop pixels set to 0, (H, W) uint8 prop ids (``PROP_IDS``, 0 elsewhere) or None when
+    no prop shows)."""
+    props = mask >= min(PROP_IDS.values())
     if not props.any():
         return mask, None
-    return np.where(props, 0, mask).astype(mask.dtype), props
+    return np.where(props, 0, mask).astype(mask.dtype), np.where(props, mask, 0).astype(np.uint8)
 
 
 def full_frame(size: int) -> np.ndarray:
@@ -173,7 +177,7 @@ def full_frame(size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class RasterJob:
     """What a backend draws: screen (V, 3) = (u, v, z) pixels/metres, view (V, 3) camera-space positions,
-    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per id (4, 3), and the
+    normals (V, 3), hand (V,) uint8 ids, faces (F, 3) int32, size (H, W), albedo per id (N_IDS, 3), and the
     shading's ambient and gamma (``albedo * (ambient + (1 - ambient) * |n . l| ** gamma)``)."""
 
     screen: np.ndarray
@@ -189,7 +193,7 @@ class RasterJob:
 
 @dataclasses.dataclass(frozen=True)
 class RasterOut:
-    """rgb (H, W, 3) uint8, mask (H, W) uint8 ids (hands, ``PROP_ID``), depth (H, W) float32 metres (0 =
+    """rgb (H, W, 3) uint8, mask (H, W) uint8 ids (hands, ``PROP_IDS``), depth (H, W) float32 metres (0 =
     background)."""
 
     rgb: np.ndarray
@@ -279,10 +283,11 @@ class Renderer(abc.ABC):
 
     def _albedo(self) -> np.ndarray:
         style = STYLES[self.config.style]
-        alb = np.zeros((4, 3), dtype=np.float32)
+        alb = np.zeros((N_IDS, 3), dtype=np.float32)
         for s in SIDES:
             alb[HAND_ID[s]] = style.tints[s] if self.config.tint else style.albedo
-        alb[PROP_ID] = PROP_ALBEDO
+        for i in PROP_IDS.values():
+            alb[i] = PROP_ALBEDO
         return alb
 
     def _job(
@@ -296,8 +301,8 @@ class Renderer(abc.ABC):
         props: Sequence = (),
     ) -> RasterJob:
         """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions
-        already computed with this K (reused instead of projecting again); ``props``: [(vertices (V, 3),
-        faces (F, 3))] drawn with id ``PROP_ID``."""
+        already computed with this K (reused instead of projecting again); ``props``: [(kind, vertices
+        (V, 3), faces (F, 3))] (``pipeline.props.prop_meshes``) drawn with ids ``PROP_IDS[kind]``."""
         screens, views, norms, hands, tris = [], [], [], [], []
         offset = 0
         for s in SIDES:
@@ -314,13 +319,13 @@ class Renderer(abc.ABC):
             hands.append(np.full(len(v), HAND_ID[s], dtype=np.uint8))
             tris.append(f[keep] + offset)
             offset += len(v)
-        for v, f in props:
+        for kind, v, f in props:
             uv = project_points(v, K, item.dist)
             keep = (v[f, 2] >= NEAR).all(axis=1)
             screens.append(np.concatenate([np.nan_to_num(uv), v[:, 2:3]], axis=1))
             views.append(v)
             norms.append(vertex_normals(v, f))
-            hands.append(np.full(len(v), PROP_ID, dtype=np.uint8))
+            hands.append(np.full(len(v), PROP_IDS[kind], dtype=np.uint8))
             tris.append(f[keep] + offset)
             offset += len(v)
         return RasterJob(

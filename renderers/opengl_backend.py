@@ -52,7 +52,7 @@ in vec3 v_view;
 in vec3 v_normal;
 in float v_z;
 flat in int v_hand;
-uniform vec3 albedo[4];
+uniform vec3 albedo[5];
 uniform float ambient;
 uniform float diffuse;
 uniform float gamma;
@@ -137,7 +137,7 @@ class OpenGLRenderer(Renderer):
             ctx.enable(moderngl.DEPTH_TEST)
             ctx.disable(moderngl.CULL_FACE)
             self._prog["size"].value = (float(W), float(H))
-            albedo = np.zeros((4, 3), dtype="f4")  # one row per id; a job may give fewer (no props)
+            albedo = np.zeros((5, 3), dtype="f4")  # one row per id (N_IDS); a job may give fewer (no props)
             albedo[: len(job.albedo)] = job.albedo
             self._prog["albedo"].write(albedo.tobytes())
             self._prog["ambient"].value = float(job.ambient)

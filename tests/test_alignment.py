@@ -212,11 +212,11 @@ def test_prepare_mode_refuses_min_alignment():
 def test_default_identity_and_run_tag_do_not_change():
     """The new fields stay out of the identity at their defaults: runs made before them keep their run tag.
     (The hashes were computed with the code before ``min_alignment`` and friends existed.) The composite's
-    default now has forearms (``props``), a different output and so a different identity; without them it
-    is the run it was."""
+    default now has forearms and objects (``props``), a different output and so a different identity;
+    without them it is the run it was."""
     old_default = "3d5c120baf6bb8599c6caabbe80e431e359236e49578b2f2ca68c6d7d8ef7efe"
     assert RunConfig(props="none").config_sha256() == old_default
-    assert RunConfig().props == "forearm" and RunConfig().config_sha256() != old_default
+    assert RunConfig().props == "forearm,objects" and RunConfig().config_sha256() != old_default
     assert (
         RunConfig(steps=30, generator="attentionhand:/m").config_sha256()
         == "7f640756d80b0bb920f54a007234db02f6c22bc5d6e3a9e49fdb94eb2b4dc792"

@@ -10,15 +10,20 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import RunConfig
+from pipeline.config import AUTO_PROPS, RunConfig
 from pipeline.props import (
+    CLEARANCE,
     LENGTH_RANGE,
+    OBJECT_TYPES,
     SECTIONS,
     Forearm,
+    PropObject,
     Props,
     PropsError,
     draw_props,
     forearm_mesh,
+    object_mesh,
+    place_object,
     prop_meshes,
     wrist_loop,
 )
@@ -44,12 +49,18 @@ def renderer():
     gl.close()
 
 
-def _with_forearms(samples):
-    out = []
-    for s in samples:
-        sides = [side for side in SIDES if s.hands[side] is not None]
-        out.append(s.with_(props=draw_props(stage_rng(s.seed, "props"), sides)))
-    return out
+def _hands(s):
+    """A sample's hands as ``draw_props`` takes them: side -> (vertices, joints) or None."""
+    return {
+        side: None if s.hands[side] is None else (s.verts[i], s.hands[side].joints_3d)
+        for i, side in enumerate(SIDES)
+    }
+
+
+def _with_forearms(samples, hand_model):
+    return [
+        s.with_(props=draw_props(stage_rng(s.seed, "props"), _hands(s), hand_model.faces)) for s in samples
+    ]
 
 
 def _render(renderer, hand_model, samples):
@@ -105,39 +116,81 @@ def test_forearm_starts_at_the_wrist_loop_and_points_away(posed, hand_model):
 
 
 # -- the record --------------------------------------------------------------------------------------------
-def test_props_are_deterministic_per_stream_and_round_trip():
-    a = draw_props(stage_rng(7, "props"), ["right", "left"])
-    b = draw_props(stage_rng(7, "props"), ["right", "left"])
-    c = draw_props(stage_rng(8, "props"), ["right", "left"])
+def test_props_are_deterministic_per_stream_and_round_trip(posed, hand_model):
+    both = next(s for s in posed if s.hand_type == "interacting")
+    left = next(s for s in posed if s.hand_type == "left")
+    faces = hand_model.faces
+
+    def draw(s, k=7, objects=True):
+        return draw_props(stage_rng(k, "props"), _hands(s), faces, objects=objects)
+
+    a, b, c = draw(both), draw(both), draw(both, 8)
     assert a == b and a != c
-    one = draw_props(stage_rng(7, "props"), ["left"])
+    one = draw(left)
     assert one.forearms["right"] is None and one.forearms["left"] is not None
     for p in (a, one):
         d = json.loads(json.dumps(p.to_json()))
         assert Props.from_json(d) == p
-    lengths = [draw_props(stage_rng(k, "props"), ["right"]).forearms["right"].length for k in range(200)]
+    right = next(s for s in posed if s.hand_type == "right")
+    lengths = [draw(right, k, objects=False).forearms["right"].length for k in range(200)]
     assert LENGTH_RANGE[0] <= min(lengths) and max(lengths) <= LENGTH_RANGE[1]
     assert max(lengths) - min(lengths) > 0.5 * (LENGTH_RANGE[1] - LENGTH_RANGE[0])  # varied
     assert all(len(str(x).split(".")[-1]) <= 5 for x in lengths)  # rounded as the label keeps them
+
+
+def _one_arm(arm: dict) -> dict:
+    return {"forearm": {"right": arm, "left": None}, "objects": []}
 
 
 @pytest.mark.parametrize(
     "bad, match",
     [
         ({"arm": {}}, "expected"),
-        ({"forearm": {"right": None}}, "expected keys"),
-        ({"forearm": {"right": {"length": 0.3}, "left": None}}, "expected"),
+        ({"forearm": {"right": None, "left": None}}, "expected"),
+        ({"forearm": {"right": None}, "objects": []}, "expected keys"),
+        (_one_arm({"length": 0.3}), "expected"),
+        ({"forearm": {"right": None, "left": None}, "objects": {}}, "expected"),
+        ({"forearm": {"right": None, "left": None}, "objects": [{"type": "cube"}]}, r"objects\[0\]"),
         (
-            {"forearm": {"right": {"length": "x", "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            {
+                "forearm": {"right": None, "left": None},
+                "objects": [{"type": "cube", "centre": [0, 0, 1], "rotation": [0, 0, 0], "size": [1, 1, 1]}],
+            },
+            "expected one of",
+        ),
+        (
+            {
+                "forearm": {"right": None, "left": None},
+                "objects": [{"type": "box", "centre": [0, 0, 1], "rotation": [0, 0, 0], "size": [0, 1, 1]}],
+            },
+            "out of range",
+        ),
+        (
+            {
+                "forearm": {"right": {"length": "x", "widen": [1, 1], "bend": [0, 0]}, "left": None},
+                "objects": [],
+            },
             "not numbers",
         ),
         (
-            {"forearm": {"right": {"length": math.nan, "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            {
+                "forearm": {"right": {"length": math.nan, "widen": [1, 1], "bend": [0, 0]}, "left": None},
+                "objects": [],
+            },
             "finite",
         ),
-        ({"forearm": {"right": {"length": 0.3, "widen": [1], "bend": [0, 0]}, "left": None}}, "2 finite"),
         (
-            {"forearm": {"right": {"length": 9.0, "widen": [1, 1], "bend": [0, 0]}, "left": None}},
+            {
+                "forearm": {"right": {"length": 0.3, "widen": [1], "bend": [0, 0]}, "left": None},
+                "objects": [],
+            },
+            "2 finite",
+        ),
+        (
+            {
+                "forearm": {"right": {"length": 9.0, "widen": [1, 1], "bend": [0, 0]}, "left": None},
+                "objects": [],
+            },
             "out of range",
         ),
     ],
@@ -153,7 +206,7 @@ def test_label_carries_props_and_checks_them(hand_model, renderer):
     from tests.samples import make_samples
 
     made = make_samples(hand_model, renderer, [0, 2])  # a right hand, and two hands
-    right, both = _with_forearms(made)
+    right, both = _with_forearms(made, hand_model)
     assert right.hands["left"] is None and both.hands["left"] is not None
     for s in (right, both):
         label = s.to_label()
@@ -163,7 +216,7 @@ def test_label_carries_props_and_checks_them(hand_model, renderer):
     d = right.to_label().to_json()
     arm = d["props"]["forearm"]["right"]
     with pytest.raises(SchemaError, match="no left hand"):
-        Label.from_json({**d, "props": {"forearm": {"right": arm, "left": arm}}}, right.verts)
+        Label.from_json({**d, "props": {"forearm": {"right": arm, "left": arm}, "objects": []}}, right.verts)
     with pytest.raises(SchemaError, match="props"):
         Label.from_json({**d, "props": {"forearm": 1}}, right.verts)
     # no props, no field: the labels of a run without props are as before
@@ -188,14 +241,15 @@ def test_prop_meshes_need_their_hand(posed, hand_model):
 # -- the renderer's depth test -----------------------------------------------------------------------------
 def test_forearms_never_enter_the_mask_and_only_remove_hand_pixels(posed, hand_model, renderer):
     bare = _render(renderer, hand_model, posed)
-    armed = _render(renderer, hand_model, _with_forearms(posed))
+    armed = _render(renderer, hand_model, _with_forearms(posed, hand_model))
     shown = 0
     for b, a in zip(bare, armed, strict=True):
         if a.prop_mask is None:
             continue
         shown += 1
-        assert a.prop_mask.dtype == bool and a.prop_mask.shape == a.mask.shape
-        assert not (a.prop_mask & (a.mask > 0)).any()  # disjoint
+        assert a.prop_mask.dtype == np.uint8 and a.prop_mask.shape == a.mask.shape
+        assert not ((a.prop_mask > 0) & (a.mask > 0)).any()  # disjoint
+        assert set(np.unique(a.prop_mask).tolist()) <= {0, 3, 4}
         assert set(np.unique(a.mask).tolist()) <= {0, 1, 2}
         # hand pixels only disappear, and only where the arm is in front
         assert ((a.mask > 0) <= (b.mask > 0)).all()
@@ -203,7 +257,7 @@ def test_forearms_never_enter_the_mask_and_only_remove_hand_pixels(posed, hand_m
         assert a.prop_mask[lost].all()
         assert (a.depth[lost] < b.depth[lost]).all()
         # the depth holds the arm's pixels
-        assert (a.depth[a.prop_mask] > 0).all()
+        assert (a.depth[a.prop_mask > 0] > 0).all()
         # a joint visible with the arm is visible without it; the 2D joints do not move
         for side in SIDES:
             if b.joints_visible[side] is None:
@@ -211,7 +265,7 @@ def test_forearms_never_enter_the_mask_and_only_remove_hand_pixels(posed, hand_m
             assert np.array_equal(a.joints_2d[side], b.joints_2d[side])
             assert (np.asarray(a.joints_visible[side]) <= np.asarray(b.joints_visible[side])).all()
         # the local view splits the same way
-        assert not (a.local.prop_mask is not None and (a.local.prop_mask & (a.local.mask > 0)).any())
+        assert not (a.local.prop_mask is not None and ((a.local.prop_mask > 0) & (a.local.mask > 0)).any())
     assert shown >= 8  # an arm shows in most frames
 
 
@@ -233,11 +287,11 @@ def test_an_arm_in_front_hides_the_joints_behind_it(posed, hand_model, renderer,
     quad = np.array([[c[0] + dx, c[1] + dy, z] for dx, dy in corners])
     tris = np.array([[0, 1, 2], [0, 2, 3]])
     monkeypatch.setattr(
-        rb, "prop_meshes", lambda props, verts, faces: [] if props is None else [(quad, tris)]
+        rb, "prop_meshes", lambda props, verts, faces: [] if props is None else [("object", quad, tris)]
     )
     covered = _render(renderer, hand_model, [s.with_(props=Props({x: None for x in SIDES}))])[0]
     assert not (covered.mask > 0).any()  # the board covers the whole hand
-    assert covered.prop_mask is not None and covered.prop_mask[bare.mask > 0].all()
+    assert covered.prop_mask is not None and (covered.prop_mask[bare.mask > 0] == 4).all()
     assert not np.asarray(covered.joints_visible[side]).any()
 
 
@@ -245,7 +299,7 @@ def test_an_arm_in_front_hides_the_joints_behind_it(posed, hand_model, renderer,
 def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer):
     from generators.composite import CompositeGenerator
 
-    samples = _with_forearms(posed[:6])
+    samples = _with_forearms(posed[:6], hand_model)
     rendered = _render(renderer, hand_model, samples)
     gen = CompositeGenerator()
     sleeves, painted = set(), 0
@@ -256,9 +310,10 @@ def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer)
         assert (comp.hand[~comp.alpha] == 0).all()
         rec = comp.record["forearm"]
         assert set(rec) == {"sleeve", "sleeve_start", "sleeve_rgb", "fold_period"}
+        assert set(comp.record["object_material"]) == {"rgb", "gloss", "shininess"}
         sleeves.add(rec["sleeve"])
         if r.prop_mask is not None:
-            arm = r.prop_mask
+            arm = r.prop_mask > 0
             painted += 1
             # the arm is painted over the background
             assert not np.allclose(comp.image[arm], comp.background[arm])
@@ -280,11 +335,108 @@ def test_composite_without_props_records_no_forearm(posed, hand_model, renderer)
 
 # -- configuration -----------------------------------------------------------------------------------------
 def test_props_resolve_per_generator():
-    assert RunConfig(out="/tmp/x").props == "forearm"  # the composite
+    assert RunConfig(out="/tmp/x").props == AUTO_PROPS == "forearm,objects"  # the composite
     assert RunConfig(out="/tmp/x", props="none").props == "none"
     assert RunConfig(out="/tmp/x", generator="attentionhand:/tmp/m").props == "none"
     assert RunConfig(out="/tmp/x", generator="attentionhand:/tmp/m", props="forearm").props == "forearm"
     assert RunConfig(out="/tmp/x", mode="prepare", source="interhand:/tmp/d").props == "none"
     # a run without props keeps the identity it had before props existed
     assert "props" not in RunConfig(out="/tmp/x", props="none").identity()
-    assert RunConfig(out="/tmp/x").identity()["props"] == "forearm"
+    assert RunConfig(out="/tmp/x").identity()["props"] == AUTO_PROPS
+    assert RunConfig(out="/tmp/x", props=" Objects,forearm").props == "forearm,objects"  # one spelling
+    assert RunConfig(out="/tmp/x", props="objects").prop_kinds == {"objects"}
+    assert RunConfig(out="/tmp/x", props="none").prop_kinds == frozenset()
+    from pipeline.config import ConfigError, load_config
+
+    for bad in ("bogus", "forearm,forearm", "forearm,", 3):
+        with pytest.raises(ConfigError, match="props"):
+            load_config(props=bad)
+
+
+# -- objects -------------------------------------------------------------------------------------------------
+def test_unit_meshes_lie_on_their_surface():
+    for kind in OBJECT_TYPES:
+        obj = PropObject(kind, (0.01, -0.02, 0.5), (0.3, -0.2, 0.9), (0.03, 0.02, 0.05))
+        verts, faces = object_mesh(obj)
+        assert np.allclose(obj.gauge(verts), 1.0, atol=1e-9)  # every vertex on the surface
+        assert faces.min() == 0 and faces.max() == len(verts) - 1
+        assert obj.gauge(np.array([obj.centre])) < 1e-12  # the centre is inside
+        back = PropObject.from_json(json.loads(json.dumps(obj.to_json())), "o")
+        assert back == obj
+
+
+def test_objects_touch_the_palm_and_never_enter_a_hand(posed, hand_model):
+    placed = 0
+    for s in posed:
+        for i, side in enumerate(SIDES):
+            if s.hands[side] is None:
+                continue
+            hands_v = np.concatenate([np.asarray(s.verts[k]) for k, x in enumerate(SIDES) if s.hands[x]])
+            joints = np.asarray(s.hands[side].joints_3d)
+            for kind in OBJECT_TYPES:
+                obj = place_object(stage_rng(s.seed, "t", i), kind, joints, side, hands_v)
+                if obj is None:
+                    continue
+                placed += 1
+                g = obj.gauge(hands_v)
+                scale = max(obj.size)
+                assert g.min() >= 1.0 + 0.5 * CLEARANCE / scale  # nothing inside, clearance kept
+                assert g.min() <= 1.0 + 3.0 * CLEARANCE / min(obj.size)  # in contact (within a few mm)
+                palm = joints[[0, 5, 9, 13, 17]].mean(axis=0)
+                n = np.cross(joints[5] - joints[0], joints[17] - joints[0]) * (-1 if side == "left" else 1)
+                assert (np.asarray(obj.centre) - palm) @ n > 0  # on the palm's side
+    assert placed >= 20
+
+
+def test_draw_props_places_objects_for_grasps_and_keeps_forearms(posed, hand_model):
+    with_objects = without = 0
+    for s in posed:
+        hands = {
+            x: None if s.hands[x] is None else (s.verts[i], s.hands[x].joints_3d) for i, x in enumerate(SIDES)
+        }
+        a = draw_props(stage_rng(s.seed, "props"), hands, hand_model.faces, forearm=True, objects=True)
+        b = draw_props(stage_rng(s.seed, "props"), hands, hand_model.faces, forearm=True, objects=False)
+        assert a.forearms == b.forearms and b.objects == ()  # objects do not change the arms
+        assert Props.from_json(json.loads(json.dumps(a.to_json()))) == a
+        with_objects += bool(a.objects)
+        without += not a.objects
+        for o in a.objects:  # clear of the forearms too
+            arms = [
+                m[1]
+                for m in prop_meshes(
+                    Props(a.forearms), {x: h[0] for x, h in hands.items() if h}, hand_model.faces
+                )
+            ]
+            assert obj_clear(o, np.concatenate(arms))
+    assert with_objects >= 2 and without >= 2
+
+
+def obj_clear(o, pts):
+    return bool(o.gauge(pts).min() >= 1.0)
+
+
+def test_objects_are_in_the_depth_test(posed, hand_model, renderer):
+    samples = []
+    for s in posed:
+        hands = {
+            x: None if s.hands[x] is None else (s.verts[i], s.hands[x].joints_3d) for i, x in enumerate(SIDES)
+        }
+        for k in range(8):  # the first stream that places an object for this sample
+            p = draw_props(
+                stage_rng(s.seed, "props", k), hands, hand_model.faces, forearm=False, objects=True
+            )
+            if p.objects:
+                samples.append(s.with_(props=p))
+                break
+    assert len(samples) >= 6
+    bare = _render(renderer, hand_model, [s.with_(props=None) for s in samples])
+    held = _render(renderer, hand_model, samples)
+    covering = 0
+    for b, a in zip(bare, held, strict=True):
+        if a.prop_mask is None:
+            continue
+        assert set(np.unique(a.prop_mask).tolist()) <= {0, 4}  # object pixels only (no forearms here)
+        lost = (b.mask > 0) & (a.mask == 0)
+        assert ((a.mask > 0) <= (b.mask > 0)).all() and (a.prop_mask[lost] == 4).all()
+        covering += bool(lost.any())
+    assert covering >= 3  # objects do cover parts of hands
