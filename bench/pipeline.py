@@ -55,6 +55,7 @@ def main() -> None:
         help="run_shard with and without prefetch against a simulated generator",
     )
     ap.add_argument("--batch-size", type=int, default=8, help="samples per batch (--overlap)")
+    ap.add_argument("--props", default="auto", help="RunConfig.props of the runs (--overlap)")
     args = ap.parse_args()
     if args.workers:
         return compare_workers(args)
@@ -216,6 +217,7 @@ def compare_overlap(args) -> None:
         "batch_size": args.batch_size,
         "seed": 1,
         "run_tag": "bench",
+        "props": args.props,
     }
     with stages.Session() as session:  # models load here, once, outside the timings
         st = session.pipeline(RunConfig(out=f"{d}/cpu", **base)).load()
