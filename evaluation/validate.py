@@ -168,8 +168,12 @@ def _run_config(config, what: str):
 
     if not isinstance(config, dict):
         raise ValueError(f"{what}: expected a config object, got {type(config).__name__}")
+    from pipeline.config import ADDED_FIELDS
+
+    # a field the stored config lacks was added later: the run was made with the value it stood for then
+    stored = {**{k: v for k, v in ADDED_FIELDS.items() if k not in config}, **config}
     try:
-        return RunConfig(**{k: v for k, v in config.items() if k != "out"})
+        return RunConfig(**{k: v for k, v in stored.items() if k != "out"})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"
@@ -838,7 +842,7 @@ def _local_vs_parent(label, parent) -> list[str]:
     d0, d1 = label.camera.dist, parent.camera.dist
     if (d0 is None) != (d1 is None) or (d0 is not None and not np.array_equal(d0, d1)):
         out.append("camera.dist differs from the global record's")
-    for name in ("index", "seed", "caption", "hand_type"):
+    for name in ("index", "seed", "caption", "hand_type", "props"):
         if getattr(label, name) != getattr(parent, name):
             out.append(f"{name} differs from the global record's")
     if not np.array_equal(label.verts, parent.verts, equal_nan=True):

@@ -2,8 +2,8 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 3 (version 2 and the forearm; ``CompositeConfig`` defaults; each component can
-be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 3 (version 2, forearms and objects; ``CompositeConfig`` defaults; each component
+can be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
@@ -58,6 +58,7 @@ from scipy.ndimage import uniform_filter
 
 from generators.base import Generator
 from pipeline.kinematics import FINGER_CHAINS
+from pipeline.props import PROP_IDS
 from pipeline.sample import Generation, Sample
 from pipeline.schema import SIDES
 from pipeline.seeding import stage_rng
@@ -86,8 +87,8 @@ LIGHT_PRESETS = {
     "dramatic": {"key": (4800, 1.25), "fill": (5600, 0.12), "rim": (6000, 0.90), "ambient": 0.10},
 }
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
-ARM_ID, OBJECT_ID = 3, 4
-"""The props' ids in the shading's id map: as in ``Sample.prop_mask`` (hands are 1 right, 2 left, as in the
+ARM_ID, OBJECT_ID = PROP_IDS["forearm"], PROP_IDS["object"]
+"""The props' ids in the shading's id map, as in ``Sample.prop_mask`` (hands are 1 right, 2 left, as in the
 mask)."""
 OBJECT_COLOURS = (  # sRGB 0-1: ceramic, plastics, wood, rubber, metal
     (0.90, 0.89, 0.86),

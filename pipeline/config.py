@@ -153,15 +153,19 @@ class RunConfig(FrozenModel):
     @field_validator("props", mode="before")
     @classmethod
     def _props(cls, v, info):
+        if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+            v = ",".join(v)  # YAML may give a list
         if not isinstance(v, str):
             raise ValueError(f"expected auto, none or a list of {', '.join(PROP_KINDS)}, got {v!r}")
         v = v.strip().lower()
+        generator, mode = info.data.get("generator"), info.data.get("mode")
         if v == "auto":
-            generator, mode = info.data.get("generator"), info.data.get("mode")
             composite = generator is not None and generator.kind == "composite" and mode == "generate"
             return AUTO_PROPS if composite else "none"
         if v == "none":
             return v
+        if mode == "prepare":
+            raise ValueError("mode prepare keeps the dataset's real photos: props are for generated images")
         parts = [p.strip() for p in v.split(",")]
         bad = [p for p in parts if p not in PROP_KINDS]
         if bad or len(set(parts)) != len(parts):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,8 @@ from pipeline.errors import HandgenError
 from pipeline.gestures import classify_gesture
 from pipeline.schema import SIDES
 
+PROP_IDS = {"forearm": 3, "object": 4}
+"""The props' ids in a render's id map (``RenderResult.prop_mask``; the hands are 1 right and 2 left)."""
 SECTIONS = 14
 """Cross-sections of a forearm after the wrist loop (the last one is capped)."""
 LENGTH_RANGE = (0.30, 0.45)
@@ -149,9 +152,10 @@ def draw_props(
     if rng.random() >= OBJECT_P[0 if gesture in GRASP_OBJECTS else 1]:
         return Props(arms)
     kind = GRASP_OBJECTS.get(gesture) or OBJECT_TYPES[int(rng.integers(len(OBJECT_TYPES)))]
-    obstacles = [np.asarray(hands[s][0], dtype=np.float64) for s in sides]
-    obstacles += [m[1] for m in prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)]
-    obj = place_object(rng, kind, joints, side, np.concatenate(obstacles))
+    skins = {s: surface_points(hands[s][0], faces[s]) for s in sides}
+    arm_meshes = prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)
+    obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for _, v, f in arm_meshes)])
+    obj = place_object(rng, kind, joints, side, obstacles, skins[side])
     return Props(arms, () if obj is None else (obj,))
 
 
@@ -218,9 +222,13 @@ def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.
     ring = v[loop]
     centre = ring.mean(axis=0)
     _, _, vt = np.linalg.svd(ring - centre)
-    e1, e2, normal = vt[0], vt[1], vt[2]
+    e1, normal = vt[0], vt[2]
     if normal @ (centre - v.mean(axis=0)) < 0:  # point away from the hand
         normal = -normal
+    # signs fixed by the loop itself (an SVD's are arbitrary, and the bend turns about these axes)
+    if e1 @ (ring[0] - centre) < 0:
+        e1 = -e1
+    e2 = np.cross(normal, e1)
     axis = _rotate(_rotate(normal, e1, arm.bend[0]), e2, arm.bend[1])
     axis = axis / np.linalg.norm(axis)
     # the loop in its own plane (long and short axis coordinates), carried along the bent axis
@@ -232,13 +240,18 @@ def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.
         f2 = -f2
     rings = [ring]
     n = len(loop)
+    # a ring tilted by the bend reaches back by up to its radius x sin(tilt): keep every ring beyond the
+    # wrist plane (3 mm at least), so no section of the arm goes back into the hand
+    cos_t = float(np.clip(axis @ normal, 1e-3, 1.0))
+    sin_t = math.sqrt(max(1.0 - cos_t * cos_t, 0.0))
+    reach = float(np.max(np.hypot(a1, a2)))
     for k in range(1, SECTIONS + 1):
         t = k / SECTIONS
         w = t * t * (3 - 2 * t)
         s1 = 1.0 + (arm.widen[0] - 1.0) * w
         s2 = 1.0 + (arm.widen[1] - 1.0) * w
         # the first sections stay close to the wrist, so the seam follows the hand's own surface
-        d = arm.length * t**1.5
+        d = max(arm.length * t**1.5, (reach * max(s1, s2) * sin_t + 0.003) / cos_t)
         rings.append(centre + d * axis + np.outer(a1 * s1, f1) + np.outer(a2 * s2, f2))
     cap = (centre + arm.length * axis)[None]
     pts = np.concatenate(rings + [cap])
@@ -288,7 +301,11 @@ OBJECT_P = (0.8, 0.25)
 OBJECT_SIZE = {"cylinder": (0.012, 0.035), "sphere": (0.018, 0.045), "box": (0.015, 0.035)}
 """The drawn characteristic size, metres: the cylinder's and the sphere's radius, the box's half height."""
 CLEARANCE = 0.001
-"""Metres kept free between an object and every hand and forearm vertex: in contact, not inside."""
+"""Metres kept free between an object and the hands' and forearms' surfaces: in contact, not inside."""
+CONTACT = 0.005
+"""An object whose holding hand's surface is farther than this (metres) is not placed (it would float)."""
+SPACING = 0.003
+"""Metres between the surface points an object is checked against (``surface_points``)."""
 _SLIDE_MAX = 0.25
 
 
@@ -452,14 +469,37 @@ def _palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, 
     return centre, across, along, n
 
 
+def surface_points(verts: np.ndarray, faces: np.ndarray, spacing: float = SPACING) -> np.ndarray:
+    """(N, 3) float64 points covering a triangle mesh's surface (vertices (V, 3), faces (F, 3)): each
+    triangle sampled on a barycentric grid fine enough that its points are at most about ``spacing`` apart
+    (an object between them can then reach in by only spacing^2 / (8 radius), far below ``CLEARANCE``)."""
+    v = np.asarray(verts, dtype=np.float64)
+    tri = v[np.asarray(faces, dtype=np.int64)]  # (F, 3, 3)
+    edge = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=-1).max(axis=1)
+    ks = np.maximum(np.ceil(edge / spacing), 1).astype(np.int64)
+    out = [v]
+    for k in np.unique(ks):
+        i, j = np.meshgrid(np.arange(k + 1), np.arange(k + 1), indexing="ij")
+        keep = (i + j) <= k
+        w = np.stack([i[keep], j[keep], k - i[keep] - j[keep]], axis=1) / k  # (P, 3) barycentric
+        out.append(np.einsum("pc,fcd->fpd", w, tri[ks == k]).reshape(-1, 3))
+    return np.concatenate(out)
+
+
 def place_object(
-    rng: np.random.Generator, kind: str, joints: np.ndarray, side: str, obstacles: np.ndarray
+    rng: np.random.Generator,
+    kind: str,
+    joints: np.ndarray,
+    side: str,
+    obstacles: np.ndarray,
+    holder: np.ndarray,
 ) -> PropObject | None:
-    """An object of ``kind`` in contact with the palm side of a hand (``joints`` (21, 3), ``side``) and
-    inside none of ``obstacles`` (N, 3) (the vertices of every hand and forearm): its size and orientation
-    are drawn, then it slides out from the palm's centre along the palm normal until ``CLEARANCE`` separates
-    it from the nearest vertex. None when it does not fit (it never clears, or the camera would be inside
-    it). Values are rounded to the digits the label keeps, and checked again after rounding."""
+    """An object of ``kind`` in contact with the palm side of a hand (``joints`` (21, 3), ``side``; its
+    surface points ``holder`` (M, 3)) and inside none of ``obstacles`` (N, 3) (points on every hand's and
+    forearm's surface, ``surface_points``): its size and orientation are drawn, then it slides out from the
+    palm's centre along the palm normal until ``CLEARANCE`` separates it from the nearest point. None when
+    it does not fit (it never clears, it clears only away from its hand (more than ``CONTACT``), or the
+    camera would be inside it). Values are rounded to the digits the label keeps, and checked again."""
     centre, across, along, n = _palm_frame(joints, side)
     r = float(rng.uniform(*OBJECT_SIZE[kind]))
     yaw = float(rng.normal(0.0, 0.25))
@@ -479,6 +519,12 @@ def place_object(
     size_r = np.round(size, _DIGITS)
     inflated = size_r + CLEARANCE
     pts = np.asarray(obstacles, dtype=np.float64)
+    # only points near the line the object slides along can ever be inside it
+    rel = pts - centre
+    off = rel - np.outer(rel @ n, n)
+    pts = pts[np.linalg.norm(off, axis=1) <= float(np.linalg.norm(inflated)) + 1e-3]
+    if not len(pts):
+        return None
 
     def clear(d: float) -> bool:
         c = centre + d * n
@@ -497,8 +543,11 @@ def place_object(
         tuple(round(float(x), _DIGITS) for x in aa),
         tuple(float(x) for x in size_r),
     )
-    if obj.gauge(pts).min() < 1.0 + 0.5 * CLEARANCE / float(size_r.max()):
+    if len(pts) and obj.gauge(pts).min() < 1.0 + 0.5 * CLEARANCE / float(size_r.max()):
         return None  # rounding moved it into the hand (does not happen at 5 digits; checked anyway)
+    reach = PropObject(obj.type, obj.centre, obj.rotation, tuple(float(x) + CONTACT for x in size_r))
+    if reach.gauge(holder).min() >= 1.0:
+        return None  # it cleared something else first and floats away from its hand
     verts, _ = object_mesh(obj)
     if verts[:, 2].min() < 0.05:  # the camera (or its near plane) would be inside it
         return None

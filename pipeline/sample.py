@@ -9,7 +9,7 @@ stage         part                what it holds
 source        ``Drawn``           index, seed, key, camera, image size, hand type, MANO parameters
                                   (``HandParams``), source ids and the dataset photo's path
 hand model    ``Posed``           vertices (2, 778, 3), joints_3d per hand, the hand model's record
-props         ``Props``           the forearms drawn with the hands (``pipeline.props``)
+props         ``Props``           the forearms and the held object drawn with the hands (``pipeline.props``)
 letterbox     ``photo``           prepare mode: the dataset photo letterboxed (H, W, 3) uint8 (and a
                                   ``Drawn`` with that image's camera)
 renderer      ``RenderResult``    mesh images, mask, depth, 2D joints, visibility, boxes, crop
@@ -172,8 +172,8 @@ class Sample:
     """The parts of one sample made so far (module doc). ``attempt``: the generation try (0 first; generators
     draw from the streams of their try, ``pipeline.seeding.stage_rng(seed, stage, attempt)``). ``view``: the
     label's ``view`` field (None for a global record; set on a local record,
-    ``sinks.records.local_sample``). ``props``: the forearms drawn with the hands (``pipeline.props``; None:
-    none), the label's ``props`` field."""
+    ``sinks.records.local_sample``). ``props``: the forearms and the held object drawn with the hands
+    (``pipeline.props``; None: a run without props), the label's ``props`` field."""
 
     drawn: Drawn
     posed: Posed | None = None

@@ -44,14 +44,13 @@ import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
-from pipeline.props import Props, prop_meshes
+from pipeline.props import PROP_IDS, Props, prop_meshes
 from pipeline.sample import RenderResult
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
 
 HAND_ID = {"right": 1, "left": 2}
-PROP_IDS = {"forearm": 3, "object": 4}
 PROP_ALBEDO = (0.5, 0.5, 0.5)
 N_IDS = 5
 """Ids in a raster's id map: 0 background, ``HAND_ID``, ``PROP_IDS``."""

@@ -373,3 +373,16 @@ def test_unfinished_run_reports_a_missing_manifest(tmp_path):
     report = validate(out, render=False)
     assert not report.passed and report.counts["manifest"] == [0, 1] and report.counts["run"] == [2, 0]
     assert "not finalised" in report.errors[0]
+
+
+def test_a_run_made_before_props_keeps_its_identity():
+    """A stored config without ``props`` (written before props existed) is read as the run it was
+    (``props: none``), not as today's default, so ``hands validate`` finds its hash and run tag unchanged."""
+    from evaluation.validate import _run_config
+
+    stored = RunConfig(props="none").model_dump(mode="json")
+    del stored["props"]
+    cfg = _run_config(stored, "run.json")
+    assert cfg.props == "none"
+    assert cfg.config_sha256() == "3d5c120baf6bb8599c6caabbe80e431e359236e49578b2f2ca68c6d7d8ef7efe"
+    assert RunConfig(**{k: v for k, v in stored.items() if k != "out"}).props == "forearm,objects"
