@@ -8,8 +8,9 @@ ends in a flat cap.
 
 An object (``PropObject``: a cylinder, a sphere or a box) is held against the palm: for a hand whose gesture
 grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and orientation are drawn,
-then it slides out from the palm's centre along the palm normal until it just clears every vertex of every
-hand and forearm (``CLEARANCE``): in contact, never inside. At most one object per sample.
+then it slides out from the palm's centre along the palm normal until it just clears the surfaces of every
+hand and forearm (``CLEARANCE``, on points ``SPACING`` apart: ``surface_points``): in contact, not inside.
+One that would end farther than ``CONTACT`` from its hand is dropped. At most one object per sample.
 
 Props are drawn per sample from their own stream (``stage_rng(seed, 'props')``), recorded in the label's
 ``props`` field (``Props.to_json``, rounded to the digits written, and the geometry is built from the rounded
