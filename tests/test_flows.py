@@ -9,6 +9,8 @@ import sys
 import tarfile
 import time
 
+import pytest
+
 from evaluation.validate import validate
 
 
@@ -76,6 +78,7 @@ def test_visibility_filter_counts_skips(tmp_path):
         assert rec["joints_visible"][rec["hand_present"]].all()
 
 
+@pytest.mark.slow  # about 31 s; the golden and official-settings runs cover the AttentionHand path
 def test_generate_with_attentionhand_base_plus_guidance(tmp_path):
     """attentionhand:PATH,guidance=DIR: a base SD folder plus a separate guidance module, through hands
     generate."""

@@ -154,6 +154,7 @@ def test_resume_is_exact(data, tmp_path):
         other.load_checkpoint(ckpt)
 
 
+@pytest.mark.slow  # about 33 s; the in-process training tests cover the same loop (default suite < 15 min)
 def test_train_generator_cli(data, tmp_path):
     model = save_tiny(tmp_path / "tiny")
     out = tmp_path / "cli"
@@ -218,6 +219,7 @@ def test_each_branch_is_noised_from_its_own_latent(data, tmp_path):
     assert again == a  # a micro-step's randomness depends only on (seed, micro-step, rank)
 
 
+@pytest.mark.slow  # about 30 s with its set-up (default suite < 15 min)
 def test_two_processes_share_the_run(data, tmp_path):
     """Two processes (torchrun, gloo on CPU; what accelerate launch does on GPUs): one checkpoint with both
     RNG states, one summary, and the logged loss is the mean over both processes."""
