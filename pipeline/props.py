@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.errors import HandgenError
 from pipeline.gestures import classify_gesture
+from pipeline.rotations import aa_to_matrix, matrix_to_aa
 from pipeline.schema import SIDES
 
 PROP_IDS = {"forearm": 3, "object": 4}
@@ -148,7 +149,7 @@ def draw_props(
     if not (objects and sides):
         return Props(arms)
     side = sides[int(rng.integers(len(sides)))]
-    verts, joints = hands[side]
+    joints = hands[side][1]
     gesture = classify_gesture(joints)
     if rng.random() >= OBJECT_P[0 if gesture in GRASP_OBJECTS else 1]:
         return Props(arms)
@@ -349,7 +350,7 @@ class PropObject:
     @property
     def matrix(self) -> np.ndarray:
         """(3, 3) the object's axes as columns, camera space."""
-        return _aa_matrix(np.asarray(self.rotation, dtype=np.float64))
+        return aa_to_matrix(np.asarray(self.rotation, dtype=np.float64))
 
     def gauge(self, points: np.ndarray) -> np.ndarray:
         """(N,) for camera-space ``points`` (N, 3): the scale of the object at which each point lies on its
@@ -365,30 +366,6 @@ def _gauge(kind: str, local: np.ndarray, size: np.ndarray) -> np.ndarray:
     if kind == "cylinder":
         return np.maximum(np.hypot(q[:, 0], q[:, 1]), np.abs(q[:, 2]))
     return np.abs(q).max(axis=-1)
-
-
-def _aa_matrix(aa: np.ndarray) -> np.ndarray:
-    theta = float(np.linalg.norm(aa))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = aa / theta
-    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * (K @ K)
-
-
-def _matrix_aa(R: np.ndarray) -> np.ndarray:
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    theta = float(np.arccos(cos))
-    if theta < 1e-9:
-        return np.zeros(3)
-    if np.pi - theta < 1e-6:  # near pi: the axis from the symmetric part
-        B = (R + np.eye(3)) / 2.0
-        k = np.sqrt(np.clip(np.diag(B), 0.0, None))
-        i = int(np.argmax(k))
-        k = B[i] / max(k[i], 1e-12)
-        return k / np.linalg.norm(k) * theta
-    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return v / (2.0 * np.sin(theta)) * theta
 
 
 @functools.cache
@@ -515,8 +492,8 @@ def place_object(
         axes = np.stack([across, along, n], axis=1)  # flat side against the palm
     if np.linalg.det(axes) < 0:  # a rotation, not a reflection (the shapes are symmetric: any sign will do)
         axes[:, 0] = -axes[:, 0]
-    R = _aa_matrix(n * yaw) @ axes
-    aa = _matrix_aa(R)
+    R = aa_to_matrix(n * yaw) @ axes
+    aa = matrix_to_aa(R)
     size_r = np.round(size, _DIGITS)
     inflated = size_r + CLEARANCE
     pts = np.asarray(obstacles, dtype=np.float64)
