@@ -69,36 +69,42 @@ def edge_triangle_intersections(
     With only mesh A given, tests A against itself and skips pairs that share a vertex (neighbours touch
     by construction). Two surfaces in general position intersect iff some edge of one crosses a triangle of
     the other, so ``len(result) == 0`` means no self-intersection (or no interpenetration of A and B, when
-    both directions are tested). Returns (K, 2) int64.
+    both directions are tested). Returns (K, 2) int64, sorted by edge id then face id (edge ids index
+    ``unique_edges(faces_a)``).
+
+    Broad phase: the edges are sorted along the axis where they spread most and taken in runs of
+    ``_RUN``; only the triangles whose box meets a run's box are compared with its edges box by box, and
+    only pairs whose boxes meet get the exact segment-triangle test. The result is exactly that of testing
+    every pair.
     """
     same = verts_b is None
     va = np.asarray(verts_a, dtype=np.float64)
     vb = va if same else np.asarray(verts_b, dtype=np.float64)
     fb = np.asarray(faces_a if same else faces_b, dtype=np.int64)
     edges = unique_edges(faces_a)
+    if not len(edges) or not len(fb):
+        return np.zeros((0, 2), dtype=np.int64)
     p0, p1 = va[edges[:, 0]], va[edges[:, 1]]
     tri = vb[fb]
-    face_ids = None
-    if not same:  # only edges and faces inside the other mesh's box can cross (two hands rarely overlap much)
-        lo_b, hi_b = tri.reshape(-1, 3).min(0), tri.reshape(-1, 3).max(0)
-        near = ((np.minimum(p0, p1) <= hi_b) & (np.maximum(p0, p1) >= lo_b)).all(axis=1)
-        idx = np.nonzero(near)[0]
-        edges, p0, p1 = edges[idx], p0[idx], p1[idx]
-        keep_ids = idx
-        lo_a, hi_a = va.min(0), va.max(0)
-        face_ids = np.nonzero(((tri.min(1) <= hi_a) & (tri.max(1) >= lo_a)).all(axis=1))[0]
-        tri, fb = tri[face_ids], fb[face_ids]
-    else:
-        keep_ids = None
     e_lo, e_hi = np.minimum(p0, p1), np.maximum(p0, p1)
     t_lo, t_hi = tri.min(axis=1), tri.max(axis=1)
+    edge_ids = np.arange(len(edges))
+    if not same:  # only edges inside the other mesh's box can cross (two hands rarely overlap much)
+        edge_ids = np.nonzero(((e_lo <= t_hi.max(0)) & (e_hi >= t_lo.min(0))).all(axis=1))[0]
+    if not len(edge_ids):
+        return np.zeros((0, 2), dtype=np.int64)
+    axis = int(np.argmax(e_hi[edge_ids].max(0) - e_lo[edge_ids].min(0)))
+    edge_ids = edge_ids[np.argsort(e_lo[edge_ids, axis], kind="stable")]
     hits = []
-    chunk = 512
-    for s in range(0, len(edges), chunk):
-        lo, hi = e_lo[s : s + chunk, None], e_hi[s : s + chunk, None]
-        overlap = ((lo <= t_hi[None]) & (hi >= t_lo[None])).all(axis=2)
-        ei, fi = np.nonzero(overlap)
-        ei = ei + s
+    for s in range(0, len(edge_ids), _RUN):
+        ei_run = edge_ids[s : s + _RUN]
+        lo, hi = e_lo[ei_run], e_hi[ei_run]
+        near = np.nonzero(((t_lo <= hi.max(0)) & (t_hi >= lo.min(0))).all(axis=1))[0]
+        if not len(near):
+            continue
+        overlap = ((lo[:, None] <= t_hi[near][None]) & (hi[:, None] >= t_lo[near][None])).all(axis=2)
+        ri, ni = np.nonzero(overlap)
+        ei, fi = ei_run[ri], near[ni]
         if same:
             shared = (edges[ei, 0, None] == fb[fi]).any(1) | (edges[ei, 1, None] == fb[fi]).any(1)
             ei, fi = ei[~shared], fi[~shared]
@@ -117,10 +123,14 @@ def edge_triangle_intersections(
         v = inv * (d * q).sum(1)
         t = inv * (e2 * q).sum(1)
         inside = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
-        ids = ei[inside] if keep_ids is None else keep_ids[ei[inside]]
-        fids = fi[inside] if face_ids is None else face_ids[fi[inside]]
-        hits.append(np.stack([ids, fids], axis=1))
-    return np.concatenate(hits) if hits else np.zeros((0, 2), dtype=np.int64)
+        hits.append(np.stack([ei[inside], fi[inside]], axis=1))
+    if not hits:
+        return np.zeros((0, 2), dtype=np.int64)
+    out = np.concatenate(hits)
+    return out[np.lexsort((out[:, 1], out[:, 0]))]
+
+
+_RUN = 128  # edges per broad-phase run
 
 
 def meshes_interpenetrate(va, fa, vb, fb) -> bool:

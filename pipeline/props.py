@@ -360,7 +360,11 @@ class PropObject:
 
 
 def _gauge(kind: str, local: np.ndarray, size: np.ndarray) -> np.ndarray:
-    q = local / size  # the unit shape's coordinates
+    return _unit_gauge(kind, local / size)
+
+
+def _unit_gauge(kind: str, q: np.ndarray) -> np.ndarray:
+    """(N,) the gauge of points ``q`` (N, 3) in the unit shape's coordinates (half extents 1)."""
     if kind == "sphere":
         return np.linalg.norm(q, axis=-1)
     if kind == "cylinder":
@@ -504,10 +508,16 @@ def place_object(
     if not len(pts):
         return None
 
+    # in the inflated unit shape's coordinates the points move along a line as the object slides:
+    # q(d) = base - d * step. The gauge is at least |q| / sqrt(3) (box; sphere |q|, cylinder |q| / sqrt(2)),
+    # so a point that stays sqrt(3) from the origin over the whole slide can never be inside
+    base = ((pts - centre) @ R) / inflated
+    step = (n @ R) / inflated
+    t = np.clip((base @ step) / (step @ step), 0.0, _SLIDE_MAX)
+    base = base[np.linalg.norm(base - t[:, None] * step, axis=1) < np.sqrt(3.0) + 1e-9]
+
     def clear(d: float) -> bool:
-        c = centre + d * n
-        local = (pts - c) @ R
-        return bool(_gauge(kind, local, inflated).min() >= 1.0)
+        return not len(base) or bool(_unit_gauge(kind, base - d * step).min() >= 1.0)
 
     if clear(0.0) or not clear(_SLIDE_MAX):
         return None

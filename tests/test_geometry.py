@@ -1,0 +1,91 @@
+"""The broad phase of ``geometry.edge_triangle_intersections`` returns exactly what testing every pair
+returns: the reference below is the all-pairs version it replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import geometry
+
+
+def _all_pairs(verts_a, faces_a, verts_b=None, faces_b=None, eps=1e-9) -> np.ndarray:
+    """Every (edge, triangle) pair with overlapping boxes gets the exact segment-triangle test."""
+    same = verts_b is None
+    va = np.asarray(verts_a, dtype=np.float64)
+    vb = va if same else np.asarray(verts_b, dtype=np.float64)
+    fb = np.asarray(faces_a if same else faces_b, dtype=np.int64)
+    edges = geometry.unique_edges(faces_a)
+    p0, p1 = va[edges[:, 0]], va[edges[:, 1]]
+    tri = vb[fb]
+    e_lo, e_hi = np.minimum(p0, p1), np.maximum(p0, p1)
+    t_lo, t_hi = tri.min(axis=1), tri.max(axis=1)
+    overlap = ((e_lo[:, None] <= t_hi[None]) & (e_hi[:, None] >= t_lo[None])).all(axis=2)
+    ei, fi = np.nonzero(overlap)
+    if same:
+        shared = (edges[ei, 0, None] == fb[fi]).any(1) | (edges[ei, 1, None] == fb[fi]).any(1)
+        ei, fi = ei[~shared], fi[~shared]
+    o, d = p0[ei], p1[ei] - p0[ei]
+    t0, t1, t2 = tri[fi, 0], tri[fi, 1], tri[fi, 2]
+    e1, e2 = t1 - t0, t2 - t0
+    h = np.cross(d, e2)
+    a = (e1 * h).sum(1)
+    ok = np.abs(a) > eps
+    inv = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
+    sv = o - t0
+    u = inv * (sv * h).sum(1)
+    q = np.cross(sv, e1)
+    v = inv * (d * q).sum(1)
+    t = inv * (e2 * q).sum(1)
+    inside = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
+    return np.stack([ei[inside], fi[inside]], axis=1)
+
+
+@pytest.fixture(scope="module")
+def posed(hand_model):
+    """Six right and six left hands in random poses (vertices (778, 3) metres), with their faces."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    out = {}
+    for side in ("right", "left"):
+        pose = torch.tensor(rng.normal(0.0, 0.6, size=(6, 48)))
+        verts = hand_model(side, pose, torch.zeros(6, 10), torch.zeros(6, 3)).vertices.cpu().numpy()
+        out[side] = (verts.astype(np.float64), np.asarray(hand_model.faces[side]))
+    return out
+
+
+def test_self_intersections_match_all_pairs(posed):
+    verts, faces = posed["right"]
+    found = 0
+    for v in verts:
+        got = geometry.edge_triangle_intersections(v, faces)
+        np.testing.assert_array_equal(got, _all_pairs(v, faces))
+        found += len(got)
+    assert found > 0  # strong random poses do fold fingers into each other: the comparison is not empty
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.01, 0.03, 1.0])
+def test_two_meshes_match_all_pairs(posed, shift):
+    (vr, fr), (vl, fl) = posed["right"], posed["left"]
+    hits = 0
+    for a, b in zip(vr, vl):
+        b = b + np.array([shift, 0.0, 0.0])
+        for args in ((a, fr, b, fl), (b, fl, a, fr)):
+            got = geometry.edge_triangle_intersections(*args)
+            np.testing.assert_array_equal(got, _all_pairs(*args))
+            hits += len(got)
+        assert geometry.meshes_interpenetrate(a, fr, b, fl) == (
+            len(_all_pairs(a, fr, b, fl)) > 0 or len(_all_pairs(b, fl, a, fr)) > 0
+        )
+    if shift == 0.0:
+        assert hits > 0
+    if shift == 1.0:
+        assert hits == 0  # a metre apart: nothing crosses
+
+
+def test_empty_inputs():
+    v = np.zeros((3, 3))
+    f = np.array([[0, 1, 2]])
+    assert geometry.edge_triangle_intersections(v, f, v + 5.0, f).shape == (0, 2)
+    assert geometry.edge_triangle_intersections(v, f, v, np.zeros((0, 3), dtype=np.int64)).shape == (0, 2)
