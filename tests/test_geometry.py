@@ -69,7 +69,7 @@ def test_self_intersections_match_all_pairs(posed):
 def test_two_meshes_match_all_pairs(posed, shift):
     (vr, fr), (vl, fl) = posed["right"], posed["left"]
     hits = 0
-    for a, b in zip(vr, vl):
+    for a, b in zip(vr, vl, strict=True):
         b = b + np.array([shift, 0.0, 0.0])
         for args in ((a, fr, b, fl), (b, fl, a, fr)):
             got = geometry.edge_triangle_intersections(*args)
