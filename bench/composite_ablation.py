@@ -1,4 +1,4 @@
-"""Composite v2 ablation: each component of the composite generator added in turn (as HandSynthesis does),
+"""Composite ablation: each component of the composite generator added in turn (as HandSynthesis does),
 on the embedded default run (stand-in hand, prior, label captions, 512 px), scored by ``hands evaluate``.
 
 Every row is a full run (``flows.stages.run_shards`` with the stage's generator replaced by a
@@ -7,10 +7,11 @@ detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., a
 ``--before FILE``: also time a run with the composite module in FILE (e.g. the version-2 file) and no props,
 alternating with the default (forearms and objects), ``--repeats`` times each (this machine is noisy: ratios
 measured side by side); ``--props-speed``: the default generator with ``--props none`` against
-``forearm,objects``, alternated likewise.
+``forearm,objects``, alternated likewise; ``--shadows-speed``: the default with ``shadows=False`` against
+shadows on (forearms and objects both times), alternated likewise.
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
-       [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed]
+       [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
 """
 
 from __future__ import annotations
@@ -28,17 +29,23 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
     pass
 
 # cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
-# given; every other key is a ``CompositeConfig`` field)
+# given; every other key is a ``CompositeConfig`` field). Rows before the last keep the key light's shadows
+# off (``shadows=False``: version 3's shading), so they measure what they measured before version 4
+_V3 = dict(shadows=False)
 ROWS = (
-    ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False)),
-    ("+ skin", dict(light="single", background="blobs", camera_effects=False)),
-    ("+ light", dict(background="blobs", camera_effects=False)),
-    ("+ natural background", dict(camera_effects=False)),
-    ("+ camera effects (v2 default)", dict()),
-    ("+ spectrum match 0.5", dict(spectrum_match=0.5)),
-    ("skin + light + camera effects, blob background", dict(background="blobs")),
-    ("+ forearm", dict(background="blobs", props="forearm")),
-    ("+ objects held against the palm (v3 default)", dict(background="blobs", props="forearm,objects")),
+    ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False, **_V3)),
+    ("+ skin", dict(light="single", background="blobs", camera_effects=False, **_V3)),
+    ("+ light", dict(background="blobs", camera_effects=False, **_V3)),
+    ("+ natural background", dict(camera_effects=False, **_V3)),
+    ("+ camera effects (v2 default)", dict(**_V3)),
+    ("+ spectrum match 0.5", dict(spectrum_match=0.5, **_V3)),
+    ("skin + light + camera effects, blob background", dict(background="blobs", **_V3)),
+    ("+ forearm", dict(background="blobs", props="forearm", **_V3)),
+    (
+        "+ objects held against the palm (v3 default)",
+        dict(background="blobs", props="forearm,objects", **_V3),
+    ),
+    ("+ key-light self-shadowing (v4 default)", dict(background="blobs", props="forearm,objects")),
 )
 
 
@@ -74,6 +81,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument(
         "--props-speed", action="store_true", help="time the default with --props none against forearm"
+    )
+    ap.add_argument(
+        "--shadows-speed", action="store_true", help="time the default with shadows off against on"
     )
     args = ap.parse_args()
 
@@ -147,6 +157,18 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         print(
             f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): --props none "
             f"{b:.2f} samples/s, forearm,objects {a:.2f} samples/s, ratio {a / b:.2f}"
+        )
+    if args.shadows_speed:
+        gens = {"off": CompositeGenerator(CompositeConfig(shadows=False)), "on": CompositeGenerator()}
+        rates = {k: [] for k in gens}
+        run_once(16, root / "warmup", gens["on"], "forearm,objects")
+        for _ in range(args.repeats):
+            for k, g in gens.items():
+                rates[k].append(run_once(args.samples, root / f"speed_shadows_{k}", g, "forearm,objects"))
+        b, a = max(rates["off"]), max(rates["on"])
+        print(
+            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): shadows off "
+            f"{b:.2f} samples/s, on {a:.2f} samples/s, ratio {a / b:.2f}"
         )
 
 

@@ -2,8 +2,9 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 3 (version 2, forearms and objects; ``CompositeConfig`` defaults; each component
-can be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 4 (version 3 with the key light's shadows; version 3: version 2 with forearms
+and objects; ``CompositeConfig`` defaults; each component can be switched back to version 1 for the ablation
+in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
@@ -13,6 +14,14 @@ can be switched back to version 1 for the ablation in docs/benchmarks.md, ``benc
 * **light** (``light="presets"``): a key, a fill and a rim light from one of ``LIGHT_PRESETS`` (colour
   temperatures, strengths), in linear RGB; the same lights shade the background (a falloff toward the key
   light, their colours), exposure is metered on the hand. ``"single"``: one white light (version 1).
+  Self-shadowing (``shadows=True``): the key light (the single light in version 1) casts shadows of both
+  hands, the forearms and the held object onto all of them, from a shadow map of the scene's meshes
+  (``generators.shadows``: an orthographic depth grid seen from the light, about ``ShadowParams.texel_px``
+  pixels a texel, normal-offset bias, a 3 x 3 percentage-closer filter for soft edges); the pixels in shadow
+  lose the key's diffuse and specular terms and keep the ambient, fill and rim light. The fraction of hand
+  pixels in shadow is recorded as ``shadow_fraction`` (0.0 with ``shadows=False``, version 3's shading, or
+  for a sample without the hand model's triangles, ``Sample.hand_faces``). The background receives no
+  shadow (it has no geometry).
 * **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same
   lights; MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``:
   ``dead_leaves`` (occluding shapes with a power-law size distribution, textured), ``room`` (a wall and a
@@ -26,7 +35,7 @@ can be switched back to version 1 for the ablation in docs/benchmarks.md, ``benc
   wrist joint, on points back-projected from the depth), with folds and a cuff shadow, no specular. Drawn
   from the sample's own ``forearm`` stream and recorded as ``forearm``. The arm is pasted into the image
   but not into the hand layer or the alpha (the mask), which it already occludes.
-* **objects** (props again: a cylinder, sphere or box held against a palm; ``Sample.prop_mask`` id 4):
+* **objects** (props again: a cylinder, sphere, box or mug held against a palm; ``Sample.prop_mask`` id 4):
   painted in a material from ``OBJECT_COLOURS`` (ceramic, plastics, wood, rubber, metal) with its own
   gloss, lit by the same lights without the skin's wrap. The material is drawn from the sample's own
   ``objects`` stream and recorded as ``object_material`` for every sample of a run with props, so all
@@ -57,8 +66,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import uniform_filter
 
 from generators.base import Generator
+from generators.shadows import ShadowParams, occlusion
+from pipeline.camera import undistort_normalized
 from pipeline.kinematics import FINGER_CHAINS
-from pipeline.props import PROP_IDS
+from pipeline.props import PROP_IDS, prop_meshes
 from pipeline.sample import Generation, Sample
 from pipeline.schema import SIDES
 from pipeline.seeding import stage_rng
@@ -113,13 +124,18 @@ GARMENT_COLOURS = (  # sRGB 0-1
     (0.25, 0.35, 0.52),  # denim
     (0.60, 0.45, 0.20),  # mustard
 )
+SHADOW_PARAMS = ShadowParams()
+"""The key light's shadow map (``generators.shadows``): texel, normal offset, bias."""
+SHADOW_FADE = (-0.05, 0.2)
+"""n . l over which the key light's shadow fades in (``CompositeGenerator._key_shadow``)."""
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclasses.dataclass(frozen=True)
 class CompositeConfig:
     """backgrounds: folder of images (None: procedural). ``skin``, ``light``, ``background``,
-    ``camera_effects`` and ``spectrum_match`` select the components (module doc); the rest are strengths."""
+    ``camera_effects``, ``spectrum_match`` and ``shadows`` select the components (module doc); the rest are
+    strengths."""
 
     backgrounds: str | None = None
     skin: str = "v2"  # "v2" | "flat"
@@ -129,6 +145,7 @@ class CompositeConfig:
     )
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
+    shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
     skin_tones: tuple = SKIN_TONES
     ambient: float = 0.38
     diffuse: float = 0.62
@@ -369,7 +386,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 3
+    version = 4
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -654,6 +671,7 @@ class CompositeGenerator(Generator):
             record["exposure"] = round(exposure, 4)
         img = bg.copy()
         hand_img = np.zeros_like(img)
+        record["shadow_fraction"] = 0.0  # the hand pixels in the key light's shadow (``_shade``)
         alpha = sample.mask > 0
         props_px = sample.prop_mask  # the props' pixels by id (never in the mask), or None
         surface = alpha if props_px is None else alpha | (props_px > 0)
@@ -668,7 +686,7 @@ class CompositeGenerator(Generator):
             if props_px is not None:
                 p = props_px[r0:r1, c0:c1]
                 ids = np.where(p > 0, p, ids).astype(np.uint8)
-            skin = self._shade(
+            skin, shadowed = self._shade(
                 sample,
                 rng,
                 (r0, r1, c0, c1),
@@ -682,6 +700,7 @@ class CompositeGenerator(Generator):
                 record.get("object_material"),
             )
             skin = skin * exposure  # the exposure does not depend on the background: metered on the lights
+            record["shadow_fraction"] = shadowed
             m = alpha[r0:r1, c0:c1]
             hand_img[r0:r1, c0:c1] = np.where(m[..., None], skin, 0.0)
             img[r0:r1, c0:c1] = np.where(surface[r0:r1, c0:c1, None], skin, img[r0:r1, c0:c1])
@@ -745,12 +764,52 @@ class CompositeGenerator(Generator):
             best_d = np.where(take, d, best_d)
         return best_t.astype(np.float32)
 
+    @staticmethod
+    def _key_shadow(sample: Sample, u: np.ndarray, v: np.ndarray, n: np.ndarray, to_light) -> np.ndarray:
+        """(N,) float32 in [0, 1]: how much of the key light (toward ``to_light``, camera space) the pixels
+        (``u``, ``v``) (N,) of the image, with unit normals ``n`` (N, 3), miss behind the scene's meshes
+        (both hands, forearms, the object): ``generators.shadows.occlusion`` on the pixels back-projected from
+        the depth, faded out over ``SHADOW_FADE`` of n . l (a surface turned away from the light is dark from
+        the wrap lighting already; its own far side would shadow it, a step at the terminator). Zeros where
+        the sample carries no hand triangles (``Sample.hand_faces``: not posed by a hand model)."""
+        out = np.zeros(len(u), np.float32)
+        faces = sample.hand_faces
+        if faces is None or not len(u):
+            return out
+        lo, hi = SHADOW_FADE
+        d = np.asarray(to_light, np.float32)
+        f = np.clip((n[:, 0] * d[0] + n[:, 1] * d[1] + n[:, 2] * d[2] - lo) / (hi - lo), 0.0, 1.0)
+        fade = f * f * (3 - 2 * f)
+        test = fade > 0
+        if not test.any():
+            return out
+        verts = {side: sample.verts[i] for i, side in enumerate(SIDES) if sample.hands[side] is not None}
+        meshes = [(verts[side], faces[side]) for side in verts]
+        meshes += [(pv, pf) for _, pv, pf in prop_meshes(sample.props, verts, faces)]
+        (test,) = np.nonzero(test)
+        uu, vv = u[test], v[test]
+        z = sample.depth[vv.astype(np.int64), uu.astype(np.int64)].astype(np.float32)
+        K = np.asarray(sample.camera.K, dtype=np.float64)
+        y = (vv - np.float32(K[1, 2])) * np.float32(1 / K[1, 1])
+        x = (uu - np.float32(K[0, 2]) - np.float32(K[0, 1]) * y) * np.float32(1 / K[0, 0])
+        if sample.camera.dist is not None:
+            x, y = undistort_normalized(np.stack([x, y], axis=-1), sample.camera.dist).astype(np.float32).T
+        # the texel: SHADOW_PARAMS.texel_px pixels at the hands' median depth (their vertices)
+        hand_z = np.concatenate([v[:, 2] for v in verts.values()])
+        footprint = float(np.median(hand_z)) / float(0.5 * (K[0, 0] + K[1, 1]))  # metres per pixel
+        params = SHADOW_PARAMS
+        texel = float(np.clip(params.texel_px * footprint, *params.texel_range))
+        shade = occlusion(np.stack([x * z, y * z, z]), n[test].T, meshes, to_light, texel, params)
+        out[test] = shade * fade[test]
+        return out
+
     def _shade(
         self, sample, rng, box, mask, srgb, tone, lights, spec_strength, tex, forearm, material
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, float]:
         """Shaded skin (h, w, 3) in the box of the hands and props (0 off them); linear RGB, or display
-        space for the version-1 light. ``mask`` (h, w) uint8: the box's hand ids, ``ARM_ID`` on forearm
-        pixels, ``OBJECT_ID`` on object pixels; ``forearm``: the forearms' look (``_draw_forearm``) or None;
+        space for the version-1 light; and the fraction of hand pixels in the key light's shadow (rounded;
+        0.0 without shadows). ``mask`` (h, w) uint8: the box's hand ids, ``ARM_ID`` on forearm pixels,
+        ``OBJECT_ID`` on object pixels; ``forearm``: the forearms' look (``_draw_forearm``) or None;
         ``material``: the object's (``_draw_material``) or None. Normals and the marks are made on the box
         (they need neighbours); the rest on the surface's pixels only."""
         cfg = self.config
@@ -771,6 +830,11 @@ class CompositeGenerator(Generator):
         view = -np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], axis=-1)
         view /= np.linalg.norm(view, axis=-1, keepdims=True)
         tex = tex[sel]
+        shadow, shadowed = None, 0.0  # shadow: (N,) how much of the key light each pixel misses
+        if cfg.shadows:
+            shadow = self._key_shadow(sample, uu + c0, vv + r0, n, lights["key"][0])
+            hand_px = ~((ids == ARM_ID) | (ids == OBJECT_ID))
+            shadowed = round(float((shadow[hand_px] > 0.5).mean()) if hand_px.any() else 0.0, 4)
         if v2:
             back = to_linear(srgb)
             palm_srgb = (
@@ -817,14 +881,16 @@ class CompositeGenerator(Generator):
             half = to_light.astype(np.float32) + view
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
             spec = np.clip((n * half).sum(-1), 0.0, 1.0) ** cfg.shininess
+            if shadow is not None:
+                diff, spec = diff * (1 - shadow), spec * (1 - shadow)
             if v2:  # linear skin under the version-1 light, back to display space
                 e = (cfg.ambient + cfg.diffuse * diff)[:, None]
                 lin = alb * e + spec_strength * spec[:, None]
                 out[sel] = to_srgb8(np.clip(lin, 0, 1)).astype(np.float32) / 255.0
-                return out
+                return out, shadowed
             albedo = srgb[None] * (1.0 + cfg.texture * tex)[:, None]
             out[sel] = albedo * (cfg.ambient + cfg.diffuse * diff)[:, None] + spec_strength * spec[:, None]
-            return out
+            return out, shadowed
         if not v2:
             alb = to_linear(srgb)[None] * (1.0 + cfg.texture * tex)[:, None]
             nail_w = np.zeros(len(ids), np.float32)
@@ -842,16 +908,20 @@ class CompositeGenerator(Generator):
             d, c, s = lights[role]
             d = d.astype(np.float32)
             ndl = n @ d
-            e += (np.clip((ndl + wrap) / (1 + wrap), 0, 1) * s)[:, None] * c
+            diff = np.clip((ndl + wrap) / (1 + wrap), 0, 1) * s
             half = d + view
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
-            spec += (np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0))[:, None] * c
+            spec_l = np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0)
+            if role == "key" and shadow is not None:  # the key light's shadow: ambient, fill and rim stay
+                diff, spec_l = diff * (1 - shadow), spec_l * (1 - shadow)
+            e += diff[:, None] * c
+            spec += spec_l[:, None] * c
         d, c, s = lights["rim"]
         ndv = np.clip((n * view).sum(-1), 0, 1)
         side_dot = np.clip(n[:, :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
         e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[:, None] * c
         out[sel] = alb * e + strength[:, None] * spec
-        return out
+        return out, shadowed
 
     def _camera(self, comp: Composite, rng) -> tuple[np.ndarray, dict]:
         """Linear (or display-space, version-1 light) image -> uint8, with the camera's effects."""
@@ -973,6 +1043,7 @@ class CompositeGenerator(Generator):
                 "background": cfg.background,
                 "camera_effects": cfg.camera_effects,
                 "spectrum_match": cfg.spectrum_match,
+                "shadows": cfg.shadows,
             },
             **comp.record,
             **cam,

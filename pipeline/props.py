@@ -6,11 +6,16 @@ loop's shape, widened toward the elbow, along the loop's normal (pointing away f
 wrist angle. The arm is long enough (0.30 to 0.45 m) to leave the frame at the usual camera distances, and
 ends in a flat cap.
 
-An object (``PropObject``: a cylinder, a sphere or a box) is held against the palm: for a hand whose gesture
-grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and orientation are drawn,
-then it slides out from the palm's centre along the palm normal until it just clears the surfaces of every
-hand and forearm (``CLEARANCE``, on points ``SPACING`` apart: ``surface_points``): in contact, not inside.
-One that would end farther than ``CONTACT`` from its hand is dropped. At most one object per sample.
+An object (``PropObject``: a cylinder, a sphere, a box or a mug) is held against the palm: for a hand
+whose gesture grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and
+orientation are drawn, then it slides out from the palm's centre along the palm normal until it just clears
+the surfaces of every hand and forearm (``CLEARANCE``, on points ``SPACING`` apart: ``surface_points``): in
+contact, not inside. One that would end farther than ``CONTACT`` from its hand is dropped. At most one object
+per sample.
+A mug is a closed round cylinder (its body; ``size`` is the body's half extents) with a handle, a torus
+segment on the body's side whose proportions follow the body's (``MUG_ARC``); it is held around its body,
+the handle away from the palm (``MUG_TURN``), and the body and the handle both take part in the slide's
+inside test (``_mug_parts``).
 
 Props are drawn per sample from their own stream (``stage_rng(seed, 'props')``), recorded in the label's
 ``props`` field (``Props.to_json``, rounded to the digits written, and the geometry is built from the rounded
@@ -26,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -153,7 +158,8 @@ def draw_props(
     gesture = classify_gesture(joints)
     if rng.random() >= OBJECT_P[0 if gesture in GRASP_OBJECTS else 1]:
         return Props(arms)
-    kind = GRASP_OBJECTS.get(gesture) or OBJECT_TYPES[int(rng.integers(len(OBJECT_TYPES)))]
+    kinds = GRASP_OBJECTS.get(gesture, OBJECT_TYPES)
+    kind = kinds[int(rng.integers(len(kinds)))]
     skins = {s: surface_points(hands[s][0], faces[s]) for s in sides}
     arm_meshes = prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)
     obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for _, v, f in arm_meshes)])
@@ -290,18 +296,39 @@ def prop_meshes(
 
 
 # -- objects -------------------------------------------------------------------------------------------------
-OBJECT_TYPES = ("cylinder", "sphere", "box")
+OBJECT_TYPES = ("cylinder", "sphere", "box", "mug")
 GRASP_OBJECTS = {
-    "cylinder_grasp": "cylinder",
-    "fist": "cylinder",
-    "sphere_grasp": "sphere",
-    "pinch": "sphere",
+    "cylinder_grasp": ("cylinder", "mug"),
+    "fist": ("cylinder",),
+    "sphere_grasp": ("sphere",),
+    "pinch": ("sphere",),
 }
-"""Gestures that hold something (``pipeline.gestures.classify_gesture``) and the object they usually hold."""
+"""Gestures that hold something (``pipeline.gestures.classify_gesture``) and the objects they usually hold
+(one of them drawn uniformly: a cylinder grasp holds a bar or a mug by its body; a fist is too tight for a
+mug). Other gestures get any of ``OBJECT_TYPES``, uniformly."""
 OBJECT_P = (0.8, 0.25)
 """Probability of an object for a sample whose hand grasps, and for any other sample."""
-OBJECT_SIZE = {"cylinder": (0.012, 0.035), "sphere": (0.018, 0.045), "box": (0.015, 0.035)}
-"""The drawn characteristic size, metres: the cylinder's and the sphere's radius, the box's half height."""
+OBJECT_SIZE = {
+    "cylinder": (0.012, 0.035),
+    "sphere": (0.018, 0.045),
+    "box": (0.015, 0.035),
+    "mug": (0.025, 0.042),
+}
+"""The drawn characteristic size, metres: the cylinder's, the sphere's and the mug's body's radius, the box's
+half height."""
+MUG_HEIGHT = (1.0, 1.5)
+"""A drawn mug's body half height, in body radii (a mug about as tall as it is wide, or a little taller)."""
+MUG_TURN = math.pi / 3
+"""A drawn mug's handle points away from the palm, turned about the body's axis by up to this (radians)
+toward the fingers or the wrist: held around its body, never with the handle in the palm."""
+MUG_ARC, MUG_TUBE, MUG_BURY = 0.55, 0.12, 1.5
+"""A mug's handle, from its body's radius r and half height h (``PropObject.size``: r, r, h): a tube of
+radius ``MUG_TUBE`` min(r, h) around a circular arc of radius ``MUG_ARC`` h, centred on the body's wall at
+(r, 0, 0) in the body's x-z plane, so it reaches ``MUG_ARC`` h + tube out of the wall along +x and spans
++-(``MUG_ARC`` + ``MUG_TUBE``) h <= 0.67 h of the height. The arc runs on into the body by asin(``MUG_BURY``
+tube / arc) past each of its two points on the wall: its ends (flat caps) are then more than a tube radius
+inside the wall, hidden, and the handle meets the wall with no gap. Fixed proportions, so one shape whatever
+the body's size and aspect."""
 CLEARANCE = 0.001
 """Metres kept free between an object and the hands' and forearms' surfaces: in contact, not inside."""
 CONTACT = 0.005
@@ -309,13 +336,19 @@ CONTACT = 0.005
 SPACING = 0.003
 """Metres between the surface points an object is checked against (``surface_points``)."""
 _SLIDE_MAX = 0.25
+_UNIT_RADIUS = {"sphere": 1.0, "cylinder": math.sqrt(2.0), "box": math.sqrt(3.0)}
+"""The radius of the ball about the centre that holds each scaled unit shape (half extents 1)."""
+_HANDLE_STEPS = (48, 24)
+"""A mug handle's mesh: sections along its arc, and vertices around each section."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PropObject:
     """A primitive object: ``type`` (``OBJECT_TYPES``); ``centre`` (3,) metres, camera space; ``rotation``
     (3,) axis-angle radians, the object's frame to the camera's; ``size`` (3,) metres, half extents along the
-    object's own x, y and z (a cylinder: radius, radius, half length along z; a sphere: radius 3 times)."""
+    object's own x, y and z (a cylinder: radius, radius, half length along z; a sphere: radius 3 times; a
+    mug: its body's, a round cylinder (radius, radius, half height along z), with the handle on the body's
+    +x side, its proportions fixed by the body's (``MUG_ARC``))."""
 
     type: str
     centre: tuple[float, float, float]
@@ -345,6 +378,8 @@ class PropObject:
         centre, rotation, size = parts
         if not (all(0.001 <= s <= 1.0 for s in size) and max(map(abs, centre)) <= 100.0):
             raise PropsError(f"{where}: out of range (size 0.001..1 m, |centre| <= 100 m): {d!r}")
+        if d["type"] == "mug" and size[0] != size[1]:
+            raise PropsError(f"{where}: a mug's body is round (size[0] == size[1]), got size {list(size)}")
         return cls(d["type"], centre, rotation, size)  # type: ignore[arg-type]
 
     @property
@@ -352,11 +387,18 @@ class PropObject:
         """(3, 3) the object's axes as columns, camera space."""
         return aa_to_matrix(np.asarray(self.rotation, dtype=np.float64))
 
-    def gauge(self, points: np.ndarray) -> np.ndarray:
+    def gauge(self, points: np.ndarray, pad: float = 0.0) -> np.ndarray:
         """(N,) for camera-space ``points`` (N, 3): the scale of the object at which each point lies on its
-        surface (< 1: inside the object)."""
+        surface (< 1: inside the object). A mug is not scaled: its gauge is the smaller of its body's (as a
+        cylinder's) and its handle's, the point's distance from the handle's arc over the tube radius
+        (``_mug_gauge``); < 1 inside it all the same. ``pad`` metres: the gauge of the object grown by that
+        much (half extents, and a mug's tube radius, plus ``pad``), a shape that holds every point within
+        ``pad`` of the object."""
         local = (np.asarray(points, dtype=np.float64) - np.asarray(self.centre)) @ self.matrix
-        return _gauge(self.type, local, np.asarray(self.size, dtype=np.float64))
+        size = np.asarray(self.size, dtype=np.float64)
+        if self.type == "mug":
+            return _mug_gauge(local, size, pad)
+        return _gauge(self.type, local, size + pad)
 
 
 def _gauge(kind: str, local: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -364,18 +406,70 @@ def _gauge(kind: str, local: np.ndarray, size: np.ndarray) -> np.ndarray:
 
 
 def _unit_gauge(kind: str, q: np.ndarray) -> np.ndarray:
-    """(N,) the gauge of points ``q`` (N, 3) in the unit shape's coordinates (half extents 1)."""
+    """(N,) the gauge of points ``q`` (N, 3) in the unit shape's coordinates (half extents 1); the scaled
+    types only (a mug: ``_mug_gauge``)."""
     if kind == "sphere":
         return np.linalg.norm(q, axis=-1)
     if kind == "cylinder":
         return np.maximum(np.hypot(q[:, 0], q[:, 1]), np.abs(q[:, 2]))
-    return np.abs(q).max(axis=-1)
+    if kind == "box":
+        return np.abs(q).max(axis=-1)
+    raise ValueError(f"no unit shape for {kind!r}")
+
+
+def _mug_handle(size: np.ndarray) -> tuple[float, float, float, float]:
+    """(wall, arc, tube, end) of a mug of ``size`` (r, r, h), metres (``MUG_ARC``): the handle's arc is
+    centred at (wall, 0, 0) with radius ``arc`` in the x-z plane and runs over the angles -end..end from +x;
+    ``tube`` is the tube's radius."""
+    r, r2, h = (float(x) for x in size)
+    if r != r2:
+        raise PropsError(f"a mug's body is round (size[0] == size[1]), got size {[r, r2, h]}")
+    arc = MUG_ARC * h
+    tube = MUG_TUBE * min(r, h)
+    return r, arc, tube, 0.5 * math.pi + math.asin(MUG_BURY * tube / arc)
+
+
+def _mug_parts(size: np.ndarray, pad: float = 0.0) -> list[tuple[Callable, np.ndarray, float]]:
+    """A mug of ``size`` grown by ``pad`` metres, as its two parts [(gauge, centre (3,), radius)]: its body
+    (a cylinder of half extents size + pad) and its handle (the points within tube + pad of the handle's
+    arc, the arc's ends included). A part's gauge of points (N, 3), metres in the mug's frame, is < 1
+    exactly inside the part (the body's is a scale, the handle's the distance from the arc over tube + pad);
+    the part lies in the ball of ``radius`` about ``centre``."""
+    wall, arc, tube, end = _mug_handle(size)
+    ri, hi, ti = wall + pad, float(size[2]) + pad, tube + pad
+    c, ex, ez = math.cos(end), arc * math.cos(end), arc * math.sin(end)
+
+    def body(q: np.ndarray) -> np.ndarray:
+        return np.maximum(np.hypot(q[:, 0], q[:, 1]) / ri, np.abs(q[:, 2]) / hi)
+
+    def handle(q: np.ndarray) -> np.ndarray:
+        u, y, z = q[:, 0] - wall, q[:, 1], q[:, 2]
+        rad = np.hypot(u, z)
+        on_arc = u >= rad * c  # the point's angle about the arc's centre is within -end..end
+        to_end = np.sqrt((u - ex) ** 2 + y**2 + (np.abs(z) - ez) ** 2)  # the end on z's side is the nearer
+        return np.where(on_arc, np.hypot(rad - arc, y), to_end) / ti
+
+    return [(body, np.zeros(3), math.hypot(ri, hi)), (handle, np.array([wall, 0.0, 0.0]), arc + ti)]
+
+
+def _mug_gauge(local: np.ndarray, size: np.ndarray, pad: float = 0.0) -> np.ndarray:
+    """(N,) the gauge of a mug of ``size`` grown by ``pad`` metres at points ``local`` (N, 3), metres in the
+    mug's frame: the smaller of its parts' (``_mug_parts``), so < 1 exactly inside the mug (grown by pad:
+    a shape that holds every point within pad of the mug). Not a scale where the handle's is the smaller:
+    only its side of 1 is meant to compare."""
+    return np.minimum.reduce([g(local) for g, _, _ in _mug_parts(size, pad)])
+
+
+def _mug_radius(size: np.ndarray, pad: float) -> float:
+    """Metres: a ball about a mug's centre that holds the mug of ``size`` grown by ``pad``."""
+    return max(float(np.linalg.norm(c)) + r for _, c, r in _mug_parts(size, pad))
 
 
 @functools.cache
 def _unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """A unit mesh of ``kind`` (half extents 1), with separate vertices where the surface has an edge (so
-    the renderer's vertex normals keep the caps and faces flat). Cached: read-only arrays."""
+    """A unit mesh of ``kind`` (half extents 1; the scaled types, not a mug: ``_mug_mesh``), with separate
+    vertices where the surface has an edge (so the renderer's vertex normals keep the caps and faces flat).
+    Cached: read-only arrays."""
     pts, faces = _build_unit_mesh(kind)
     pts.flags.writeable = False
     faces.flags.writeable = False
@@ -415,6 +509,8 @@ def _build_unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
             ]
         )
         return np.concatenate([side, caps]), np.concatenate([f_side, f_caps]).astype(np.int64)
+    if kind != "box":
+        raise ValueError(f"no unit mesh for {kind!r}")
     pts, faces = [], []
     for axis in range(3):
         for sign in (-1.0, 1.0):
@@ -429,10 +525,60 @@ def _build_unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(pts), np.asarray(faces, dtype=np.int64)
 
 
+@functools.cache
+def _handle_faces() -> np.ndarray:
+    """(F, 3) int64 triangles of a handle mesh (``_mug_mesh``), ids from 0: the tube's grid, outward (the
+    winding of the other meshes), then a flat cap at each end with its own ring of vertices. Read-only."""
+    nu, nv = _HANDLE_STEPS
+    i, j = np.meshgrid(np.arange(nu), np.arange(nv), indexing="ij")
+    a = (i * nv + j).ravel()
+    b = (i * nv + (j + 1) % nv).ravel()
+    c, d = a + nv, b + nv
+    tube = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)])
+    o = (nu + 1) * nv  # the caps' rings (the first and the last section again), then their centres
+    k = np.arange(nv)
+    k1 = (k + 1) % nv
+    caps = np.concatenate(
+        [
+            np.stack([o + k1, o + k, np.full(nv, o + 2 * nv)], 1),
+            np.stack([o + nv + k, o + nv + k1, np.full(nv, o + 2 * nv + 1)], 1),
+        ]
+    )
+    faces = np.concatenate([tube, caps]).astype(np.int64)
+    faces.flags.writeable = False
+    return faces
+
+
+def _mug_mesh(size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (V, 3) metres in the mug's frame, faces (F, 3)) of a mug of ``size``: its body, the unit
+    cylinder scaled (flat caps), then its handle built at this size (a torus segment, smooth, capped inside
+    the body: ``MUG_ARC``), so the handle keeps its round section whatever the body's aspect. Its vertices lie
+    on the gauge's surface; between them, on the hole's side (where the torus is saddle-shaped), a facet can
+    stand out of it by up to arc (1 - cos(end / 48)), 0.08% of the arc's radius (0.03 mm at the largest drawn
+    size), far inside ``CLEARANCE``."""
+    body, body_faces = _unit_mesh("cylinder")
+    wall, arc, tube, end = _mug_handle(size)
+    nu, nv = _HANDLE_STEPS
+    t = np.linspace(-end, end, nu + 1)[:, None]  # along the arc
+    p = np.linspace(0.0, 2 * np.pi, nv, endpoint=False)[None, :]  # around the tube
+    rad = arc + tube * np.cos(p)  # from the arc's centre, in the x-z plane
+    x, z = wall + rad * np.cos(t), rad * np.sin(t)
+    ring = np.stack([x, np.broadcast_to(tube * np.sin(p), x.shape), z], axis=-1).reshape(-1, 3)
+    ends = arc * np.array([[math.cos(end), 0.0, -math.sin(end)], [math.cos(end), 0.0, math.sin(end)]])
+    ends[:, 0] += wall
+    handle = np.concatenate([ring, ring[:nv], ring[-nv:], ends])
+    pts = np.concatenate([body * np.asarray(size, dtype=np.float64), handle])
+    return pts, np.concatenate([body_faces, _handle_faces() + len(body)])
+
+
 def object_mesh(obj: PropObject) -> tuple[np.ndarray, np.ndarray]:
     """(vertices (V, 3) float64 metres camera space, faces (F, 3) int64) of ``obj``."""
-    pts, faces = _unit_mesh(obj.type)
-    return (pts * np.asarray(obj.size)) @ obj.matrix.T + np.asarray(obj.centre), faces
+    if obj.type == "mug":
+        pts, faces = _mug_mesh(np.asarray(obj.size, dtype=np.float64))
+    else:
+        pts, faces = _unit_mesh(obj.type)
+        pts = pts * np.asarray(obj.size)
+    return pts @ obj.matrix.T + np.asarray(obj.centre), faces
 
 
 def _palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -491,33 +637,51 @@ def place_object(
     elif kind == "sphere":
         size = np.full(3, r)
         axes = np.stack([across, along, n], axis=1)
+    elif kind == "mug":
+        size = np.array([r, r, r * float(rng.uniform(*MUG_HEIGHT))])
+        turn = float(rng.uniform(-MUG_TURN, MUG_TURN))
+        out = math.cos(turn) * n + math.sin(turn) * along  # the handle's side (+x): away from the palm
+        axes = np.stack([out, np.cross(across, out), across], axis=1)  # held around the body, as a cylinder
     else:
         size = np.array([r * float(rng.uniform(1.2, 2.5)), r * float(rng.uniform(1.0, 2.0)), r])
         axes = np.stack([across, along, n], axis=1)  # flat side against the palm
-    if np.linalg.det(axes) < 0:  # a rotation, not a reflection (the shapes are symmetric: any sign will do)
-        axes[:, 0] = -axes[:, 0]
+    if np.linalg.det(axes) < 0:  # a rotation, not a reflection (the shapes are symmetric: any sign will do;
+        axes[:, 0] = -axes[:, 0]  # the mug's frame, the one that is not, is a rotation already)
     R = aa_to_matrix(n * yaw) @ axes
     aa = matrix_to_aa(R)
     size_r = np.round(size, _DIGITS)
     inflated = size_r + CLEARANCE
+    radius = _mug_radius(size_r, CLEARANCE) if kind == "mug" else float(np.linalg.norm(inflated))
     pts = np.asarray(obstacles, dtype=np.float64)
     # only points near the line the object slides along can ever be inside it
     rel = pts - centre
     off = rel - np.outer(rel @ n, n)
-    pts = pts[np.linalg.norm(off, axis=1) <= float(np.linalg.norm(inflated)) + 1e-3]
+    pts = pts[np.linalg.norm(off, axis=1) <= radius + 1e-3]
     if not len(pts):
         return None
 
-    # in the inflated unit shape's coordinates the points move along a line as the object slides:
-    # q(d) = base - d * step. The gauge is at least |q| / sqrt(3) (box; sphere |q|, cylinder |q| / sqrt(2)),
-    # so a point that stays sqrt(3) from the origin over the whole slide can never be inside
-    base = ((pts - centre) @ R) / inflated
-    step = (n @ R) / inflated
-    t = np.clip((base @ step) / (step @ step), 0.0, _SLIDE_MAX)
-    base = base[np.linalg.norm(base - t[:, None] * step, axis=1) < np.sqrt(3.0) + 1e-9]
+    # in the object's coordinates the points move along a line as the object slides: q(d) = base - d * step;
+    # a point that stays outside the ball holding a part of the (inflated) object over the whole slide can
+    # never be inside that part. A scaled type is one part, in its inflated unit shape's coordinates (the
+    # ball's radius: _UNIT_RADIUS, as gauge >= |q| / sqrt(3) for a box, |q| / sqrt(2) a cylinder, |q| a
+    # sphere); a mug is two, its body and its handle, in metres (_mug_parts, grown by CLEARANCE)
+    if kind == "mug":
+        scale, parts = np.ones(3), _mug_parts(size_r, CLEARANCE)
+    else:
+        scale = inflated
+        parts = [(functools.partial(_unit_gauge, kind), np.zeros(3), _UNIT_RADIUS[kind])]
+    base = ((pts - centre) @ R) / scale
+    step = (n @ R) / scale
+    near = []
+    for gauge, middle, bound in parts:
+        q0 = base - middle
+        t = np.clip((q0 @ step) / (step @ step), 0.0, _SLIDE_MAX)
+        keep = np.linalg.norm(q0 - t[:, None] * step, axis=1) < bound + 1e-9
+        if keep.any():
+            near.append((gauge, base[keep]))
 
     def clear(d: float) -> bool:
-        return not len(base) or bool(_unit_gauge(kind, base - d * step).min() >= 1.0)
+        return all(bool(gauge(q - d * step).min() >= 1.0) for gauge, q in near)
 
     if clear(0.0) or not clear(_SLIDE_MAX):
         return None
@@ -533,8 +697,7 @@ def place_object(
     )
     if len(pts) and obj.gauge(pts).min() < 1.0 + 0.5 * CLEARANCE / float(size_r.max()):
         return None  # rounding moved it into the hand (does not happen at 5 digits; checked anyway)
-    reach = PropObject(obj.type, obj.centre, obj.rotation, tuple(float(x) + CONTACT for x in size_r))
-    if reach.gauge(holder).min() >= 1.0:
+    if obj.gauge(holder, CONTACT).min() >= 1.0:
         return None  # it cleared something else first and floats away from its hand
     verts, _ = object_mesh(obj)
     if verts[:, 2].min() < 0.05:  # the camera (or its near plane) would be inside it

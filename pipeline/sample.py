@@ -8,7 +8,8 @@ stage         part                what it holds
 ============  ==================  ===============================================================
 source        ``Drawn``           index, seed, key, camera, image size, hand type, MANO parameters
                                   (``HandParams``), source ids and the dataset photo's path
-hand model    ``Posed``           vertices (2, 778, 3), joints_3d per hand, the hand model's record
+hand model    ``Posed``           vertices (2, 778, 3), joints_3d per hand, the hand model's record and
+                                  triangles
 props         ``Props``           the forearms and the held object drawn with the hands (``pipeline.props``)
 letterbox     ``photo``           prepare mode: the dataset photo letterboxed (H, W, 3) uint8 (and a
                                   ``Drawn`` with that image's camera)
@@ -69,11 +70,14 @@ class Drawn:
 class Posed:
     """The hand model's output: ``verts`` (2, 778, 3) float32 metres, right then left, NaN rows for an absent
     hand; ``joints_3d`` side -> (21, 3) float64 metres or None; ``hand_model`` the label's record of the model
-    (name, sha256)."""
+    (name, sha256); ``faces`` side -> the model's triangles (F, 3) int64 (the hand model's own arrays, shared,
+    not copied; None where the vertices did not come from a hand model), for stages that need the surface
+    (the composite's shadows)."""
 
     verts: np.ndarray
     joints_3d: Mapping[str, np.ndarray | None]
     hand_model: Mapping[str, Any]
+    faces: Mapping[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +235,11 @@ class Sample:
     @property
     def hand_model(self) -> Mapping[str, Any] | None:
         return None if self.posed is None else self.posed.hand_model
+
+    @property
+    def hand_faces(self) -> Mapping[str, np.ndarray] | None:
+        """side -> the hand model's triangles (F, 3) (``Posed.faces``), or None when not known."""
+        return None if self.posed is None else self.posed.faces
 
     @property
     def hands(self) -> dict[str, HandView | None]:

@@ -11,7 +11,7 @@ The command line (and YAML presets) may write a config as a spec string,
 * sources: ``prior``, ``prior:NAME,NAME`` (gestures and interactions), ``interhand:ROOT[,split=S][,dedup=D]
   [,stratify=1]``, ``reinterhand:ROOT[,ego=0][,stratify=1][,dedup=D]``;
 * captioners: ``labels``, ``qwen-vl:PATH``;
-* generators: ``composite[:skin=..,light=..,background=..,camera_effects=..,spectrum_match=..]``,
+* generators: ``composite[:skin=..,light=..,background=..,camera_effects=..,spectrum_match=..,shadows=..]``,
   ``attentionhand:PATH[,guidance=DIR]``;
 * scorers: ``mediapipe[:NAME=VALUE,...]``, or a plug-in's ``NAME[:ARG]``.
 
@@ -272,9 +272,16 @@ class _GeneratorConfig(StageConfig):
 class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
     ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
-    1/f amplitude spectrum, at most 1)."""
+    1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off)."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("skin", "light", "background", "camera_effects", "spectrum_match")
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "skin",
+        "light",
+        "background",
+        "camera_effects",
+        "spectrum_match",
+        "shadows",
+    )
     USAGE: ClassVar[str] = "composite[:NAME=VALUE,...]"
 
     kind: Literal["composite"] = "composite"
@@ -283,6 +290,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     background: Literal["blobs", "natural"] = "blobs"
     camera_effects: bool = True
     spectrum_match: float = 0.0
+    shadows: bool = True
 
     @field_validator("skin", "light", "background", mode="before")
     @classmethod

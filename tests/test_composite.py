@@ -1,5 +1,6 @@
-"""The composite generator, version 3 (skin, lights, natural backgrounds, camera effects): exact masks,
-determinism per seed and try, 1/f spectra, diversity records, bounded camera effects, photo backgrounds."""
+"""The composite generator, version 4 (skin, lights, natural backgrounds, camera effects, the key light's
+shadows): exact masks, determinism per seed and try, 1/f spectra, diversity records, bounded camera effects,
+photo backgrounds, shadow maps checked against ray casting."""
 
 from __future__ import annotations
 
@@ -98,14 +99,16 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 3 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 4 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",
         "background": "blobs",
         "camera_effects": True,
         "spectrum_match": 0.0,
+        "shadows": True,
     }
+    assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
     assert rec["lighting"]["preset"] in LIGHT_PRESETS
     for role in ("key", "fill", "rim"):
@@ -249,6 +252,12 @@ def test_composite_spec_options():
         return CompositeGeneratorConfig.from_spec(spec).model_dump(exclude={"kind"}, exclude_defaults=True)
 
     assert parse_spec("composite") == {}
+    assert parse_spec("composite:shadows=off") == {"shadows": False}
+    assert parse_spec("composite:shadows=on") == {}
+    assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
+    with pytest.raises(SpecError) as bad:
+        parse_spec("composite:shadows=soft")
+    assert str(bad.value) == "--generator 'composite:shadows=soft': shadows expects a bool, got 'soft'"
     assert parse_spec("composite:background=natural,camera_effects=off,spectrum_match=0.25") == {
         "background": "natural",
         "camera_effects": False,
@@ -264,6 +273,7 @@ def test_composite_spec_options():
         ("composite:background", "'background' needs the form NAME=VALUE"),
         ("composite:background=photo", "composite background must be one of"),
         ("composite:camera_effects=maybe", "camera_effects expects a bool"),
+        ("composite:shadows=soft", "shadows expects a bool, got 'soft'"),
         ("composite:spectrum_match=2", "spectrum_match must be in [0, 1]"),
         ("composite:skin=v2,skin=flat", "given twice"),
     ):
@@ -308,3 +318,251 @@ def test_cli_composite_options_reach_the_label(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown option 'sky'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- the key light's shadows (generators.shadows) ------------------------------------------------------------
+def _plane_mesh(centre, rotation, half, cells):
+    """A square grid of triangles ``2 half`` metres wide, normal -z (toward the camera) before rotation."""
+    xs = np.linspace(-half, half, cells + 1)
+    gx, gy = np.meshgrid(xs, xs)
+    v = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], axis=1) @ rotation.T + centre
+    i = (np.arange(cells)[:, None] * (cells + 1) + np.arange(cells)[None, :]).ravel()
+    f = np.concatenate(
+        [np.stack([i, i + 1, i + cells + 2], 1), np.stack([i, i + cells + 2, i + cells + 1], 1)]
+    )
+    return v, f
+
+
+def _toward(normal, theta, phi):
+    """The unit direction at ``theta`` radians from ``normal``, turned by ``phi`` about it."""
+    a = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(normal, a)
+    return np.cos(theta) * normal + np.sin(theta) * (np.cos(phi) * a + np.sin(phi) * b)
+
+
+def test_shadow_map_plane_has_no_acne_and_casts_the_occluder_exactly():
+    """A tilted, tessellated plane never shadows itself, at any angle to the light up to 85 degrees and every
+    texel the composite uses (no acne: exactly 0); a square 3 cm above it shadows the receivers whose rays
+    toward the light hit it (1) and no others (exactly 0), with a soft edge between, a few texels
+    wide (the filter's reach and the normal offset, measured across the light). 4 cm wide, 3 cm above."""
+    from generators.shadows import ShadowParams, occlusion
+
+    rng = np.random.default_rng(7)
+    c = 0.4
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(c), -np.sin(c)], [0.0, np.sin(c), np.cos(c)]])
+    centre = np.array([0.0, 0.0, 0.5])
+    normal = rot @ np.array([0.0, 0.0, -1.0])
+    plane = _plane_mesh(centre, rot, 0.1, 40)
+    g = np.linspace(-0.08, 0.08, 81)
+    gx, gy = np.meshgrid(g, g)
+    points = (np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1) @ rot.T + centre).T  # (3, N)
+    normals = np.repeat(normal[:, None], points.shape[1], axis=1)
+    for texel in (0.0012, 0.002, 0.004):
+        for _ in range(12):
+            light = _toward(normal, rng.uniform(0.0, np.radians(85)), rng.uniform(0, 2 * np.pi))
+            occ = occlusion(points, normals, [plane], light, texel)
+            assert occ.dtype == np.float32 and not occ.any(), (texel, light)  # no acne
+    square = _plane_mesh(centre + 0.03 * normal, rot, 0.02, 1)  # 4 cm wide, 3 cm toward the light side
+    params = ShadowParams()
+    seen_soft = False
+    for texel in (0.0012, 0.002):
+        for theta in (0.0, 0.45, 0.9):
+            light = _toward(normal, theta, rng.uniform(0, 2 * np.pi))
+            occ = occlusion(points, normals, [plane, square[0:2]], light, texel)
+            # where each receiver's ray toward the light crosses the square's plane, in the square's axes
+            hit = points.T + (0.03 / (light @ normal)) * light - (centre + 0.03 * normal)
+            inside = np.abs(hit @ rot[:, :2]).max(axis=1) - 0.02  # < 0: the ray hits the square
+            margin = (2.2 + params.normal_offset) * texel / np.cos(theta) + 1e-3
+            assert (occ[inside < -margin] > 0.9999).all() and (inside < -margin).sum() > 20
+            assert (occ[inside > margin] == 0.0).all()
+            seen_soft |= bool(((occ > 0.05) & (occ < 0.95)).any())
+    assert seen_soft  # percentage-closer filtering: soft edges
+
+
+def _uv_sphere(radius, centre, n_lat=24, n_lon=48):
+    th = np.linspace(0.0, np.pi, n_lat + 1)
+    ph = np.linspace(0.0, 2 * np.pi, n_lon, endpoint=False)
+    t, p = np.meshgrid(th, ph, indexing="ij")
+    v = (
+        np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3) * radius
+        + centre
+    )
+    i, j = np.meshgrid(np.arange(n_lat), np.arange(n_lon), indexing="ij")
+    a, b = (i * n_lon + j).ravel(), (i * n_lon + (j + 1) % n_lon).ravel()
+    f = np.concatenate([np.stack([a, a + n_lon, b + n_lon], 1), np.stack([a, b + n_lon, b], 1)])
+    return v, f
+
+
+def test_shadow_map_convex_surface_shadows_only_its_far_side():
+    """On a tessellated sphere (receivers on its faces, with the faces' normals), the side facing the light
+    is never in shadow (no acne on a curved surface) and the far side always is, whatever the light."""
+    from generators.shadows import occlusion
+
+    centre = np.array([0.02, -0.01, 0.4])
+    v, f = _uv_sphere(0.03, centre)
+    tri = v[f]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    keep = np.linalg.norm(fn, axis=1) > 1e-12
+    points, fn = tri[keep].mean(axis=1), fn[keep]
+    fn /= np.linalg.norm(fn, axis=1, keepdims=True)
+    fn *= np.sign(((points - centre) * fn).sum(1))[:, None]  # outward
+    rng = np.random.default_rng(3)
+    for texel in (0.0012, 0.004):
+        for _ in range(6):
+            light = rng.normal(size=3)
+            light /= np.linalg.norm(light)
+            occ = occlusion(points.T, fn.T, [(v, f)], light, texel)
+            ndl = fn @ light
+            assert not occ[ndl > 0.15].any()
+            assert (occ[ndl < -0.85] > 0.999).all()
+
+
+def _ray_hits(origins, direction, tris):
+    """(R,) distance along ``direction`` (unit) from each of ``origins`` (R, 3) to the farthest triangle of
+    ``tris`` (F, 3, 3) its ray crosses (inf: none): exact ray casting, the reference the shadow map is checked
+    against. Seen along the ray, a triangle is crossed when the origin's projection lies inside the
+    triangle's, in front of the origin; rays go in chunks near each other, against the triangles near them."""
+    b = np.linalg.svd(direction[None])[2]  # rows: direction (up to sign), then two axes across it
+    b = np.stack([b[1], b[2], direction])
+    o, t = origins @ b.T, tris @ b.T  # (R, 3), (F, 3, 3): across, across, along the ray
+    x0, y0, z0 = t[:, 0, 0], t[:, 0, 1], t[:, 0, 2]
+    ux, uy, uz = t[:, 1, 0] - x0, t[:, 1, 1] - y0, t[:, 1, 2] - z0
+    vx, vy, vz = t[:, 2, 0] - x0, t[:, 2, 1] - y0, t[:, 2, 2] - z0
+    d = ux * vy - uy * vx
+    ok = np.abs(d) > 1e-14
+    lo, hi = t[:, :, :2].min(axis=1), t[:, :, :2].max(axis=1)
+    order = np.lexsort((o[:, 1], np.floor(o[:, 0] / 0.01)))
+    out = np.full(len(o), np.inf)
+    for c in range(0, len(order), 32):
+        idx = order[c : c + 32]
+        p = o[idx]
+        near = ok & (hi >= p[:, :2].min(0)).all(1) & (lo <= p[:, :2].max(0)).all(1)
+        px, py = p[:, 0:1] - x0[near], p[:, 1:2] - y0[near]
+        l1 = (px * vy[near] - py * vx[near]) / d[near]
+        l2 = (ux[near] * py - uy[near] * px) / d[near]
+        depth = z0[near] + l1 * uz[near] + l2 * vz[near] - p[:, 2:3]
+        hit = (l1 >= 0) & (l2 >= 0) & (l1 + l2 <= 1) & (depth > 0)
+        out[idx] = np.where(hit, depth, -np.inf).max(axis=1, initial=-np.inf)
+    out[~np.isfinite(out)] = np.inf
+    return out
+
+
+KEY_DIR = np.array([0.45, -0.55, -0.70]) / np.linalg.norm([0.45, -0.55, -0.70])
+
+
+@pytest.fixture
+def fixed_key(monkeypatch):
+    """The key light from ``KEY_DIR`` (from the upper right, in front of the hands); every draw as before."""
+    from generators import composite
+
+    draw = composite._draw_lights
+
+    def fixed(rng, mode):
+        lights = draw(rng, mode)
+        _, colour, strength = lights["key"]
+        lights["key"] = (KEY_DIR, colour, strength)
+        return lights
+
+    monkeypatch.setattr(composite, "_draw_lights", fixed)
+    return KEY_DIR
+
+
+def test_key_light_shadows_match_ray_casting(samples, fixed_key):
+    """Hand pixels (facing the key light) whose rays toward it hit the hands' meshes (a finger over the palm,
+    the other hand), and do so 8 mm to each side too, are clearly darker with shadows on than off; those whose
+    rays clear the meshes, 8 mm to each side too, are exactly as without shadows (no acne, nothing else
+    changed). The reference is ray casting against the triangles, not the shadow map."""
+    from generators.composite import _normals_from_depth
+    from pipeline.schema import SIDES
+
+    on = CompositeGenerator(CompositeConfig(camera_effects=False))
+    off = CompositeGenerator(CompositeConfig(camera_effects=False, shadows=False))
+    e1 = np.cross(fixed_key, [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(fixed_key, e1)
+    ratios, clear_same, clear_n = [], 0, 0
+    for s in samples:
+        a, _ = on.compose(s)
+        b, _ = off.compose(s)
+        faces = s.hand_faces
+        tris = np.concatenate(
+            [s.verts[i][faces[side]] for i, side in enumerate(SIDES) if s.hands[side] is not None]
+        ).astype(np.float64)
+        K = s.camera.K
+        n = _normals_from_depth(s.depth, (s.mask > 0).astype(np.uint8), K, smooth=2)
+        vv, uu = np.nonzero((s.mask > 0) & (n @ fixed_key > 0.3))  # hand pixels facing the light
+        z = s.depth[vv, uu].astype(np.float64)
+        P = np.stack([(uu - K[0, 2]) * z / K[0, 0], (vv - K[1, 2]) * z / K[1, 1], z], -1)
+        nn = n[vv, uu].astype(np.float64)
+        start = P + 0.001 * nn
+        hits = [_ray_hits(start + off_, fixed_key, tris) for off_ in (0 * e1, 0.008 * e1, -0.008 * e1)]
+        hits += [_ray_hits(start + off_, fixed_key, tris) for off_ in (0.008 * e2, -0.008 * e2)]
+        hits = np.stack(hits)
+        shadowed = (hits > 0.008).all(0) & np.isfinite(hits).all(0)
+        clear = ~np.isfinite(hits).any(0)
+        la, lb = a.hand[vv, uu].sum(-1), b.hand[vv, uu].sum(-1)
+        ratios += list(la[shadowed] / lb[shadowed])
+        clear_same += int((la[clear] == lb[clear]).sum())
+        clear_n += int(clear.sum())
+        assert a.record["shadow_fraction"] > 0.0 and b.record["shadow_fraction"] == 0.0
+    ratios = np.asarray(ratios)
+    assert len(ratios) >= 100 and clear_n >= 100, (len(ratios), clear_n)  # measured: 519 and 594
+    assert (ratios < 0.95).mean() >= 0.98 and np.median(ratios) < 0.8, np.round(ratios, 3)  # median 0.34
+    assert clear_same >= 0.98 * clear_n, (clear_same, clear_n)
+
+
+def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):
+    """``shadows=False`` never builds a shadow map and shades as version 3 did: the same image as shadows on
+    with nothing in shadow (the only change to the shading is the key light's shadow term), the same record
+    fields (``shadow_fraction`` 0.0). A sample without the hand model's triangles gets no shadows either."""
+    off = CompositeGenerator(CompositeConfig(shadows=False))
+    on = CompositeGenerator()
+    seen = []
+    real = CompositeGenerator._key_shadow
+    monkeypatch.setattr(
+        CompositeGenerator, "_key_shadow", staticmethod(lambda *a: seen.append(1) or real(*a))
+    )
+    lit = {s.key: on.render(s) for s in samples[:3]}
+    dark = {s.key: off.render(s) for s in samples[:3]}
+    assert len(seen) == 3  # on: once a sample; off: never
+    monkeypatch.setattr(
+        CompositeGenerator, "_key_shadow", staticmethod(lambda s, u, *_: np.zeros(len(u), "f4"))
+    )
+    for s in samples[:3]:
+        img_off, rec_off = dark[s.key]
+        img_none, _ = on.render(s)
+        assert np.array_equal(img_off, img_none)
+        assert rec_off["components"]["shadows"] is False and rec_off["shadow_fraction"] == 0.0
+        assert rec_off["version"] == 4 and set(rec_off) == set(lit[s.key][1])
+        assert {k: type(v) for k, v in rec_off.items()} == {k: type(v) for k, v in lit[s.key][1].items()}
+    assert any(not np.array_equal(lit[s.key][0], dark[s.key][0]) for s in samples[:3])
+    monkeypatch.undo()
+    s = samples[1]
+    bare = s.with_(posed=dataclasses.replace(s.posed, faces=None))  # e.g. a sample made without a hand model
+    img, rec = on.render(bare)
+    assert rec["shadow_fraction"] == 0.0 and np.array_equal(img, off.render(s)[0])
+
+
+def test_shadows_are_deterministic(samples):
+    """The same sample gives the same shadows (and image) every time, in any order."""
+    gen = CompositeGenerator()
+    first = [gen.compose(s)[0] for s in samples[:3]]
+    again = [gen.compose(s)[0] for s in reversed(samples[:3])][::-1]
+    for x, y in zip(first, again, strict=True):
+        assert np.array_equal(x.hand, y.hand) and x.record == y.record
+
+
+def test_undistort_inverts_distort():
+    """The shadows back-project pixels through the camera's distortion (``pipeline.camera``)."""
+    from pipeline.camera import distort_normalized, undistort_normalized
+
+    xy = np.random.default_rng(0).uniform(-0.8, 0.8, (500, 2))
+    for dist in (
+        (0.1, -0.05, 0.01, -0.002),
+        (-0.2, 0.05, 0.001, -0.001, -0.01),
+        (0.1, 0.0, 0.0, 0.0, 0.0, 0.2, 0, 0),
+    ):
+        back = undistort_normalized(distort_normalized(xy, np.array(dist)), np.array(dist))
+        assert np.abs(back - xy).max() < 1e-6, dist
+    assert undistort_normalized(xy, None) is not None and np.array_equal(undistort_normalized(xy, None), xy)

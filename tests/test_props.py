@@ -13,8 +13,12 @@ import pytest
 
 from pipeline.config import AUTO_PROPS, RunConfig
 from pipeline.props import (
+    CLEARANCE,
     CONTACT,
     LENGTH_RANGE,
+    MUG_ARC,
+    MUG_BURY,
+    MUG_TUBE,
     OBJECT_TYPES,
     SECTIONS,
     Forearm,
@@ -166,6 +170,15 @@ def _one_arm(arm: dict) -> dict:
                 "objects": [{"type": "box", "centre": [0, 0, 1], "rotation": [0, 0, 0], "size": [0, 1, 1]}],
             },
             "out of range",
+        ),
+        (
+            {
+                "forearm": {"right": None, "left": None},
+                "objects": [
+                    {"type": "mug", "centre": [0, 0, 1], "rotation": [0, 0, 0], "size": [0.03, 0.02, 0.04]}
+                ],
+            },
+            r"objects\[0\]: a mug's body is round",
         ),
         (
             {
@@ -321,7 +334,7 @@ def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer)
             assert not np.allclose(comp.image[arm], comp.background[arm])
             assert np.array_equal(comp.image[~arm & ~comp.alpha], comp.background[~arm & ~comp.alpha])
         image, record = gen.render(s)
-        assert record["version"] == 3 and record["forearm"] == rec
+        assert record["version"] == 4 and record["forearm"] == rec
         again, _ = gen.render(s)
         assert np.array_equal(image, again)
     assert painted >= 4 and sleeves == {True, False}  # arms show, bare and in sleeves
@@ -357,7 +370,7 @@ def test_props_resolve_per_generator():
 
 # -- objects -------------------------------------------------------------------------------------------------
 def test_unit_meshes_lie_on_their_surface():
-    for kind in OBJECT_TYPES:
+    for kind in (k for k in OBJECT_TYPES if k != "mug"):  # the scaled types (the mug: below)
         obj = PropObject(kind, (0.01, -0.02, 0.5), (0.3, -0.2, 0.9), (0.03, 0.02, 0.05))
         verts, faces = object_mesh(obj)
         assert np.allclose(obj.gauge(verts), 1.0, atol=1e-9)  # every vertex on the surface
@@ -367,9 +380,10 @@ def test_unit_meshes_lie_on_their_surface():
         assert back == obj
 
 
-def test_objects_touch_the_palm_and_never_enter_a_hand(posed, hand_model):
+@pytest.mark.parametrize("kind", OBJECT_TYPES)
+def test_objects_touch_the_palm_and_never_enter_a_hand(posed, hand_model, kind):
     """Checked against a surface sampled three times finer than the placement's: no point inside, and the
-    holding hand within ``CONTACT`` of the object."""
+    holding hand within ``CONTACT`` of the object. A mug's handle points away from the palm."""
     placed = 0
     for s in posed:
         present = [x for x in SIDES if s.hands[x] is not None]
@@ -380,18 +394,208 @@ def test_objects_touch_the_palm_and_never_enter_a_hand(posed, hand_model):
         for i, side in enumerate(present):
             joints = np.asarray(s.hands[side].joints_3d)
             obstacles = np.concatenate(list(skins.values()))
-            for kind in OBJECT_TYPES:
-                obj = place_object(stage_rng(s.seed, "t", i), kind, joints, side, obstacles, skins[side])
+            obj = place_object(stage_rng(s.seed, "t", i), kind, joints, side, obstacles, skins[side])
+            if obj is None:
+                continue
+            placed += 1
+            g = obj.gauge(fine)
+            assert g.min() >= 1.0  # nothing inside
+            assert obj.gauge(skins[side], CONTACT).min() < 1.0  # in contact
+            if kind != "mug":  # a scaled shape: the gauge is a scale
+                assert obj.gauge(skins[side]).min() <= 1.0 + CONTACT / min(obj.size)
+            palm = joints[[0, 5, 9, 13, 17]].mean(axis=0)
+            n = np.cross(joints[5] - joints[0], joints[17] - joints[0]) * (-1 if side == "left" else 1)
+            n /= np.linalg.norm(n)
+            assert (np.asarray(obj.centre) - palm) @ n > 0  # on the palm's side
+            if kind == "mug":  # the handle (the frame's +x) away from the palm, the body across it
+                assert obj.matrix[:, 0] @ n > 0.4 and abs(obj.matrix[:, 2] @ n) < 1e-4
+    assert placed >= 8
+
+
+def test_mugs_clear_hands_and_forearms(posed, hand_model):
+    """Mugs placed as ``draw_props`` places them, among the hands and the forearms: no point of either
+    surface sampled three times finer than the placement's is inside, body or handle."""
+    placed = 0
+    for s in posed:
+        hands = _hands(s)
+        present = [x for x in SIDES if hands[x] is not None]
+        verts = {x: hands[x][0] for x in present}
+        arms = draw_props(stage_rng(s.seed, "props"), hands, hand_model.faces).forearms
+        meshes = [(v, hand_model.faces[x]) for x, v in verts.items()]
+        meshes += [(v, f) for _, v, f in prop_meshes(Props(arms), verts, hand_model.faces)]
+        obstacles = np.concatenate([surface_points(v, f) for v, f in meshes])
+        fine = np.concatenate([surface_points(v, f, 0.001) for v, f in meshes])
+        for i, side in enumerate(present):
+            skin = surface_points(verts[side], hand_model.faces[side])
+            for k in range(2):
+                rng = stage_rng(s.seed, f"mug{k}", i)
+                obj = place_object(rng, "mug", hands[side][1], side, obstacles, skin)
                 if obj is None:
                     continue
                 placed += 1
-                g = obj.gauge(fine)
-                assert g.min() >= 1.0  # nothing inside
-                assert obj.gauge(skins[side]).min() <= 1.0 + CONTACT / min(obj.size)  # in contact
-                palm = joints[[0, 5, 9, 13, 17]].mean(axis=0)
-                n = np.cross(joints[5] - joints[0], joints[17] - joints[0]) * (-1 if side == "left" else 1)
-                assert (np.asarray(obj.centre) - palm) @ n > 0  # on the palm's side
-    assert placed >= 20
+                assert obj.gauge(fine).min() >= 1.0
+                assert obj.gauge(skin, CONTACT).min() < 1.0
+    assert placed >= 10
+
+
+class _Top:
+    """A stand-in for a random generator that always draws the top of the range (and 0 for a normal)."""
+
+    def uniform(self, lo, hi):
+        return hi
+
+    def normal(self, mean, sd):
+        return mean
+
+
+def test_the_handle_takes_part_in_the_slide(monkeypatch):
+    """A mug whose handle lies along the palm (turned 90 degrees), and a post of points standing on the palm
+    through the handle's tube: the mug slides out until its handle clears the post's top, not the palm, so
+    the handle is in contact with the post and the body is far from both."""
+    import pipeline.props as props
+
+    monkeypatch.setattr(props, "MUG_TURN", math.pi / 2)  # with _Top: turned by exactly 90 degrees
+    z = 0.5
+    joints = np.zeros((21, 3))
+    joints[[0, 5, 9, 13, 17]] = [
+        [0, 0.05, z],
+        [-0.03, -0.03, z],
+        [0, -0.035, z],
+        [0.015, -0.033, z],
+        [0.03, -0.03, z],
+    ]
+    # a left hand in this plane: the palm faces the camera (normal -z), fingers toward -y
+    palm = joints[[0, 5, 9, 13, 17]].mean(axis=0)
+    n, along = np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0])
+    r = props.OBJECT_SIZE["mug"][1]
+    h = r * props.MUG_HEIGHT[1]
+    tip = r + MUG_ARC * h  # the handle's arc at its farthest from the body's axis
+    post = palm + tip * along + np.outer(np.arange(-0.01, 0.06, 0.0005), n)
+    grid = np.arange(-0.03, 0.0301, 0.001)
+    disc = palm + np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2) @ np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    obstacles = np.concatenate([disc, post])
+    obj = place_object(_Top(), "mug", joints, "left", obstacles, post)
+    assert obj is not None and obj.size == (r, r, round(h, 5))
+    assert np.allclose(obj.matrix[:, 0], along, atol=1e-5)  # the handle along the palm
+    # the handle cleared the post's top by CLEARANCE (the slide's bisection and rounding: within 0.05 mm)
+    assert obj.gauge(obstacles).min() >= 1.0
+    assert obj.gauge(post, CLEARANCE + 5e-5).min() < 1.0
+    tube = MUG_TUBE * min(r, h)
+    assert abs((np.asarray(obj.centre) - palm) @ n - (0.06 - 0.0005 + tube + CLEARANCE)) < 1e-4
+    body = PropObject("cylinder", obj.centre, obj.rotation, obj.size)
+    assert body.gauge(obstacles, 0.01).min() > 1.0  # the body is more than 1 cm from every point
+
+
+def _arc_distance(local, size):
+    """The distance of points (N, 3) in a mug's frame from its handle's arc, the arc's ends included (the
+    documented geometry, ``MUG_ARC``): to the arc's point at the point's own angle about the arc's centre,
+    that angle clipped to the arc's. Also the tube's radius."""
+    r, _, h = size
+    arc, tube = MUG_ARC * h, MUG_TUBE * min(r, h)
+    end = math.pi / 2 + math.asin(MUG_BURY * tube / arc)
+    angle = np.clip(np.arctan2(local[:, 2], local[:, 0] - r), -end, end)
+    core = np.stack([r + arc * np.cos(angle), 0 * angle, arc * np.sin(angle)], axis=1)
+    return np.linalg.norm(local - core, axis=1), tube
+
+
+def _weld(verts, faces):
+    """``faces`` with vertices at the same place merged (the sharp edges' separate copies)."""
+    _, ids = np.unique(np.round(verts, 12), axis=0, return_inverse=True)
+    return ids.ravel()[faces]
+
+
+@pytest.mark.parametrize(
+    "size", [(0.03, 0.03, 0.04), (0.042, 0.042, 0.063), (0.04, 0.04, 0.01), (0.01, 0.01, 0.08)]
+)
+def test_mug_mesh_lies_on_its_gauge(size):
+    """Every vertex of a mug's mesh is on the surface of its body or of its handle and inside neither of the
+    other part; the ones the gauge calls inside (< 1) are the handle's ends, hidden in the body. Both parts
+    are closed and wound outward, the caps flat (vertices of their own), the handle smooth."""
+    obj = PropObject("mug", (0.01, -0.02, 0.5), (0.3, -0.2, 0.9), size)
+    verts, faces = object_mesh(obj)
+    assert faces.min() == 0 and faces.max() == len(verts) - 1
+    g = obj.gauge(verts)
+    body = PropObject("cylinder", obj.centre, obj.rotation, size).gauge(verts)
+    local = (verts - obj.centre) @ obj.matrix
+    dist, tube = _arc_distance(local, size)
+    on_body = np.abs(body - 1.0) < 1e-9
+    on_handle = np.abs(dist - tube) < 1e-9 * tube
+    assert (on_body | on_handle | (body < 1.0)).all()
+    assert g.max() <= 1.0 + 1e-9  # no vertex outside the mug
+    assert np.allclose(g[on_body & (dist > tube)], 1.0, atol=1e-9)
+    assert np.allclose(g[on_handle & (body > 1.0)], 1.0, atol=1e-9)
+    hidden = g < 1.0 - 1e-9
+    assert (body[hidden] < 1.0).all()  # the handle's buried part and its caps
+    assert (on_handle & (body > 1.0 + 0.1)).sum() > 300  # and a handle outside, well away from the wall
+    assert obj.gauge(np.array([obj.centre])) < 1e-12
+    # closed and outward: once welded, every edge is used twice, in opposite directions; positive volume
+    welded = _weld(verts, faces)
+    edges = np.concatenate([welded[:, [0, 1]], welded[:, [1, 2]], welded[:, [2, 0]]])
+    keys = {tuple(e) for e in edges.tolist()}
+    assert len(keys) == len(edges) and all((b, a) in keys for a, b in keys)
+    tri = verts[faces] - np.asarray(obj.centre)
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
+    r, _, h = size
+    assert 2 * math.pi * r * r * h * 0.99 < volume < 2 * math.pi * r * r * h * 1.05
+    # the body's caps are flat (their vertices all have the cap's normal), the handle's tube is smooth
+    from renderers.base import vertex_normals
+
+    normals = vertex_normals(verts, faces) @ obj.matrix
+    cap = np.abs(np.abs(local[:, 2]) - h) < 1e-12
+    flat = np.abs(np.abs(normals[cap, 2]) - 1.0) < 1e-6
+    assert flat.sum() == 2 * 64 + 2 and (~flat).sum() == 2 * 64  # the cap copies, the side's copies
+    tube_v = on_handle & (body > 1.0)
+    radial = local[tube_v] - np.asarray([r, 0.0, 0.0])
+    core = np.c_[radial[:, 0], 0 * radial[:, 0], radial[:, 2]]
+    core = np.asarray([r, 0.0, 0.0]) + core / np.linalg.norm(core, axis=1, keepdims=True) * MUG_ARC * h
+    outward = (local[tube_v] - core) / tube
+    assert (np.einsum("ij,ij->i", normals[tube_v], outward) > 0.99).all()  # the torus's own normal
+    back = PropObject.from_json(json.loads(json.dumps(obj.to_json())), "o")
+    assert back == obj and object_mesh(back)[0].tobytes() == verts.tobytes()
+
+
+@pytest.mark.parametrize("pad", [0.0, CLEARANCE, CONTACT])
+def test_mug_gauge_is_exact_inside_and_outside(pad):
+    """The mug's gauge grown by ``pad`` is < 1 at every point within pad of the mug (body or handle) and >= 1
+    at every point farther than pad (away from a thin band about the surface, and in the corner of the
+    body's rim, where growing half extents adds more than pad); across the handle's tube the switch is at
+    tube + pad from its arc, on the outside, in the hole and beside the tube."""
+    size = (0.03, 0.03, 0.04)
+    r, _, h = size
+    obj = PropObject("mug", (0.0, 0.0, 0.5), (0.0, 0.0, 0.0), size)
+    arc, tube = MUG_ARC * h, MUG_TUBE * min(r, h)
+    centre = np.asarray(obj.centre)
+    body = PropObject("cylinder", obj.centre, obj.rotation, size)
+    checked = 0
+    for t in (0.0, 0.7, -1.2, 1.5):  # points on the arc, by their angle about its centre from +x
+        radius = np.array([math.cos(t), 0.0, math.sin(t)])
+        core = centre + np.array([r, 0.0, 0.0]) + arc * radius
+        y = np.array([0.0, 1.0, 0.0])
+        # across the tube: outward, into the hole, beside it (either side), and obliquely
+        for d in (radius, -radius, y, -y, 0.6 * radius + 0.8 * y, -0.6 * radius - 0.8 * y):
+            just_in = core + d * (tube + pad) * (1 - 1e-6)
+            just_out = core + d * (tube + pad) * (1 + 1e-6)
+            if body.gauge(just_out[None], pad)[0] < 1.0:
+                continue  # in the (grown) body as well
+            checked += 1
+            assert obj.gauge(just_in[None], pad)[0] < 1.0 < obj.gauge(just_out[None], pad)[0]
+    assert checked >= 15
+    # random points against the documented shape: the distances from the body and from the handle's arc
+    rng = np.random.default_rng(0)
+    local = rng.uniform([-0.04, -0.04, -0.05], [0.07, 0.04, 0.05], size=(20000, 3))
+    radial = np.hypot(local[:, 0], local[:, 1])
+    to_body = np.hypot(np.maximum(radial - r, 0), np.maximum(np.abs(local[:, 2]) - h, 0))
+    inside_body = (radial < r) & (np.abs(local[:, 2]) < h)
+    dist, _ = _arc_distance(local, size)
+    to_mug = np.where(inside_body, 0.0, np.minimum(to_body, np.maximum(dist - tube, 0.0)))
+    g = obj.gauge(local + centre, pad)
+    assert (g[to_mug < pad - 1e-6] < 1.0).all()  # conservative: within pad is inside
+    rim = (radial > r) & (np.abs(local[:, 2]) > h)  # grown half extents: the rim's corner is square
+    far = (to_mug > pad + 1e-6) & ~rim
+    assert (g[far] >= 1.0).all() and far.sum() > 5000
+    if pad == 0.0:  # exactly the union: outside the body, in the handle's tube
+        handle_only = ~inside_body & (dist < tube - 1e-6)
+        assert handle_only.sum() > 50 and (g[handle_only] < 1.0).all()
 
 
 def test_forearm_sections_stay_beyond_the_wrist(posed, hand_model, monkeypatch):
@@ -474,3 +678,37 @@ def test_objects_are_in_the_depth_test(posed, hand_model, renderer):
         assert ((a.mask > 0) <= (b.mask > 0)).all() and (a.prop_mask[lost] == 4).all()
         covering += bool(lost.any())
     assert covering >= 3  # objects do cover parts of hands
+
+
+def test_a_mug_is_drawn_in_the_depth_test(posed, hand_model, renderer):
+    """A mug between the camera and a hand, its handle's plane facing the camera: its pixels are id 4 (never
+    in the mask) and remove the hand pixels they cover; the handle's tube is drawn and its hole is not;
+    the re-render from the label's record is the same."""
+    from pipeline.camera import project_points
+
+    s = next(p for p in posed if p.hand_type != "interacting")
+    side = next(x for x in SIDES if s.hands[x] is not None)
+    j = np.asarray(s.hands[side].joints_3d)
+    size = (0.02, 0.02, 0.025)
+    r, _, h = size
+    c = j[[0, 5, 9, 13, 17]].mean(axis=0)
+    centre = tuple(float(x) for x in (c * (1 - 0.08 / c[2]) - np.array([r + MUG_ARC * h, 0, 0]) / 2))
+    mug = PropObject("mug", centre, (-math.pi / 2, 0.0, 0.0), size)  # x right, z (the axis) down the image
+    assert np.allclose(mug.matrix, [[1, 0, 0], [0, 0, 1], [0, -1, 0]], atol=1e-12)
+    held = s.with_(props=Props({x: None for x in SIDES}, (mug,)))
+    bare, drawn = _render(renderer, hand_model, [s, held])
+    assert drawn.prop_mask is not None and set(np.unique(drawn.prop_mask).tolist()) == {0, 4}
+    assert not ((drawn.prop_mask > 0) & (drawn.mask > 0)).any()
+    lost = (bare.mask > 0) & (drawn.mask == 0)
+    assert lost.any() and (drawn.prop_mask[lost] == 4).all() and ((drawn.mask > 0) <= (bare.mask > 0)).all()
+    assert (drawn.depth[lost] < bare.depth[lost]).all()
+    tube = MUG_TUBE * min(r, h)
+    arc = MUG_ARC * h
+    K, dist = s.camera.K, s.camera.dist
+    local = np.array([[r + arc, 0, 0], [r + arc - tube - (arc - tube) / 2, 0, 0], [r + arc - tube / 2, 0, 0]])
+    px = np.round(project_points(local @ mug.matrix.T + np.asarray(centre), K, dist)).astype(int)
+    (u0, v0), (u1, v1), (u2, v2) = px
+    assert drawn.prop_mask[v0, u0] == 4 and drawn.prop_mask[v2, u2] == 4  # the handle's tube
+    assert drawn.prop_mask[v1, u1] == 0  # the hole
+    again = _render(renderer, hand_model, [held.with_(props=Props.from_json(held.props.to_json()))])[0]
+    assert np.array_equal(again.prop_mask, drawn.prop_mask) and np.array_equal(again.mask, drawn.mask)

@@ -111,7 +111,7 @@ class PoseSource(abc.ABC):
 
 def pose_hands(drawn: Drawn, hand_model) -> Posed:
     """Run the hand model on ``drawn``'s hands: verts (2, 778, 3) float32, joints_3d (21, 3) float64 per hand,
-    and the hand model's record."""
+    the hand model's record and its triangles."""
     verts = empty_verts()
     joints: dict[str, np.ndarray | None] = {s: None for s in SIDES}
     for i, s in enumerate(SIDES):
@@ -121,7 +121,8 @@ def pose_hands(drawn: Drawn, hand_model) -> Posed:
         out = hand_model(s, p.pose[None], p.shape[None], p.trans[None])
         verts[i] = out.vertices[0].cpu().numpy()
         joints[s] = out.joints[0].cpu().numpy().astype(np.float64)
-    return Posed(verts=verts, joints_3d=joints, hand_model=hand_model.info.to_json())
+    faces = getattr(hand_model, "faces", None)
+    return Posed(verts=verts, joints_3d=joints, hand_model=hand_model.info.to_json(), faces=faces)
 
 
 def apply_filters(drawn: Drawn, posed: Posed, filters: FilterConfig) -> None:
