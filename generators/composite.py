@@ -68,7 +68,7 @@ from scipy.ndimage import uniform_filter
 from generators.base import Generator
 from generators.shadows import ShadowParams, occlusion
 from pipeline.camera import undistort_normalized
-from pipeline.kinematics import FINGER_CHAINS
+from pipeline.kinematics import FINGER_CHAINS, palm_normal
 from pipeline.props import PROP_IDS, prop_meshes
 from pipeline.sample import Generation, Sample
 from pipeline.schema import SIDES
@@ -583,9 +583,7 @@ class CompositeGenerator(Generator):
             hand = sample.hands.get(side)
             if hand is None:
                 continue
-            j = np.asarray(hand.joints_3d, dtype=np.float64)
-            n = np.cross(j[5] - j[0], j[17] - j[0]) * (-1.0 if side == "left" else 1.0)
-            out[value] = _unit(n).astype(np.float32)
+            out[value] = palm_normal(hand.joints_3d, side).astype(np.float32)
         return out
 
     # -- the image -------------------------------------------------------------------------------------------

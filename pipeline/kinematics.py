@@ -70,6 +70,14 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def palm_normal(joints: np.ndarray, side: str) -> np.ndarray:
+    """(3,) float64 unit normal out of the palm from (21, 3) joints (label order, any frame): index1 and
+    pinky1 about the wrist, the sign mirrored for a left hand so that it points out of the palm for both."""
+    j = np.asarray(joints, dtype=np.float64)
+    n = np.cross(j[5] - j[0], j[17] - j[0]) * (-1.0 if side == "left" else 1.0)
+    return n / max(float(np.linalg.norm(n)), 1e-12)
+
+
 def finger_frame(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d, u, s): distal axis, dorsal axis, side axis with s x u = d (right-handed about d); (3,) float64."""
     d = unit(direction)

@@ -38,6 +38,7 @@ import numpy as np
 
 from pipeline.errors import HandgenError
 from pipeline.gestures import classify_gesture
+from pipeline.kinematics import palm_normal
 from pipeline.rotations import aa_to_matrix, matrix_to_aa
 from pipeline.schema import SIDES
 
@@ -586,8 +587,7 @@ def _palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, 
     normal (out of the palm, unit)) from (21, 3) joints (label order)."""
     j = np.asarray(joints, dtype=np.float64)
     centre = j[[0, 5, 9, 13, 17]].mean(axis=0)
-    n = np.cross(j[5] - j[0], j[17] - j[0]) * (-1.0 if side == "left" else 1.0)
-    n /= np.linalg.norm(n)
+    n = palm_normal(j, side)
     across = j[5] - j[17]
     across -= (across @ n) * n
     across /= np.linalg.norm(across)
