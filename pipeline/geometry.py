@@ -102,7 +102,10 @@ def edge_triangle_intersections(
         near = np.nonzero(((t_lo <= hi.max(0)) & (t_hi >= lo.min(0))).all(axis=1))[0]
         if not len(near):
             continue
-        overlap = ((lo[:, None] <= t_hi[near][None]) & (hi[:, None] >= t_lo[near][None])).all(axis=2)
+        th, tl = t_hi[near], t_lo[near]
+        overlap = (lo[:, None, 0] <= th[None, :, 0]) & (hi[:, None, 0] >= tl[None, :, 0])
+        for k in (1, 2):  # per axis on 2D arrays: numpy is slow reducing a trailing axis of 3
+            overlap &= (lo[:, None, k] <= th[None, :, k]) & (hi[:, None, k] >= tl[None, :, k])
         ri, ni = np.nonzero(overlap)
         ei, fi = ei_run[ri], near[ni]
         if same:

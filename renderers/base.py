@@ -494,8 +494,12 @@ class Renderer(abc.ABC):
         L = size or self.config.local_size
         H, W = image_size
         ii = np.arange(L, dtype=np.float64)
-        g = local_to_global(np.stack(np.meshgrid(ii, ii), axis=-1).reshape(-1, 2), crop, L).reshape(L, L, 2)
-        return (g[..., 0] < -0.5) | (g[..., 0] >= W - 0.5) | (g[..., 1] < -0.5) | (g[..., 1] >= H - 0.5)
+        g = local_to_global(
+            np.stack([ii, ii], axis=-1), crop, L
+        )  # the map is separable: x by column, y by row
+        cols = (g[:, 0] < -0.5) | (g[:, 0] >= W - 0.5)
+        rows = (g[:, 1] < -0.5) | (g[:, 1] >= H - 0.5)
+        return rows[:, None] | cols[None, :]
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release backend resources (contexts, device memory)."""
