@@ -43,14 +43,14 @@ def _all_pairs(verts_a, faces_a, verts_b=None, faces_b=None, eps=1e-9) -> np.nda
 
 @pytest.fixture(scope="module")
 def posed(hand_model):
-    """Six right and six left hands in random poses (vertices (778, 3) metres), with their faces."""
+    """Three right and three left hands in random poses (vertices (778, 3) metres), with their faces."""
     import torch
 
     rng = np.random.default_rng(3)
     out = {}
     for side in ("right", "left"):
-        pose = torch.tensor(rng.normal(0.0, 0.6, size=(6, 48)))
-        verts = hand_model(side, pose, torch.zeros(6, 10), torch.zeros(6, 3)).vertices.cpu().numpy()
+        pose = torch.tensor(rng.normal(0.0, 0.6, size=(3, 48)))
+        verts = hand_model(side, pose, torch.zeros(3, 10), torch.zeros(3, 3)).vertices.cpu().numpy()
         out[side] = (verts.astype(np.float64), np.asarray(hand_model.faces[side]))
     return out
 
@@ -65,7 +65,7 @@ def test_self_intersections_match_all_pairs(posed):
     assert found > 0  # strong random poses do fold fingers into each other: the comparison is not empty
 
 
-@pytest.mark.parametrize("shift", [0.0, 0.01, 0.03, 1.0])
+@pytest.mark.parametrize("shift", [0.0, 0.03, 1.0])
 def test_two_meshes_match_all_pairs(posed, shift):
     (vr, fr), (vl, fl) = posed["right"], posed["left"]
     hits = 0
