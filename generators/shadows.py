@@ -138,11 +138,20 @@ def occlusion(
     receiver misses behind the occluders (1: fully in shadow). ``points`` (3, N): the receivers' camera-space
     coordinates (x, y, z rows), metres, on the surface; ``normals`` (3, N): their unit outward normals;
     ``meshes``: [(vertices (V, 3), faces (F, 3))] the occluders; ``texel``: the shadow map's texel, metres
-    (module doc)."""
+    (module doc). Receivers with a non-finite coordinate or normal are lit (0)."""
     f32 = np.float32
     n = len(points[0])
     out = np.zeros(n, f32)
     if not n or not meshes:
+        return out
+    finite = np.isfinite(np.asarray(points, dtype=f32)).all(0) & np.isfinite(
+        np.asarray(normals, dtype=f32)
+    ).all(0)
+    if not finite.all():  # a receiver that is not a point (a failed undistortion, a NaN normal) stays lit
+        if finite.any():
+            out[finite] = occlusion(
+                np.asarray(points)[:, finite], np.asarray(normals)[:, finite], meshes, to_light, texel, params
+            )
         return out
     basis = light_basis(to_light)
     # light space of the receivers (rows of N: numpy is slow on short axes), then moved along their normals

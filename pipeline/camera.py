@@ -47,7 +47,8 @@ def distort_normalized(xy: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
 def undistort_normalized(xy: np.ndarray, dist: np.ndarray | None, iterations: int = 20) -> np.ndarray:
     """The inverse of ``distort_normalized``: distorted normalised coordinates (..., 2) -> undistorted
     (..., 2) float64 (fisheye: Newton on theta; radial-tangential: fixed-point iterations, as OpenCV's
-    ``undistortPoints``; exact to well under a thousandth of a pixel for the distortion of real lenses)."""
+    ``undistortPoints``). A point whose result does not distort back to it within ``UNDISTORT_TOLERANCE``
+    (strong distortion far from the centre, where the iteration does not converge) is NaN."""
     xy = np.asarray(xy, dtype=np.float64)
     if dist is None:
         return xy
@@ -61,14 +62,27 @@ def undistort_normalized(xy: np.ndarray, dist: np.ndarray | None, iterations: in
             df = 1 + 3 * d[0] * t2 + 5 * d[1] * t2**2 + 7 * d[2] * t2**3 + 9 * d[3] * t2**4
             theta = np.clip(theta - f / np.where(np.abs(df) > 1e-12, df, 1e-12), 0.0, np.pi / 2 - 1e-6)
         scale = np.where(theta_d > 1e-12, np.tan(theta) / np.maximum(theta_d, 1e-12), 1.0)
-        return xy * scale[..., None]
+        return _converged(xy * scale[..., None], xy, d)
     if d.size in (5, 8):
         out = xy.copy()
-        for _ in range(iterations):
-            moved = distort_normalized(out, d)
-            out = out + (xy - moved)
-        return out
+        with np.errstate(all="ignore"):  # a diverging point overflows: it is NaN below
+            for _ in range(iterations):
+                moved = distort_normalized(out, d)
+                out = out + (xy - moved)
+        return _converged(out, xy, d)
     raise ValueError(f"dist must have 4, 5 or 8 coefficients, got {d.size}")
+
+
+UNDISTORT_TOLERANCE = 1e-7
+"""Normalised units (about 1e-4 px at a 1000 px focal length) an undistorted point may miss by when distorted
+back (``undistort_normalized``)."""
+
+
+def _converged(out: np.ndarray, xy: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``out`` with NaN where it does not distort back to ``xy`` within ``UNDISTORT_TOLERANCE``."""
+    with np.errstate(all="ignore"):
+        miss = np.abs(distort_normalized(out, d) - xy).max(axis=-1)
+    return np.where((miss <= UNDISTORT_TOLERANCE)[..., None], out, np.nan)
 
 
 def project_points(points: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray:

@@ -88,9 +88,16 @@ def edge_triangle_intersections(
     tri = vb[fb]
     e_lo, e_hi = np.minimum(p0, p1), np.maximum(p0, p1)
     t_lo, t_hi = tri.min(axis=1), tri.max(axis=1)
-    edge_ids = np.arange(len(edges))
+    # a non-finite edge or triangle meets no box (every comparison with NaN is false): leave them out, so that
+    # they cannot spoil the boxes of the runs and of the whole mesh below
+    edge_ids = np.nonzero(np.isfinite(e_lo).all(axis=1) & np.isfinite(e_hi).all(axis=1))[0]
+    tri_ok = np.isfinite(t_lo).all(axis=1) & np.isfinite(t_hi).all(axis=1)
+    if not len(edge_ids) or not tri_ok.any():
+        return np.zeros((0, 2), dtype=np.int64)
     if not same:  # only edges inside the other mesh's box can cross (two hands rarely overlap much)
-        edge_ids = np.nonzero(((e_lo <= t_hi.max(0)) & (e_hi >= t_lo.min(0))).all(axis=1))[0]
+        box_lo, box_hi = t_lo[tri_ok].min(0), t_hi[tri_ok].max(0)
+        inside = ((e_lo[edge_ids] <= box_hi) & (e_hi[edge_ids] >= box_lo)).all(axis=1)
+        edge_ids = edge_ids[inside]
     if not len(edge_ids):
         return np.zeros((0, 2), dtype=np.int64)
     axis = int(np.argmax(e_hi[edge_ids].max(0) - e_lo[edge_ids].min(0)))

@@ -566,3 +566,29 @@ def test_undistort_inverts_distort():
         back = undistort_normalized(distort_normalized(xy, np.array(dist)), np.array(dist))
         assert np.abs(back - xy).max() < 1e-6, dist
     assert undistort_normalized(xy, None) is not None and np.array_equal(undistort_normalized(xy, None), xy)
+
+
+def test_undistort_that_does_not_converge_is_nan_and_stays_lit():
+    """Strong barrel distortion far from the centre: the fixed-point iteration diverges. Those points come
+    back NaN (never a wrong point), and the shadow test leaves such receivers lit instead of failing the
+    sample."""
+    from generators.shadows import occlusion
+    from pipeline.camera import UNDISTORT_TOLERANCE, distort_normalized, undistort_normalized
+
+    dist = np.array([-0.4, 0.2, 0.0, 0.0, 0.0])
+    g = np.linspace(-1.2, 1.2, 25)
+    xy = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+    out = undistort_normalized(xy, dist)
+    bad = np.isnan(out).any(axis=1)
+    assert bad.any() and not bad.all()
+    assert np.abs(distort_normalized(out[~bad], dist) - xy[~bad]).max() <= UNDISTORT_TOLERANCE
+    # one receiver with a NaN coordinate, one with a NaN normal, among finite ones under a floating square
+    sq = np.array([[-0.05, -0.05, 0.4], [0.05, -0.05, 0.4], [0.05, 0.05, 0.4], [-0.05, 0.05, 0.4]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    pts = np.array([[0.0, 0.0, 0.5], [np.nan, 0.0, 0.5], [0.0, 0.01, 0.5], [0.2, 0.2, 0.5]]).T
+    nrm = np.array([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [np.nan, 0.0, -1.0], [0.0, 0.0, -1.0]]).T
+    shade = occlusion(pts, nrm, [(sq, faces)], np.array([0.0, 0.0, -1.0]), 0.002)
+    assert shade[1] == 0.0 and shade[2] == 0.0  # not points: lit
+    assert shade[0] == 1.0 and shade[3] == 0.0  # behind the square / beside it
+    finite = occlusion(pts[:, [0, 3]], nrm[:, [0, 3]], [(sq, faces)], np.array([0.0, 0.0, -1.0]), 0.002)
+    assert np.array_equal(finite, shade[[0, 3]])

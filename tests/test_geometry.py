@@ -89,3 +89,16 @@ def test_empty_inputs():
     f = np.array([[0, 1, 2]])
     assert geometry.edge_triangle_intersections(v, f, v + 5.0, f).shape == (0, 2)
     assert geometry.edge_triangle_intersections(v, f, v, np.zeros((0, 3), dtype=np.int64)).shape == (0, 2)
+
+
+def test_non_finite_vertices_match_all_pairs(posed):
+    """A NaN vertex meets no box; the edges and triangles that use it drop out, and nothing else does."""
+    verts, faces = posed["right"]
+    (vl, fl) = posed["left"]
+    v = verts[0].copy()
+    v[[10, 400]] = np.nan
+    np.testing.assert_array_equal(geometry.edge_triangle_intersections(v, faces), _all_pairs(v, faces))
+    for args in ((v, faces, vl[0], fl), (vl[0], fl, v, faces)):
+        got = geometry.edge_triangle_intersections(*args)
+        np.testing.assert_array_equal(got, _all_pairs(*args))
+    assert geometry.edge_triangle_intersections(np.full_like(v, np.nan), faces).shape == (0, 2)
