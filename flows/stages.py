@@ -608,6 +608,7 @@ def run_shard(
         folder.report(k)  # refuses a shard of another run
         return None
     pipeline.load()  # models load before the claim: a bad setting fails with nothing begun
+    folder.check_stages(pipeline.run_info())  # a resume with other stages than the written shards': refused
     claim = None
     if stream is not None and stream.plans(k):
         claim = stream.take(k)

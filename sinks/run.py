@@ -232,6 +232,7 @@ class RunFolder:
         self.owner = owner or process_owner()
         self.lease = lease_seconds() if lease is None else lease
         self.record = run_record(cfg)
+        self._stages_checked = False
 
     # -- identity --------------------------------------------------------------------------------------------
     def open(self, resume: bool) -> str:
@@ -297,6 +298,34 @@ class RunFolder:
                 existing.get("code_version"),
                 self.record["code_version"],
             )
+
+    def check_stages(self, run_info: dict) -> None:
+        """Refuse to add shards made by other stages than the run's complete shards were: ``run_info`` is
+        what this process's shard reports would record (``GenerationPipeline.run_info``: renderer, hand
+        model, source, generator name and version); it is compared with the first complete shard's report,
+        once per folder. ``finalize`` would refuse the mixed run only after every shard is written (it checks
+        that all reports agree); this says so before anything is generated (e.g. a resume after an upgrade
+        that changed the generator's version). Raises ``RunMismatchError`` (one line)."""
+        if self._stages_checked:
+            return
+        run_info = json.loads(json.dumps(run_info))  # as a report reads back (tuples are lists in JSON)
+        for k in range(self.cfg.num_shards):
+            if not self.is_complete(k):
+                continue
+            rep = self.report(k)
+            for key in STAGE_RECORDS:
+                theirs, ours = (rep.run or {}).get(key), run_info.get(key)
+                if theirs is not None and ours is not None and theirs != ours:
+                    changed = sorted(f for f in set(theirs) | set(ours) if theirs.get(f) != ours.get(f))
+                    detail = ", ".join(
+                        f"{f} {theirs.get(f)!r} there, {ours.get(f)!r} here" for f in changed[:3]
+                    )
+                    raise RunMismatchError(
+                        f"{self.store.path(rep.name)} was written with another {key} ({detail}); finish the "
+                        "run with the stages (and code version) that started it, or choose another --out"
+                    )
+            break
+        self._stages_checked = True
 
     # -- shards ----------------------------------------------------------------------------------------------
     def is_complete(self, k: int) -> bool:
@@ -372,11 +401,15 @@ class RunFolder:
             claim.release()
 
 
+STAGE_RECORDS = ("renderer", "hand_model", "source", "generator")
+"""The stage records that every shard report of a run must agree on (``GenerationPipeline.run_info``)."""
+
+
 def _common_run_info(reports: list[ShardReport]) -> dict:
     """The renderer / hand model / source records the shard reports agree on (each worker records its own)."""
     info: dict = {}
     for rep in reports:
-        for k in ("renderer", "hand_model", "source", "generator"):
+        for k in STAGE_RECORDS:
             v = (rep.run or {}).get(k)
             if v is None:
                 continue

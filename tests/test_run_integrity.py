@@ -102,6 +102,32 @@ def test_resume_cli_mismatch_is_one_line(reference, tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "seed" in lines[0] and "Traceback" not in err, err
 
 
+def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_path):
+    """A complete shard written by another generator version (an upgrade between kill and resume): the
+    resume says so in one line before it writes anything, not only at the manifest after every shard."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
+        (out / name).unlink()
+    meta = out / "hands-000000.meta.json"
+    rep = json.loads(meta.read_text())
+    rep["run"]["generator"]["version"] -= 1
+    meta.write_text(json.dumps(rep))
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "hands-000000.tar was written with another generator (version" in lines[0], lines[0]
+    assert not (out / "hands-000001.tar").exists() and not list(out.glob("*.tmp*"))
+    # the same folder with the shard's own record resumes: the check compares like with like
+    rep["run"]["generator"]["version"] += 1
+    meta.write_text(json.dumps(rep))
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-3000:]
+    assert _hashes(out) == _hashes(reference)
+
+
 def test_folder_without_run_json_is_refused(reference, tmp_path):
     out = tmp_path / "legacy"
     shutil.copytree(reference, out)
