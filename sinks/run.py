@@ -359,7 +359,9 @@ class RunFolder:
             if self.is_complete(k):
                 yield None
                 return
-            leftovers = (name + ".", meta_name(name) + ".")  # this shard's temporary files, any owner's
+            # this shard's temporary files, any owner's, and those of its claim files (``create_exclusive``
+            # writes ``.<claim>.<random>.tmp`` first: a worker killed there leaves one behind)
+            leftovers = (name + ".", meta_name(name) + ".", f".{name}.claim")
             for n in self.store.listdir():
                 if n.endswith(".tmp") and n.startswith(leftovers):
                     logger.info("removing leftover %s", n)
@@ -394,11 +396,24 @@ class RunFolder:
             reports = [self.report(k) for k in shards]
             run_info = _common_run_info(reports)
             extras = {"run_tag": self.record["run_tag"], **run_info, **(extra or {})}
-            return self.output.finalize(
+            manifest = self.output.finalize(
                 shards, self.cfg.model_dump(mode="json"), self.record["config_sha256"], extras
             )
+            self._remove_claim_leftovers()
+            return manifest
         finally:
             claim.release()
+
+    def _remove_claim_leftovers(self) -> None:
+        """Remove the temporary files that workers killed while claiming a shard left behind
+        (``.<shard>.claim<g>.<random>.tmp``; also the manifest's, whose claim this worker holds): once every
+        shard is complete nobody claims a shard again."""
+        heads = (f".{self.cfg.shard_prefix}-", f".{MANIFEST}.claim")
+        for n in self.store.listdir():
+            if n.startswith(heads) and ".claim" in n and n.endswith(".tmp"):
+                logger.info("removing leftover %s", n)
+                with contextlib.suppress(OSError):
+                    self.store.remove(n)
 
 
 STAGE_RECORDS = ("renderer", "hand_model", "source", "generator")

@@ -128,6 +128,26 @@ def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_pa
     assert _hashes(out) == _hashes(reference)
 
 
+def test_claim_temporaries_of_killed_workers_are_removed(reference, tmp_path):
+    """A worker killed inside ``create_exclusive`` (claiming a shard) leaves
+    ``.<shard>.claim<g>.<random>.tmp``: the next writer of that shard removes it, and the finaliser removes
+    those of complete shards."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
+        (out / name).unlink()
+    stale = [
+        out / ".hands-000000.tar.claim0.0123456789ab.tmp",
+        out / ".hands-000001.tar.claim1.ba9876543210.tmp",
+    ]
+    for f in stale:
+        f.write_bytes(b'{"owner": "killed"}')
+    _run(_cfg(out))
+    assert not any(f.exists() for f in stale)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert _hashes(out) == _hashes(reference)
+
+
 def test_folder_without_run_json_is_refused(reference, tmp_path):
     out = tmp_path / "legacy"
     shutil.copytree(reference, out)
