@@ -120,19 +120,7 @@ def edge_triangle_intersections(
             ei, fi = ei[~shared], fi[~shared]
         if len(ei) == 0:
             continue
-        o, d = p0[ei], p1[ei] - p0[ei]
-        t0, t1, t2 = tri[fi, 0], tri[fi, 1], tri[fi, 2]
-        e1, e2 = t1 - t0, t2 - t0
-        h = np.cross(d, e2)
-        a = (e1 * h).sum(1)
-        ok = np.abs(a) > eps
-        inv = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
-        sv = o - t0
-        u = inv * (sv * h).sum(1)
-        q = np.cross(sv, e1)
-        v = inv * (d * q).sum(1)
-        t = inv * (e2 * q).sum(1)
-        inside = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
+        inside = segments_cross_triangles(p0[ei], p1[ei], tri[fi], eps)
         hits.append(np.stack([ei[inside], fi[inside]], axis=1))
     if not hits:
         return np.zeros((0, 2), dtype=np.int64)
@@ -141,6 +129,27 @@ def edge_triangle_intersections(
 
 
 _RUN = 128  # edges per broad-phase run
+
+
+def segments_cross_triangles(
+    p0: np.ndarray, p1: np.ndarray, tri: np.ndarray, eps: float = 1e-9
+) -> np.ndarray:
+    """(K,) bool: whether segment ``p0[k]``-``p1[k]`` crosses triangle ``tri[k]`` (p0, p1 (K, 3); tri
+    (K, 3, 3)), ends and edges included (Moller-Trumbore); a segment parallel to its triangle's plane (within
+    ``eps``) does not cross it."""
+    o, d = p0, p1 - p0
+    t0, t1, t2 = tri[:, 0], tri[:, 1], tri[:, 2]
+    e1, e2 = t1 - t0, t2 - t0
+    h = np.cross(d, e2)
+    a = (e1 * h).sum(1)
+    ok = np.abs(a) > eps
+    inv = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
+    sv = o - t0
+    u = inv * (sv * h).sum(1)
+    q = np.cross(sv, e1)
+    v = inv * (d * q).sum(1)
+    t = inv * (e2 * q).sum(1)
+    return ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
 
 
 def meshes_interpenetrate(va, fa, vb, fb) -> bool:

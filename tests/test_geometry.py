@@ -1,5 +1,7 @@
 """The broad phase of ``geometry.edge_triangle_intersections`` returns exactly what testing every pair
-returns: the reference below is the all-pairs version it replaced."""
+returns: the reference below is the all-pairs version it replaced (every pair of boxes, then the same narrow
+phase, ``geometry.segments_cross_triangles``), and the narrow phase is checked on its own against hand-made
+segments."""
 
 from __future__ import annotations
 
@@ -25,19 +27,7 @@ def _all_pairs(verts_a, faces_a, verts_b=None, faces_b=None, eps=1e-9) -> np.nda
     if same:
         shared = (edges[ei, 0, None] == fb[fi]).any(1) | (edges[ei, 1, None] == fb[fi]).any(1)
         ei, fi = ei[~shared], fi[~shared]
-    o, d = p0[ei], p1[ei] - p0[ei]
-    t0, t1, t2 = tri[fi, 0], tri[fi, 1], tri[fi, 2]
-    e1, e2 = t1 - t0, t2 - t0
-    h = np.cross(d, e2)
-    a = (e1 * h).sum(1)
-    ok = np.abs(a) > eps
-    inv = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
-    sv = o - t0
-    u = inv * (sv * h).sum(1)
-    q = np.cross(sv, e1)
-    v = inv * (d * q).sum(1)
-    t = inv * (e2 * q).sum(1)
-    inside = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
+    inside = geometry.segments_cross_triangles(p0[ei], p1[ei], tri[fi], eps)  # the same narrow phase
     return np.stack([ei[inside], fi[inside]], axis=1)
 
 
@@ -102,3 +92,23 @@ def test_non_finite_vertices_match_all_pairs(posed):
         got = geometry.edge_triangle_intersections(*args)
         np.testing.assert_array_equal(got, _all_pairs(*args))
     assert geometry.edge_triangle_intersections(np.full_like(v, np.nan), faces).shape == (0, 2)
+
+
+def test_segments_cross_triangles():
+    """The narrow phase on hand-made cases: through the middle, touching an edge, a vertex and an end, short
+    of the plane, beside the triangle, and parallel to it (within the plane or above it)."""
+    tri = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    cases = [
+        (([0.2, 0.2, -1.0], [0.2, 0.2, 1.0]), True),  # through the middle
+        (([0.5, 0.0, -1.0], [0.5, 0.0, 1.0]), True),  # through an edge
+        (([0.0, 0.0, -1.0], [0.0, 0.0, 1.0]), True),  # through a vertex
+        (([0.2, 0.2, 0.0], [0.2, 0.2, 1.0]), True),  # ends on the triangle
+        (([0.2, 0.2, 0.5], [0.2, 0.2, 1.0]), False),  # short of the plane
+        (([0.8, 0.8, -1.0], [0.8, 0.8, 1.0]), False),  # beside it (u + v > 1)
+        (([-0.5, 0.2, 0.0], [1.5, 0.2, 0.0]), False),  # in its plane: parallel
+        (([-0.5, 0.2, 0.1], [1.5, 0.2, 0.1]), False),  # parallel above it
+    ]
+    p0 = np.array([c[0][0] for c in cases])
+    p1 = np.array([c[0][1] for c in cases])
+    got = geometry.segments_cross_triangles(p0, p1, np.repeat(tri[None], len(cases), axis=0))
+    assert got.tolist() == [want for _, want in cases]
