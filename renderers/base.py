@@ -494,9 +494,8 @@ class Renderer(abc.ABC):
         L = size or self.config.local_size
         H, W = image_size
         ii = np.arange(L, dtype=np.float64)
-        g = local_to_global(
-            np.stack([ii, ii], axis=-1), crop, L
-        )  # the map is separable: x by column, y by row
+        # the map is separable: x depends on the column only, y on the row only
+        g = local_to_global(np.stack([ii, ii], axis=-1), crop, L)
         cols = (g[:, 0] < -0.5) | (g[:, 0] >= W - 0.5)
         rows = (g[:, 1] < -0.5) | (g[:, 1] >= H - 0.5)
         return rows[:, None] | cols[None, :]

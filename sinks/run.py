@@ -309,23 +309,26 @@ class RunFolder:
         if self._stages_checked:
             return
         run_info = json.loads(json.dumps(run_info))  # as a report reads back (tuples are lists in JSON)
-        for k in range(self.cfg.num_shards):
-            if not self.is_complete(k):
-                continue
+        names = set(self.store.listdir())  # one listing, not a lookup per shard (a run may have thousands)
+        done = (k for k in range(self.cfg.num_shards) if self._complete_in(names, k))
+        k = next(done, None)
+        if k is not None:
             rep = self.report(k)
-            for key in STAGE_RECORDS:
-                theirs, ours = (rep.run or {}).get(key), run_info.get(key)
-                if theirs is not None and ours is not None and theirs != ours:
-                    changed = sorted(f for f in set(theirs) | set(ours) if theirs.get(f) != ours.get(f))
-                    detail = ", ".join(
-                        f"{f} {theirs.get(f)!r} there, {ours.get(f)!r} here" for f in changed[:3]
-                    )
-                    raise RunMismatchError(
-                        f"{self.store.path(rep.name)} was written with another {key} ({detail}); finish the "
-                        "run with the stages (and code version) that started it, or choose another --out"
-                    )
-            break
+            key = _stage_conflict(rep.run, run_info)
+            if key is not None:
+                theirs, ours = rep.run[key], run_info[key]
+                changed = sorted(f for f in set(theirs) | set(ours) if theirs.get(f) != ours.get(f))
+                detail = ", ".join(f"{f} {theirs.get(f)!r} there, {ours.get(f)!r} here" for f in changed[:3])
+                raise RunMismatchError(
+                    f"{self.store.path(rep.name)} was written with another {key} ({detail}); finish the "
+                    "run with the stages (and code version) that started it, or choose another --out"
+                )
         self._stages_checked = True
+
+    def _complete_in(self, names: set, k: int) -> bool:
+        """Whether shard ``k`` is complete (its tar and its report) in the listing ``names``."""
+        name = self.output.shard_name(k)
+        return name in names and meta_name(name) in names
 
     # -- shards ----------------------------------------------------------------------------------------------
     def is_complete(self, k: int) -> bool:
@@ -424,16 +427,24 @@ def _common_run_info(reports: list[ShardReport]) -> dict:
     """The renderer / hand model / source records the shard reports agree on (each worker records its own)."""
     info: dict = {}
     for rep in reports:
-        for k in STAGE_RECORDS:
-            v = (rep.run or {}).get(k)
-            if v is None:
-                continue
-            if k in info and info[k] != v:
-                raise RunMismatchError(
-                    f"{rep.name} was written with another {k} ({v}) than the other shards ({info[k]})"
-                )
-            info[k] = v
+        run = rep.run or {}
+        k = _stage_conflict(run, info)
+        if k is not None:
+            raise RunMismatchError(
+                f"{rep.name} was written with another {k} ({run[k]}) than the other shards ({info[k]})"
+            )
+        info.update({k: run[k] for k in STAGE_RECORDS if run.get(k) is not None})
     return info
+
+
+def _stage_conflict(a: dict | None, b: dict | None) -> str | None:
+    """The first of ``STAGE_RECORDS`` that two shard reports' run records (or a process's ``run_info``) both
+    hold and hold differently, or None."""
+    a, b = a or {}, b or {}
+    for k in STAGE_RECORDS:
+        if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]:
+            return k
+    return None
 
 
 def _get(d: dict, dotted: str):
