@@ -831,7 +831,7 @@ class CompositeGenerator(Generator):
         shadow, shadowed = None, 0.0  # shadow: (N,) how much of the key light each pixel misses
         if cfg.shadows:
             shadow = self._key_shadow(sample, uu + c0, vv + r0, n, lights["key"][0])
-            hand_px = ~((ids == ARM_ID) | (ids == OBJECT_ID))
+            hand_px = ~(on_arm | on_obj)
             shadowed = round(float((shadow[hand_px] > 0.5).mean()) if hand_px.any() else 0.0, 4)
         if v2:
             back = to_linear(srgb)
