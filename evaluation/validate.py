@@ -28,9 +28,12 @@ Checks (each counted per item as passed/failed):
 * params: per present hand, ``mano_pose/shape/trans`` run through the label's hand model (same sha256)
   reproduce ``verts.npy`` and ``joints_3d`` within 0.1 mm (absent hands are not counted);
 * projection: ``joints_2d`` equals the projection of ``joints_3d`` with K (and distortion) within 0.01 px;
-* visibility: visible joints lie inside the image and on (or within 1 px of) their hand's mask;
-* render: the label re-rendered equals ``mesh.png``/``mask.png``/``mesh_local.png`` exactly with the backend
-  that wrote them (the manifest's ``renderer``), or has mask IoU >= 0.995 with another backend.
+* visibility: visible joints lie inside the image and on (or within 1 px of) their hand's mask, or, for a
+  hand with a forearm, on a pixel that shows no hand (its own arm, which ``mask.png`` does not hold: the
+  re-render below checks those exactly);
+* render: the label re-rendered equals ``mesh.png``/``mask.png``/``mesh_local.png`` and ``joints_visible``
+  exactly with the backend that wrote them (the manifest's ``renderer``), or has mask IoU >= 0.995 with
+  another backend.
 
 Local records (``--views global,local``) go through every check in their own frame: projection and
 visibility with the local camera and mask, and the re-render from the local camera at (L, L), with the
@@ -429,9 +432,22 @@ class _Rerender:
         info = manifest.get("renderer") or {}
         self.written_by = info.get("name", "opengl")
         self.backend = backend or self.written_by
-        fields = ("local_size", "crop_margin", "min_crop", "tint", "own_tolerance", "other_tolerance")
-        # a run written before conditioning styles records none: it was drawn in the grey style
-        cfg = {"style": info.get("style", LEGACY_STYLE), **{k: info[k] for k in fields if k in info}}
+        fields = (
+            "local_size",
+            "crop_margin",
+            "min_crop",
+            "tint",
+            "own_tolerance",
+            "other_tolerance",
+            "wrist_tolerance",
+        )
+        # a run written before conditioning styles records none: it was drawn in the grey style; one written
+        # before the wrist's own tolerance records none: its visibility followed the rule before it
+        cfg = {
+            "style": info.get("style", LEGACY_STYLE),
+            "wrist_tolerance": None,
+            **{k: info[k] for k in fields if k in info},
+        }
         self.renderer = make_renderer(self.backend, device="auto", config=RenderConfig(**cfg))
         self.models = models
 
@@ -460,6 +476,11 @@ class _Rerender:
                 return (
                     f"crop_box {label.crop_box.tolist()} differs from the re-render's {res.crop_box.tolist()}"
                 )
+            for s in SIDES:
+                h = label.hands[s]
+                if h is not None and not np.array_equal(res.joints_visible[s], h.joints_visible):
+                    bad = np.nonzero(np.asarray(res.joints_visible[s]) != np.asarray(h.joints_visible))[0]
+                    return f"{s} joints_visible differs from the re-render at joints {bad.tolist()}"
             return None
         iou = _iou(res.mask, dec["mask"])
         if iou >= CROSS_BACKEND_IOU:
@@ -503,6 +524,7 @@ def _check_record(dec: dict, report: ValidationReport, where: str) -> None:
         uv = project_points(h.joints_3d, label.camera.K, label.camera.dist)
         proj_err = max(proj_err, float(np.nanmax(np.abs(uv - h.joints_2d))))
         hid = 1 if s == "right" else 2
+        arm = bool(((label.props or {}).get("forearm") or {}).get(s))
         for j in np.nonzero(h.joints_visible)[0]:
             u, v = h.joints_2d[j]
             if not (-0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5):
@@ -511,7 +533,10 @@ def _check_record(dec: dict, report: ValidationReport, where: str) -> None:
             r0, r1 = max(int(round(v)) - 1, 0), min(int(round(v)) + 2, H)
             c0, c1 = max(int(round(u)) - 1, 0), min(int(round(u)) + 2, W)
             rows, cols = np.nonzero(dec["mask"][r0:r1, c0:c1] == hid)
-            if not len(rows) or np.hypot(cols + c0 - u, rows + r0 - v).min() > 1.0:
+            on_arm = (
+                arm and dec["mask"][min(max(int(round(v)), 0), H - 1), min(max(int(round(u)), 0), W - 1)] == 0
+            )
+            if (not len(rows) or np.hypot(cols + c0 - u, rows + r0 - v).min() > 1.0) and not on_arm:
                 vis_err = f"{s} joint {j} is visible but not on its hand's mask at ({u:.1f}, {v:.1f})"
                 break
     if proj_err <= PROJECTION_TOLERANCE_PX:

@@ -276,11 +276,10 @@ def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.
     return pts, np.concatenate(faces).astype(np.int64)
 
 
-def prop_meshes(
-    props: Props | None, verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]
-) -> list:
-    """[(kind, vertices (V, 3), faces (F, 3))] of every prop of a sample, kind ``"forearm"`` or
-    ``"object"``; ``verts``/``faces`` side -> the posed hand and its triangles (a forearm needs its hand)."""
+def prop_parts(props: Props | None, verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]) -> list:
+    """[(kind, side, vertices (V, 3), faces (F, 3))] of every prop of a sample: kind ``"forearm"`` (side: the
+    hand it continues) or ``"object"`` (side None); ``verts``/``faces`` side -> the posed hand and its
+    triangles (a forearm needs its hand). Forearms first, in ``SIDES`` order, then the objects."""
     if props is None:
         return []
     out = []
@@ -290,10 +289,17 @@ def prop_meshes(
             continue
         if verts.get(s) is None:
             raise PropsError(f"props.forearm.{s}: there is no {s} hand to attach it to")
-        out.append(("forearm", *forearm_mesh(verts[s], wrist_loop(faces[s]), arm)))
+        out.append(("forearm", s, *forearm_mesh(verts[s], wrist_loop(faces[s]), arm)))
     for obj in props.objects:
-        out.append(("object", *object_mesh(obj)))
+        out.append(("object", None, *object_mesh(obj)))
     return out
+
+
+def prop_meshes(
+    props: Props | None, verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]
+) -> list:
+    """[(kind, vertices (V, 3), faces (F, 3))] of every prop of a sample (``prop_parts`` without the side)."""
+    return [(kind, v, f) for kind, _, v, f in prop_parts(props, verts, faces)]
 
 
 # -- objects -------------------------------------------------------------------------------------------------

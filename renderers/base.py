@@ -24,13 +24,18 @@ Visibility: joint j of hand h is visible when it projects inside the image and t
 pixel's ray is not in front of it by more than ``own_tolerance`` (its own hand: joints lie inside fingers,
 about one finger radius under the skin) or ``other_tolerance`` (the other hand). A joint whose pixel shows
 background or the other hand (a tip on its silhouette) must also have its own hand's mask within 1 px, so
-every visible joint lies on (or within 1 px of) its hand's mask.
+every visible joint lies on (or within 1 px of) its hand's mask, or on its own forearm (below).
 
 Props (``pipeline.props``: forearms and objects) are drawn in the same depth test with ids ``PROP_IDS`` and a
 mid grey (``PROP_ALBEDO``) in the mesh images; they are never in the returned hand mask (their front pixels
 are ``RenderResult.prop_mask``, by id), ``depth`` holds the first surface of hands and props alike, and a
-joint behind a prop is not visible (a prop pixel counts as "the other hand" above). The crop box is the
-hands' alone.
+joint behind a prop is not visible (a prop pixel counts as "the other hand" above), except the hand's own
+forearm: it continues the hand's surface, so its pixels count as the hand's own (raster id
+``FOREARM_RASTER_ID[side]``; both arms are ``PROP_IDS["forearm"]`` in the returned ``prop_mask``). The wrist
+joint lies deeper under the skin than finger joints (about half the wrist's thickness, 17 to 21 mm for the
+stand-in), so it has its own tolerance, ``wrist_tolerance`` (30 mm). Without these two rules (runs written
+before them: ``wrist_tolerance=None``) a forearm hid its own hand's wrist joint in about 98% of hands, and
+the wrist was visible in at most a third of hands even without arms. The crop box is the hands' alone.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import numpy as np
 
 from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_global, project_points
 from pipeline.errors import HandgenError
-from pipeline.props import PROP_IDS, Props, prop_meshes
+from pipeline.props import PROP_IDS, Props, prop_parts
 from pipeline.sample import RenderResult
 from pipeline.schema import SIDES
 
@@ -52,8 +57,13 @@ logger = logging.getLogger(__name__)
 
 HAND_ID = {"right": 1, "left": 2}
 PROP_ALBEDO = (0.5, 0.5, 0.5)
-N_IDS = 5
-"""Ids in a raster's id map: 0 background, ``HAND_ID``, ``PROP_IDS``."""
+FOREARM_RASTER_ID = {"right": PROP_IDS["forearm"], "left": 5}
+"""The forearms' ids in a raster's id map (each arm its own, for the visibility rule); ``_split_props`` maps
+both to ``PROP_IDS["forearm"]``."""
+N_IDS = 6
+"""Ids in a raster's id map: 0 background, ``HAND_ID``, ``PROP_IDS``, ``FOREARM_RASTER_ID``."""
+WRIST = 0
+"""The wrist's joint index (MANO order)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +109,10 @@ class RenderConfig:
 
     local_size: side of the local (crop) images, pixels. crop_margin: added on each side of the hands' box,
     as a fraction of its larger side. min_crop: smallest crop side, pixels. tint: per-hand colours instead of
-    the style's albedo. own_tolerance / other_tolerance: visibility depth tolerances, metres. style: the
+    the style's albedo. own_tolerance / other_tolerance / wrist_tolerance: visibility depth tolerances,
+    metres (module doc; ``wrist_tolerance=None``: the wrist like the other joints and a forearm like another
+    hand, the rule of runs written before it, which ``hands validate`` assumes when a run records none).
+    style: the
     conditioning style of mesh images, a key of ``STYLES`` (``official``: AttentionHand's look; ``grey``: the
     look of runs written before styles, which ``hands validate`` assumes when a run records no style).
     """
@@ -110,6 +123,7 @@ class RenderConfig:
     tint: bool = False
     own_tolerance: float = 0.015
     other_tolerance: float = 0.002
+    wrist_tolerance: float | None = 0.03
     style: str = DEFAULT_STYLE
 
     def __post_init__(self) -> None:
@@ -164,7 +178,8 @@ def _split_props(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     props = mask >= min(PROP_IDS.values())
     if not props.any():
         return mask, None
-    return np.where(props, 0, mask).astype(mask.dtype), np.where(props, mask, 0).astype(np.uint8)
+    ids = np.where(mask == FOREARM_RASTER_ID["left"], PROP_IDS["forearm"], mask)
+    return np.where(props, 0, mask).astype(mask.dtype), np.where(props, ids, 0).astype(np.uint8)
 
 
 def full_frame(size: int) -> np.ndarray:
@@ -192,8 +207,8 @@ class RasterJob:
 
 @dataclasses.dataclass(frozen=True)
 class RasterOut:
-    """rgb (H, W, 3) uint8, mask (H, W) uint8 ids (hands, ``PROP_IDS``), depth (H, W) float32 metres (0 =
-    background)."""
+    """rgb (H, W, 3) uint8, mask (H, W) uint8 ids (hands, ``PROP_IDS``, ``FOREARM_RASTER_ID``), depth (H, W)
+    float32 metres (0 = background)."""
 
     rgb: np.ndarray
     mask: np.ndarray
@@ -239,10 +254,16 @@ def joint_visibility(
     hand_id: int,
     mask: np.ndarray,
     depth: np.ndarray,
-    own_tolerance: float,
+    own_tolerance,
     other_tolerance: float,
+    own_ids: Sequence[int] = (),
 ) -> np.ndarray:
-    """(J,) bool visibility of joints at pixels ``uv`` (J, 2) with depths ``z`` (J,) (see module doc)."""
+    """(J,) bool visibility of joints at pixels ``uv`` (J, 2) with depths ``z`` (J,) (see module doc).
+
+    own_tolerance: metres, one for every joint or (J,) per joint; own_ids: raster ids besides ``hand_id`` that
+    count as the hand's own surface (its forearm)."""
+    own_tol = np.broadcast_to(np.asarray(own_tolerance, dtype=np.float64), (len(uv),))
+    own = np.asarray([hand_id, *own_ids], dtype=mask.dtype)
     H, W = mask.shape
     inside = (
         np.isfinite(uv).all(1)
@@ -256,8 +277,8 @@ def joint_visibility(
         c, r = int(round(uv[j, 0])), int(round(uv[j, 1]))
         c, r = min(max(c, 0), W - 1), min(max(r, 0), H - 1)
         m = mask[r, c]
-        if m == hand_id:
-            vis[j] = depth[r, c] >= z[j] - own_tolerance
+        if m in own:
+            vis[j] = depth[r, c] >= z[j] - own_tol[j]
             continue
         # over background or the other hand: visible only on (within 1 px of) its own hand's mask, and not
         # behind the other hand by more than other_tolerance
@@ -285,7 +306,7 @@ class Renderer(abc.ABC):
         alb = np.zeros((N_IDS, 3), dtype=np.float32)
         for s in SIDES:
             alb[HAND_ID[s]] = style.tints[s] if self.config.tint else style.albedo
-        for i in PROP_IDS.values():
+        for i in (*PROP_IDS.values(), *FOREARM_RASTER_ID.values()):
             alb[i] = PROP_ALBEDO
         return alb
 
@@ -301,7 +322,8 @@ class Renderer(abc.ABC):
     ) -> RasterJob:
         """The raster job of ``item`` seen through ``K``; ``projected``: side -> (V, 2) pixel positions
         already computed with this K (reused instead of projecting again); ``props``: [(kind, vertices
-        (V, 3), faces (F, 3))] (``pipeline.props.prop_meshes``) drawn with ids ``PROP_IDS[kind]``."""
+        side, (V, 3), faces (F, 3))] (``pipeline.props.prop_parts``) drawn with ids ``PROP_IDS[kind]`` (a
+        forearm: ``FOREARM_RASTER_ID[side]``)."""
         screens, views, norms, hands, tris = [], [], [], [], []
         offset = 0
         for s in SIDES:
@@ -318,13 +340,14 @@ class Renderer(abc.ABC):
             hands.append(np.full(len(v), HAND_ID[s], dtype=np.uint8))
             tris.append(f[keep] + offset)
             offset += len(v)
-        for kind, v, f in props:
+        for kind, side, v, f in props:
             uv = project_points(v, K, item.dist)
             keep = (v[f, 2] >= NEAR).all(axis=1)
             screens.append(np.concatenate([np.nan_to_num(uv), v[:, 2:3]], axis=1))
             views.append(v)
             norms.append(vertex_normals(v, f))
-            hands.append(np.full(len(v), PROP_IDS[kind], dtype=np.uint8))
+            rid = FOREARM_RASTER_ID[side] if kind == "forearm" else PROP_IDS[kind]
+            hands.append(np.full(len(v), rid, dtype=np.uint8))
             tris.append(f[keep] + offset)
             offset += len(v)
         return RasterJob(
@@ -364,7 +387,7 @@ class Renderer(abc.ABC):
             crop = square_crop_box([amodal[s] for s in present], cfg.crop_margin, cfg.min_crop)
             K_local = crop_intrinsics(item.K, crop, L)
             uv_local = self._project(item, present, K_local)
-            props = prop_meshes(item.props, item.verts, batch.faces)
+            props = prop_parts(item.props, item.verts, batch.faces)
             K = np.asarray(item.K, dtype=np.float64)
             jobs.append(self._job(item, batch.faces, K, (H, W), normals, uv_v, props))
             jobs.append(self._job(item, batch.faces, K_local, (L, L), normals, uv_local, props))
@@ -407,7 +430,7 @@ class Renderer(abc.ABC):
             K = np.asarray(item.K, dtype=np.float64)
             normals = {s: vertex_normals(item.verts[s], batch.faces[s]) for s in present}
             uv = self._project(item, present, K)
-            props = prop_meshes(item.props, item.verts, batch.faces)
+            props = prop_parts(item.props, item.verts, batch.faces)
             jobs.append(self._job(item, batch.faces, K, tuple(item.image_size), normals, uv, props))
             metas.append((item, present, K, uv, np.asarray(crop, dtype=np.float64), tuple(size)))
         outs = self.rasterize(jobs)
@@ -435,8 +458,13 @@ class Renderer(abc.ABC):
                 vis[s] = None
                 continue
             z = np.asarray(item.joints[s], dtype=np.float64)[:, 2]
+            own_tol = np.full(len(z), cfg.own_tolerance)
+            own_ids: tuple = ()
+            if cfg.wrist_tolerance is not None:  # None: the rule of runs written before it (module doc)
+                own_tol[WRIST] = cfg.wrist_tolerance
+                own_ids = (FOREARM_RASTER_ID[s],)
             vis[s] = joint_visibility(
-                j2d[s], z, HAND_ID[s], mask, depth, cfg.own_tolerance, cfg.other_tolerance
+                j2d[s], z, HAND_ID[s], mask, depth, own_tol, cfg.other_tolerance, own_ids
             )
         return vis
 

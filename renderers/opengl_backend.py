@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from renderers.base import RasterJob, RasterOut, RenderConfig, Renderer, RendererError
+from renderers.base import N_IDS, RasterJob, RasterOut, RenderConfig, Renderer, RendererError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ in vec3 v_view;
 in vec3 v_normal;
 in float v_z;
 flat in int v_hand;
-uniform vec3 albedo[5];
+uniform vec3 albedo[N_IDS];
 uniform float ambient;
 uniform float diffuse;
 uniform float gamma;
@@ -68,7 +68,7 @@ void main() {
     color = vec4(albedo[v_hand] * (ambient + diffuse * c), float(v_hand) / 255.0);
     z_out = v_z;
 }
-"""
+""".replace("N_IDS", str(N_IDS))
 
 
 class OpenGLRenderer(Renderer):
@@ -137,7 +137,7 @@ class OpenGLRenderer(Renderer):
             ctx.enable(moderngl.DEPTH_TEST)
             ctx.disable(moderngl.CULL_FACE)
             self._prog["size"].value = (float(W), float(H))
-            albedo = np.zeros((5, 3), dtype="f4")  # one row per id (N_IDS); a job may give fewer (no props)
+            albedo = np.zeros((N_IDS, 3), dtype="f4")  # one row per id; a job may give fewer (no props)
             albedo[: len(job.albedo)] = job.albedo
             self._prog["albedo"].write(albedo.tobytes())
             self._prog["ambient"].value = float(job.ambient)

@@ -43,7 +43,12 @@ def write_run(out, hand_model, gl, n=7, resume=False, shards=None, run_tag="t"):
             for s in make_samples(hand_model, gl, idx, run_tag=run_tag):
                 w.write(s)
             w.skip(f"{run_tag}-x", "test skip")
-    renderer = {"name": "opengl", "local_size": 64, "style": gl.config.style}
+    renderer = {
+        "name": "opengl",
+        "local_size": 64,
+        "style": gl.config.style,
+        "wrist_tolerance": gl.config.wrist_tolerance,
+    }
     cfg = RunConfig(out=str(out), samples=n, shard_size=SHARD, run_tag=run_tag)
     output.store.write_bytes("run.json", json.dumps(run_record(cfg), indent=1).encode())
     extra = {"renderer": renderer, "run_tag": cfg.effective_run_tag()}

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from evaluation.validate import CHECKS, PARAMS_TOLERANCE_M, validate
 from flows import stages
@@ -187,6 +188,48 @@ def test_forearms_are_re_rendered(base_run, run_copy):
     _reseal(run_copy)
     report = validate(run_copy)
     assert _failed(report) <= {"render", "visibility"} and "render" in _failed(report), report.errors
+
+
+def test_visibility_is_checked_against_the_re_render(base_run, run_copy):
+    """A hidden joint of a hand with a forearm marked visible: where its pixel shows no hand (the arm's, which
+    ``mask.png`` does not hold), the record check cannot tell, so the re-render's ``joints_visible`` does;
+    ``render=False`` (no re-render) passes such a label."""
+    tar = run_copy / "hands-000000.tar"
+    masks = {}
+    with tarfile.open(tar) as tf:
+        for m in tf.getmembers():
+            if m.name.endswith(".mask.png"):
+                masks[m.name[: -len(".mask.png")]] = np.asarray(
+                    Image.open(io.BytesIO(tf.extractfile(m).read()))
+                )
+    target = None
+    for lb in _labels(tar):
+        for s, h in lb.hands.items():
+            arm = h is not None and (lb.props or {}).get("forearm", {}).get(s)
+            if not arm or lb.view is not None:
+                continue
+            H, W = lb.image_size
+            for j in np.nonzero(~np.asarray(h.joints_visible))[0]:
+                u, v = np.rint(h.joints_2d[j]).astype(int)
+                if 0 <= u < W and 0 <= v < H and masks[lb.key][v, u] == 0:
+                    target = (lb.key, s, int(j))
+                    break
+            if target:
+                break
+        if target:
+            break
+    assert target is not None, "no hidden joint over a non-hand pixel in the base run"
+    key, side, joint = target
+
+    def show(d):
+        d["hands"][side]["joints_visible"][joint] = True
+
+    _rewrite_tar(tar, _edit_label(key, show))
+    _reseal(run_copy)
+    assert validate(run_copy, render=False).passed
+    report = validate(run_copy)
+    assert _failed(report) == {"render"}, report.errors
+    assert f"{side} joints_visible differs from the re-render at joints [{joint}]" in " ".join(report.errors)
 
 
 def test_small_numeric_noise_is_within_tolerance(run_copy):
