@@ -112,9 +112,9 @@ class RenderConfig:
     the style's albedo. own_tolerance / other_tolerance / wrist_tolerance: visibility depth tolerances,
     metres (module doc; ``wrist_tolerance=None``: the wrist like the other joints and a forearm like another
     hand, the rule of runs written before it, which ``hands validate`` assumes when a run records none).
-    style: the
-    conditioning style of mesh images, a key of ``STYLES`` (``official``: AttentionHand's look; ``grey``: the
-    look of runs written before styles, which ``hands validate`` assumes when a run records no style).
+    style: the conditioning style of mesh images, a key of ``STYLES`` (``official``: AttentionHand's look;
+    ``grey``: the look of runs written before styles, which ``hands validate`` assumes when a run records no
+    style).
     """
 
     local_size: int = 512
