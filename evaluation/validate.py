@@ -530,12 +530,10 @@ def _check_record(dec: dict, report: ValidationReport, where: str) -> None:
             if not (-0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5):
                 vis_err = f"{s} joint {j} is visible but outside the image at ({u:.1f}, {v:.1f})"
                 break
-            r0, r1 = max(int(round(v)) - 1, 0), min(int(round(v)) + 2, H)
-            c0, c1 = max(int(round(u)) - 1, 0), min(int(round(u)) + 2, W)
+            r, c = int(round(v)), int(round(u))  # inside the image (checked above): 0..H-1, 0..W-1
+            r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, H), max(c - 1, 0), min(c + 2, W)
             rows, cols = np.nonzero(dec["mask"][r0:r1, c0:c1] == hid)
-            on_arm = (
-                arm and dec["mask"][min(max(int(round(v)), 0), H - 1), min(max(int(round(u)), 0), W - 1)] == 0
-            )
+            on_arm = arm and dec["mask"][r, c] == 0
             if (not len(rows) or np.hypot(cols + c0 - u, rows + r0 - v).min() > 1.0) and not on_arm:
                 vis_err = f"{s} joint {j} is visible but not on its hand's mask at ({u:.1f}, {v:.1f})"
                 break
