@@ -6,13 +6,14 @@ joints, a 48 px box), each probe changes the image (and, for a flip, the labels 
 (``evaluation.metrics.match_hands``, as ``hands evaluate`` does). The same images go through every probe,
 so the rows are paired: a difference between two rows is the probe's, not the sample draw's.
 
-Probes: ``none``; ``low_thresholds`` (the detector's two thresholds 0.1 instead of 0.5); ``flip`` (mirrored
-image and labels); ``gray``; ``desaturate`` (halfway to grey); ``saturate`` and ``contrast`` (x1.4, PIL);
-``crop2x`` (a square of twice the hands' box, resized to the image size); ``sharpen`` (unsharp mask);
-``blur1``/``blur2`` (Gaussian, sigma px); ``half`` (down to half size and back); ``median3``;
-``blur_hand``/``blur_background`` (sigma 2 on the hand mask grown by 4 px, feathered, or on the rest);
-``blur_interior``/``blur_band`` (sigma 2 on the mask shrunk by 3 px, or on the band of 3 px either side of
-its edge). The hand mask holds the hands only (never a forearm or object).
+Probes: ``none``; ``low_thresholds`` (the detector's two thresholds 0.1 instead of 0.5), ``low_palm`` (the
+palm detector's alone) and ``low_presence`` (the landmark model's hand-presence threshold alone); ``flip``
+(mirrored image and labels); ``gray``; ``desaturate`` (halfway to grey); ``saturate`` and ``contrast``
+(x1.4, PIL); ``crop2x`` (a square of twice the hands' box, resized to the image size); ``sharpen``
+(unsharp mask); ``blur1``/``blur2`` (Gaussian, sigma px); ``half`` (down to half size and back);
+``median3``; ``blur_hand``/``blur_background`` (sigma 2 on the hand mask grown by 4 px, feathered, or on
+the rest); ``blur_interior``/``blur_band`` (sigma 2 on the mask shrunk by 3 px, or on the band of 3 px
+either side of its edge). The hand mask holds the hands only (never a forearm or object).
 
 Usage: python bench/detector_probe.py --run DIR [--run DIR2 ...] [--probes none,blur2,...]
 """
@@ -115,9 +116,13 @@ def _half(img, mask, labels):
     return np.asarray(im), labels
 
 
+#: probe -> (palm detector threshold, hand-presence threshold); every other probe uses MediaPipe's 0.5, 0.5
+THRESHOLDS = {"low_thresholds": (0.1, 0.1), "low_palm": (0.1, 0.5), "low_presence": (0.5, 0.1)}
 PROBES = {
     "none": _pil(lambda im: im),
     "low_thresholds": _pil(lambda im: im),
+    "low_palm": _pil(lambda im: im),
+    "low_presence": _pil(lambda im: im),
     "flip": _flip,
     "gray": _gray,
     "desaturate": _desaturate,
@@ -151,10 +156,10 @@ def main() -> None:
     print("| probe | detected / eligible | rate | right | left |")
     print("|---|---|---|---|---|")
     for name in probes:
-        th = 0.1 if name == "low_thresholds" else 0.5
+        palm, presence = THRESHOLDS.get(name, (0.5, 0.5))
         hits = {"right": [0, 0], "left": [0, 0]}
         t = time.perf_counter()
-        with HandDetector(min_detection_confidence=th, min_presence_confidence=th) as det:
+        with HandDetector(min_detection_confidence=palm, min_presence_confidence=presence) as det:
             for img, mask, labels, sides in items:
                 image, moved = PROBES[name](img, mask, labels)
                 matched = match_hands(moved, det.detect(image))

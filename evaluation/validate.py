@@ -440,12 +440,15 @@ class _Rerender:
             "own_tolerance",
             "other_tolerance",
             "wrist_tolerance",
+            "enclosed_tolerance",
         )
         # a run written before conditioning styles records none: it was drawn in the grey style; one written
-        # before the wrist's own tolerance records none: its visibility followed the rule before it
+        # before the wrist's own tolerance or the enclosed-joint rule records none: its visibility followed
+        # the rule before it
         cfg = {
             "style": info.get("style", LEGACY_STYLE),
             "wrist_tolerance": None,
+            "enclosed_tolerance": None,
             **{k: info[k] for k in fields if k in info},
         }
         self.renderer = make_renderer(self.backend, device="auto", config=RenderConfig(**cfg))

@@ -137,6 +137,12 @@ def segments_cross_triangles(
     """(K,) bool: whether segment ``p0[k]``-``p1[k]`` crosses triangle ``tri[k]`` (p0, p1 (K, 3); tri
     (K, 3, 3)), ends and edges included (Moller-Trumbore); a segment parallel to its triangle's plane (within
     ``eps``) does not cross it."""
+    return np.isfinite(segment_triangle_params(p0, p1, tri, eps))
+
+
+def segment_triangle_params(p0: np.ndarray, p1: np.ndarray, tri: np.ndarray, eps: float = 1e-9) -> np.ndarray:
+    """(K,) float64: where segment ``p0[k]``-``p1[k]`` crosses triangle ``tri[k]``, as the fraction t in
+    [0, 1] of the way from p0 to p1, or NaN where it does not (``segments_cross_triangles``)."""
     o, d = p0, p1 - p0
     t0, t1, t2 = tri[:, 0], tri[:, 1], tri[:, 2]
     e1, e2 = t1 - t0, t2 - t0
@@ -149,7 +155,8 @@ def segments_cross_triangles(
     q = np.cross(sv, e1)
     v = inv * (d * q).sum(1)
     t = inv * (e2 * q).sum(1)
-    return ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
+    hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t >= 0) & (t <= 1)
+    return np.where(hit, t, np.nan)
 
 
 def meshes_interpenetrate(va, fa, vb, fb) -> bool:
@@ -157,3 +164,48 @@ def meshes_interpenetrate(va, fa, vb, fb) -> bool:
     return bool(
         len(edge_triangle_intersections(va, fa, vb, fb)) or len(edge_triangle_intersections(vb, fb, va, fa))
     )
+
+
+def ray_crossings(verts: np.ndarray, faces: np.ndarray, points: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """(J,) int64: how many times the segment from the origin (the camera centre) to each point crosses a
+    surface (``segment_triangle_params``: ends and edges included).
+
+    verts: (V, 3) float camera-space vertices; faces: (F, 3) int; points: (J, 3) float camera-space points.
+    For a point inside a closed surface the count is odd, and 1 when nothing but the surface enclosing it lies
+    between it and the camera. Crossings less than ``tol`` of the segment apart are one crossing (a segment
+    through an edge or a vertex meets every triangle there). Broad phase: where the point and a triangle's
+    corners lie in front of the camera (z > 0), the segment can only cross the triangle if the point's
+    normalised image coordinates (x / z, y / z) lie in the box of the corners' (central projection keeps
+    straight lines straight, so this leaves the result unchanged); other triangles and points are compared in
+    full. A non-finite point crosses nothing.
+    """
+    v = np.asarray(verts, dtype=np.float64)
+    tri = v[np.asarray(faces, dtype=np.int64)]
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    out = np.zeros(len(p), dtype=np.int64)
+    finite = np.isfinite(p).all(axis=1)
+    if not len(tri) or not finite.any():
+        return out
+    z = tri[..., 2]
+    front = (z > 0).all(axis=1)
+    xy = tri[..., :2] / np.where(front[:, None], z, 1.0)[..., None]  # behind the camera: compared in full
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = p[:, :2] / p[:, 2:3]
+    ahead = finite & (p[:, 2] > 0)
+    near = ~front[None, :] | ~ahead[:, None]
+    inside = np.ones((len(p), len(tri)), dtype=bool)
+    for k in (0, 1):  # per axis on 2D arrays: numpy is slow reducing a trailing axis of 2 or 3
+        c = xy[..., k]
+        lo = np.minimum(np.minimum(c[:, 0], c[:, 1]), c[:, 2])
+        hi = np.maximum(np.maximum(c[:, 0], c[:, 1]), c[:, 2])
+        inside &= (lo[None] <= q[:, k, None]) & (hi[None] >= q[:, k, None])
+    near = (near | inside) & finite[:, None]
+    pj, fi = np.nonzero(near)
+    t = segment_triangle_params(np.zeros((len(pj), 3)), p[pj], tri[fi])
+    hit = np.isfinite(t)
+    pj, t = pj[hit], t[hit]
+    order = np.lexsort((t, pj))
+    pj, t = pj[order], t[order]
+    new = np.ones(len(pj), dtype=bool)
+    new[1:] = (pj[1:] != pj[:-1]) | (t[1:] - t[:-1] > tol)
+    return out + np.bincount(pj[new], minlength=len(p))

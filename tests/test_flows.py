@@ -130,6 +130,7 @@ def test_bad_arguments(tmp_path):
     assert r.returncode == 2 and "config file not found" in r.stderr
 
 
+@pytest.mark.slow  # about 24 s; test_run_integrity kills and resumes (chaos, S3, Ctrl-C) by default
 def test_crash_safety_kill_and_resume(tmp_path):
     args = ("--samples", "14", "--shard-size", "3", "--no-prefect", "--seed", "11", "--run-tag", "crash")
     clean = tmp_path / "clean"
@@ -179,6 +180,7 @@ def test_crash_safety_kill_and_resume(tmp_path):
     assert all(a[k] == b[k] for k in a)  # byte-identical labels and vertices
 
 
+@pytest.mark.slow  # about 24 s; test_prefect_server runs the same flow through a real server and workers
 def test_prefect_flow_locally(tmp_path):
     env = {
         **os.environ,

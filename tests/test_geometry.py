@@ -112,3 +112,58 @@ def test_segments_cross_triangles():
     p1 = np.array([c[0][1] for c in cases])
     got = geometry.segments_cross_triangles(p0, p1, np.repeat(tri[None], len(cases), axis=0))
     assert got.tolist() == [want for _, want in cases]
+
+
+def _cube(centre, half):
+    """A closed axis-aligned cube: 8 vertices, 12 triangles."""
+    c = np.asarray(centre, dtype=np.float64)
+    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64) * half + c
+    f = np.array(
+        [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1]]
+        + [[2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    )
+    return v, f
+
+
+def test_ray_crossings_count_the_surfaces_in_front_of_a_point():
+    """Camera at the origin looking down +z. A cube 1 m away: a point inside it is behind one face, a point
+    behind it behind two, a point in front of it behind none; a second cube between the camera and the first
+    adds two; a point behind the camera, or not finite, crosses nothing it cannot reach."""
+    v1, f1 = _cube((0.02, -0.01, 1.0), 0.1)
+    v2, f2 = _cube((0.0, 0.0, 0.5), 0.05)
+    v, f = np.concatenate([v1, v2]), np.concatenate([f1, f2 + len(v1)])
+    pts = np.array(
+        [
+            [0.03, 0.02, 1.01],  # inside the far cube
+            [0.03, 0.02, 1.5],  # behind the far cube
+            [0.03, 0.02, 0.8],  # between the cubes
+            [0.01, 0.005, 0.5],  # inside the near cube
+            [0.3, 0.3, 1.0],  # beside the far cube: its ray misses both
+            [0.0, 0.0, -1.0],  # behind the camera
+            [np.nan, 0.0, 1.0],
+        ]
+    )
+    assert geometry.ray_crossings(v1, f1, pts).tolist() == [1, 2, 0, 0, 0, 0, 0]
+    assert geometry.ray_crossings(v, f, pts).tolist() == [3, 4, 2, 1, 0, 0, 0]
+    empty = geometry.ray_crossings(v, np.zeros((0, 3), dtype=np.int64), pts)
+    assert empty.tolist() == [0] * len(pts)
+
+
+def test_ray_crossings_broad_phase_is_exact(posed):
+    """On posed hands placed in front of the camera, and on one straddling the camera plane (its triangles
+    behind the camera are compared in full), the count is that of testing every triangle."""
+    for side, (verts, faces) in posed.items():
+        for k, shift in enumerate(([0.0, 0.0, 0.4], [0.05, -0.02, 0.3], [0.0, 0.0, 0.02])):
+            v = verts[k] + np.asarray(shift)
+            pts = v[::37] * 0.97 + v.mean(axis=0) * 0.03  # just inside the surface near vertices, and beyond
+            pts = np.concatenate([pts, v.mean(axis=0, keepdims=True) + [[0.0, 0.0, 0.3]]])
+            tri = v[faces]
+            want = [
+                int(
+                    geometry.segments_cross_triangles(
+                        np.zeros((len(tri), 3)), np.repeat(p[None], len(tri), 0), tri
+                    ).sum()
+                )
+                for p in pts
+            ]
+            assert geometry.ray_crossings(v, faces, pts).tolist() == want, (side, k)

@@ -48,6 +48,7 @@ def write_run(out, hand_model, gl, n=7, resume=False, shards=None, run_tag="t"):
         "local_size": 64,
         "style": gl.config.style,
         "wrist_tolerance": gl.config.wrist_tolerance,
+        "enclosed_tolerance": gl.config.enclosed_tolerance,
     }
     cfg = RunConfig(out=str(out), samples=n, shard_size=SHARD, run_tag=run_tag)
     output.store.write_bytes("run.json", json.dumps(run_record(cfg), indent=1).encode())

@@ -190,6 +190,45 @@ def test_forearms_are_re_rendered(base_run, run_copy):
     assert _failed(report) <= {"render", "visibility"} and "render" in _failed(report), report.errors
 
 
+def test_a_run_written_before_the_enclosed_joint_rule_validates_under_it(run_copy, hand_model):
+    """A renderer record without ``enclosed_tolerance`` (a run written before the enclosed-joint rule) is
+    re-rendered under the depth tolerance alone: this run's labels, drawn under the rule, then differ from the
+    re-render, and the same run relabelled as the earlier rule drew it passes."""
+    from renderers.base import RenderBatch, RenderConfig, make_renderer, render_item
+
+    path = run_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    record = manifest["renderer"]
+    assert record.pop("enclosed_tolerance") == 0.03
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    _reseal(run_copy)
+    report = validate(run_copy)
+    assert _failed(report) == {"render"}, report.errors
+    assert "joints_visible differs from the re-render" in " ".join(report.errors)
+
+    settings = {k: v for k, v in record.items() if k != "name"}
+    legacy = make_renderer("opengl", config=RenderConfig(**settings, enclosed_tolerance=None))
+    changed = 0
+    try:
+        for tar in sorted(run_copy.glob("*.tar")):
+            for lb in _labels(tar):
+                res = legacy.render(RenderBatch([render_item(lb)], hand_model.faces))[0]
+                old = {s: np.asarray(v).tolist() for s, v in res.joints_visible.items() if v is not None}
+                changed += sum(old[s] != list(h.joints_visible) for s, h in lb.hands.items() if h is not None)
+
+                def relabel(d, old=old):
+                    for s, vis in old.items():
+                        d["hands"][s]["joints_visible"] = vis
+
+                _rewrite_tar(tar, _edit_label(lb.key, relabel))
+    finally:
+        legacy.close()
+    assert changed >= 1
+    _reseal(run_copy)
+    report = validate(run_copy)
+    assert report.passed, report.errors
+
+
 def test_visibility_is_checked_against_the_re_render(base_run, run_copy):
     """A hidden joint of a hand with a forearm marked visible: where its pixel shows no hand (the arm's, which
     ``mask.png`` does not hold), the record check cannot tell, so the re-render's ``joints_visible`` does;
