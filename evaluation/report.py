@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evaluation.metrics import MIN_VISIBLE_JOINTS
+from pipeline.gestures import FACINGS
 from pipeline.schema import HAND_TYPES, SIDES
 
 #: AttentionHand, Table 1 (text-to-image generation on MSCOCO): Hand Conf. (higher is better), MSE-2D (lower)
@@ -280,7 +281,7 @@ def figures(rows: list[dict], captions: list[str], settings: dict) -> list[tuple
     add("Interaction", _counts(two, ("clasped", "touching", "apart")), xlabel="two-hand samples")
     add(
         "Palm facing",
-        _counts([r[f"{s}_facing"] for r, s in hands], ("palm", "back", "side")),
+        _counts([r[f"{s}_facing"] for r, s in hands], FACINGS),
         xlabel="which side of the hand faces the camera",
     )
     add(
@@ -389,6 +390,18 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
         ("evaluation speed (samples/s, workers)", f"{_fmt(s.get('samples_per_s'), 1)} ({s.get('workers')})"),
     ]
     parts.append(_table(table, ("measure", "value")))
+    by_facing = s.get("by_facing") or {}
+    if by_facing:
+        parts.append(
+            "<h3>By view</h3><p class='note'>Eligible hands by the side of the hand that faces the camera "
+            "(from the 3D label); the detector's misses depend on the view.</p>"
+        )
+        view_rows = [
+            (f, v["eligible"], v["detected"], v["detection_rate"], _fmt(v["pck_01"]))
+            for f, v in by_facing.items()
+            if v["eligible"]
+        ]
+        parts.append(_table(view_rows, ("facing", "eligible", "detected", "detection rate", "PCK@0.1")))
     parts.append(
         "<p class='note'>The AttentionHand paper (Table 1, MSCOCO) reports these for text-to-image models. "
         "Its MSE-2D has no stated unit or normalisation, so only its ordering compares with ours (px²).</p>"

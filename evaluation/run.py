@@ -37,6 +37,7 @@ import numpy as np
 
 from evaluation import metrics
 from pipeline.errors import HandgenError, one_line
+from pipeline.gestures import FACINGS
 from pipeline.schema import SIDES
 
 logger = logging.getLogger(__name__)
@@ -313,7 +314,10 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     MediaPipe's handedness score averaged over every detected hand (``hand_conf`` lists them); pck_005,
     pck_01, error_norm, mse_2d: means over the detected eligible hands; handedness_agreement: the share of
     those whose (converted) handedness equals the label's; alignment: mean and median over assessed samples,
-    and the share of them at or above each of ``PASS_THRESHOLDS``."""
+    and the share of them at or above each of ``PASS_THRESHOLDS``; by_facing: for the eligible hands whose
+    palm, back or side faces the camera (``pipeline.gestures.palm_facing``, from the label), how many there
+    are and are detected, the detection rate and PCK@0.1 (the detector's misses depend on the view most,
+    docs/benchmarks.md)."""
     counts = counts or collections.Counter()
     ok = [r for r in rows if r.get("status") == "ok"]
     hands = [(r, s) for r in ok for s in SIDES if r.get(f"{s}_present") and f"{s}_eligible" in r]
@@ -321,6 +325,16 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     det = [(r, s) for r, s in elig if r[f"{s}_detected"]]
     assessed = [r["alignment"] for r in ok if r.get("assessed")]
     agree = [r[f"{s}_handedness_agrees"] for r, s in det if r.get(f"{s}_handedness_agrees") is not None]
+    by_facing = {}
+    for facing in FACINGS:
+        e = [(r, s) for r, s in elig if r.get(f"{s}_facing") == facing]
+        d = [(r, s) for r, s in e if r[f"{s}_detected"]]
+        by_facing[facing] = {
+            "eligible": len(e),
+            "detected": len(d),
+            "detection_rate": len(d) / len(e) if e else None,
+            "pck_01": _mean(r.get(f"{s}_pck_01") for r, s in d),
+        }
     return {
         "samples": len(rows),
         "scored": len(ok),
@@ -346,6 +360,7 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
             f"{t:g}": float(np.mean([a >= t for a in assessed])) if assessed else None
             for t in PASS_THRESHOLDS
         },
+        "by_facing": by_facing,
     }
 
 

@@ -51,6 +51,13 @@ def _cmd_evaluate(args) -> int:
         f"Hand Conf. {_fmt(s['hand_conf'])}, PCK@0.05 {_fmt(s['pck_005'])}, PCK@0.1 {_fmt(s['pck_01'])}, "
         f"MSE-2D {_fmt(s['mse_2d'], 1)} px^2"
     )
+    views = [
+        f"{facing} {v['detected']}/{v['eligible']} ({_fmt(v['detection_rate'])})"
+        for facing, v in (s.get("by_facing") or {}).items()
+        if v["eligible"]
+    ]
+    if views:
+        print("detected by the side facing the camera: " + ", ".join(views))
     print(f"alignment: mean {_fmt(s['alignment_mean'])} over {s['assessed_samples']} assessed samples")
     fid = s.get("fid")
     if fid:

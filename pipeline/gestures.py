@@ -189,6 +189,10 @@ def classify_gesture(joints: np.ndarray) -> str:
     return "relaxed"
 
 
+#: ``palm_facing``'s answers.
+FACINGS = ("palm", "back", "side")
+
+
 def palm_facing(joints: np.ndarray, side: str) -> str:
     """'palm', 'back' or 'side': which part of the hand faces a camera at the origin looking along +z."""
     j = np.asarray(joints, dtype=np.float64)

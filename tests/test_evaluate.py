@@ -361,7 +361,16 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
     for k in ("detection_rate", "hand_conf", "pck_005", "pck_01", "alignment_mean"):
         assert summary[k] is None or 0.0 <= summary[k] <= 1.0, k
     assert summary["settings"]["min_visible_joints"] == 15 and summary["settings"]["min_box_px"] == 48
+    views = summary["by_facing"]  # every eligible hand falls in one view
+    assert set(views) == {"palm", "back", "side"}
+    assert sum(v["eligible"] for v in views.values()) == summary["eligible_hands"]
+    assert sum(v["detected"] for v in views.values()) == summary["detected_hands"]
+    for v in views.values():
+        assert v["detection_rate"] == (v["detected"] / v["eligible"] if v["eligible"] else None)
+        assert (v["pck_01"] is None) == (v["detected"] == 0)
     page = (out / "report.html").read_text()
+    assert ("By view" in page) == (summary["eligible_hands"] > 0)
+    assert ("detected by the side facing the camera: " in printed) == (summary["eligible_hands"] > 0)
     assert page.count("data:image/png;base64,") >= 10 and "data:image/jpeg;base64," in page
     for external in ("http://", "https://", "<link", "<script", "src='/", 'src="'):
         assert external not in page
