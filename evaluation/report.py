@@ -255,7 +255,7 @@ def _table(rows: Sequence[Sequence], head: Sequence[str] | None = None) -> str:
     for r in rows:
         cells = []
         for c in r:
-            num = isinstance(c, (int, float)) and not isinstance(c, bool)
+            num = c is None or (isinstance(c, (int, float)) and not isinstance(c, bool))  # None: n/a
             cells.append(f"<td class='num'>{_fmt(c)}</td>" if num else f"<td>{html.escape(str(c))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
@@ -397,7 +397,7 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
             "(from the 3D label); the detector's misses depend on the view.</p>"
         )
         view_rows = [
-            (f, v["eligible"], v["detected"], v["detection_rate"], _fmt(v["pck_01"]))
+            (f, v["eligible"], v["detected"], v["detection_rate"], v["pck_01"])
             for f, v in by_facing.items()
             if v["eligible"]
         ]

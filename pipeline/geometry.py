@@ -166,6 +166,9 @@ def meshes_interpenetrate(va, fa, vb, fb) -> bool:
     )
 
 
+_BOX_SLACK = 1e-9  # normalised image units (about 1e-6 px at a 1000 px focal length)
+
+
 def ray_crossings(verts: np.ndarray, faces: np.ndarray, points: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """(J,) int64: how many times the segment from the origin (the camera centre) to each point crosses a
     surface (``segment_triangle_params``: ends and edges included).
@@ -174,10 +177,10 @@ def ray_crossings(verts: np.ndarray, faces: np.ndarray, points: np.ndarray, tol:
     For a point inside a closed surface the count is odd, and 1 when nothing but the surface enclosing it lies
     between it and the camera. Crossings less than ``tol`` of the segment apart are one crossing (a segment
     through an edge or a vertex meets every triangle there). Broad phase: where the point and a triangle's
-    corners lie in front of the camera (z > 0), the segment can only cross the triangle if the point's
-    normalised image coordinates (x / z, y / z) lie in the box of the corners' (central projection keeps
-    straight lines straight, so this leaves the result unchanged); other triangles and points are compared in
-    full. A non-finite point crosses nothing.
+    corners lie in front of the camera (z > 0), the whole segment projects to the point's normalised image
+    coordinates (x / z, y / z), and the triangle projects inside the box of its corners' (widened by
+    ``_BOX_SLACK`` for rounding), so only triangles whose box holds that point can be crossed; other triangles
+    and points are compared in full. A non-finite point crosses nothing.
     """
     v = np.asarray(verts, dtype=np.float64)
     tri = v[np.asarray(faces, dtype=np.int64)]
@@ -196,8 +199,8 @@ def ray_crossings(verts: np.ndarray, faces: np.ndarray, points: np.ndarray, tol:
     inside = np.ones((len(p), len(tri)), dtype=bool)
     for k in (0, 1):  # per axis on 2D arrays: numpy is slow reducing a trailing axis of 2 or 3
         c = xy[..., k]
-        lo = np.minimum(np.minimum(c[:, 0], c[:, 1]), c[:, 2])
-        hi = np.maximum(np.maximum(c[:, 0], c[:, 1]), c[:, 2])
+        lo = np.minimum(np.minimum(c[:, 0], c[:, 1]), c[:, 2]) - _BOX_SLACK
+        hi = np.maximum(np.maximum(c[:, 0], c[:, 1]), c[:, 2]) + _BOX_SLACK
         inside &= (lo[None] <= q[:, k, None]) & (hi[None] >= q[:, k, None])
     near = (near | inside) & finite[:, None]
     pj, fi = np.nonzero(near)

@@ -41,14 +41,15 @@ Enclosed joints (``ENCLOSED_JOINTS``: all but the wrist and the fingertips) lie 
 surface, at depths that depend on the view: in the default demo (stand-in hand) a knuckle lies a median
 12 mm under the skin enclosing it along the camera ray, and more than 40 mm in a tenth of views (along the
 palm or the finger); the thumb's CMC a median 22 mm. One depth tolerance cannot tell that skin from a curled
-finger in front, which is as far. So for these joints, where the pixel shows their own hand,
-the renderer counts how often the hand's surface crosses the camera ray in front of the joint
-(``geometry.ray_crossings``, exact on the posed mesh): once, it is the skin enclosing the joint, and the joint
-is visible when that skin lies at most ``enclosed_tolerance`` (30 mm) in front of it (a finger seen end-on
-hides its knuckles); three or more times, another part of the hand is in front and the joint is hidden. An
-even count (the joint outside its surface: a self-penetrating pose) falls back to ``own_tolerance``. The
-15 mm tolerance alone (runs written before this rule: ``enclosed_tolerance=None``) labelled 41% of index and
-50% of middle knuckles hidden even where their pixel showed their own hand. The crop box is the hands' alone.
+finger in front, which is as far. So for these joints, where the pixel shows their own hand, the renderer
+counts how often the hand's surface, closed at the wrist opening (``closed_surface``), crosses the camera ray
+in front of the joint (``geometry.ray_crossings``, exact on the posed mesh). Once: it is the skin enclosing
+the joint, and the joint is visible when the first surface at its pixel lies at most ``enclosed_tolerance``
+(30 mm) in front of it (a finger seen end-on hides its knuckles). Three or more times: another part of the
+hand is in front, and the joint is hidden. An even count (the joint outside its surface: a self-penetrating
+pose) falls back to ``own_tolerance``. The 15 mm tolerance alone (runs written before this rule:
+``enclosed_tolerance=None``) labelled 41% of index and 50% of middle knuckles hidden even where their pixel
+showed their own hand. The crop box is the hands' alone.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from pipeline.camera import NEAR, crop_intrinsics, global_to_local, local_to_glo
 from pipeline.errors import HandgenError
 from pipeline.geometry import ray_crossings
 from pipeline.kinematics import FINGER_CHAINS
-from pipeline.props import PROP_IDS, Props, prop_parts
+from pipeline.props import PROP_IDS, Props, PropsError, prop_parts, wrist_loop
 from pipeline.sample import RenderResult
 from pipeline.schema import SIDES
 
@@ -152,6 +153,9 @@ class RenderConfig:
     def __post_init__(self) -> None:
         if self.local_size < 8 or self.crop_margin < 0 or self.min_crop <= 0:
             raise ValueError(f"bad RenderConfig: {self}")
+        tolerances = (self.own_tolerance, self.other_tolerance, self.wrist_tolerance, self.enclosed_tolerance)
+        if any(t is not None and not t >= 0 for t in tolerances):
+            raise ValueError(f"visibility tolerances must be >= 0 metres: {self}")
         if self.style not in STYLES:
             raise ValueError(f"unknown render style {self.style!r}; choose one of {sorted(STYLES)}")
 
@@ -269,6 +273,21 @@ def square_crop_box(boxes: Sequence[np.ndarray], margin: float, min_side: float)
     side = max(side, min_side)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def closed_surface(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A hand's surface closed at its wrist opening, for counting surface crossings: ``verts`` (V, 3) plus the
+    opening's centroid, ``faces`` (F, 3) plus a fan from it over the opening (``pipeline.props.wrist_loop``),
+    so that a ray entering the hand through the opening crosses a surface, as one through the skin does. A
+    mesh without a boundary comes back as it is."""
+    v = np.asarray(verts, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    try:
+        loop = wrist_loop(f)
+    except PropsError:
+        return v, f
+    cap = np.stack([loop, np.roll(loop, -1), np.full(len(loop), len(v))], axis=1)
+    return np.concatenate([v, v[loop].mean(axis=0, keepdims=True)]), np.concatenate([f, cap])
 
 
 def joint_visibility(
@@ -494,10 +513,11 @@ class Renderer(abc.ABC):
         if self.config.enclosed_tolerance is None:
             return dict.fromkeys(SIDES)
         out = dict.fromkeys(SIDES)
+        ids = list(ENCLOSED_JOINTS)
         for s in present:
             joints = np.asarray(item.joints[s], dtype=np.float64)
             n = np.zeros(len(joints), dtype=np.int64)
-            n[list(ENCLOSED_JOINTS)] = ray_crossings(item.verts[s], faces[s], joints[list(ENCLOSED_JOINTS)])
+            n[ids] = ray_crossings(*closed_surface(item.verts[s], faces[s]), joints[ids])
             out[s] = n
         return out
 

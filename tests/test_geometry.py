@@ -150,11 +150,11 @@ def test_ray_crossings_count_the_surfaces_in_front_of_a_point():
 
 
 def test_ray_crossings_broad_phase_is_exact(posed):
-    """On posed hands placed in front of the camera, and on one straddling the camera plane (its triangles
-    behind the camera are compared in full), the count is that of testing every triangle."""
+    """On posed hands in front of the camera, and on hands straddling the camera plane (their triangles behind
+    the camera, and points behind it, are compared in full), the count is that of testing every triangle."""
     for side, (verts, faces) in posed.items():
-        for k, shift in enumerate(([0.0, 0.0, 0.4], [0.05, -0.02, 0.3], [0.0, 0.0, 0.02])):
-            v = verts[k] + np.asarray(shift)
+        for k, shift in enumerate(([0.0, 0.0, 0.4], [0.05, -0.02, 0.3], [0.0, 0.0, 0.0])):
+            v = verts[k] - verts[k].mean(axis=0) + np.asarray(shift)
             pts = v[::37] * 0.97 + v.mean(axis=0) * 0.03  # just inside the surface near vertices, and beyond
             pts = np.concatenate([pts, v.mean(axis=0, keepdims=True) + [[0.0, 0.0, 0.3]]])
             tri = v[faces]
@@ -166,4 +166,19 @@ def test_ray_crossings_broad_phase_is_exact(posed):
                 )
                 for p in pts
             ]
+            if k == 2:  # the straddling hand: points behind the camera whose segments cross the surface
+                assert (pts[:, 2] < 0).sum() >= 5 and any(
+                    w > 0 for w, p in zip(want, pts, strict=True) if p[2] < 0
+                )
             assert geometry.ray_crossings(v, faces, pts).tolist() == want, (side, k)
+
+
+def test_ray_crossings_count_a_crossing_through_an_edge_once():
+    """The segment to a cube's centre meets its front face on the face's diagonal, where both of its triangles
+    are crossed: one crossing."""
+    v, f = _cube((0.0, 0.0, 1.0), 0.1)
+    p = np.array([[0.0, 0.0, 1.0]])
+    tri = v[f]
+    hits = geometry.segments_cross_triangles(np.zeros((len(tri), 3)), np.repeat(p, len(tri), 0), tri)
+    assert hits.sum() == 2  # the front face's two triangles, at the same point
+    assert geometry.ray_crossings(v, f, p).tolist() == [1]
