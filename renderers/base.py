@@ -510,9 +510,9 @@ class Renderer(abc.ABC):
         enclosed joints (``ENCLOSED_JOINTS``; 0 for the others), or None for every side when the renderer
         keeps the rule of runs written before ``enclosed_tolerance``. The same for the global and local view
         (one camera centre)."""
-        if self.config.enclosed_tolerance is None:
-            return dict.fromkeys(SIDES)
         out = dict.fromkeys(SIDES)
+        if self.config.enclosed_tolerance is None:
+            return out
         ids = list(ENCLOSED_JOINTS)
         for s in present:
             joints = np.asarray(item.joints[s], dtype=np.float64)
