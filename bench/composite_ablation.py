@@ -8,10 +8,12 @@ detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., a
 alternating with the default (forearms and objects), ``--repeats`` times each (this machine is noisy: ratios
 measured side by side); ``--props-speed``: the default generator with ``--props none`` against
 ``forearm,objects``, alternated likewise; ``--shadows-speed``: the default with ``shadows=False`` against
-shadows on (forearms and objects both times), alternated likewise.
+shadows on (forearms and objects both times), alternated likewise; ``--occlusion-speed``: the default
+(``occlusion=0``) against ``occlusion=0.8``, likewise.
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
        [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
+       [--occlusion-speed]
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
     pass
 
 # cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
-# given; every other key is a ``CompositeConfig`` field). Rows before the last keep the key light's shadows
-# off (``shadows=False``: version 3's shading), so they measure what they measured before version 4
+# given; every other key is a ``CompositeConfig`` field). Rows before the version-4 row keep the key light's
+# shadows off (``shadows=False``: version 3's shading), so they measure what they measured before; the last
+# row adds the ambient occlusion, an option (off by default)
 _V3 = dict(shadows=False)
 ROWS = (
     ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False, **_V3)),
@@ -46,6 +49,7 @@ ROWS = (
         dict(background="blobs", props="forearm,objects", **_V3),
     ),
     ("+ key-light self-shadowing (v4 default)", dict(background="blobs", props="forearm,objects")),
+    ("+ ambient occlusion 0.8 (option)", dict(background="blobs", props="forearm,objects", occlusion=0.8)),
 )
 
 
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument(
         "--shadows-speed", action="store_true", help="time the default with shadows off against on"
     )
+    ap.add_argument("--occlusion-speed", action="store_true", help="time the default against occlusion=0.8")
     args = ap.parse_args()
 
     import logging
@@ -158,16 +163,24 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
             f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): --props none "
             f"{b:.2f} samples/s, forearm,objects {a:.2f} samples/s, ratio {a / b:.2f}"
         )
-    if args.shadows_speed:
-        gens = {"off": CompositeGenerator(CompositeConfig(shadows=False)), "on": CompositeGenerator()}
+    for flag, name, off, on in (
+        (args.shadows_speed, "shadows", dict(shadows=False), {}),
+        (args.occlusion_speed, "occlusion", {}, dict(occlusion=0.8)),
+    ):
+        if not flag:
+            continue
+        gens = {
+            "off": CompositeGenerator(CompositeConfig(**off)),
+            "on": CompositeGenerator(CompositeConfig(**on)),
+        }
         rates = {k: [] for k in gens}
         run_once(16, root / "warmup", gens["on"], "forearm,objects")
         for _ in range(args.repeats):
             for k, g in gens.items():
-                rates[k].append(run_once(args.samples, root / f"speed_shadows_{k}", g, "forearm,objects"))
+                rates[k].append(run_once(args.samples, root / f"speed_{name}_{k}", g, "forearm,objects"))
         b, a = max(rates["off"]), max(rates["on"])
         print(
-            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): shadows off "
+            f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): {name} off "
             f"{b:.2f} samples/s, on {a:.2f} samples/s, ratio {a / b:.2f}"
         )
 

@@ -22,6 +22,12 @@ in docs/benchmarks.md, ``bench/composite_ablation.py``):
   pixels in shadow is recorded as ``shadow_fraction`` (0.0 with ``shadows=False``, version 3's shading, or
   for a sample without the hand model's triangles, ``Sample.hand_faces``). The background receives no
   shadow (it has no geometry).
+* **ambient occlusion** (``occlusion`` > 0, off by default: at 0.8 it did not change MediaPipe's detection
+  rate measurably and costs about 8% of the throughput, docs/benchmarks.md): contact shadows in creases,
+  between touching fingers and where the object meets the palm, from the depth map
+  (``generators.shadows.ambient_occlusion``, radius ``OCCLUSION_RADIUS``); it scales the diffuse, ambient
+  and rim light of every surface pixel (hand, forearm, object) by 1 - ``occlusion`` x the occlusion, not the
+  specular, with the ``"presets"`` light only. Recorded as ``components["occlusion"]``.
 * **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same
   lights; MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``:
   ``dead_leaves`` (occluding shapes with a power-law size distribution, textured), ``room`` (a wall and a
@@ -66,7 +72,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import uniform_filter
 
 from generators.base import Generator
-from generators.shadows import ShadowParams, occlusion
+from generators.shadows import ShadowParams, ambient_occlusion, occlusion
 from pipeline.camera import undistort_normalized
 from pipeline.kinematics import FINGER_CHAINS, palm_normal
 from pipeline.props import PROP_IDS, prop_meshes
@@ -128,6 +134,8 @@ SHADOW_PARAMS = ShadowParams()
 """The key light's shadow map (``generators.shadows``): texel, normal offset, bias."""
 SHADOW_FADE = (-0.05, 0.2)
 """n . l over which the key light's shadow fades in (``CompositeGenerator._key_shadow``)."""
+OCCLUSION_RADIUS = 0.015
+"""Metres: the reach of the ambient occlusion (``CompositeConfig.occlusion``), about a finger's width."""
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -146,6 +154,7 @@ class CompositeConfig:
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
+    occlusion: float = 0.0  # ambient occlusion's strength in [0, 1] (presets light); 0: off (module doc)
     skin_tones: tuple = SKIN_TONES
     ambient: float = 0.38
     diffuse: float = 0.62
@@ -169,6 +178,10 @@ class CompositeConfig:
                 raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
         if not 0.0 <= self.spectrum_match <= 1.0:
             raise ValueError(f"composite spectrum_match must be in [0, 1], got {self.spectrum_match!r}")
+        if not 0.0 <= self.occlusion <= 1.0:
+            raise ValueError(f"composite occlusion must be in [0, 1], got {self.occlusion!r}")
+        if self.occlusion > 0 and self.light != "presets":
+            raise ValueError(f"composite occlusion needs light=presets, got light={self.light!r}")
 
 
 class Composite(NamedTuple):
@@ -291,6 +304,18 @@ def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
     """Box blur of radius ``r`` along both first axes (edges clamped)."""
     size = (2 * r + 1, 2 * r + 1) + (1,) * (a.ndim - 2)
     return uniform_filter(np.asarray(a, dtype=np.float32), size=size, mode="nearest")
+
+
+def _back_project(K: np.ndarray, dist, u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 camera-space points (metres) of the pixels (``u``, ``v``) (N,) at depths ``z`` (N,)
+    metres, through the intrinsics ``K`` (3, 3) (skew included) and the lens distortion ``dist`` (or None)."""
+    f32 = np.float32
+    y = (np.asarray(v, f32) - f32(K[1, 2])) * f32(1 / K[1, 1])
+    x = (np.asarray(u, f32) - f32(K[0, 2]) - f32(K[0, 1]) * y) * f32(1 / K[0, 0])
+    if dist is not None:
+        x, y = undistort_normalized(np.stack([x, y], axis=-1), dist).astype(f32).T
+    z = np.asarray(z, f32)
+    return np.stack([x * z, y * z, z], axis=-1)
 
 
 def _normals_from_depth(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, smooth: int = 0) -> np.ndarray:
@@ -788,18 +813,32 @@ class CompositeGenerator(Generator):
         uu, vv = u[test], v[test]
         z = sample.depth[vv.astype(np.int64), uu.astype(np.int64)].astype(np.float32)
         K = np.asarray(sample.camera.K, dtype=np.float64)
-        y = (vv - np.float32(K[1, 2])) * np.float32(1 / K[1, 1])
-        x = (uu - np.float32(K[0, 2]) - np.float32(K[0, 1]) * y) * np.float32(1 / K[0, 0])
-        if sample.camera.dist is not None:
-            x, y = undistort_normalized(np.stack([x, y], axis=-1), sample.camera.dist).astype(np.float32).T
+        points = _back_project(K, sample.camera.dist, uu, vv, z)
         # the texel: SHADOW_PARAMS.texel_px pixels at the hands' median depth (their vertices)
         hand_z = np.concatenate([v[:, 2] for v in verts.values()])
         footprint = float(np.median(hand_z)) / float(0.5 * (K[0, 0] + K[1, 1]))  # metres per pixel
         params = SHADOW_PARAMS
         texel = float(np.clip(params.texel_px * footprint, *params.texel_range))
-        shade = occlusion(np.stack([x * z, y * z, z]), n[test].T, meshes, to_light, texel, params)
+        shade = occlusion(points.T, n[test].T, meshes, to_light, texel, params)
         out[test] = shade * fade[test]
         return out
+
+    @staticmethod
+    def _occlusion(sample: Sample, box, rows: np.ndarray, cols: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """(N,) float32 in [0, 1]: the ambient occlusion (``generators.shadows.ambient_occlusion``, radius
+        ``OCCLUSION_RADIUS``) of the surface pixels (``rows``, ``cols``) (N,) of the box ``box`` (r0, r1, c0,
+        c1) of the image, with unit normals ``n`` (N, 3) facing the camera, on the camera-space points
+        back-projected from the box's depth."""
+        r0, r1, c0, c1 = box
+        depth = sample.depth[r0:r1, c0:c1].astype(np.float32)
+        K = np.asarray(sample.camera.K, dtype=np.float64)
+        grid = np.zeros((*depth.shape, 3), np.float32)
+        v, u = np.nonzero(depth > 0)
+        grid[v, u] = _back_project(K, sample.camera.dist, u + c0, v + r0, depth[v, u])
+        focal = float(K[0, 0])
+        return ambient_occlusion(
+            grid, rows.astype(np.int64), cols.astype(np.int64), n, focal, OCCLUSION_RADIUS
+        )
 
     def _shade(
         self, sample, rng, box, mask, srgb, tone, lights, spec_strength, tex, forearm, material
@@ -918,6 +957,8 @@ class CompositeGenerator(Generator):
         ndv = np.clip((n * view).sum(-1), 0, 1)
         side_dot = np.clip(n[:, :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
         e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[:, None] * c
+        if cfg.occlusion > 0:  # contact shadows: creases, between fingers, where the object meets the palm
+            e *= (1 - cfg.occlusion * self._occlusion(sample, box, vv, uu, n))[:, None]
         out[sel] = alb * e + strength[:, None] * spec
         return out, shadowed
 
@@ -1042,6 +1083,7 @@ class CompositeGenerator(Generator):
                 "camera_effects": cfg.camera_effects,
                 "spectrum_match": cfg.spectrum_match,
                 "shadows": cfg.shadows,
+                "occlusion": cfg.occlusion,
             },
             **comp.record,
             **cam,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config_base import FrozenModel
 from pipeline.errors import HandgenError
@@ -272,7 +272,8 @@ class _GeneratorConfig(StageConfig):
 class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
     ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
-    1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off)."""
+    1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``occlusion`` (the
+    ambient occlusion's strength in [0, 1]; 0: off; only with the presets light)."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "skin",
@@ -281,6 +282,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
         "camera_effects",
         "spectrum_match",
         "shadows",
+        "occlusion",
     )
     USAGE: ClassVar[str] = "composite[:NAME=VALUE,...]"
 
@@ -291,6 +293,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     camera_effects: bool = True
     spectrum_match: float = 0.0
     shadows: bool = True
+    occlusion: float = 0.0
 
     @field_validator("skin", "light", "background", mode="before")
     @classmethod
@@ -302,16 +305,22 @@ class CompositeGeneratorConfig(_GeneratorConfig):
             )
         return v
 
-    @field_validator("spectrum_match", mode="before")
+    @field_validator("spectrum_match", "occlusion", mode="before")
     @classmethod
-    def _unit(cls, v):
+    def _unit(cls, v, info):
         try:
             ok = 0.0 <= float(v) <= 1.0
         except (TypeError, ValueError):
             return v  # pydantic reports a value that is not a number
         if not ok:
-            raise ValueError(f"composite spectrum_match must be in [0, 1], got {v!r}")
+            raise ValueError(f"composite {info.field_name} must be in [0, 1], got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _occlusion_light(self):
+        if self.occlusion > 0 and self.light != "presets":
+            raise ValueError(f"composite occlusion needs light=presets, got light={self.light!r}")
+        return self
 
 
 class AttentionHandGeneratorConfig(_GeneratorConfig):

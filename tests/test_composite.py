@@ -1,6 +1,7 @@
 """The composite generator, version 4 (skin, lights, natural backgrounds, camera effects, the key light's
-shadows): exact masks, determinism per seed and try, 1/f spectra, diversity records, bounded camera effects,
-photo backgrounds, shadow maps checked against ray casting."""
+shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f spectra,
+diversity records, bounded camera effects, photo backgrounds, shadow maps checked against ray casting,
+ambient occlusion on planes, creases and contacts."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
         "camera_effects": True,
         "spectrum_match": 0.0,
         "shadows": True,
+        "occlusion": 0.0,
     }
     assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
@@ -243,6 +245,11 @@ def test_version1_components_still_available(samples):
         CompositeConfig(skin="shiny")
     with pytest.raises(ValueError, match="spectrum_match"):
         CompositeConfig(spectrum_match=2.0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"composite occlusion must be in \[0, 1\]"):
+            CompositeConfig(occlusion=bad)
+    with pytest.raises(ValueError, match="composite occlusion needs light=presets"):
+        CompositeConfig(light="single", occlusion=0.5)
 
 
 def test_composite_spec_options():
@@ -254,6 +261,9 @@ def test_composite_spec_options():
     assert parse_spec("composite") == {}
     assert parse_spec("composite:shadows=off") == {"shadows": False}
     assert parse_spec("composite:shadows=on") == {}
+    assert parse_spec("composite:occlusion=0") == {}
+    assert parse_spec("composite:occlusion=0.5,shadows=off") == {"occlusion": 0.5, "shadows": False}
+    assert CompositeGeneratorConfig.from_spec("composite:occlusion=0.8").spec() == "composite:occlusion=0.8"
     assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
     with pytest.raises(SpecError) as bad:
         parse_spec("composite:shadows=soft")
@@ -275,6 +285,13 @@ def test_composite_spec_options():
         ("composite:camera_effects=maybe", "camera_effects expects a bool"),
         ("composite:shadows=soft", "shadows expects a bool, got 'soft'"),
         ("composite:spectrum_match=2", "spectrum_match must be in [0, 1]"),
+        ("composite:occlusion=1.5", "composite occlusion must be in [0, 1], got '1.5'"),
+        ("composite:occlusion=nan", "composite occlusion must be in [0, 1]"),
+        ("composite:occlusion=dark", "occlusion expects a float, got 'dark'"),
+        (
+            "composite:light=single,occlusion=0.5",
+            "composite occlusion needs light=presets, got light='single'",
+        ),
         ("composite:skin=v2,skin=flat", "given twice"),
     ):
         with pytest.raises(SpecError, match=re.escape(message)):
@@ -592,3 +609,103 @@ def test_undistort_that_does_not_converge_is_nan_and_stays_lit():
     assert shade[0] == 1.0 and shade[3] == 0.0  # behind the square / beside it
     finite = occlusion(pts[:, [0, 3]], nrm[:, [0, 3]], [(sq, faces)], np.array([0.0, 0.0, -1.0]), 0.002)
     assert np.array_equal(finite, shade[[0, 3]])
+
+
+# -- ambient occlusion (generators.shadows.ambient_occlusion) ------------------------------------------------
+def _depth_grid(depth: np.ndarray, focal: float) -> np.ndarray:
+    """(H, W, 3) camera-space points of a depth map (0: no surface), principal point at the centre."""
+    H, W = depth.shape
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    grid = np.stack([(u - W / 2) * depth / focal, (v - H / 2) * depth / focal, depth], axis=-1)
+    return grid.astype(np.float32)
+
+
+def _grid_normals(grid: np.ndarray) -> np.ndarray:
+    """(H, W, 3) unit normals facing the camera, by central differences of the points."""
+    n = np.cross(np.gradient(grid, axis=1), np.gradient(grid, axis=0)).astype(np.float64)
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-20)
+    n[(n * grid).sum(-1) > 0] *= -1
+    return n.astype(np.float32)
+
+
+def test_ambient_occlusion_leaves_planes_open_and_darkens_contacts():
+    """Exactly 0 on a plane, facing the camera or tilted 60 degrees (no self-occlusion); a small square
+    5 mm in front of a plane darkens the plane around it, the same square 10 cm in front does not (beyond
+    3 radii); a V-shaped crease is darker near its fold than on its open faces."""
+    from generators.shadows import ambient_occlusion
+
+    focal, H, W = 500.0, 120, 120
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    for tilt in (0.0, 60.0):  # depth of a plane through (0, 0, 0.5) turned about the image's y axis
+        t = np.tan(np.radians(tilt))
+        depth = 0.5 / (1 - t * (u - W / 2) / focal)
+        grid = _depth_grid(depth, focal)
+        n = _grid_normals(grid)
+        rows, cols = np.mgrid[5 : H - 5, 5 : W - 5].reshape(2, -1)
+        ao = ambient_occlusion(grid, rows, cols, n[rows, cols], focal, 0.015)
+        assert ao.dtype == np.float32 and ao.shape == rows.shape
+        assert np.array_equal(ao, np.zeros_like(ao)), (tilt, ao.max())
+
+    def with_square(gap):
+        depth = np.full((H, W), 0.5)
+        depth[50:70, 50:70] = 0.5 - gap  # 20 px = 2 cm at 0.5 m
+        grid = _depth_grid(depth, focal)
+        flat = np.zeros((H, W, 3), np.float32)
+        flat[..., 2] = -1.0
+        rows, cols = np.nonzero(depth == 0.5)
+        return rows, cols, ambient_occlusion(grid, rows, cols, flat[rows, cols], focal, 0.015)
+
+    rows, cols, near = with_square(0.005)
+    cheb = np.maximum(np.abs(rows - 59.5), np.abs(cols - 59.5))  # pixels from the square's centre
+    ring = (cheb > 10) & (cheb < 13)
+    assert near[ring].min() > 0.05 and np.median(near[ring]) > 0.1, (near[ring].min(), np.median(near[ring]))
+    # the reach is radius * focal / z = 15 px at 0.5 m (the outer ring's nearest taps, at 30 degrees, reach
+    # 13 px sideways): still some occlusion 11 to 13 px from the square's edge beside its middle, none
+    # beyond 16 px (26 px from its centre)
+    reach = (np.abs(rows - 59.5) < 1) & (np.abs(cols - 59.5) > 20) & (np.abs(cols - 59.5) < 23)
+    assert (near[reach] > 0).all() and near[cheb > 26].max() == 0.0, (
+        near[reach].min(),
+        near[cheb > 26].max(),
+    )
+    _, _, far = with_square(0.1)
+    assert far.max() == 0.0, far.max()
+
+    # a crease: depth falls 1:1 away from the fold at column 60 (faces at 90 degrees, the fold farthest)
+    depth = 0.5 - np.abs(u - 60) / focal * 0.5
+    grid = _depth_grid(depth, focal)
+    n = _grid_normals(grid)
+    rows, cols = np.mgrid[20:100, 30:91].reshape(2, -1)
+    ao = ambient_occlusion(grid, rows, cols, n[rows, cols], focal, 0.015)
+    at = {c: float(ao[cols == c].mean()) for c in (58, 50, 32)}
+    assert at[58] > 0.2 and at[58] > at[50] > 0.02 and at[32] == 0.0, at  # open beyond the reach
+    assert ambient_occlusion(grid, rows[:0], cols[:0], n[:0, 0], focal, 0.015).shape == (0,)
+    with pytest.raises(ValueError, match="even number of samples"):
+        ambient_occlusion(grid, rows, cols, n[rows, cols], focal, 0.015, samples=7)
+
+
+def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatch):
+    """``occlusion=0`` (the default) never computes the ambient occlusion; on, hand pixels are never
+    brighter and some are clearly darker; the mask, the background and the record's other fields do not
+    change; the same sample gives the same image every time."""
+    on = CompositeGenerator(CompositeConfig(camera_effects=False, occlusion=0.8))
+    off = CompositeGenerator(CompositeConfig(camera_effects=False))
+    seen = []
+    real = CompositeGenerator._occlusion
+    monkeypatch.setattr(CompositeGenerator, "_occlusion", staticmethod(lambda *a: seen.append(1) or real(*a)))
+    darker = 0
+    for s in samples[:4]:
+        a, _ = on.compose(s)
+        n_on = len(seen)
+        b, _ = off.compose(s)
+        assert len(seen) == n_on  # off: never called
+        assert np.array_equal(a.alpha, b.alpha) and np.array_equal(a.background, b.background)
+        sel = s.mask > 0
+        la, lb = a.hand[sel].sum(-1), b.hand[sel].sum(-1)
+        assert (la <= lb + 1e-6).all()
+        darker += int((la < 0.85 * lb).sum())
+        assert a.record == b.record
+        again, _ = on.compose(s)
+        assert np.array_equal(again.hand, a.hand)
+    assert len(seen) == 8 and darker >= 50, (len(seen), darker)
+    rec = CompositeGenerator(CompositeConfig(occlusion=0.0)).render(samples[0])[1]
+    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 4
