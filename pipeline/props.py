@@ -4,7 +4,9 @@ A forearm continues each hand from its wrist opening (the open boundary loop of 
 stand-in's alike): its first cross-section *is* that loop, so the seam is closed; further sections follow the
 loop's shape, widened toward the elbow, along the loop's normal (pointing away from the hand) bent by a small
 wrist angle. The arm is long enough (0.30 to 0.45 m) to leave the frame at the usual camera distances, and
-ends in a flat cap.
+ends in a flat cap. With two hands, the two forearms are drawn again (both, at most ``ARM_TRIES`` draws in
+all) while they pass through each other or one passes through the other hand (``arms_cross``); the last draw
+stays when none is clear (wrists crossed so that no small bend separates the arms).
 
 An object (``PropObject``: a cylinder, a sphere, a box or a mug) is held against the palm: for a hand
 whose gesture grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import geometry
 from pipeline.errors import HandgenError
 from pipeline.gestures import classify_gesture
 from pipeline.kinematics import palm_normal
@@ -50,6 +53,8 @@ LENGTH_RANGE = (0.30, 0.45)
 WIDEN_RANGE = ((1.05, 1.30), (1.40, 1.90))
 """Elbow-end scale of the wrist loop along its long (width) and short (thickness) in-plane axes."""
 BEND_SIGMA, BEND_MAX = 0.15, 0.35
+ARM_TRIES = 8
+"""At most this many draws of a two-hand sample's forearms, until they clear each other and the other hand."""
 _DIGITS = 5
 
 
@@ -152,6 +157,12 @@ def draw_props(
     first, so turning objects on or off leaves them as they were."""
     sides = [s for s in SIDES if hands.get(s) is not None]
     arms = {s: draw_forearm(rng) if (forearm and s in sides) else None for s in SIDES}
+    if forearm and len(sides) == 2:
+        verts = {s: hands[s][0] for s in sides}
+        for _ in range(ARM_TRIES - 1):
+            if not arms_cross(arms, verts, faces):
+                break
+            arms = {s: draw_forearm(rng) for s in sides}
     if not (objects and sides):
         return Props(arms)
     side = sides[int(rng.integers(len(sides)))]
@@ -166,6 +177,24 @@ def draw_props(
     obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for _, v, f in arm_meshes)])
     obj = place_object(rng, kind, joints, side, obstacles, skins[side])
     return Props(arms, () if obj is None else (obj,))
+
+
+def arms_cross(
+    arms: Mapping[str, Forearm | None], verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]
+) -> bool:
+    """True when the forearms ``arms`` (side -> ``Forearm`` or None) of the hands ``verts`` (side -> (778, 3)
+    metres, camera space) with triangles ``faces`` pass through each other, or one passes through the other
+    hand (``geometry.meshes_interpenetrate``). An arm always touches its own hand (it starts at its wrist
+    opening), which is not tested."""
+    meshes = {s: (v, f) for kind, s, v, f in prop_parts(Props(arms), verts, faces) if kind == "forearm"}
+    if len(meshes) == 2 and geometry.meshes_interpenetrate(*meshes["right"], *meshes["left"]):
+        return True
+    return any(
+        s in meshes
+        and other in verts
+        and geometry.meshes_interpenetrate(*meshes[s], verts[other], faces[other])
+        for s, other in (("right", "left"), ("left", "right"))
+    )
 
 
 _LOOPS: dict[bytes, np.ndarray] = {}
