@@ -13,7 +13,11 @@ shadows on (forearms and objects both times), alternated likewise; ``--occlusion
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
        [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
-       [--occlusion-speed]
+       [--occlusion-speed] [--reference EVALUATED_RUN]
+
+``--reference RUN``: an evaluated run of the same samples (the same ``--samples``; for example a row of an
+earlier invocation, or the code before a change): each row is also compared with it hand by hand
+(``evaluation.compare``: gained / lost detections with a sign test, PCK@0.1 of the hands both detect).
 """
 
 from __future__ import annotations
@@ -90,7 +94,19 @@ def main() -> None:
         "--shadows-speed", action="store_true", help="time the default with shadows off against on"
     )
     ap.add_argument("--occlusion-speed", action="store_true", help="time the default against occlusion=0.8")
+    ap.add_argument(
+        "--reference",
+        default=None,
+        help="an evaluated run of the same samples: each row is also compared with it hand by hand",
+    )
     args = ap.parse_args()
+    if args.reference:  # fail now, not after the first row's run
+        from evaluation.compare import CompareError, eligible_hands, load_scores
+
+        try:
+            args.reference = eligible_hands(load_scores(args.reference))
+        except CompareError as exc:
+            sys.exit(f"error: {exc}")
 
     import logging
 
@@ -106,7 +122,7 @@ def main() -> None:
 def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -> None:
     root = Path(args.out_root)
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",") if i.strip()]
-    table = []
+    table, paired = [], []
     for name, opts in rows:  # --rows "" skips the table (throughput only)
         out = root / _slug(name)
         opts = dict(opts)
@@ -125,11 +141,18 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
             )
         )
         print(f"done: {name}", file=sys.stderr)
+        if args.reference:
+            from evaluation.compare import compare, eligible_hands, load_scores
+
+            paired.append(f"{name}: {compare(args.reference, eligible_hands(load_scores(out))).line()}")
     print(f"\n{args.samples} samples per row (prior, stand-in hand, label captions, 512 px); out: {root}")
     print("| components | detected / eligible | detection rate | PCK@0.1 | Hand Conf. | samples/s |")
     print("|---|---|---|---|---|---|")
     for name, det, elig, rate, pck, conf, sps in table:
         print(f"| {name} | {det} / {elig} | {rate:.2f} | {pck:.2f} | {conf:.2f} | {sps:.1f} |")
+    if paired:
+        print("\nhand by hand against --reference (evaluation.compare):")
+        print("\n".join(paired))
 
     if args.before:
         spec = importlib.util.spec_from_file_location("composite_before", args.before)

@@ -1,0 +1,154 @@
+"""Paired comparison of two evaluated runs of the same samples (``bench/compare_runs.py``).
+
+Two runs drawn with the same seed hold the same poses and cameras; a generator or hand-model change then
+alters only how each hand looks. Rates measured on separate draws move by about 0.06 at 512 samples by
+chance (docs/benchmarks.md), so a change is judged on the hands eligible in both runs: how many are
+detected only in the second run (``gained``), only in the first (``lost``), and a two-sided exact sign
+test on those flips (the chance of a split at least this uneven if the change did nothing).
+
+Input: the ``eval/scores.parquet`` files that ``hands evaluate`` writes (one row per record, with its sample
+``index`` and per-hand columns ``right_*`` / ``left_*``); hands pair by sample index and side. Pure
+functions over rows; no detector runs here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+
+from pipeline.errors import HandgenError
+from pipeline.schema import SIDES
+
+
+class CompareError(HandgenError, ValueError):
+    """A run without ``eval/scores.parquet``, or a scores file without the needed columns; one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HandScore:
+    """One eligible hand: detected or not, and its PCK@0.1 (None when not detected)."""
+
+    detected: bool
+    pck_01: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedComparison:
+    """Counts are hands (a two-hand sample counts twice). ``pck_both_*``: mean PCK@0.1 over the hands detected
+    in both runs (None when there are none); ``sign_test_p``: two-sided exact binomial test of ``gained``
+    against ``lost`` (1.0 when nothing flipped)."""
+
+    eligible_a: int
+    eligible_b: int
+    detected_a: int
+    detected_b: int
+    common: int
+    gained: int
+    lost: int
+    both: int
+    pck_both_a: float | None
+    pck_both_b: float | None
+    sign_test_p: float
+
+    def line(self) -> str:
+        """The comparison as one line of text."""
+
+        def rate(d: int, e: int) -> str:
+            return f"{d} / {e} ({d / e:.2f})" if e else f"{d} / 0"
+
+        pck = (
+            f"; PCK@0.1 of the {self.both} hands detected in both: "
+            f"{self.pck_both_a:.3f} -> {self.pck_both_b:.3f}"
+            if self.both
+            else ""
+        )
+        return (
+            f"detected {rate(self.detected_a, self.eligible_a)} -> {rate(self.detected_b, self.eligible_b)}; "
+            f"of {self.common} hands eligible in both: gained {self.gained}, lost {self.lost} "
+            f"(sign test p = {self.sign_test_p:.3f}){pck}"
+        )
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test: the probability, under a fair coin, of a split of ``gained + lost`` flips
+    at least as uneven as this one (1.0 when there are none)."""
+    n, k = gained + lost, min(gained, lost)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def eligible_hands(rows: Iterable[Mapping]) -> dict[tuple[int, str], HandScore]:
+    """``{(index, side): HandScore}`` of the eligible hands in ``scores.parquet`` rows (dicts). Hands pair
+    by the record's sample ``index``, not its key: a run's keys carry its configuration's hash, which the
+    change under test may alter, while the same seed draws the same sample at the same index."""
+    out: dict[tuple[int, str], HandScore] = {}
+    for row in rows:
+        for side in SIDES:
+            if row.get(f"{side}_eligible") is not True:
+                continue
+            detected = bool(row.get(f"{side}_detected"))
+            pck = row.get(f"{side}_pck_01")
+            ok = detected and pck is not None and not (isinstance(pck, float) and math.isnan(pck))
+            out[(int(row["index"]), side)] = HandScore(detected, float(pck) if ok else None)
+    return out
+
+
+Hands = Mapping[tuple[int, str], HandScore]
+"""A run's eligible hands by (sample index, side), as ``eligible_hands`` returns them."""
+
+
+def compare(a: Hands, b: Hands) -> PairedComparison:
+    """Paired comparison of two runs' eligible hands (``eligible_hands``): ``a`` before, ``b`` after."""
+    common = a.keys() & b.keys()
+    gained = sum(1 for k in common if b[k].detected and not a[k].detected)
+    lost = sum(1 for k in common if a[k].detected and not b[k].detected)
+    both = [k for k in common if a[k].pck_01 is not None and b[k].pck_01 is not None]
+
+    def mean(run: Hands) -> float | None:
+        return sum(run[k].pck_01 for k in both) / len(both) if both else None
+
+    return PairedComparison(
+        eligible_a=len(a),
+        eligible_b=len(b),
+        detected_a=sum(h.detected for h in a.values()),
+        detected_b=sum(h.detected for h in b.values()),
+        common=len(common),
+        gained=gained,
+        lost=lost,
+        both=len(both),
+        pck_both_a=mean(a),
+        pck_both_b=mean(b),
+        sign_test_p=sign_test(gained, lost),
+    )
+
+
+_COLUMNS = ("index", *(f"{s}_{c}" for s in SIDES for c in ("eligible", "detected", "pck_01")))
+
+
+def load_scores(run: str | os.PathLike) -> list[dict]:
+    """The rows of ``RUN/eval/scores.parquet`` (or of a scores file given directly), the needed columns only;
+    ``CompareError`` (one line) when it is missing or lacks them."""
+    import pyarrow.parquet as pq
+
+    path = os.fspath(run)
+    if os.path.isdir(path):
+        path = os.path.join(path, "eval", "scores.parquet")
+    if not os.path.isfile(path):
+        raise CompareError(f"no scores at {path}: run `hands evaluate RUN` first")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        raise CompareError(f"{path} is not a readable parquet file ({type(exc).__name__})") from None
+    missing = [c for c in _COLUMNS if c not in schema.names]
+    if missing:
+        raise CompareError(f"{path} lacks the columns {missing}: not a `hands evaluate` scores file")
+    return pq.read_table(path, columns=list(_COLUMNS)).to_pylist()
+
+
+def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> PairedComparison:
+    """``compare`` of two evaluated runs (folders with ``eval/scores.parquet``, or the scores files)."""
+    return compare(eligible_hands(load_scores(run_a)), eligible_hands(load_scores(run_b)))

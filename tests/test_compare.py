@@ -1,0 +1,104 @@
+"""evaluation.compare and bench/compare_runs.py: paired comparison of two evaluated runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from evaluation.compare import CompareError, compare, compare_runs, eligible_hands, load_scores, sign_test
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _row(index, right=None, left=None):
+    """A scores row: ``right``/``left`` None (no hand), or (eligible, detected, pck_01)."""
+    row = {"index": index, "key": f"run{index % 2}-{index:010d}"}  # keys differ between runs: not used
+    for side, hand in (("right", right), ("left", left)):
+        e, d, p = hand if hand is not None else (None, None, None)
+        row.update({f"{side}_eligible": e, f"{side}_detected": d, f"{side}_pck_01": p})
+    return row
+
+
+def _write(path: Path, rows) -> Path:
+    (path / "eval").mkdir(parents=True)
+    schema = pa.schema(
+        [("index", pa.int64()), ("key", pa.string())]
+        + [
+            (f"{s}_{c}", t)
+            for s in ("right", "left")
+            for c, t in (("eligible", pa.bool_()), ("detected", pa.bool_()), ("pck_01", pa.float64()))
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path / "eval" / "scores.parquet")
+    return path
+
+
+def test_sign_test_matches_the_binomial():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 5) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test(0, 10) == sign_test(10, 0)
+    # 26 against 12: sum_{i<=12} C(38, i) / 2^38, doubled
+    assert sign_test(26, 12) == pytest.approx(2 * sum(math.comb(38, i) for i in range(13)) / 2**38)
+    assert 0.03 < sign_test(26, 12) < 0.04
+
+
+def test_compare_counts_flips_on_common_eligible_hands_only():
+    before = [
+        _row(0, right=(True, True, 0.9)),
+        _row(1, right=(True, False, None), left=(True, True, 0.5)),
+        _row(2, left=(False, True, 0.8)),  # not eligible: ignored
+        _row(3, right=(True, True, 0.6)),  # eligible only here: not common
+    ]
+    after = [
+        _row(0, right=(True, False, float("nan"))),  # lost
+        _row(1, right=(True, True, 0.7), left=(True, True, 0.7)),  # right gained; left in both
+        _row(2, left=(True, True, 0.8)),  # eligible only here
+        _row(3, right=(False, True, 0.6)),
+    ]
+    got = compare(eligible_hands(before), eligible_hands(after))
+    assert (got.eligible_a, got.eligible_b, got.common) == (4, 4, 3)
+    assert (got.detected_a, got.detected_b) == (3, 3)
+    assert (got.gained, got.lost, got.both) == (1, 1, 1)
+    assert got.pck_both_a == pytest.approx(0.5) and got.pck_both_b == pytest.approx(0.7)
+    assert got.sign_test_p == 1.0
+    line = got.line()
+    assert "gained 1, lost 1" in line and "0.500 -> 0.700" in line
+
+
+def test_runs_on_disk_and_bad_input(tmp_path):
+    a = _write(tmp_path / "a", [_row(i, right=(True, i < 3, 0.8 if i < 3 else None)) for i in range(10)])
+    b = _write(tmp_path / "b", [_row(i, right=(True, True, 0.9)) for i in range(10)])
+    got = compare_runs(a, b / "eval" / "scores.parquet")  # a run folder, or the scores file itself
+    assert (got.gained, got.lost, got.detected_a, got.detected_b) == (7, 0, 3, 10)
+    assert got.sign_test_p == pytest.approx(2 / 2**7)
+    with pytest.raises(CompareError, match="hands evaluate"):
+        load_scores(tmp_path / "missing")
+    pq.write_table(pa.table({"index": [0], "key": ["x"]}), tmp_path / "thin.parquet")
+    with pytest.raises(CompareError, match="lacks the columns"):
+        load_scores(tmp_path / "thin.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CompareError, match="not a readable parquet"):
+        load_scores(tmp_path / "junk.parquet")
+
+
+def test_bench_script(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))  # for ``_benchpath``, which takes bench/ off the path again
+    spec = importlib.util.spec_from_file_location("compare_runs", BENCH / "compare_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if str(BENCH) in sys.path:
+        sys.path.remove(str(BENCH))
+    a = _write(tmp_path / "a", [_row(7, right=(True, False, None))])
+    b = _write(tmp_path / "b", [_row(7, right=(True, True, 0.5))])
+    assert mod.main([str(a), str(b)]) == 0
+    assert "gained 1, lost 0" in capsys.readouterr().out
+    assert mod.main([str(a), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no scores at") and "Traceback" not in err
