@@ -35,6 +35,27 @@ PAPER_REFERENCE = (
     ("AttentionHand (w/o TAS)", 0.955, 1.211),
     ("AttentionHand (w/ TAS)", 0.965, 1.026),
 )
+#: the summary's breakdowns (``evaluation.run.BREAKDOWNS``): name -> (heading, note, group column)
+_BREAKDOWNS = {
+    "facing": (
+        "By view",
+        "Eligible hands by the side of the hand that faces the camera (from the 3D label); the detector's "
+        "misses depend on the view.",
+        "facing",
+    ),
+    "gesture": ("By gesture", "Eligible hands by the gesture their 3D joints show.", "gesture"),
+    "distance": (
+        "By distance",
+        "Eligible hands by the distance of their joints' centroid from the camera.",
+        "distance",
+    ),
+    "object": ("By held object", "Eligible hands in samples with or without a held object.", "object"),
+    "camera": (
+        "By camera",
+        "Eligible hands by the pose prior's camera (third-person or egocentric).",
+        "camera",
+    ),
+}
 STOPWORDS = frozenset(
     "a an the and or of with in on at to is are his her their its up into from by for as both".split()
 )
@@ -390,18 +411,15 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
         ("evaluation speed (samples/s, workers)", f"{_fmt(s.get('samples_per_s'), 1)} ({s.get('workers')})"),
     ]
     parts.append(_table(table, ("measure", "value")))
-    by_facing = s.get("by_facing") or {}
-    if by_facing:
-        parts.append(
-            "<h3>By view</h3><p class='note'>Eligible hands by the side of the hand that faces the camera "
-            "(from the 3D label); the detector's misses depend on the view.</p>"
-        )
-        view_rows = [
-            (f, v["eligible"], v["detected"], v["detection_rate"], v["pck_01"])
-            for f, v in by_facing.items()
+    for name, (title, note, column) in _BREAKDOWNS.items():
+        groups = [
+            (g, v["eligible"], v["detected"], v["detection_rate"], v["pck_01"])
+            for g, v in (s.get(f"by_{name}") or {}).items()
             if v["eligible"]
         ]
-        parts.append(_table(view_rows, ("facing", "eligible", "detected", "detection rate", "PCK@0.1")))
+        if groups:
+            parts.append(f"<h3>{title}</h3><p class='note'>{note}</p>")
+            parts.append(_table(groups, (column, "eligible", "detected", "detection rate", "PCK@0.1")))
     parts.append(
         "<p class='note'>The AttentionHand paper (Table 1, MSCOCO) reports these for text-to-image models. "
         "Its MSE-2D has no stated unit or normalisation, so only its ordering compares with ours (px²).</p>"

@@ -167,12 +167,17 @@ def _label_stats(label) -> dict:
         row[f"{s}_facing"] = None if h is None else palm_facing(h.joints_3d, s)
         az, el = (math.nan, math.nan) if h is None else metrics.camera_viewpoint(h.joints_3d, s)
         row[f"{s}_azimuth"], row[f"{s}_elevation"] = az, el
+        # metres from the camera to the centroid of the hand's 21 joints (camera frame)
+        row[f"{s}_distance_m"] = math.nan if h is None else float(np.linalg.norm(h.joints_3d.mean(axis=0)))
     row["interaction"] = (
         hands_relation(present["right"].joints_3d, present["left"].joints_3d)
         if len(present) == 2
         else "single"
     )
     row["caption_words"] = len(_WORDS.findall(label.caption.lower()))
+    row["objects"] = len((label.props or {}).get("objects") or ())
+    camera = label.source.get("camera")  # the prior's camera kind ('third' | 'ego'); datasets: None
+    row["camera_kind"] = camera if isinstance(camera, str) else None
     return row
 
 
@@ -314,10 +319,13 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     MediaPipe's handedness score averaged over every detected hand (``hand_conf`` lists them); pck_005,
     pck_01, error_norm, mse_2d: means over the detected eligible hands; handedness_agreement: the share of
     those whose (converted) handedness equals the label's; alignment: mean and median over assessed samples,
-    and the share of them at or above each of ``PASS_THRESHOLDS``; by_facing: for the eligible hands whose
-    palm, back or side faces the camera (``pipeline.gestures.palm_facing``, from the label), how many there
-    are and are detected, the detection rate and PCK@0.1 (the detector's misses depend on the view most,
-    docs/benchmarks.md)."""
+    and the share of them at or above each of ``PASS_THRESHOLDS``; ``by_<name>`` for each of ``BREAKDOWNS``:
+    the eligible hands split by a property of the label, with how many there are and are detected, the
+    detection rate and PCK@0.1 of each group: ``by_facing`` (palm, back or side toward the camera,
+    ``pipeline.gestures.palm_facing``), ``by_gesture`` (``classify_gesture``), ``by_distance`` (the joints'
+    centroid from the camera, ``DISTANCE_BINS_M``), ``by_object`` (a held object in the sample's props or
+    not), ``by_camera`` (the prior's third-person or egocentric camera; empty for dataset sources). The
+    detector's misses depend on these more than on the rendering (docs/benchmarks.md)."""
     counts = counts or collections.Counter()
     ok = [r for r in rows if r.get("status") == "ok"]
     hands = [(r, s) for r in ok for s in SIDES if r.get(f"{s}_present") and f"{s}_eligible" in r]
@@ -325,16 +333,6 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     det = [(r, s) for r, s in elig if r[f"{s}_detected"]]
     assessed = [r["alignment"] for r in ok if r.get("assessed")]
     agree = [r[f"{s}_handedness_agrees"] for r, s in det if r.get(f"{s}_handedness_agrees") is not None]
-    by_facing = {}
-    for facing in FACINGS:
-        e = [(r, s) for r, s in elig if r.get(f"{s}_facing") == facing]
-        d = [(r, s) for r, s in e if r[f"{s}_detected"]]
-        by_facing[facing] = {
-            "eligible": len(e),
-            "detected": len(d),
-            "detection_rate": len(d) / len(e) if e else None,
-            "pck_01": _mean(r.get(f"{s}_pck_01") for r, s in d),
-        }
     return {
         "samples": len(rows),
         "scored": len(ok),
@@ -360,8 +358,60 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
             f"{t:g}": float(np.mean([a >= t for a in assessed])) if assessed else None
             for t in PASS_THRESHOLDS
         },
-        "by_facing": by_facing,
+        **{f"by_{name}": _breakdown(elig, group, order) for name, (group, order) in BREAKDOWNS.items()},
     }
+
+
+def _distance_bin(r: dict, s: str) -> str | None:
+    d = r.get(f"{s}_distance_m")
+    if d is None or not math.isfinite(d):
+        return None
+    names = _distance_order()
+    return names[int(np.searchsorted(DISTANCE_BINS_M, d, side="right"))]
+
+
+def _distance_order() -> tuple[str, ...]:
+    edges = DISTANCE_BINS_M
+    return (
+        f"under {edges[0]:g} m",
+        *(f"{lo:g}-{hi:g} m" for lo, hi in zip(edges[:-1], edges[1:], strict=True)),
+        f"{edges[-1]:g} m and over",
+    )
+
+
+#: metres: the hands' distance bins of ``by_distance``
+DISTANCE_BINS_M = (0.3, 0.5)
+#: summary breakdowns of the eligible hands: name -> (the group of a (row, side) or None, groups in order;
+#: None: the groups met, sorted)
+BREAKDOWNS = {
+    "facing": (lambda r, s: r.get(f"{s}_facing"), FACINGS),
+    "gesture": (lambda r, s: r.get(f"{s}_gesture"), None),
+    "distance": (_distance_bin, _distance_order()),
+    "object": (lambda r, s: "held object" if r.get("objects") else "no object", ("no object", "held object")),
+    "camera": (lambda r, s: r.get("camera_kind"), ("third", "ego")),
+}
+
+
+def _breakdown(elig: list[tuple[dict, str]], group, order) -> dict:
+    """``{group: {eligible, detected, detection_rate, pck_01}}`` over the eligible (row, side) hands; hands
+    whose group is None are left out (a dataset's camera kind, a label without joints)."""
+    groups: dict[str, list] = collections.defaultdict(list)
+    for r, s in elig:
+        g = group(r, s)
+        if g is not None:
+            groups[g].append((r, s))
+    names = order if order is not None else sorted(groups)
+    out = {}
+    for g in names:
+        e = groups.get(g, [])
+        d = [(r, s) for r, s in e if r[f"{s}_detected"]]
+        out[g] = {
+            "eligible": len(e),
+            "detected": len(d),
+            "detection_rate": len(d) / len(e) if e else None,
+            "pck_01": _mean(r.get(f"{s}_pck_01") for r, s in d),
+        }
+    return out
 
 
 # -- outputs -------------------------------------------------------------------------------------------------

@@ -51,13 +51,14 @@ def _cmd_evaluate(args) -> int:
         f"Hand Conf. {_fmt(s['hand_conf'])}, PCK@0.05 {_fmt(s['pck_005'])}, PCK@0.1 {_fmt(s['pck_01'])}, "
         f"MSE-2D {_fmt(s['mse_2d'], 1)} px^2"
     )
-    views = [
-        f"{facing} {v['detected']}/{v['eligible']} ({_fmt(v['detection_rate'])})"
-        for facing, v in (s.get("by_facing") or {}).items()
-        if v["eligible"]
-    ]
-    if views:
-        print("detected by the side facing the camera: " + ", ".join(views))
+    for name, title in _BREAKDOWN_TITLES.items():
+        groups = [
+            f"{group} {v['detected']}/{v['eligible']} ({_fmt(v['detection_rate'])})"
+            for group, v in (s.get(f"by_{name}") or {}).items()
+            if v["eligible"]
+        ]
+        if groups:
+            print(f"detected by {title}: " + ", ".join(groups))
     print(f"alignment: mean {_fmt(s['alignment_mean'])} over {s['assessed_samples']} assessed samples")
     fid = s.get("fid")
     if fid:
@@ -69,6 +70,16 @@ def _cmd_evaluate(args) -> int:
         print(s["fid_note"])
     print("  ".join(f"{name}: {path}" for name, path in res.files.items()))
     return 0
+
+
+#: the summary's breakdowns (``evaluation.run.BREAKDOWNS``) as the CLI names them
+_BREAKDOWN_TITLES = {
+    "facing": "the side facing the camera",
+    "gesture": "gesture",
+    "distance": "distance from the camera",
+    "object": "held object",
+    "camera": "camera",
+}
 
 
 def register(subparsers) -> argparse.ArgumentParser:

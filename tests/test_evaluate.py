@@ -231,6 +231,39 @@ def test_estimator3d_hook_reports_mpjpe_and_pa_mpjpe_in_mm():
     assert res.alignment == 0.0  # the hand it did not find counts as 0
 
 
+def test_summary_breakdowns_split_the_eligible_hands():
+    from evaluation.run import summarize
+
+    def row(facing, gesture, dist, objects, camera, detected, pck=0.8, eligible=True):
+        r = {"status": "ok", "objects": objects, "camera_kind": camera, "left_present": False}
+        r.update(right_present=True, right_eligible=eligible, right_detected=detected, right_facing=facing)
+        r.update(right_gesture=gesture, right_distance_m=dist, right_pck_01=pck if detected else None)
+        return r
+
+    rows = [
+        row("palm", "fist", 0.2, 1, "ego", True, 0.6),
+        row("palm", "open_palm", 0.45, 0, "third", False),
+        row("side", "fist", 0.8, 0, "third", True, 1.0),
+        row("back", "fist", 0.3, 0, "third", True, 0.9),  # 0.3 m falls in the second bin
+        row("back", "fist", 0.1, 0, None, True, eligible=False),  # not eligible: in no group
+        row("back", "fist", float("nan"), 0, None, False),  # no distance, no camera kind: left out of those
+    ]
+    s = summarize(rows, [])
+    assert s["eligible_hands"] == 5 and s["detected_hands"] == 3
+
+    def rates(name):
+        return {g: (v["detected"], v["eligible"]) for g, v in s[f"by_{name}"].items()}
+
+    assert rates("facing") == {"palm": (1, 2), "back": (1, 2), "side": (1, 1)}
+    assert rates("gesture") == {"fist": (3, 4), "open_palm": (0, 1)}
+    assert rates("distance") == {"under 0.3 m": (1, 1), "0.3-0.5 m": (1, 2), "0.5 m and over": (1, 1)}
+    assert rates("object") == {"no object": (2, 4), "held object": (1, 1)}
+    assert rates("camera") == {"third": (2, 3), "ego": (1, 1)}
+    assert s["by_gesture"]["fist"]["pck_01"] == pytest.approx((0.6 + 1.0 + 0.9) / 3)
+    assert s["by_camera"]["third"]["detection_rate"] == pytest.approx(2 / 3)
+    assert s["by_gesture"]["open_palm"]["pck_01"] is None
+
+
 def test_scorer_registry_and_options():
     with pytest.raises(ScorerError, match="unknown scorer 'nope'"):
         make_scorer("nope")
@@ -361,16 +394,19 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
     for k in ("detection_rate", "hand_conf", "pck_005", "pck_01", "alignment_mean"):
         assert summary[k] is None or 0.0 <= summary[k] <= 1.0, k
     assert summary["settings"]["min_visible_joints"] == 15 and summary["settings"]["min_box_px"] == 48
-    views = summary["by_facing"]  # every eligible hand falls in one view
-    assert set(views) == {"palm", "back", "side"}
-    assert sum(v["eligible"] for v in views.values()) == summary["eligible_hands"]
-    assert sum(v["detected"] for v in views.values()) == summary["detected_hands"]
-    for v in views.values():
-        assert v["detection_rate"] == (v["detected"] / v["eligible"] if v["eligible"] else None)
-        assert (v["pck_01"] is None) == (v["detected"] == 0)
+    assert set(summary["by_facing"]) == {"palm", "back", "side"}
+    for name in ("facing", "gesture", "distance", "object", "camera"):  # the prior's run: every hand in one
+        groups = summary[f"by_{name}"]
+        assert sum(v["eligible"] for v in groups.values()) == summary["eligible_hands"], name
+        assert sum(v["detected"] for v in groups.values()) == summary["detected_hands"], name
+        for v in groups.values():
+            assert v["detection_rate"] == (v["detected"] / v["eligible"] if v["eligible"] else None)
+            assert (v["pck_01"] is None) == (v["detected"] == 0)
     page = (out / "report.html").read_text()
-    assert ("By view" in page) == (summary["eligible_hands"] > 0)
-    assert ("detected by the side facing the camera: " in printed) == (summary["eligible_hands"] > 0)
+    for heading in ("By view", "By gesture", "By distance", "By held object", "By camera"):
+        assert (heading in page) == (summary["eligible_hands"] > 0), heading
+    for line in ("the side facing the camera: ", "gesture: ", "distance from the camera: ", "camera: "):
+        assert (f"detected by {line}" in printed) == (summary["eligible_hands"] > 0), line
     assert page.count("data:image/png;base64,") >= 10 and "data:image/jpeg;base64," in page
     for external in ("http://", "https://", "<link", "<script", "src='/", 'src="'):
         assert external not in page
