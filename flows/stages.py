@@ -165,9 +165,14 @@ class GenerationPipeline:
         return {"name": self.renderer.name, **dataclasses.asdict(self.render_config)}
 
     def run_info(self) -> dict:
-        """What a shard report records about the stages that wrote it (the manifest takes it from there)."""
+        """What a shard report records about the stages that wrote it (the manifest takes it from there):
+        renderer, hand model, source, generator and, when the run draws props, their kinds and
+        ``pipeline.props.VERSION``."""
         if self._run_info is None:
+            from pipeline.props import VERSION as props_version
+
             g = self.generator
+            kinds = sorted(self.config.prop_kinds)
             self._run_info = {
                 "renderer": self.renderer_record(),
                 "hand_model": self.hand_model.info.to_json(),
@@ -177,6 +182,7 @@ class GenerationPipeline:
                     "version": g.version,
                     "weights_id": getattr(g, "weights_id", None),
                 },
+                "props": {"kinds": kinds, "version": props_version} if kinds else None,
             }
         return self._run_info
 
@@ -249,6 +255,7 @@ class GenerationPipeline:
                     faces,
                     forearm="forearm" in kinds,
                     objects="objects" in kinds,
+                    camera=(s.camera.K, tuple(s.image_size)),
                 )
             except PropsError as exc:
                 _skip(skips, "props", f"sample {s.index}", exc)

@@ -3,10 +3,12 @@
 A forearm continues each hand from its wrist opening (the open boundary loop of the hand mesh, MANO's and the
 stand-in's alike): its first cross-section *is* that loop, so the seam is closed; further sections follow the
 loop's shape, widened toward the elbow, along the loop's normal (pointing away from the hand) bent by a small
-wrist angle. The arm is long enough (0.30 to 0.45 m) to leave the frame at the usual camera distances, and
-ends in a flat cap. With two hands, the two forearms are drawn again (both, at most ``ARM_TRIES`` draws in
-all) while they pass through each other or one passes through the other hand (``arms_cross``); the last draw
-stays when none is clear (wrists crossed so that no small bend separates the arms).
+wrist angle. The arm is drawn 0.30 to 0.45 m long, then, given the sample's camera, drawn out until its end
+leaves the picture (``reach_out``, at most ``MAX_LENGTH``), since a real arm goes on to the elbow; it ends in
+a flat cap. With two hands, the two forearms are drawn again (both, at most ``ARM_TRIES`` draws) while
+they pass through each other or one passes through the other hand (``arms_cross``); then, for wrists held
+across each other or a hand over the other forearm, at most ``ARM_TRIES`` more with the wrist flexed or
+extended up to ``FLEX_MAX``. The last draw of the first round stays when none is clear.
 
 An object (``PropObject``: a cylinder, a sphere, a box or a mug) is held against the palm: for a hand
 whose gesture grasps (``GRASP_OBJECTS``, from its joints) usually, for others sometimes; its size and
@@ -45,6 +47,10 @@ from pipeline.kinematics import palm_normal
 from pipeline.rotations import aa_to_matrix, matrix_to_aa
 from pipeline.schema import SIDES
 
+VERSION = 2
+"""Bumped whenever the same ``props`` stream draws other props, so a run's shards agree on it (the run's
+``props`` stage record): 2, forearms drawn out of the picture (``reach_out``) and wrists flexed further when
+two forearms cross (``FLEX_MAX``); 1 (unrecorded), before."""
 PROP_IDS = {"forearm": 3, "object": 4}
 """The props' ids in a render's id map (``RenderResult.prop_mask``; the hands are 1 right and 2 left)."""
 SECTIONS = 14
@@ -54,7 +60,15 @@ WIDEN_RANGE = ((1.05, 1.30), (1.40, 1.90))
 """Elbow-end scale of the wrist loop along its long (width) and short (thickness) in-plane axes."""
 BEND_SIGMA, BEND_MAX = 0.15, 0.35
 ARM_TRIES = 8
-"""At most this many draws of a two-hand sample's forearms, until they clear each other and the other hand."""
+"""At most this many draws of a two-hand sample's forearms, until they clear each other and the other hand;
+then as many again with the wrist flexed further (``FLEX_MAX``)."""
+MAX_LENGTH, LENGTH_STEP, NEAR = 1.5, 0.05, 0.05
+"""Metres: how far ``reach_out`` may draw a forearm out to leave the image, in steps of LENGTH_STEP; an end
+less than NEAR in front of the camera counts as out of the picture."""
+FLEX_MAX = 1.0
+"""Radians: how far the second round of draws flexes or extends the wrist (a bend about the wrist loop's long
+axis, uniform in +-FLEX_MAX; a real wrist reaches about 70 degrees) when no draw within ``BEND_MAX`` clears:
+wrists held across each other, or a hand over the other forearm."""
 _DIGITS = 5
 
 
@@ -132,11 +146,14 @@ class Props:
         )
 
 
-def draw_forearm(rng: np.random.Generator) -> Forearm:
-    """A forearm's parameters from ``rng``, rounded to the digits the label keeps."""
+def draw_forearm(rng: np.random.Generator, flex_max: float | None = None) -> Forearm:
+    """A forearm's parameters from ``rng``, rounded to the digits the label keeps; ``flex_max``: the wrist's
+    flexion (``bend[0]``) drawn uniform in +-flex_max instead (one more number from ``rng``)."""
     length = float(rng.uniform(*LENGTH_RANGE))
     widen = tuple(float(rng.uniform(*r)) for r in WIDEN_RANGE)
     bend = tuple(float(np.clip(rng.normal(0.0, BEND_SIGMA), -BEND_MAX, BEND_MAX)) for _ in range(2))
+    if flex_max is not None:
+        bend = (float(rng.uniform(-flex_max, flex_max)), bend[1])
     return Forearm(
         round(length, _DIGITS),
         tuple(round(w, _DIGITS) for w in widen),
@@ -150,19 +167,40 @@ def draw_props(
     faces: Mapping[str, np.ndarray],
     forearm: bool = True,
     objects: bool = False,
+    camera: tuple[np.ndarray, tuple[int, int]] | None = None,
 ) -> Props:
     """Props for a sample whose hands are ``hands`` (side -> (vertices (778, 3), joints (21, 3)), metres,
     camera space; None when absent) with triangles ``faces``: a forearm per present hand when ``forearm``;
     then, when ``objects``, maybe an object held by one of the hands (module doc). The forearms are drawn
-    first, so turning objects on or off leaves them as they were."""
+    first, so turning objects on or off leaves them as they were. ``camera``: (K (3, 3), image size (H, W)) of
+    the sample; with it, each drawn forearm is drawn out until it leaves the image (``reach_out``)."""
     sides = [s for s in SIDES if hands.get(s) is not None]
-    arms = {s: draw_forearm(rng) if (forearm and s in sides) else None for s in SIDES}
+
+    def draw(flex_max: float | None = None) -> dict[str, Forearm]:
+        out = {}
+        for s in sides:
+            arm = draw_forearm(rng, flex_max)
+            if camera is not None:
+                arm = reach_out(arm, hands[s][0], wrist_loop(faces[s]), *camera)
+            out[s] = arm
+        return out
+
+    arms = {s: None for s in SIDES}
+    if forearm:
+        arms.update(draw())
     if forearm and len(sides) == 2:
         verts = {s: hands[s][0] for s in sides}
-        for _ in range(ARM_TRIES - 1):
+        within = arms  # the last draw within BEND_MAX: it stays if every draw crosses
+        for k in range(1, 2 * ARM_TRIES):
             if not arms_cross(arms, verts, faces):
                 break
-            arms = {s: draw_forearm(rng) for s in sides}
+            flexed = k >= ARM_TRIES
+            arms = draw(FLEX_MAX if flexed else None)
+            if not flexed:
+                within = arms
+        else:
+            if arms_cross(arms, verts, faces):
+                arms = within
     if not (objects and sides):
         return Props(arms)
     side = sides[int(rng.integers(len(sides)))]
@@ -174,7 +212,11 @@ def draw_props(
     kind = kinds[int(rng.integers(len(kinds)))]
     skins = {s: surface_points(hands[s][0], faces[s]) for s in sides}
     arm_meshes = prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)
-    obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for _, v, f in arm_meshes)])
+    centre = hands[side][0].mean(axis=0)
+    near = [
+        (v, f[(np.linalg.norm(v - centre, axis=1) < OBSTACLE_REACH)[f].any(axis=1)]) for _, v, f in arm_meshes
+    ]
+    obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for v, f in near)])
     obj = place_object(rng, kind, joints, side, obstacles, skins[side])
     return Props(arms, () if obj is None else (obj,))
 
@@ -251,11 +293,10 @@ def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     return v * c + np.cross(axis, v) * s + np.outer(v @ axis, axis).reshape(v.shape) * (1 - c)
 
 
-def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.ndarray, np.ndarray]:
-    """The forearm of one hand: (vertices (V, 3) float64 metres, faces (F, 3) int64 ids into them).
-
-    ``verts`` (778, 3): the posed hand, camera space; ``loop`` (n,): its wrist loop (``wrist_loop``). The
-    first ring of the arm is the loop's vertices themselves; ``SECTIONS`` rings follow, and a cap."""
+def _arm_frame(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.ndarray, ...]:
+    """(ring (n, 3), centre (3,), e1, e2, normal, axis): the wrist loop's points and centre, its long and
+    short in-plane axes, its normal (away from the hand) and the arm's axis (the normal bent by
+    ``arm.bend``); float64, metres and unit vectors."""
     v = np.asarray(verts, dtype=np.float64)
     ring = v[loop]
     centre = ring.mean(axis=0)
@@ -268,7 +309,43 @@ def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.
         e1 = -e1
     e2 = np.cross(normal, e1)
     axis = _rotate(_rotate(normal, e1, arm.bend[0]), e2, arm.bend[1])
-    axis = axis / np.linalg.norm(axis)
+    return ring, centre, e1, e2, normal, axis / np.linalg.norm(axis)
+
+
+def reach_out(
+    arm: Forearm, verts: np.ndarray, loop: np.ndarray, K: np.ndarray, image_size: tuple[int, int]
+) -> Forearm:
+    """``arm`` drawn out, in ``LENGTH_STEP`` steps up to ``MAX_LENGTH``, until its far end leaves the picture.
+
+    A real forearm goes on to the elbow and the upper arm, so it does not end inside the image. The end is
+    the arm's cap: a disc as wide as the wrist loop widened by ``arm.widen``. It is out of the picture when
+    its centre lies less than ``NEAR`` in front of the camera (or behind it), or when the disc projects
+    wholly outside the image. ``K`` (3, 3) pixels and ``image_size`` (H, W) are the camera's; ``verts``
+    (778, 3) and ``loop`` are as in ``forearm_mesh``. An arm already out at its drawn length is returned as
+    it is, and so is one that points too nearly straight away from the camera to leave the image within
+    ``MAX_LENGTH`` (its end lies behind its own hand and wrist)."""
+    ring, centre, _, _, _, axis = _arm_frame(verts, loop, arm)
+    radius = float(np.max(np.linalg.norm(ring - centre, axis=1))) * max(arm.widen)
+    lengths = np.round(np.arange(arm.length, MAX_LENGTH + 1e-9, LENGTH_STEP), _DIGITS)
+    caps = centre + lengths[:, None] * axis
+    K = np.asarray(K, dtype=np.float64)
+    H, W = image_size
+    z = np.maximum(caps[:, 2], 1e-9)
+    u = K[0, 0] * caps[:, 0] / z + K[0, 1] * caps[:, 1] / z + K[0, 2]
+    v = K[1, 1] * caps[:, 1] / z + K[1, 2]
+    r = radius * K[0, 0] / z
+    outside = (caps[:, 2] < NEAR) | (u < -r) | (u > W + r) | (v < -r) | (v > H + r)
+    if outside[0] or not outside.any():
+        return arm
+    return dataclasses.replace(arm, length=float(lengths[int(np.argmax(outside))]))
+
+
+def forearm_mesh(verts: np.ndarray, loop: np.ndarray, arm: Forearm) -> tuple[np.ndarray, np.ndarray]:
+    """The forearm of one hand: (vertices (V, 3) float64 metres, faces (F, 3) int64 ids into them).
+
+    ``verts`` (778, 3): the posed hand, camera space; ``loop`` (n,): its wrist loop (``wrist_loop``). The
+    first ring of the arm is the loop's vertices themselves; ``SECTIONS`` rings follow, and a cap."""
+    ring, centre, e1, e2, normal, axis = _arm_frame(verts, loop, arm)
     # the loop in its own plane (long and short axis coordinates), carried along the bent axis
     a1, a2 = (ring - centre) @ e1, (ring - centre) @ e2
     f1 = e1 - (e1 @ axis) * axis
@@ -365,6 +442,11 @@ radius ``MUG_TUBE`` min(r, h) around a circular arc of radius ``MUG_ARC`` h, cen
 tube / arc) past each of its two points on the wall: its ends (flat caps) are then more than a tube radius
 inside the wall, hidden, and the handle meets the wall with no gap. Fixed proportions, so one shape whatever
 the body's size and aspect."""
+OBSTACLE_REACH = 0.4
+"""Metres: an object is placed against the forearm triangles with a corner this near the holding hand's
+vertex centroid only. A kept object lies within ``CONTACT`` of its hand (hand points within about 0.12 m of
+the centroid; objects under 0.15 m across), so a farther arm point can only meet an object that is dropped
+anyway, and long arms (``reach_out``) cost no more than short ones."""
 CLEARANCE = 0.001
 """Metres kept free between an object and the hands' and forearms' surfaces: in contact, not inside."""
 CONTACT = 0.005

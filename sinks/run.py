@@ -419,8 +419,9 @@ class RunFolder:
                     self.store.remove(n)
 
 
-STAGE_RECORDS = ("renderer", "hand_model", "source", "generator")
-"""The stage records that every shard report of a run must agree on (``GenerationPipeline.run_info``)."""
+STAGE_RECORDS = ("renderer", "hand_model", "source", "generator", "props")
+"""The stage records that every shard report of a run must agree on (``GenerationPipeline.run_info``); a
+record that one side lacks (a run written before it existed) is not compared."""
 
 
 def _common_run_info(reports: list[ShardReport]) -> dict:

@@ -102,6 +102,28 @@ def test_resume_cli_mismatch_is_one_line(reference, tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "seed" in lines[0] and "Traceback" not in err, err
 
 
+def test_resume_with_other_props_is_refused(reference, tmp_path):
+    """The props record (their kinds and ``pipeline.props.VERSION``) is a stage record: a shard whose props
+    were drawn by another version refuses the resume in one line, before anything is written."""
+    from pipeline.props import VERSION
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
+        (out / name).unlink()
+    meta = out / "hands-000000.meta.json"
+    rep = json.loads(meta.read_text())
+    assert rep["run"]["props"] == {"kinds": ["forearm", "objects"], "version": VERSION}
+    rep["run"]["props"]["version"] = VERSION - 1
+    meta.write_text(json.dumps(rep))
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "hands-000000.tar was written with another props" in lines[0], lines[0]
+    assert not (out / "hands-000001.tar").exists()
+
+
 def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_path):
     """A complete shard written by another generator version (an upgrade between kill and resume): the
     resume says so in one line before it writes anything, not only at the manifest after every shard."""
