@@ -362,31 +362,28 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     }
 
 
+#: metres: the hands' distance bins of ``by_distance``
+DISTANCE_BINS_M = (0.3, 0.5)
+_DISTANCE_GROUPS = (
+    f"under {DISTANCE_BINS_M[0]:g} m",
+    *(f"{lo:g}-{hi:g} m" for lo, hi in zip(DISTANCE_BINS_M[:-1], DISTANCE_BINS_M[1:], strict=True)),
+    f"{DISTANCE_BINS_M[-1]:g} m and over",
+)
+
+
 def _distance_bin(r: dict, s: str) -> str | None:
     d = r.get(f"{s}_distance_m")
     if d is None or not math.isfinite(d):
         return None
-    names = _distance_order()
-    return names[int(np.searchsorted(DISTANCE_BINS_M, d, side="right"))]
+    return _DISTANCE_GROUPS[int(np.searchsorted(DISTANCE_BINS_M, d, side="right"))]
 
 
-def _distance_order() -> tuple[str, ...]:
-    edges = DISTANCE_BINS_M
-    return (
-        f"under {edges[0]:g} m",
-        *(f"{lo:g}-{hi:g} m" for lo, hi in zip(edges[:-1], edges[1:], strict=True)),
-        f"{edges[-1]:g} m and over",
-    )
-
-
-#: metres: the hands' distance bins of ``by_distance``
-DISTANCE_BINS_M = (0.3, 0.5)
 #: summary breakdowns of the eligible hands: name -> (the group of a (row, side) or None, groups in order;
 #: None: the groups met, sorted)
 BREAKDOWNS = {
     "facing": (lambda r, s: r.get(f"{s}_facing"), FACINGS),
     "gesture": (lambda r, s: r.get(f"{s}_gesture"), None),
-    "distance": (_distance_bin, _distance_order()),
+    "distance": (_distance_bin, _DISTANCE_GROUPS),
     "object": (lambda r, s: "held object" if r.get("objects") else "no object", ("no object", "held object")),
     "camera": (lambda r, s: r.get("camera_kind"), ("third", "ego")),
 }

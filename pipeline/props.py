@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import geometry
+from pipeline.camera import project_points
 from pipeline.errors import HandgenError
 from pipeline.gestures import classify_gesture
 from pipeline.kinematics import palm_normal
@@ -328,13 +329,11 @@ def reach_out(
     radius = float(np.max(np.linalg.norm(ring - centre, axis=1))) * max(arm.widen)
     lengths = np.round(np.arange(arm.length, MAX_LENGTH + 1e-9, LENGTH_STEP), _DIGITS)
     caps = centre + lengths[:, None] * axis
-    K = np.asarray(K, dtype=np.float64)
     H, W = image_size
-    z = np.maximum(caps[:, 2], 1e-9)
-    u = K[0, 0] * caps[:, 0] / z + K[0, 1] * caps[:, 1] / z + K[0, 2]
-    v = K[1, 1] * caps[:, 1] / z + K[1, 2]
-    r = radius * K[0, 0] / z
-    outside = (caps[:, 2] < NEAR) | (u < -r) | (u > W + r) | (v < -r) | (v > H + r)
+    z = caps[:, 2]
+    u, v = project_points(caps, K).T  # NaN only for z below the camera's near plane, far below NEAR
+    r = radius * float(K[0][0]) / np.maximum(z, NEAR)
+    outside = (z < NEAR) | (u < -r) | (u > W + r) | (v < -r) | (v > H + r)
     if outside[0] or not outside.any():
         return arm
     return dataclasses.replace(arm, length=float(lengths[int(np.argmax(outside))]))

@@ -102,17 +102,23 @@ def test_resume_cli_mismatch_is_one_line(reference, tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "seed" in lines[0] and "Traceback" not in err, err
 
 
-def test_resume_with_other_props_is_refused(reference, tmp_path):
-    """The props record (their kinds and ``pipeline.props.VERSION``) is a stage record: a shard whose props
-    were drawn by another version refuses the resume in one line, before anything is written."""
-    from pipeline.props import VERSION
-
+def _first_shard_only(reference, tmp_path):
+    """A copy of the reference run cut back to its first complete shard (killed before the second): the
+    folder, that shard's report path and its report."""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
         (out / name).unlink()
     meta = out / "hands-000000.meta.json"
-    rep = json.loads(meta.read_text())
+    return out, meta, json.loads(meta.read_text())
+
+
+def test_resume_with_other_props_is_refused(reference, tmp_path):
+    """The props record (their kinds and ``pipeline.props.VERSION``) is a stage record: a shard whose props
+    were drawn by another version refuses the resume in one line, before anything is written."""
+    from pipeline.props import VERSION
+
+    out, meta, rep = _first_shard_only(reference, tmp_path)
     assert rep["run"]["props"] == {"kinds": ["forearm", "objects"], "version": VERSION}
     rep["run"]["props"]["version"] = VERSION - 1
     meta.write_text(json.dumps(rep))
@@ -127,12 +133,7 @@ def test_resume_with_other_props_is_refused(reference, tmp_path):
 def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_path):
     """A complete shard written by another generator version (an upgrade between kill and resume): the
     resume says so in one line before it writes anything, not only at the manifest after every shard."""
-    out = tmp_path / "run"
-    shutil.copytree(reference, out)
-    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
-        (out / name).unlink()
-    meta = out / "hands-000000.meta.json"
-    rep = json.loads(meta.read_text())
+    out, meta, rep = _first_shard_only(reference, tmp_path)
     rep["run"]["generator"]["version"] -= 1
     meta.write_text(json.dumps(rep))
     p = _cli(out, "--resume")
