@@ -130,6 +130,23 @@ def test_resume_with_other_props_is_refused(reference, tmp_path):
     assert not (out / "hands-000001.tar").exists()
 
 
+def test_resume_with_another_prior_camera_is_refused(reference, tmp_path):
+    """The prior's camera settings and ``CAMERA_VERSION`` are part of the source record: a shard framed by
+    another camera version refuses the resume in one line."""
+    from pipeline.sources.prior import CAMERA_VERSION
+
+    out, meta, rep = _first_shard_only(reference, tmp_path)
+    assert rep["run"]["source"]["camera"]["version"] == CAMERA_VERSION
+    del rep["run"]["source"]["camera"]  # a shard written before the camera was recorded
+    meta.write_text(json.dumps(rep))
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "hands-000000.tar was written with another source" in lines[0], lines[0]
+    assert not (out / "hands-000001.tar").exists()
+
+
 def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_path):
     """A complete shard written by another generator version (an upgrade between kill and resume): the
     resume says so in one line before it writes anything, not only at the manifest after every shard."""

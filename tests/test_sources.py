@@ -207,6 +207,37 @@ def test_prior_hands_in_frame_and_apart(prior_samples, hand_model):
             )
 
 
+def _centre_depth(s) -> float:
+    """Depth (metres) of the centre of a posed sample's hand vertices, as the prior's camera frames them."""
+    return float(np.concatenate([s.verts[i] for i in range(2) if s.hands[("right", "left")[i]]]).mean(0)[2])
+
+
+def test_prior_keeps_a_real_camera_distance(prior_samples, hand_model):
+    """The hands' centre stays within the camera kind's distance range: a wide lens and a large hand fraction
+    give a smaller hand, not one a few centimetres from the lens."""
+    from pipeline.sources.prior import PriorConfig, PriorSource
+
+    src, samples = prior_samples
+    cfg = src.config
+    for s in samples:
+        lo, hi = cfg.distance_ego if s.source["camera"] == "ego" else cfg.distance_third
+        assert lo - 1e-6 <= _centre_depth(s) <= hi + 1e-6  # float32 vertices
+    # a fraction that would bring every hand nearer than the range: the range wins, the hands look smaller
+    near = PriorConfig(hand_fraction=(0.9, 0.9), distance_third=(0.7, 0.7), distance_ego=(0.7, 0.7))
+    src = PriorSource(hand_model, near, 3)
+    for i in range(6):
+        s = posed_sample(src, i, hand_model)
+        assert _centre_depth(s) == pytest.approx(0.7, abs=1e-6)
+        uv = np.concatenate(
+            [project_points(s.verts[k], s.camera.K) for k in range(2) if s.hands[("right", "left")[k]]]
+        )
+        assert max(np.ptp(uv[:, 0]), np.ptp(uv[:, 1])) / 512 < 0.7
+    assert src.inspect()["camera"]["distance_third"] == [0.7, 0.7]
+    for bad in ((0.05, 1.0), (0.8, 0.4)):
+        with pytest.raises(ValueError, match="distance_third"):
+            PriorConfig(distance_third=bad)
+
+
 def test_prior_is_deterministic_across_processes(hand_model, tmp_path):
     src = make_source("prior", hand_model, run_seed=5)
     a = posed_sample(src, 7, hand_model)

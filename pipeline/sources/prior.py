@@ -11,7 +11,9 @@ Per sample, all drawn from the sample's own streams (``stage_rng(seed, ...)``):
   scene frame; the left hand is pushed away from the right until the surfaces do not cross;
 * camera: third-person (any viewing direction, horizontal field of view in ``fov_third``) or egocentric
   (looking forward and down at hands held in front, ``fov_ego``); the hands' box covers a fraction
-  ``hand_fraction`` of the image side and its centre lies inside the image, so hands are never fully outside.
+  ``hand_fraction`` of the image side and its centre lies inside the image, so hands are never fully outside;
+  but the hands stay at a distance a real camera sees them from (``distance_third``, ``distance_ego``: the
+  depth of their centre, metres), so a wide lens shows them smaller instead of a few centimetres away.
 
 Text control: ``prior:pinch,fist`` restricts gestures, ``prior:clasped`` restricts interactions (and makes
 every sample two-handed).
@@ -32,6 +34,11 @@ from pipeline.schema import HAND_TYPES, SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
+CAMERA_VERSION = 2
+"""Bumped when the same seed frames the hands otherwise; the run's source record holds it (with the camera
+settings), so a resume across the change is refused: 2, the hands kept within ``distance_third`` /
+``distance_ego``; 1 (unrecorded), before."""
+_CAMERA_FIELDS = ("fov_third", "fov_ego", "hand_fraction", "distance_third", "distance_ego")
 INTERACTIONS = ("clasped", "fingertips_touching", "one_over_other", "side_by_side")
 # per-joint limits (radians) in flexion / abduction coordinates, MANO hand-joint order (15)
 _FLEX_LIMITS = np.array([(-0.35, 1.65), (0.0, 1.9), (0.0, 1.3)] * 4 + [(-0.3, 0.9), (-0.2, 0.9), (-0.3, 1.2)])
@@ -54,6 +61,8 @@ class PriorConfig:
     fov_third: tuple = (35.0, 70.0)
     fov_ego: tuple = (75.0, 110.0)
     hand_fraction: tuple = (0.25, 0.6)
+    distance_third: tuple = (0.3, 1.5)
+    distance_ego: tuple = (0.3, 0.65)
     image_size: tuple = (512, 512)
     shape_std: float = 1.0
     blend_prob: float = 0.3
@@ -73,6 +82,10 @@ class PriorConfig:
             raise ValueError(f"hand_type_probs must be 3 non-negative weights, got {self.hand_type_probs}")
         if not self.interactions and p[2] > 0:
             raise ValueError("hand_type_probs gives two-hand samples but no interaction is allowed")
+        for name in ("distance_third", "distance_ego"):
+            lo, hi = getattr(self, name)
+            if not 0.15 <= lo <= hi:
+                raise ValueError(f"{name} must be (near, far) metres, 0.15 <= near <= far, got ({lo}, {hi})")
 
     @classmethod
     def from_names(cls, names: list[str], **kw) -> PriorConfig:
@@ -254,7 +267,8 @@ class PriorSource(PoseSource):
         uv = project_points(scene_verts @ R.T + t, K)
         side = max(np.ptp(uv[:, 0]) / W, np.ptp(uv[:, 1]) / H)
         target = rng.uniform(*cfg.hand_fraction)
-        z = z0 * side / target  # apparent size ~ 1 / depth
+        # apparent size ~ 1 / depth; a real camera is not a few centimetres from the hands
+        z = float(np.clip(z0 * side / target, *(cfg.distance_ego if ego else cfg.distance_third)))
         cu = rng.uniform(0.3, 0.7) * W
         cv = rng.uniform(0.3, 0.7) * H if not ego else rng.uniform(0.45, 0.8) * H
         lateral = np.array([(cu - K[0, 2]) / f * z, (cv - K[1, 2]) / f * z, z])
@@ -321,5 +335,9 @@ class PriorSource(PoseSource):
             "hand_type_probs": list(cfg.hand_type_probs),
             "ego_prob": cfg.ego_prob,
             "image_size": list(cfg.image_size),
+            "camera": {
+                "version": CAMERA_VERSION,
+                **{k: list(getattr(cfg, k)) for k in _CAMERA_FIELDS},
+            },
             "frames": None,
         }
