@@ -36,9 +36,11 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
 
 # cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
 # given; every other key is a ``CompositeConfig`` field). Rows before the version-4 row keep the key light's
-# shadows off (``shadows=False``: version 3's shading), so they measure what they measured before; the last
-# row adds the ambient occlusion, an option (off by default)
-_V3 = dict(shadows=False)
+# shadows off (``shadows=False``: version 3's shading), and rows before the version-5 row draw no palm creases
+# (``palm_lines=0``), so they measure what they measured before; the last row adds the ambient occlusion, an
+# option (off by default)
+_V4 = dict(palm_lines=0.0)  # version 4's skin: no palm creases
+_V3 = dict(shadows=False, **_V4)
 ROWS = (
     ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False, **_V3)),
     ("+ skin", dict(light="single", background="blobs", camera_effects=False, **_V3)),
@@ -52,7 +54,8 @@ ROWS = (
         "+ objects held against the palm (v3 default)",
         dict(background="blobs", props="forearm,objects", **_V3),
     ),
-    ("+ key-light self-shadowing (v4 default)", dict(background="blobs", props="forearm,objects")),
+    ("+ key-light self-shadowing (v4 default)", dict(background="blobs", props="forearm,objects", **_V4)),
+    ("+ palm creases (v5 default)", dict(background="blobs", props="forearm,objects")),
     ("+ ambient occlusion 0.8 (option)", dict(background="blobs", props="forearm,objects", occlusion=0.8)),
 )
 

@@ -4,7 +4,9 @@ Two runs drawn with the same seed hold the same poses and cameras; a generator o
 alters only how each hand looks. Rates measured on separate draws move by about 0.06 at 512 samples by
 chance (docs/benchmarks.md), so a change is judged on the hands eligible in both runs: how many are
 detected only in the second run (``gained``), only in the first (``lost``), and a two-sided exact sign
-test on those flips (the chance of a split at least this uneven if the change did nothing).
+test on those flips (the chance of a split at least this uneven if the change did nothing). The hands
+detected in both runs are compared the same way on the detector's handedness (whether it names the label's
+side), when the scores hold it.
 
 Input: the ``eval/scores.parquet`` files that ``hands evaluate`` writes (one row per record, with its sample
 ``index`` and per-hand columns ``right_*`` / ``left_*``); hands pair by sample index and side. Pure
@@ -28,17 +30,21 @@ class CompareError(HandgenError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class HandScore:
-    """One eligible hand: detected or not, and its PCK@0.1 (None when not detected)."""
+    """One eligible hand: detected or not, its PCK@0.1 (None when not detected) and whether the detector's
+    handedness names the label's side (None when not detected, or not in the scores)."""
 
     detected: bool
     pck_01: float | None
+    handedness_agrees: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PairedComparison:
     """Counts are hands (a two-hand sample counts twice). ``pck_both_*``: mean PCK@0.1 over the hands detected
     in both runs (None when there are none); ``sign_test_p``: two-sided exact binomial test of ``gained``
-    against ``lost`` (1.0 when nothing flipped)."""
+    against ``lost`` (1.0 when nothing flipped). ``handed_*``: the same for the handedness of the
+    ``handed_both`` hands detected in both runs with a handedness in both: how many agree with the label in
+    each run, how many agree only in the second (``handed_gained``) or only in the first (``handed_lost``)."""
 
     eligible_a: int
     eligible_b: int
@@ -51,6 +57,12 @@ class PairedComparison:
     pck_both_a: float | None
     pck_both_b: float | None
     sign_test_p: float
+    handed_both: int = 0
+    handed_agree_a: int = 0
+    handed_agree_b: int = 0
+    handed_gained: int = 0
+    handed_lost: int = 0
+    handed_sign_test_p: float = 1.0
 
     def line(self) -> str:
         """The comparison as one line of text."""
@@ -64,6 +76,13 @@ class PairedComparison:
             if self.both
             else ""
         )
+        if self.handed_both:
+            n = self.handed_both
+            pck += (
+                f"; handedness right on {n} hands detected in both: "
+                f"{rate(self.handed_agree_a, n)} -> {rate(self.handed_agree_b, n)}, "
+                f"gained {self.handed_gained}, lost {self.handed_lost} (p = {self.handed_sign_test_p:.3f})"
+            )
         return (
             f"detected {rate(self.detected_a, self.eligible_a)} -> {rate(self.detected_b, self.eligible_b)}; "
             f"of {self.common} hands eligible in both: gained {self.gained}, lost {self.lost} "
@@ -93,7 +112,10 @@ def eligible_hands(rows: Iterable[Mapping]) -> dict[tuple[int, str], HandScore]:
             detected = bool(row.get(f"{side}_detected"))
             pck = row.get(f"{side}_pck_01")
             ok = detected and pck is not None and not (isinstance(pck, float) and math.isnan(pck))
-            out[(int(row["index"]), side)] = HandScore(detected, float(pck) if ok else None)
+            agrees = row.get(f"{side}_handedness_agrees") if detected else None
+            out[(int(row["index"]), side)] = HandScore(
+                detected, float(pck) if ok else None, None if agrees is None else bool(agrees)
+            )
     return out
 
 
@@ -111,6 +133,10 @@ def compare(a: Hands, b: Hands) -> PairedComparison:
     def mean(run: Hands) -> float | None:
         return sum(run[k].pck_01 for k in both) / len(both) if both else None
 
+    handed = [k for k in common if a[k].handedness_agrees is not None and b[k].handedness_agrees is not None]
+    h_gained = sum(1 for k in handed if b[k].handedness_agrees and not a[k].handedness_agrees)
+    h_lost = sum(1 for k in handed if a[k].handedness_agrees and not b[k].handedness_agrees)
+
     return PairedComparison(
         eligible_a=len(a),
         eligible_b=len(b),
@@ -123,10 +149,17 @@ def compare(a: Hands, b: Hands) -> PairedComparison:
         pck_both_a=mean(a),
         pck_both_b=mean(b),
         sign_test_p=sign_test(gained, lost),
+        handed_both=len(handed),
+        handed_agree_a=sum(bool(a[k].handedness_agrees) for k in handed),
+        handed_agree_b=sum(bool(b[k].handedness_agrees) for k in handed),
+        handed_gained=h_gained,
+        handed_lost=h_lost,
+        handed_sign_test_p=sign_test(h_gained, h_lost),
     )
 
 
 _COLUMNS = ("index", *(f"{s}_{c}" for s in SIDES for c in ("eligible", "detected", "pck_01")))
+_OPTIONAL = tuple(f"{s}_handedness_agrees" for s in SIDES)  # read when the scores hold them
 
 
 def load_scores(run: str | os.PathLike) -> list[dict]:
@@ -146,7 +179,8 @@ def load_scores(run: str | os.PathLike) -> list[dict]:
     missing = [c for c in _COLUMNS if c not in schema.names]
     if missing:
         raise CompareError(f"{path} lacks the columns {missing}: not a `hands evaluate` scores file")
-    return pq.read_table(path, columns=list(_COLUMNS)).to_pylist()
+    columns = [*_COLUMNS, *(c for c in _OPTIONAL if c in schema.names)]
+    return pq.read_table(path, columns=columns).to_pylist()
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> PairedComparison:

@@ -2,15 +2,19 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 4 (version 3 with the key light's shadows; version 3: version 2 with forearms
-and objects; ``CompositeConfig`` defaults; each component can be switched back to version 1 for the ablation
-in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 5 (version 4 with the palm's creases; version 4: version 3 with the key light's
+shadows; version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each component can
+be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
   the right; a lighter, pinker palm (per pixel, by the surface normal against the label's palm normal);
-  knuckle and crease darkening at the label's visible 2D joints; nails at the visible fingertips on the back
-  of the hand; a mottled texture; subtle specular. ``"flat"``: one palette tone, a faint texture (version 1).
+  knuckle and crease darkening at the label's visible 2D joints; the palm's flexion creases (``palm_lines``,
+  the darkening; ``PALM_LINES``: distal, proximal and thenar lines and the wrist crease, in the palm's own
+  coordinates from the label's joints, moved a little per person) on the pixels whose surface is the palm's
+  (back-projected from the depth: neither the back of the hand nor fingers curled over the palm); nails at
+  the visible fingertips on the back of the hand; a mottled texture; subtle specular. ``"flat"``: one
+  palette tone, a faint texture (version 1).
 * **light** (``light="presets"``): a key, a fill and a rim light from one of ``LIGHT_PRESETS`` (colour
   temperatures, strengths), in linear RGB; the same lights shade the background (a falloff toward the key
   light, their colours), exposure is metered on the hand. ``"single"``: one white light (version 1).
@@ -155,6 +159,7 @@ class CompositeConfig:
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
     occlusion: float = 0.0  # ambient occlusion's strength in [0, 1] (presets light); 0: off (module doc)
+    palm_lines: float = 0.3  # darkening of the palm's flexion creases (skin v2); 0: none (module doc)
     skin_tones: tuple = SKIN_TONES
     ambient: float = 0.38
     diffuse: float = 0.62
@@ -178,10 +183,56 @@ class CompositeConfig:
                 raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
         if not 0.0 <= self.spectrum_match <= 1.0:
             raise ValueError(f"composite spectrum_match must be in [0, 1], got {self.spectrum_match!r}")
+        if not 0.0 <= self.palm_lines <= 1.0:
+            raise ValueError(f"composite palm_lines must be in [0, 1], got {self.palm_lines!r}")
         if not 0.0 <= self.occlusion <= 1.0:
             raise ValueError(f"composite occlusion must be in [0, 1], got {self.occlusion!r}")
         if self.occlusion > 0 and self.light != "presets":
             raise ValueError(f"composite occlusion needs light=presets, got light={self.light!r}")
+
+
+# The palm's flexion creases in the palm's own coordinates (``_palm_coords``): (v, u) control points, v
+# across the palm (+1 at the index knuckle, -1 at the little finger's), u from the wrist joint (0) to the
+# middle finger's knuckle (1). Distal (heart) line, proximal (head) line, thenar (life) line, wrist crease.
+PALM_LINES = (
+    ((-1.15, 0.70), (-0.6, 0.76), (0.0, 0.82), (0.35, 0.90), (0.5, 0.97)),
+    ((1.05, 0.80), (0.6, 0.72), (0.0, 0.63), (-0.6, 0.55), (-0.85, 0.50)),
+    ((1.05, 0.80), (0.55, 0.62), (0.32, 0.42), (0.25, 0.22), (0.25, 0.02)),
+    ((-0.8, -0.02), (0.0, -0.04), (0.8, -0.02)),
+)
+PALM_LINE_JITTER = 0.05
+"""Per person, each control point moves by up to this much (both coordinates; a stream of its own)."""
+PALM_SIDE = (0.004, 0.022)
+"""Metres out of the palm's mid-plane (through the wrist and knuckle joints) where its surface lies: only
+those points get lines, so fingers curled over the palm and the back of the hand get none."""
+PALM_LINE_WIDTH = 0.0006
+"""Metres: the crease's half width (at least a pixel's footprint)."""
+
+
+def _palm_coords(
+    joints: np.ndarray, side: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """(origin, u, v, n, length, half_width) of a hand's palm from its (21, 3) joints (metres): ``u`` the unit
+    axis from the wrist joint to the middle knuckle, ``length`` that distance; ``v`` across, toward the index
+    knuckle, ``half_width`` half the index-to-little-knuckle span along it; ``n`` out of the palm."""
+    j = np.asarray(joints, dtype=np.float64)
+    axis = j[9] - j[0]
+    length = float(np.linalg.norm(axis))
+    u = axis / max(length, 1e-9)
+    across = j[5] - j[17]
+    across = across - (across @ u) * u
+    half = 0.5 * float(np.linalg.norm(across))
+    return j[0], u, across / max(2 * half, 1e-9), palm_normal(j, side), length, half
+
+
+def _polyline_distance(points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """(N,) distance of ``points`` (N, 2) to the polyline ``line`` (M, 2), same units."""
+    best = np.full(len(points), np.inf)
+    for a, b in zip(line[:-1], line[1:], strict=True):
+        ab = b - a
+        t = np.clip(((points - a) @ ab) / max(float(ab @ ab), 1e-18), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(points - (a + t[:, None] * ab), axis=-1))
+    return best
 
 
 class Composite(NamedTuple):
@@ -411,7 +462,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 4
+    version = 5
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -598,6 +649,45 @@ class CompositeGenerator(Generator):
         knuckles = layers[1].filter(ImageFilter.GaussianBlur(2.5))
         nails = layers[2].filter(ImageFilter.GaussianBlur(0.7))
         return tuple(np.asarray(x, dtype=np.float32) / 255.0 for x in (creases, knuckles, nails))
+
+    @staticmethod
+    def _palm_lines(
+        sample: Sample, u: np.ndarray, v: np.ndarray, depth: np.ndarray, ids: np.ndarray
+    ) -> np.ndarray:
+        """(N,) float32 in [0, 1]: how much of a palm crease (``PALM_LINES``) each pixel (``u``, ``v``) (N,)
+        of the image shows, with ``depth`` (N,) metres and hand ids ``ids`` (N,) (1 right, 2 left, other:
+        none). The pixels are back-projected and put in each palm's own coordinates (``_palm_coords``); only
+        points on the palm's surface (``PALM_SIDE``) get lines. The lines move per person
+        (``stage_rng(seed, 'palm')``), the same on both hands."""
+        out = np.zeros(len(u), np.float32)
+        rng = stage_rng(sample.seed, "palm", sample.attempt)
+        lines = [
+            np.asarray(line) + rng.uniform(-PALM_LINE_JITTER, PALM_LINE_JITTER, (len(line), 2))
+            for line in PALM_LINES
+        ]
+        K = np.asarray(sample.camera.K, dtype=np.float64)
+        for value, side in ((1, "right"), (2, "left")):
+            hand = sample.hands.get(side)
+            (pick,) = np.nonzero(ids == value)
+            if hand is None or not len(pick):
+                continue
+            origin, ax_u, ax_v, ax_n, length, half = _palm_coords(hand.joints_3d, side)
+            P = (
+                _back_project(K, sample.camera.dist, u[pick], v[pick], depth[pick]).astype(np.float64)
+                - origin
+            )
+            out_of_plane = P @ ax_n
+            pu, pv = (P @ ax_u) / max(length, 1e-9), (P @ ax_v) / max(half, 1e-9)
+            on = (out_of_plane > PALM_SIDE[0]) & (out_of_plane < PALM_SIDE[1]) & (pu > -0.15) & (pu < 1.05)
+            on &= np.abs(pv) < 1.3
+            if not on.any():
+                continue
+            pick, pu, pv = pick[on], pu[on], pv[on]
+            metric = np.stack([pv * half, pu * length], axis=-1)  # metres in the palm's plane
+            width = np.maximum(PALM_LINE_WIDTH, 0.6 * depth[pick].astype(np.float64) / float(K[0, 0]))
+            d = np.min([_polyline_distance(metric, line * (half, length)) for line in lines], axis=0)
+            out[pick] = np.exp(-0.5 * (d / width) ** 2).astype(np.float32)
+        return out
 
     @staticmethod
     def _palm_normals(sample: Sample) -> dict[int, np.ndarray]:
@@ -889,6 +979,10 @@ class CompositeGenerator(Generator):
             on_hand = (~(on_arm | on_obj)).astype(np.float32)
             creases, knuckles, nail = (x[sel] * on_hand for x in self._marks(sample, r0, c0, h, w))
             dark = creases * (0.10 + 0.22 * palm_w) + knuckles * 0.10 * (1 - palm_w)
+            if cfg.palm_lines > 0:
+                depth_px = sample.depth[r0:r1, c0:c1][sel]
+                lines = self._palm_lines(sample, uu + c0, vv + r0, depth_px, ids)
+                dark = dark + cfg.palm_lines * lines * palm_w * on_hand
             alb = alb * (1 - dark)[:, None]
             nail_w = nail * (1 - palm_w)
             alb = alb * (1 - nail_w)[:, None] + nails[None] * nail_w[:, None]
@@ -1084,6 +1178,7 @@ class CompositeGenerator(Generator):
                 "spectrum_match": cfg.spectrum_match,
                 "shadows": cfg.shadows,
                 "occlusion": cfg.occlusion,
+                "palm_lines": cfg.palm_lines,
             },
             **comp.record,
             **cam,

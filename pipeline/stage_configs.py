@@ -273,7 +273,8 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
     ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
     1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``occlusion`` (the
-    ambient occlusion's strength in [0, 1]; 0: off; only with the presets light)."""
+    ambient occlusion's strength in [0, 1]; 0: off; only with the presets light), ``palm_lines`` (the palm
+    creases' darkening in [0, 1]; 0: none)."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "skin",
@@ -283,6 +284,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
         "spectrum_match",
         "shadows",
         "occlusion",
+        "palm_lines",
     )
     USAGE: ClassVar[str] = "composite[:NAME=VALUE,...]"
 
@@ -294,6 +296,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     spectrum_match: float = 0.0
     shadows: bool = True
     occlusion: float = 0.0
+    palm_lines: float = 0.3
 
     @field_validator("skin", "light", "background", mode="before")
     @classmethod
@@ -305,7 +308,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
             )
         return v
 
-    @field_validator("spectrum_match", "occlusion", mode="before")
+    @field_validator("spectrum_match", "occlusion", "palm_lines", mode="before")
     @classmethod
     def _unit(cls, v, info):
         try:

@@ -72,6 +72,28 @@ def test_compare_counts_flips_on_common_eligible_hands_only():
     assert "gained 1, lost 1" in line and "0.500 -> 0.700" in line
 
 
+def test_compare_pairs_the_handedness_of_hands_detected_in_both():
+    """Handedness flips are counted over the hands detected in both runs whose scores hold a handedness;
+    rows without the column (older scores) leave it out of the line."""
+
+    def row(index, detected, agrees):
+        r = _row(index, right=(True, detected, 0.8 if detected else None))
+        r["right_handedness_agrees"] = agrees
+        return r
+
+    before = [row(0, True, False), row(1, True, False), row(2, True, True), row(3, False, None)]
+    after = [row(0, True, True), row(1, True, True), row(2, True, True), row(3, True, True)]
+    got = compare(eligible_hands(before), eligible_hands(after))
+    assert (got.handed_both, got.handed_agree_a, got.handed_agree_b) == (3, 1, 3)
+    assert (got.handed_gained, got.handed_lost) == (2, 0) and got.handed_sign_test_p == sign_test(2, 0)
+    assert (
+        "handedness right on 3 hands detected in both: 1 / 3 (0.33) -> 3 / 3 (1.00), gained 2" in got.line()
+    )
+    plain = [_row(i, right=(True, True, 0.8)) for i in range(4)]
+    assert compare(eligible_hands(plain), eligible_hands(after)).handed_both == 0
+    assert "handedness" not in compare(eligible_hands(plain), eligible_hands(after)).line()
+
+
 def test_runs_on_disk_and_bad_input(tmp_path):
     a = _write(tmp_path / "a", [_row(i, right=(True, i < 3, 0.8 if i < 3 else None)) for i in range(10)])
     b = _write(tmp_path / "b", [_row(i, right=(True, True, 0.9)) for i in range(10)])

@@ -1,7 +1,7 @@
-"""The composite generator, version 4 (skin, lights, natural backgrounds, camera effects, the key light's
-shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f spectra,
-diversity records, bounded camera effects, photo backgrounds, shadow maps checked against ray casting,
-ambient occlusion on planes, creases and contacts."""
+"""The composite generator, version 5 (skin with palm creases, lights, natural backgrounds, camera effects,
+the key light's shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f
+spectra, diversity records, bounded camera effects, photo backgrounds, shadow maps checked against ray
+casting, ambient occlusion on planes, creases and contacts, palm creases on the palm only."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 4 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 5 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",
@@ -109,6 +109,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
         "spectrum_match": 0.0,
         "shadows": True,
         "occlusion": 0.0,
+        "palm_lines": 0.3,
     }
     assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
@@ -250,6 +251,9 @@ def test_version1_components_still_available(samples):
             CompositeConfig(occlusion=bad)
     with pytest.raises(ValueError, match="composite occlusion needs light=presets"):
         CompositeConfig(light="single", occlusion=0.5)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"composite palm_lines must be in \[0, 1\]"):
+            CompositeConfig(palm_lines=bad)
 
 
 def test_composite_spec_options():
@@ -263,6 +267,7 @@ def test_composite_spec_options():
     assert parse_spec("composite:shadows=on") == {}
     assert parse_spec("composite:occlusion=0") == {}
     assert parse_spec("composite:occlusion=0.5,shadows=off") == {"occlusion": 0.5, "shadows": False}
+    assert parse_spec("composite:palm_lines=0") == {"palm_lines": 0.0}
     assert CompositeGeneratorConfig.from_spec("composite:occlusion=0.8").spec() == "composite:occlusion=0.8"
     assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
     with pytest.raises(SpecError) as bad:
@@ -288,6 +293,7 @@ def test_composite_spec_options():
         ("composite:occlusion=1.5", "composite occlusion must be in [0, 1], got '1.5'"),
         ("composite:occlusion=nan", "composite occlusion must be in [0, 1]"),
         ("composite:occlusion=dark", "occlusion expects a float, got 'dark'"),
+        ("composite:palm_lines=2", "composite palm_lines must be in [0, 1], got '2'"),
         (
             "composite:light=single,occlusion=0.5",
             "composite occlusion needs light=presets, got light='single'",
@@ -551,7 +557,7 @@ def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):
         img_none, _ = on.render(s)
         assert np.array_equal(img_off, img_none)
         assert rec_off["components"]["shadows"] is False and rec_off["shadow_fraction"] == 0.0
-        assert rec_off["version"] == 4 and set(rec_off) == set(lit[s.key][1])
+        assert rec_off["version"] == 5 and set(rec_off) == set(lit[s.key][1])
         assert {k: type(v) for k, v in rec_off.items()} == {k: type(v) for k, v in lit[s.key][1].items()}
     assert any(not np.array_equal(lit[s.key][0], dark[s.key][0]) for s in samples[:3])
     monkeypatch.undo()
@@ -708,4 +714,47 @@ def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatc
         assert np.array_equal(again.hand, a.hand)
     assert len(seen) == 8 and darker >= 50, (len(seen), darker)
     rec = CompositeGenerator(CompositeConfig(occlusion=0.0)).render(samples[0])[1]
-    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 4
+    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 5
+
+
+def test_palm_lines_only_on_the_palm_and_only_darken(samples, monkeypatch):
+    """The palm's creases darken hand pixels only, never brighten one; they fall only on points that lie on
+    the palm's side of its mid-plane (``PALM_SIDE``); ``palm_lines=0`` never draws them and leaves the
+    record, the mask and the background as they were; the lines are the same every time for a sample."""
+    from generators.composite import PALM_SIDE, _back_project, _palm_coords
+
+    on = CompositeGenerator(CompositeConfig(camera_effects=False))
+    off = CompositeGenerator(CompositeConfig(camera_effects=False, palm_lines=0.0))
+    seen = []
+    real = CompositeGenerator._palm_lines
+    monkeypatch.setattr(
+        CompositeGenerator, "_palm_lines", staticmethod(lambda *a: seen.append(1) or real(*a))
+    )
+    drawn = darker = 0
+    for s in samples:
+        v, u = np.nonzero(s.mask > 0)
+        ids = s.mask[v, u]
+        depth = s.depth[v, u]
+        lines = real(s, u.astype(np.float32), v.astype(np.float32), depth, ids)
+        assert lines.shape == (len(u),) and lines.min() >= 0.0 and lines.max() <= 1.0
+        assert np.array_equal(lines, real(s, u.astype(np.float32), v.astype(np.float32), depth, ids))
+        for value, side in ((1, "right"), (2, "left")):
+            pick = ids == value
+            if s.hands.get(side) is None or not pick.any():
+                continue
+            origin, _, _, ax_n, _, _ = _palm_coords(s.hands[side].joints_3d, side)
+            P = _back_project(s.camera.K, s.camera.dist, u[pick], v[pick], depth[pick]) - origin
+            off_palm = (P @ ax_n <= PALM_SIDE[0]) | (P @ ax_n >= PALM_SIDE[1])
+            assert not lines[pick][off_palm].any()  # the back of the hand and curled fingers: no line
+            drawn += int((lines[pick] > 0.5).sum())
+        a, _ = on.compose(s)
+        n_on = len(seen)
+        b, _ = off.compose(s)
+        assert len(seen) == n_on  # off: never drawn
+        assert np.array_equal(a.alpha, b.alpha) and np.array_equal(a.background, b.background)
+        assert a.record == b.record
+        sel = s.mask > 0
+        la, lb = a.hand[sel].sum(-1), b.hand[sel].sum(-1)
+        assert (la <= lb + 1e-6).all()
+        darker += int((la < 0.9 * lb).sum())
+    assert drawn >= 5 and darker >= 5, (drawn, darker)
