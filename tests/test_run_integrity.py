@@ -113,6 +113,18 @@ def _first_shard_only(reference, tmp_path):
     return out, meta, json.loads(meta.read_text())
 
 
+def _resume_refused(out, meta, rep) -> str:
+    """Write ``rep`` as the first shard's report, resume on the CLI and check the refusal: exit 2, one line,
+    no traceback, the second shard not written. Returns that line."""
+    meta.write_text(json.dumps(rep))
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert not (out / "hands-000001.tar").exists()
+    return lines[0]
+
+
 def test_resume_with_other_props_is_refused(reference, tmp_path):
     """The props record (their kinds and ``pipeline.props.VERSION``) is a stage record: a shard whose props
     were drawn by another version refuses the resume in one line, before anything is written."""
@@ -121,13 +133,8 @@ def test_resume_with_other_props_is_refused(reference, tmp_path):
     out, meta, rep = _first_shard_only(reference, tmp_path)
     assert rep["run"]["props"] == {"kinds": ["forearm", "objects"], "version": VERSION}
     rep["run"]["props"]["version"] = VERSION - 1
-    meta.write_text(json.dumps(rep))
-    p = _cli(out, "--resume")
-    _, err = p.communicate(timeout=120)
-    lines = _stderr_lines(err)
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert "hands-000000.tar was written with another props" in lines[0], lines[0]
-    assert not (out / "hands-000001.tar").exists()
+    line = _resume_refused(out, meta, rep)
+    assert "hands-000000.tar was written with another props" in line, line
 
 
 def test_resume_with_another_prior_camera_is_refused(reference, tmp_path):
@@ -138,13 +145,8 @@ def test_resume_with_another_prior_camera_is_refused(reference, tmp_path):
     out, meta, rep = _first_shard_only(reference, tmp_path)
     assert rep["run"]["source"]["camera"]["version"] == CAMERA_VERSION
     del rep["run"]["source"]["camera"]  # a shard written before the camera was recorded
-    meta.write_text(json.dumps(rep))
-    p = _cli(out, "--resume")
-    _, err = p.communicate(timeout=120)
-    lines = _stderr_lines(err)
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert "hands-000000.tar was written with another source" in lines[0], lines[0]
-    assert not (out / "hands-000001.tar").exists()
+    line = _resume_refused(out, meta, rep)
+    assert "hands-000000.tar was written with another source" in line, line
 
 
 def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_path):
@@ -152,13 +154,9 @@ def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_pa
     resume says so in one line before it writes anything, not only at the manifest after every shard."""
     out, meta, rep = _first_shard_only(reference, tmp_path)
     rep["run"]["generator"]["version"] -= 1
-    meta.write_text(json.dumps(rep))
-    p = _cli(out, "--resume")
-    _, err = p.communicate(timeout=120)
-    lines = _stderr_lines(err)
-    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert "hands-000000.tar was written with another generator (version" in lines[0], lines[0]
-    assert not (out / "hands-000001.tar").exists() and not list(out.glob("*.tmp*"))
+    line = _resume_refused(out, meta, rep)
+    assert "hands-000000.tar was written with another generator (version" in line, line
+    assert not list(out.glob("*.tmp*"))
     # the same folder with the shard's own record resumes: the check compares like with like
     rep["run"]["generator"]["version"] += 1
     meta.write_text(json.dumps(rep))
