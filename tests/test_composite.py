@@ -514,7 +514,10 @@ def test_key_light_shadows_match_ray_casting(samples, fixed_key):
         ).astype(np.float64)
         K = s.camera.K
         n = _normals_from_depth(s.depth, (s.mask > 0).astype(np.uint8), K, smooth=2)
-        vv, uu = np.nonzero((s.mask > 0) & (n @ fixed_key > 0.3))  # hand pixels facing the light
+        hand = s.mask > 0  # without its one-pixel rim: depth and normals there are the silhouette's, not the
+        # surface's, and the map's filter reaches across the rim (measured: 11 of 12 changed clear pixels)
+        inner = hand & np.logical_and.reduce([np.roll(hand, k, axis=ax) for ax in (0, 1) for k in (-1, 1)])
+        vv, uu = np.nonzero(inner & (n @ fixed_key > 0.3))  # hand pixels facing the light
         z = s.depth[vv, uu].astype(np.float64)
         P = np.stack([(uu - K[0, 2]) * z / K[0, 0], (vv - K[1, 2]) * z / K[1, 1], z], -1)
         nn = n[vv, uu].astype(np.float64)
@@ -530,9 +533,9 @@ def test_key_light_shadows_match_ray_casting(samples, fixed_key):
         clear_n += int(clear.sum())
         assert a.record["shadow_fraction"] > 0.0 and b.record["shadow_fraction"] == 0.0
     ratios = np.asarray(ratios)
-    assert len(ratios) >= 100 and clear_n >= 100, (len(ratios), clear_n)  # measured: 519 and 594
-    assert (ratios < 0.95).mean() >= 0.98 and np.median(ratios) < 0.8, np.round(ratios, 3)  # median 0.34
-    assert clear_same >= 0.98 * clear_n, (clear_same, clear_n)
+    assert len(ratios) >= 100 and clear_n >= 100, (len(ratios), clear_n)  # measured: 153 and 315
+    assert (ratios < 0.95).mean() >= 0.98 and np.median(ratios) < 0.8, np.round(ratios, 3)  # median 0.28
+    assert clear_same >= 0.98 * clear_n, (clear_same, clear_n)  # measured: 310 of 315
 
 
 def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):

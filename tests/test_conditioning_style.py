@@ -76,7 +76,9 @@ def test_default_style_is_official_and_unknown_styles_are_refused():
 
 @pytest.mark.parametrize("style", ["official", "grey"])
 def test_backends_shade_alike(hand_model, style):
-    """OpenGL and PyTorch3D give the same pixels where their masks agree (as the masks agree: IoU >= 0.99)."""
+    """OpenGL and PyTorch3D give the same pixels where their masks agree (as the masks agree: IoU >= 0.99) and
+    they see the same surface (depths within 2 mm: on a hand's own occlusion edge, the two rasterizers may see
+    different layers at a pixel; measured: 1 pixel of 8216, 2 cm apart)."""
     items = _prior_items(hand_model, 6, (160, 160))
     for tint in (False, True):
         cfg = RenderConfig(local_size=64, style=style, tint=tint)
@@ -84,10 +86,13 @@ def test_backends_shade_alike(hand_model, style):
         a = gl.render(RenderBatch(items, hand_model.faces))
         gl.close()
         b = make_renderer("pytorch3d", device="cpu", config=cfg).render(RenderBatch(items, hand_model.faces))
-        diffs = []
+        diffs, layers = [], 0
         for ra, rb in zip(a, b, strict=True):
             both = (ra.mask > 0) & (ra.mask == rb.mask)
-            diffs.append(np.abs(ra.mesh_image.astype(int) - rb.mesh_image.astype(int))[both].ravel())
+            same = both & (np.abs(ra.depth - rb.depth) < 0.002)
+            layers += int(both.sum() - same.sum())
+            diffs.append(np.abs(ra.mesh_image.astype(int) - rb.mesh_image.astype(int))[same].ravel())
+        assert layers <= 0.001 * sum(len(x) for x in diffs), layers
         d = np.concatenate(diffs)
         assert (d == 0).mean() >= 0.995 and np.percentile(d, 99.9) <= 1 and d.max() <= 8, (tint, d.max())
 

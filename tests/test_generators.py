@@ -198,8 +198,10 @@ def test_composite_hand_pixels_are_the_mask(hand_model, tmp_path):
         Image.new("RGB", (80, 80), colour).save(tmp_path / name / "bg.png")
     s1 = _rendered_samples(hand_model, n=4, size=128, seed=2)
     s2 = _rendered_samples(hand_model, n=4, size=128, seed=2)
-    s1 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "a"))), s1)
-    s2 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "b"))), s2)
+    # no JPEG round trip: its 8 x 8 blocks and halved chroma carry a saturated background a few pixels into
+    # a small hand (measured: up to 78 levels two pixels inside a 128 px sample's fingers at quality 76)
+    s1 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "a"), jpeg=0.0)), s1)
+    s2 = generated(CompositeGenerator(CompositeConfig(backgrounds=str(tmp_path / "b"), jpeg=0.0)), s2)
     for a, b in zip(s1, s2, strict=True):
         assert a.image.shape == (128, 128, 3) and a.generator["name"] == "composite"
         same = np.abs(a.image.astype(int) - b.image.astype(int)).max(-1) < 40  # unaffected by the background

@@ -751,7 +751,7 @@ def test_objects_are_in_the_depth_test(posed, hand_model, renderer):
         lost = (b.mask > 0) & (a.mask == 0)
         assert ((a.mask > 0) <= (b.mask > 0)).all() and (a.prop_mask[lost] == 4).all()
         covering += bool(lost.any())
-    assert covering >= 3  # objects do cover parts of hands
+    assert covering >= 2  # objects do cover parts of hands (2 of these 12 draws since prior camera version 3)
 
 
 def test_a_mug_is_drawn_in_the_depth_test(posed, hand_model, renderer):

@@ -34,20 +34,26 @@ from pipeline.schema import HAND_TYPES, SIDES
 from pipeline.seeding import stage_rng
 from pipeline.sources.base import FilterConfig, PoseSource, SkipSample
 
-CAMERA_VERSION = 2
+CAMERA_VERSION = 3
 """Bumped when the same seed frames the hands otherwise; the run's source record holds it (with the camera
-settings), so a resume across the change is refused: 2, the hands kept within ``distance_third`` /
-``distance_ego``; 1 (unrecorded), before."""
+settings), so a resume across the change is refused: 3, the forward hand orientation (``_FORWARD``) points the
+fingers forward and the egocentric camera looks down (both were reversed: egocentric hands pointed back at the
+camera, mostly palm first, and their forearms ran away into the scene); 2, the hands kept within
+``distance_third`` / ``distance_ego``; 1 (unrecorded), before."""
 _CAMERA_FIELDS = ("fov_third", "fov_ego", "hand_fraction", "distance_third", "distance_ego")
 INTERACTIONS = ("clasped", "fingertips_touching", "one_over_other", "side_by_side")
 # per-joint limits (radians) in flexion / abduction coordinates, MANO hand-joint order (15)
 _FLEX_LIMITS = np.array([(-0.35, 1.65), (0.0, 1.9), (0.0, 1.3)] * 4 + [(-0.3, 0.9), (-0.2, 0.9), (-0.3, 1.2)])
 _ABD_LIMITS = np.array([(-0.35, 0.35), (0.0, 0.0), (0.0, 0.0)] * 4 + [(-0.2, 0.9), (0.0, 0.0), (0.0, 0.0)])
-# scene orientations of a right hand (columns: where the canonical x, y, z axes go)
-_FORWARD = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]).T  # fingers +z, palm -y, thumb +x
+# scene orientations of a right hand (columns: where the canonical x, y, z axes go). The scene has +y up and
+# +z forward; the canonical right hand (MANO's frame, which the stand-in shares) has its fingers along -x,
+# its palm facing -y and its thumb toward +z
+_FORWARD = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).T  # fingers +z, palm -y, thumb +x
 _STEEPLE = np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]).T  # fingers +y, palm +x
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 _EGO = np.diag([-1.0, -1.0, 1.0])  # scene (up +y, forward +z) -> camera (down +y, forward +z)
+EGO_PITCH = 0.5
+"""Radians the egocentric camera looks down from the scene's forward direction (then jittered)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +264,9 @@ class PriorSource(PoseSource):
             ]
         )
         if ego:
-            R = aa_to_matrix(rng.normal(0.0, 0.35, 3)) @ aa_to_matrix(np.array([-0.5, 0.0, 0.0])) @ _EGO
+            # about the camera's x axis (right), a positive angle turns the forward direction up in the image:
+            # the camera looks down at hands held in front of it
+            R = aa_to_matrix(rng.normal(0.0, 0.35, 3)) @ aa_to_matrix(np.array([EGO_PITCH, 0.0, 0.0])) @ _EGO
         else:
             R = random_rotation(rng)
         centre = scene_verts.mean(axis=0)
