@@ -45,9 +45,9 @@ ROWS = (
     ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False, **_V3)),
     ("+ skin", dict(light="single", background="blobs", camera_effects=False, **_V3)),
     ("+ light", dict(background="blobs", camera_effects=False, **_V3)),
-    ("+ natural background", dict(camera_effects=False, **_V3)),
-    ("+ camera effects (v2 default)", dict(**_V3)),
-    ("+ spectrum match 0.5", dict(spectrum_match=0.5, **_V3)),
+    ("+ natural background", dict(background="natural", camera_effects=False, **_V3)),
+    ("+ camera effects (v2 default)", dict(background="natural", **_V3)),
+    ("+ spectrum match 0.5", dict(background="natural", spectrum_match=0.5, **_V3)),
     ("skin + light + camera effects, blob background", dict(background="blobs", **_V3)),
     ("+ forearm", dict(background="blobs", props="forearm", **_V3)),
     (
