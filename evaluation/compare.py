@@ -123,19 +123,23 @@ Hands = Mapping[tuple[int, str], HandScore]
 """A run's eligible hands by (sample index, side), as ``eligible_hands`` returns them."""
 
 
+def _flips(keys, a: Hands, b: Hands, field: str) -> tuple[int, int]:
+    """(gained, lost): the hands of ``keys`` whose boolean ``field`` is true only in ``b``, only in ``a``."""
+    flags = [(bool(getattr(a[k], field)), bool(getattr(b[k], field))) for k in keys]
+    return sum(1 for x, y in flags if y and not x), sum(1 for x, y in flags if x and not y)
+
+
 def compare(a: Hands, b: Hands) -> PairedComparison:
     """Paired comparison of two runs' eligible hands (``eligible_hands``): ``a`` before, ``b`` after."""
     common = a.keys() & b.keys()
-    gained = sum(1 for k in common if b[k].detected and not a[k].detected)
-    lost = sum(1 for k in common if a[k].detected and not b[k].detected)
+    gained, lost = _flips(common, a, b, "detected")
     both = [k for k in common if a[k].pck_01 is not None and b[k].pck_01 is not None]
 
     def mean(run: Hands) -> float | None:
         return sum(run[k].pck_01 for k in both) / len(both) if both else None
 
     handed = [k for k in common if a[k].handedness_agrees is not None and b[k].handedness_agrees is not None]
-    h_gained = sum(1 for k in handed if b[k].handedness_agrees and not a[k].handedness_agrees)
-    h_lost = sum(1 for k in handed if a[k].handedness_agrees and not b[k].handedness_agrees)
+    h_gained, h_lost = _flips(handed, a, b, "handedness_agrees")
 
     return PairedComparison(
         eligible_a=len(a),
