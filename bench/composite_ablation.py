@@ -8,12 +8,13 @@ detection rate over eligible hands, PCK@0.1 of the detected hands, Hand Conf., a
 alternating with the default (forearms and objects), ``--repeats`` times each (this machine is noisy: ratios
 measured side by side); ``--props-speed``: the default generator with ``--props none`` against
 ``forearm,objects``, alternated likewise; ``--shadows-speed``: the default with ``shadows=False`` against
-shadows on (forearms and objects both times), alternated likewise; ``--occlusion-speed``: the default
+shadows on (forearms and objects both times), alternated likewise; ``--soft-speed``: the default's soft
+shadows against version 5's (``penumbra=False, scatter=0``), likewise; ``--occlusion-speed``: the default
 (``occlusion=0``) against ``occlusion=0.8``, likewise.
 
 Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
        [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
-       [--occlusion-speed] [--reference EVALUATED_RUN]
+       [--soft-speed] [--occlusion-speed] [--reference EVALUATED_RUN]
 
 ``--reference RUN``: an evaluated run of the same samples (the same ``--samples``; for example a row of an
 earlier invocation, or the code before a change): each row is also compared with it hand by hand
@@ -36,10 +37,12 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
 
 # cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
 # given; every other key is a ``CompositeConfig`` field). Rows before the version-4 row keep the key light's
-# shadows off (``shadows=False``: version 3's shading), and rows before the version-5 row draw no palm creases
-# (``palm_lines=0``), so they measure what they measured before; the last row adds the ambient occlusion, an
-# option (off by default)
-_V4 = dict(palm_lines=0.0)  # version 4's skin: no palm creases
+# shadows off (``shadows=False``: version 3's shading), rows before the version-5 row draw no palm creases
+# (``palm_lines=0``), and rows before the version-6 row keep version 5's shadows (a point-like key light, no
+# light kept in shadow), so they measure what they measured before; the last row adds the ambient
+# occlusion, an option (off by default)
+_V5 = dict(penumbra=False, scatter=0.0)  # version 5's shadows
+_V4 = dict(palm_lines=0.0, **_V5)  # version 4's skin: no palm creases
 _V3 = dict(shadows=False, **_V4)
 ROWS = (
     ("v1 components", dict(skin="flat", light="single", background="blobs", camera_effects=False, **_V3)),
@@ -55,7 +58,11 @@ ROWS = (
         dict(background="blobs", props="forearm,objects", **_V3),
     ),
     ("+ key-light self-shadowing (v4 default)", dict(background="blobs", props="forearm,objects", **_V4)),
-    ("+ palm creases (v5 default)", dict(background="blobs", props="forearm,objects")),
+    ("+ palm creases (v5 default)", dict(background="blobs", props="forearm,objects", **_V5)),
+    (
+        "+ soft shadows: the key light's size, light kept in skin's shadow (v6 default)",
+        dict(background="blobs", props="forearm,objects"),
+    ),
     ("+ ambient occlusion 0.8 (option)", dict(background="blobs", props="forearm,objects", occlusion=0.8)),
 )
 
@@ -96,6 +103,7 @@ def main() -> None:
     ap.add_argument(
         "--shadows-speed", action="store_true", help="time the default with shadows off against on"
     )
+    ap.add_argument("--soft-speed", action="store_true", help="time the default against version 5's shadows")
     ap.add_argument("--occlusion-speed", action="store_true", help="time the default against occlusion=0.8")
     ap.add_argument(
         "--reference",
@@ -191,6 +199,7 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         )
     for flag, name, off, on in (
         (args.shadows_speed, "shadows", dict(shadows=False), {}),
+        (args.soft_speed, "soft shadows", dict(penumbra=False, scatter=0.0), {}),
         (args.occlusion_speed, "occlusion", {}, dict(occlusion=0.8)),
     ):
         if not flag:
@@ -203,7 +212,9 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         run_once(16, root / "warmup", gens["on"], "forearm,objects")
         for _ in range(args.repeats):
             for k, g in gens.items():
-                rates[k].append(run_once(args.samples, root / f"speed_{name}_{k}", g, "forearm,objects"))
+                rates[k].append(
+                    run_once(args.samples, root / f"speed_{_slug(name)}_{k}", g, "forearm,objects")
+                )
         b, a = max(rates["off"]), max(rates["on"])
         print(
             f"\nthroughput, {args.samples} samples, best of {args.repeats} (alternating): {name} off "

@@ -2,9 +2,10 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 5 (version 4 with the palm's creases; version 4: version 3 with the key light's
-shadows; version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each component can
-be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 6 (version 5 with soft shadows: the key light's size and the light skin keeps
+in shadow; version 5: version 4 with the palm's creases; version 4: version 3 with the key light's shadows;
+version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each component can be switched
+back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
@@ -21,11 +22,16 @@ be switched back to version 1 for the ablation in docs/benchmarks.md, ``bench/co
   Self-shadowing (``shadows=True``): the key light (the single light in version 1) casts shadows of both
   hands, the forearms and the held object onto all of them, from a shadow map of the scene's meshes
   (``generators.shadows``: an orthographic depth grid seen from the light, about ``ShadowParams.texel_px``
-  pixels a texel, normal-offset bias, a 3 x 3 percentage-closer filter for soft edges); the pixels in shadow
-  lose the key's diffuse and specular terms and keep the ambient, fill and rim light. The fraction of hand
-  pixels in shadow is recorded as ``shadow_fraction`` (0.0 with ``shadows=False``, version 3's shading, or
-  for a sample without the hand model's triangles, ``Sample.hand_faces``). The background receives no
-  shadow (it has no geometry).
+  pixels a texel, normal-offset bias). The key light has its preset's size (``penumbra=True``; ``KEY_SIZE``,
+  recorded as ``lighting.key_size``): penumbrae widen with the distance from the shadowed surface to what
+  casts the shadow (soft under a softbox or the sky, nearly hard in sunlight); ``penumbra=False`` gives
+  version 5's fixed edge of about 3 texels (a 3 x 3 percentage-closer filter). The pixels in shadow lose the
+  key's diffuse and specular terms and keep the ambient, fill and rim light; skin (hands and bare forearms)
+  keeps ``scatter`` x ``SKIN_SCATTER`` of the key's diffuse term, the light scattered under the skin and
+  bounced off the skin around it, reddest (``scatter=0``: none, version 5; the presets light only). The
+  fraction of hand pixels in shadow is recorded as ``shadow_fraction`` (0.0 with ``shadows=False``, version
+  3's shading, or for a sample without the hand model's triangles, ``Sample.hand_faces``). The background
+  receives no shadow (it has no geometry).
 * **ambient occlusion** (``occlusion`` > 0, off by default: at 0.8 it did not change MediaPipe's detection
   rate measurably and costs about 8% of the throughput, docs/benchmarks.md): contact shadows in creases,
   between touching fingers and where the object meets the palm, from the depth map
@@ -107,6 +113,18 @@ LIGHT_PRESETS = {
     "mixed": {"key": (3400, 0.90), "fill": (5800, 0.45), "rim": (5000, 0.45), "ambient": 0.20},
     "dramatic": {"key": (4800, 1.25), "fill": (5600, 0.12), "rim": (6000, 0.90), "ambient": 0.10},
 }
+KEY_SIZE = {
+    "studio": 0.30,
+    "daylight": 0.03,
+    "overcast": 0.70,
+    "warm_indoor": 0.15,
+    "mixed": 0.20,
+    "dramatic": 0.06,
+}
+"""Per lighting preset, the key light's angular radius seen from the hands, as its tangent
+(``CompositeConfig.penumbra``): a softbox about 1 m across at 1.5 m (studio), the sun through some haze
+(daylight), the sky (overcast), a lamp shade or a window across the room (warm indoor, mixed), a spotlight
+(dramatic)."""
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
 ARM_ID, OBJECT_ID = PROP_IDS["forearm"], PROP_IDS["object"]
 """The props' ids in the shading's id map, as in ``Sample.prop_mask`` (hands are 1 right, 2 left, as in the
@@ -136,6 +154,10 @@ GARMENT_COLOURS = (  # sRGB 0-1
 )
 SHADOW_PARAMS = ShadowParams()
 """The key light's shadow map (``generators.shadows``): texel, normal offset, bias."""
+SKIN_SCATTER = (0.40, 0.25, 0.18)
+"""Linear RGB: the fraction of the key light's diffuse term that skin keeps in the key's shadow
+(``CompositeConfig.scatter`` = 1): light scattered under the skin from its lit parts and bounced off the
+skin around it; red reaches farthest through skin. Objects and sleeves keep none."""
 SHADOW_FADE = (-0.05, 0.2)
 """n . l over which the key light's shadow fades in (``CompositeGenerator._key_shadow``)."""
 OCCLUSION_RADIUS = 0.015
@@ -158,6 +180,10 @@ class CompositeConfig:
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
+    penumbra: bool = True  # the key light's size from its preset (module doc); False: version 5's soft edge
+    scatter: float = (
+        1.0  # in [0, 1]: times ``SKIN_SCATTER``, the key light skin keeps in shadow; 0: version 5
+    )
     occlusion: float = 0.0  # ambient occlusion's strength in [0, 1] (presets light); 0: off (module doc)
     palm_lines: float = 0.3  # darkening of the palm's flexion creases (skin v2); 0: none (module doc)
     skin_tones: tuple = SKIN_TONES
@@ -185,6 +211,8 @@ class CompositeConfig:
             raise ValueError(f"composite spectrum_match must be in [0, 1], got {self.spectrum_match!r}")
         if not 0.0 <= self.palm_lines <= 1.0:
             raise ValueError(f"composite palm_lines must be in [0, 1], got {self.palm_lines!r}")
+        if not 0.0 <= self.scatter <= 1.0:
+            raise ValueError(f"composite scatter must be in [0, 1], got {self.scatter!r}")
         if not 0.0 <= self.occlusion <= 1.0:
             raise ValueError(f"composite occlusion must be in [0, 1], got {self.occlusion!r}")
         if self.occlusion > 0 and self.light != "presets":
@@ -462,7 +490,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 5
+    version = 6
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -727,6 +755,9 @@ class CompositeGenerator(Generator):
                 }
             )
             record["lighting"]["ambient"] = round(lights["ambient"][1], 4)
+            # the key light's angular radius (tan) its shadows use; 0: the fixed soft edge of version 5
+            lights["key_size"] = KEY_SIZE[lights["preset"]] if cfg.penumbra else 0.0
+            record["lighting"]["key_size"] = lights["key_size"]
         # skin: one tone per person (both hands)
         if cfg.skin == "v2":
             tone = float(rng.uniform(0.0, 1.0))
@@ -878,9 +909,12 @@ class CompositeGenerator(Generator):
         return best_t.astype(np.float32)
 
     @staticmethod
-    def _key_shadow(sample: Sample, u: np.ndarray, v: np.ndarray, n: np.ndarray, to_light) -> np.ndarray:
-        """(N,) float32 in [0, 1]: how much of the key light (toward ``to_light``, camera space) the pixels
-        (``u``, ``v``) (N,) of the image, with unit normals ``n`` (N, 3), miss behind the scene's meshes
+    def _key_shadow(
+        sample: Sample, u: np.ndarray, v: np.ndarray, n: np.ndarray, to_light, light_size: float = 0.0
+    ) -> np.ndarray:
+        """(N,) float32 in [0, 1]: how much of the key light (toward ``to_light``, camera space; angular
+        radius ``light_size``, tan) the pixels (``u``, ``v``) (N,) of the image, with unit normals ``n``
+        (N, 3), miss behind the scene's meshes
         (both hands, forearms, the object): ``generators.shadows.occlusion`` on the pixels back-projected from
         the depth, faded out over ``SHADOW_FADE`` of n . l (a surface turned away from the light is dark from
         the wrap lighting already; its own far side would shadow it, a step at the terminator). Zeros where
@@ -909,7 +943,7 @@ class CompositeGenerator(Generator):
         footprint = float(np.median(hand_z)) / float(0.5 * (K[0, 0] + K[1, 1]))  # metres per pixel
         params = SHADOW_PARAMS
         texel = float(np.clip(params.texel_px * footprint, *params.texel_range))
-        shade = occlusion(points.T, n[test].T, meshes, to_light, texel, params)
+        shade = occlusion(points.T, n[test].T, meshes, to_light, texel, params, light_size)
         out[test] = shade * fade[test]
         return out
 
@@ -959,7 +993,8 @@ class CompositeGenerator(Generator):
         tex = tex[sel]
         shadow, shadowed = None, 0.0  # shadow: (N,) how much of the key light each pixel misses
         if cfg.shadows:
-            shadow = self._key_shadow(sample, uu + c0, vv + r0, n, lights["key"][0])
+            size = lights.get("key_size", 0.0)
+            shadow = self._key_shadow(sample, uu + c0, vv + r0, n, lights["key"][0], size)
             hand_px = ~(on_arm | on_obj)
             shadowed = round(float((shadow[hand_px] > 0.5).mean()) if hand_px.any() else 0.0, 4)
         if v2:
@@ -1044,6 +1079,10 @@ class CompositeGenerator(Generator):
             half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), 1e-12)
             spec_l = np.clip((n * half).sum(-1), 0, 1) ** shin * s * (ndl > 0)
             if role == "key" and shadow is not None:  # the key light's shadow: ambient, fill and rim stay
+                if cfg.scatter > 0:  # skin keeps some of it: scattered under the skin, bounced off skin
+                    skin_w = (1 - sleeve_w) * ~on_obj
+                    keep = np.float32(cfg.scatter) * np.asarray(SKIN_SCATTER, np.float32)
+                    e += (diff * shadow * skin_w)[:, None] * keep[None] * c
                 diff, spec_l = diff * (1 - shadow), spec_l * (1 - shadow)
             e += diff[:, None] * c
             spec += spec_l[:, None] * c
@@ -1177,6 +1216,8 @@ class CompositeGenerator(Generator):
                 "camera_effects": cfg.camera_effects,
                 "spectrum_match": cfg.spectrum_match,
                 "shadows": cfg.shadows,
+                "penumbra": cfg.penumbra,
+                "scatter": cfg.scatter,
                 "occlusion": cfg.occlusion,
                 "palm_lines": cfg.palm_lines,
             },

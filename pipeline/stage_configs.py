@@ -272,7 +272,9 @@ class _GeneratorConfig(StageConfig):
 class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
     ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
-    1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``occlusion`` (the
+    1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``penumbra`` (the
+    key light's size from its preset: penumbrae that widen away from the occluder; on | off), ``scatter``
+    (how much of the key light skin keeps in shadow, in [0, 1] of ``SKIN_SCATTER``), ``occlusion`` (the
     ambient occlusion's strength in [0, 1]; 0: off; only with the presets light), ``palm_lines`` (the palm
     creases' darkening in [0, 1]; 0: none)."""
 
@@ -283,6 +285,8 @@ class CompositeGeneratorConfig(_GeneratorConfig):
         "camera_effects",
         "spectrum_match",
         "shadows",
+        "penumbra",
+        "scatter",
         "occlusion",
         "palm_lines",
     )
@@ -295,6 +299,8 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     camera_effects: bool = True
     spectrum_match: float = 0.0
     shadows: bool = True
+    penumbra: bool = True
+    scatter: float = 1.0
     occlusion: float = 0.0
     palm_lines: float = 0.3
 
@@ -308,7 +314,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
             )
         return v
 
-    @field_validator("spectrum_match", "occlusion", "palm_lines", mode="before")
+    @field_validator("spectrum_match", "occlusion", "palm_lines", "scatter", mode="before")
     @classmethod
     def _unit(cls, v, info):
         try:

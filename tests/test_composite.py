@@ -1,7 +1,8 @@
-"""The composite generator, version 5 (skin with palm creases, lights, natural backgrounds, camera effects,
-the key light's shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f
+"""The composite generator, version 6 (skin with palm creases, lights, natural backgrounds, camera effects,
+the key light's soft shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f
 spectra, diversity records, bounded camera effects, photo backgrounds, shadow maps checked against ray
-casting, ambient occlusion on planes, creases and contacts, palm creases on the palm only."""
+casting, area-light penumbrae, ambient occlusion on planes, creases and contacts, palm creases on the palm
+only."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from generators.composite import (
     BACKGROUND_KINDS,
+    KEY_SIZE,
     LIGHT_PRESETS,
     CompositeConfig,
     CompositeGenerator,
@@ -100,7 +102,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 5 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 6 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",
@@ -108,12 +110,17 @@ def test_generator_record_holds_the_diversity_controls(samples):
         "camera_effects": True,
         "spectrum_match": 0.0,
         "shadows": True,
+        "penumbra": True,
+        "scatter": 1.0,
         "occlusion": 0.0,
         "palm_lines": 0.3,
     }
     assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
     assert rec["lighting"]["preset"] in LIGHT_PRESETS
+    assert rec["lighting"]["key_size"] == KEY_SIZE[rec["lighting"]["preset"]] > 0  # the key light's size
+    (hard,) = generated(CompositeGenerator(CompositeConfig(penumbra=False)), _fresh(samples[:1]))
+    assert hard.generator["lighting"]["key_size"] == 0.0 and hard.generator["components"]["penumbra"] is False
     for role in ("key", "fill", "rim"):
         assert 1500 <= rec["lighting"][role]["kelvin"] <= 15000 and len(rec["lighting"][role]["dir"]) == 3
     assert rec["background"] == "procedural" and rec["background_kind"] == "blobs"
@@ -254,6 +261,8 @@ def test_version1_components_still_available(samples):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"composite palm_lines must be in \[0, 1\]"):
             CompositeConfig(palm_lines=bad)
+        with pytest.raises(ValueError, match=r"composite scatter must be in \[0, 1\]"):
+            CompositeConfig(scatter=bad)
 
 
 def test_composite_spec_options():
@@ -268,6 +277,7 @@ def test_composite_spec_options():
     assert parse_spec("composite:occlusion=0") == {}
     assert parse_spec("composite:occlusion=0.5,shadows=off") == {"occlusion": 0.5, "shadows": False}
     assert parse_spec("composite:palm_lines=0") == {"palm_lines": 0.0}
+    assert parse_spec("composite:penumbra=off,scatter=0") == {"penumbra": False, "scatter": 0.0}
     assert CompositeGeneratorConfig.from_spec("composite:occlusion=0.8").spec() == "composite:occlusion=0.8"
     assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
     with pytest.raises(SpecError) as bad:
@@ -294,6 +304,8 @@ def test_composite_spec_options():
         ("composite:occlusion=nan", "composite occlusion must be in [0, 1]"),
         ("composite:occlusion=dark", "occlusion expects a float, got 'dark'"),
         ("composite:palm_lines=2", "composite palm_lines must be in [0, 1], got '2'"),
+        ("composite:scatter=-1", "composite scatter must be in [0, 1], got '-1'"),
+        ("composite:penumbra=wide", "penumbra expects a bool, got 'wide'"),
         (
             "composite:light=single,occlusion=0.5",
             "composite occlusion needs light=presets, got light='single'",
@@ -384,8 +396,9 @@ def test_shadow_map_plane_has_no_acne_and_casts_the_occluder_exactly():
     for texel in (0.0012, 0.002, 0.004):
         for _ in range(12):
             light = _toward(normal, rng.uniform(0.0, np.radians(85)), rng.uniform(0, 2 * np.pi))
-            occ = occlusion(points, normals, [plane], light, texel)
-            assert occ.dtype == np.float32 and not occ.any(), (texel, light)  # no acne
+            for size in (0.0, 0.06, 0.3, 0.7):  # a point-like light, then area lights (``light_size``)
+                occ = occlusion(points, normals, [plane], light, texel, light_size=size)
+                assert occ.dtype == np.float32 and not occ.any(), (texel, light, size)  # no acne
     square = _plane_mesh(centre + 0.03 * normal, rot, 0.02, 1)  # 4 cm wide, 3 cm toward the light side
     params = ShadowParams()
     seen_soft = False
@@ -401,6 +414,46 @@ def test_shadow_map_plane_has_no_acne_and_casts_the_occluder_exactly():
             assert (occ[inside > margin] == 0.0).all()
             seen_soft |= bool(((occ > 0.05) & (occ < 0.95)).any())
     assert seen_soft  # percentage-closer filtering: soft edges
+
+
+def _penumbra(size, height, texel=0.002):
+    """Across the edge of a square's shadow on a plane facing the light (from straight above): the
+    receivers' occlusion along a line, and the width (metres) over which it rises from 0.1 to 0.9. The
+    square is 8 cm wide, ``height`` metres above the plane; ``size``: the light's ``light_size``."""
+    from generators.shadows import occlusion
+
+    rot = np.eye(3)
+    centre = np.array([0.0, 0.0, 0.5])
+    normal = np.array([0.0, 0.0, -1.0])
+    plane = _plane_mesh(centre, rot, 0.12, 24)
+    square = _plane_mesh(centre + height * normal, rot, 0.04, 1)
+    x = np.linspace(0.0, 0.08, 401)  # across the square's edge at x = 0.04
+    points = np.stack([x, np.zeros_like(x), np.full_like(x, 0.5)])
+    normals = np.repeat(normal[:, None], len(x), axis=1)
+    occ = occlusion(points, normals, [plane, square], normal, texel, light_size=size)
+    assert np.all(np.diff(occ) <= 1e-6)  # darkest under the square, lit beyond
+    return occ, x[np.argmax(occ < 0.1)] - x[np.argmax(occ < 0.9)]
+
+
+def test_area_light_penumbra_widens_with_the_occluder_distance():
+    """An area light (``light_size``: the tangent of its angular radius) casts a penumbra 2 x distance x size
+    wide, so twice as wide for an occluder twice as far; the umbra stays fully dark and beyond the penumbra
+    everything is lit (exactly 0). A point-like light (``light_size`` 0) keeps the 3 x 3 filter's edge of a
+    few texels, whatever the distance."""
+    x = np.linspace(0.0, 0.08, 401)
+    for size, near, far in ((0.3, 0.02, 0.04), (0.7, 0.01, 0.02)):
+        occ1, w1 = _penumbra(size, near)
+        occ2, w2 = _penumbra(size, far)
+        for occ, height in ((occ1, near), (occ2, far)):
+            assert occ[0] == 1.0 and occ[-1] == 0.0
+            assert (occ[x > 0.04 + height * size + 0.004] == 0.0).all()
+        # a disc's 10-90% width across a straight edge is 0.63 of its diameter; measured (texel 2 mm): 0.3:
+        # 7.6 and 15.2 mm; 0.7: 9.0 and 17.8 mm
+        assert 1.6 < w2 / w1 < 2.4, (size, w1, w2)
+        assert 0.5 < w2 / (2 * far * size) < 0.8, (size, w2)
+    _, h1 = _penumbra(0.0, 0.01)
+    _, h2 = _penumbra(0.0, 0.04)
+    assert h1 == h2 and h1 < 0.006, (h1, h2)
 
 
 def _uv_sphere(radius, centre, n_lat=24, n_lon=48):
@@ -495,11 +548,13 @@ def test_key_light_shadows_match_ray_casting(samples, fixed_key):
     """Hand pixels (facing the key light) whose rays toward it hit the hands' meshes (a finger over the palm,
     the other hand), and do so 8 mm to each side too, are clearly darker with shadows on than off; those whose
     rays clear the meshes, 8 mm to each side too, are exactly as without shadows (no acne, nothing else
-    changed). The reference is ray casting against the triangles, not the shadow map."""
+    changed). The reference is ray casting against the triangles, not the shadow map. A point-like key light
+    and no light kept in shadow (``penumbra=False, scatter=0``: version 5's shadows), so both bounds are
+    sharp; the area light has its own test below."""
     from generators.composite import _normals_from_depth
     from pipeline.schema import SIDES
 
-    on = CompositeGenerator(CompositeConfig(camera_effects=False))
+    on = CompositeGenerator(CompositeConfig(camera_effects=False, penumbra=False, scatter=0.0))
     off = CompositeGenerator(CompositeConfig(camera_effects=False, shadows=False))
     e1 = np.cross(fixed_key, [1.0, 0.0, 0.0])
     e1 /= np.linalg.norm(e1)
@@ -560,7 +615,7 @@ def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):
         img_none, _ = on.render(s)
         assert np.array_equal(img_off, img_none)
         assert rec_off["components"]["shadows"] is False and rec_off["shadow_fraction"] == 0.0
-        assert rec_off["version"] == 5 and set(rec_off) == set(lit[s.key][1])
+        assert rec_off["version"] == 6 and set(rec_off) == set(lit[s.key][1])
         assert {k: type(v) for k, v in rec_off.items()} == {k: type(v) for k, v in lit[s.key][1].items()}
     assert any(not np.array_equal(lit[s.key][0], dark[s.key][0]) for s in samples[:3])
     monkeypatch.undo()
@@ -717,7 +772,7 @@ def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatc
         assert np.array_equal(again.hand, a.hand)
     assert len(seen) == 8 and darker >= 50, (len(seen), darker)
     rec = CompositeGenerator(CompositeConfig(occlusion=0.0)).render(samples[0])[1]
-    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 5
+    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 6
 
 
 def test_palm_lines_only_on_the_palm_and_only_darken(samples, monkeypatch):

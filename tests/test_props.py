@@ -408,10 +408,54 @@ def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer)
             assert not np.allclose(comp.image[arm], comp.background[arm])
             assert np.array_equal(comp.image[~arm & ~comp.alpha], comp.background[~arm & ~comp.alpha])
         image, record = gen.render(s)
-        assert record["version"] == 5 and record["forearm"] == rec
+        assert record["version"] == 6 and record["forearm"] == rec
         again, _ = gen.render(s)
         assert np.array_equal(image, again)
     assert painted >= 4 and sleeves == {True, False}  # arms show, bare and in sleeves
+
+
+def test_composite_skin_keeps_some_key_light_in_shadow(posed, hand_model, renderer, monkeypatch):
+    """``scatter``: with every pixel forced into the key light's shadow, skin (hands, bare forearms) keeps
+    ``scatter`` x ``SKIN_SCATTER`` of the key's diffuse light, linear in ``scatter``: per channel at most that
+    share of the key's whole term (diffuse and specular; the specular is lost in shadow) and about that share
+    where the specular is small; held objects and sleeves keep none (exactly as with ``scatter=0``)."""
+    from generators.composite import SKIN_SCATTER, CompositeConfig, CompositeGenerator
+    from pipeline.props import PROP_IDS
+
+    samples = [
+        s.with_(props=draw_props(stage_rng(s.seed, "props"), _hands(s), hand_model.faces, objects=True))
+        for s in posed
+    ]
+    rendered = _render(renderer, hand_model, samples)
+
+    def image(s, scatter, shadow):
+        monkeypatch.setattr(
+            CompositeGenerator, "_key_shadow", staticmethod(lambda _s, u, *_: np.full(len(u), shadow, "f4"))
+        )
+        gen = CompositeGenerator(CompositeConfig(camera_effects=False, scatter=scatter))
+        return gen.compose(s)[0]
+
+    ratios, objects, sleeves = [], 0, 0
+    for s, r in zip(samples, rendered, strict=True):
+        s = s.with_(rendered=r)
+        lit, dark, half, full = (image(s, *a) for a in ((0.0, 0.0), (0.0, 1.0), (0.5, 1.0), (1.0, 1.0)))
+        gain = full.image - dark.image
+        assert np.allclose(gain, 2 * (half.image - dark.image), atol=1e-6) and (gain >= -1e-6).all()
+        key = lit.image - dark.image  # the key light's whole term
+        hand = s.mask > 0
+        bright = hand & (key.sum(-1) > 0.05)
+        assert (gain[bright] <= np.asarray(SKIN_SCATTER) * key[bright] + 1e-5).all()
+        ratios.append(gain[bright] / key[bright])
+        if r.prop_mask is not None:
+            obj = r.prop_mask == PROP_IDS["object"]
+            assert (gain[obj] == 0).all()
+            objects += int(obj.any())
+            if full.record["forearm"]["sleeve"]:
+                arm = r.prop_mask == PROP_IDS["forearm"]
+                sleeves += int((gain[arm].sum(-1) == 0).sum() > 50)  # the sleeve's cloth
+    ratios = np.concatenate(ratios)
+    assert len(ratios) > 1000 and objects >= 2 and sleeves >= 1, (len(ratios), objects, sleeves)
+    assert np.allclose(np.median(ratios, axis=0), SKIN_SCATTER, atol=0.02), np.median(ratios, axis=0)
 
 
 def test_composite_without_props_records_no_forearm(posed, hand_model, renderer):
