@@ -21,8 +21,9 @@ pytest.importorskip("mediapipe", reason="the MediaPipe scorer needs mediapipe==0
 
 SEED, GOOD = (
     19,
-    (5, 6),
-)  # with this seed, MediaPipe finds and aligns well the hands of samples 5 and 6 (on CPU)
+    (3, 6),
+)  # with this seed, MediaPipe finds and aligns well the hands of samples 3 and 6 at the first try (on CPU,
+# composite version 6: alignment 1.0 and 0.87; sample 5, chosen for version 5, now needs a second try)
 A = 0.5
 
 
