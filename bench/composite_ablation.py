@@ -9,12 +9,13 @@ alternating with the default (forearms and objects), ``--repeats`` times each (t
 measured side by side); ``--props-speed``: the default generator with ``--props none`` against
 ``forearm,objects``, alternated likewise; ``--shadows-speed``: the default with ``shadows=False`` against
 shadows on (forearms and objects both times), alternated likewise; ``--soft-speed``: the default's soft
-shadows against version 5's (``penumbra=False, scatter=0``), likewise; ``--occlusion-speed``: the default
-(``occlusion=0``) against ``occlusion=0.8``, likewise.
+shadows against version 5's (``penumbra=False, scatter=0``), likewise; ``--blob-speed``: the default's
+scene-coloured blobs against version 6's (``blob_colours="random"``), likewise; ``--occlusion-speed``: the
+default (``occlusion=0``) against ``occlusion=0.8``, likewise.
 
-Usage: python bench/composite_ablation.py [--samples 128] [--out-root /tmp/composite_ablation]
+Usage: python bench/composite_ablation.py [--samples 128] [--seed 0] [--out-root /tmp/composite_ablation]
        [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
-       [--soft-speed] [--occlusion-speed] [--reference EVALUATED_RUN]
+       [--soft-speed] [--blob-speed] [--occlusion-speed] [--reference EVALUATED_RUN]
 
 ``--reference RUN``: an evaluated run of the same samples (the same ``--samples``; for example a row of an
 earlier invocation, or the code before a change): each row is also compared with it hand by hand
@@ -38,10 +39,12 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
 # cumulative: each row adds one component to the one before (``props``: the run's ``--props``, "none" if not
 # given; every other key is a ``CompositeConfig`` field). Rows before the version-4 row keep the key light's
 # shadows off (``shadows=False``: version 3's shading), rows before the version-5 row draw no palm creases
-# (``palm_lines=0``), and rows before the version-6 row keep version 5's shadows (a point-like key light, no
-# light kept in shadow), so they measure what they measured before; the last row adds the ambient
-# occlusion, an option (off by default)
-_V5 = dict(penumbra=False, scatter=0.0)  # version 5's shadows
+# (``palm_lines=0``), rows before the version-6 row keep version 5's shadows (a point-like key light, no
+# light kept in shadow), and rows before the version-7 row keep version 6's blob colours (uniform in RGB),
+# so they measure what they measured before; the last row adds the ambient occlusion, an option (off by
+# default)
+_V6 = dict(blob_colours="random")  # version 6's blob background
+_V5 = dict(penumbra=False, scatter=0.0, **_V6)  # version 5's shadows
 _V4 = dict(palm_lines=0.0, **_V5)  # version 4's skin: no palm creases
 _V3 = dict(shadows=False, **_V4)
 ROWS = (
@@ -61,6 +64,10 @@ ROWS = (
     ("+ palm creases (v5 default)", dict(background="blobs", props="forearm,objects", **_V5)),
     (
         "+ soft shadows: the key light's size, light kept in skin's shadow (v6 default)",
+        dict(background="blobs", props="forearm,objects", **_V6),
+    ),
+    (
+        "+ blobs in one scene's desaturated colours (v7 default)",
         dict(background="blobs", props="forearm,objects"),
     ),
     ("+ ambient occlusion 0.8 (option)", dict(background="blobs", props="forearm,objects", occlusion=0.8)),
@@ -71,15 +78,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def run_once(samples: int, out: Path, generator, props: str = "none") -> float:
-    """One full run with ``generator`` in place of the stage's and ``props`` (``RunConfig.props``); returns
-    samples/s (wall, shards + manifest)."""
+def run_once(samples: int, out: Path, generator, props: str = "none", seed: int = 0) -> float:
+    """One full run with ``generator`` in place of the stage's, ``props`` (``RunConfig.props``) and run seed
+    ``seed``; returns samples/s (wall, shards + manifest)."""
     from flows import stages
     from pipeline.config import RunConfig
     from sinks.run import RunFolder
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = RunConfig(out=str(out), samples=samples, props=props)
+    cfg = RunConfig(out=str(out), samples=samples, props=props, seed=seed)
     session = stages.current_session()  # main()'s: the hash excludes ``out``, so every row shares the stages
     session.pipeline(cfg).load().generator = generator
     folder = RunFolder(cfg)
@@ -93,6 +100,7 @@ def run_once(samples: int, out: Path, generator, props: str = "none") -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0, help="the run seed of the table's rows (other samples)")
     ap.add_argument("--out-root", default="/tmp/composite_ablation")
     ap.add_argument("--rows", default="all", help="all, or comma-separated row numbers (0-based)")
     ap.add_argument("--before", default=None, help="a composite module file to time against the default")
@@ -104,6 +112,7 @@ def main() -> None:
         "--shadows-speed", action="store_true", help="time the default with shadows off against on"
     )
     ap.add_argument("--soft-speed", action="store_true", help="time the default against version 5's shadows")
+    ap.add_argument("--blob-speed", action="store_true", help="time the default against random blob colours")
     ap.add_argument("--occlusion-speed", action="store_true", help="time the default against occlusion=0.8")
     ap.add_argument(
         "--reference",
@@ -138,7 +147,7 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         out = root / _slug(name)
         opts = dict(opts)
         props = opts.pop("props", "none")
-        rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)), props)
+        rate = run_once(args.samples, out, CompositeGenerator(CompositeConfig(**opts)), props, args.seed)
         s = evaluate_run(EvalConfig(run=str(out), quiet=True)).summary
         table.append(
             (
@@ -200,6 +209,7 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
     for flag, name, off, on in (
         (args.shadows_speed, "shadows", dict(shadows=False), {}),
         (args.soft_speed, "soft shadows", dict(penumbra=False, scatter=0.0), {}),
+        (args.blob_speed, "blob colours", dict(blob_colours="random"), {}),
         (args.occlusion_speed, "occlusion", {}, dict(occlusion=0.8)),
     ):
         if not flag:

@@ -2,8 +2,9 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 6 (version 5 with soft shadows: the key light's size and the light skin keeps
-in shadow; version 5: version 4 with the palm's creases; version 4: version 3 with the key light's shadows;
+``generator`` field. Version 7 (version 6 with the blob background in one scene's desaturated colours;
+version 6: version 5 with soft shadows, the key light's size and the light skin keeps in shadow; version 5:
+version 4 with the palm's creases; version 4: version 3 with the key light's shadows;
 version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each component can be switched
 back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
 
@@ -39,7 +40,9 @@ back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_abla
   and rim light of every surface pixel (hand, forearm, object) by 1 - ``occlusion`` x the occlusion, not the
   specular, with the ``"presets"`` light only. Recorded as ``components["occlusion"]``.
 * **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same
-  lights; MediaPipe detects more hands on them, see docs/benchmarks.md), or ``background="natural"``:
+  lights; MediaPipe detects more hands on them, see docs/benchmarks.md; their colours from one scene's
+  palette, ``_palette``, mostly desaturated, with ``blob_colours="scene"``, or uniform in RGB, often
+  saturated, with ``"random"``, version 6), or ``background="natural"``:
   ``dead_leaves`` (occluding shapes with a power-law size distribution, textured), ``room`` (a wall and a
   table top with objects) or ``pink`` (coloured 1/f noise); all have natural 1/f amplitude spectra, with a
   random depth-of-field blur. Photos from ``backgrounds`` (cropped to the aspect ratio, never stretched)
@@ -126,6 +129,8 @@ KEY_SIZE = {
 (daylight), the sky (overcast), a lamp shade or a window across the room (warm indoor, mixed), a spotlight
 (dramatic)."""
 BACKGROUND_KINDS = ("dead_leaves", "room", "pink")
+BLOB_SHAPES = (2, 7)
+"""The blob background draws ``rng.integers(*BLOB_SHAPES)`` soft shapes."""
 ARM_ID, OBJECT_ID = PROP_IDS["forearm"], PROP_IDS["object"]
 """The props' ids in the shading's id map, as in ``Sample.prop_mask`` (hands are 1 right, 2 left, as in the
 mask)."""
@@ -177,6 +182,7 @@ class CompositeConfig:
     background: str = (
         "blobs"  # "blobs" | "natural" (measured: blobs are detected more often, docs/benchmarks.md)
     )
+    blob_colours: str = "scene"  # "scene": one desaturated palette (``_palette``); "random": version 6's
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
@@ -204,6 +210,7 @@ class CompositeConfig:
             ("skin", self.skin, ("v2", "flat")),
             ("light", self.light, ("presets", "single")),
             ("background", self.background, ("natural", "blobs")),
+            ("blob_colours", self.blob_colours, ("scene", "random")),
         ):
             if value not in allowed:
                 raise ValueError(f"composite {name} must be one of {allowed}, got {value!r}")
@@ -490,7 +497,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 6
+    version = 7
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -525,10 +532,19 @@ class CompositeGenerator(Generator):
         return bg, path.name
 
     @staticmethod
-    def _blobs(rng, H: int, W: int, light2d: np.ndarray) -> np.ndarray:
-        """Version 1: a two-colour gradient along the light, low-frequency noise, a few soft shapes
-        (sRGB uint8)."""
-        c1, c2 = rng.uniform(0.05, 0.95, 3).astype(np.float32), rng.uniform(0.05, 0.95, 3).astype(np.float32)
+    def _blobs(rng, H: int, W: int, light2d: np.ndarray, colours: str = "scene") -> np.ndarray:
+        """A two-colour gradient along the light, low-frequency noise, a few soft shapes (sRGB uint8).
+        ``colours``: "scene", all from one scene's palette (``_palette``: a few hues near a base hue,
+        mostly desaturated, as in the natural backgrounds and in most photographs); "random", uniform in
+        RGB per colour, often saturated (version 1 to 6)."""
+        if colours == "scene":
+            palette = CompositeGenerator._palette(rng, 2 + BLOB_SHAPES[1])
+            c1, c2 = palette[0], palette[1]
+            shape_rgb = (np.clip(palette[2:], 0, 1) * 255).astype(np.int64)
+        else:
+            c1 = rng.uniform(0.05, 0.95, 3).astype(np.float32)
+            c2 = rng.uniform(0.05, 0.95, 3).astype(np.float32)
+            shape_rgb = None
         v, u = np.mgrid[0:H, 0:W].astype(np.float32)
         lx, ly = np.float32(light2d[0]), np.float32(light2d[1])
         g = ((u / W - 0.5) * lx + (v / H - 0.5) * ly) + 0.5  # brighter toward the light
@@ -540,10 +556,11 @@ class CompositeGenerator(Generator):
         h2, w2 = max(H // 2, 1), max(W // 2, 1)
         layer = Image.new("RGBA", (w2, h2), (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
-        for _ in range(int(rng.integers(2, 7))):
+        for k in range(int(rng.integers(*BLOB_SHAPES))):
             x0, y0 = rng.uniform(-0.2, 1.0) * w2, rng.uniform(-0.2, 1.0) * h2
             x1, y1 = x0 + rng.uniform(0.1, 0.6) * w2, y0 + rng.uniform(0.1, 0.6) * h2
-            col = tuple(int(c) for c in rng.integers(0, 256, 3)) + (int(rng.integers(60, 180)),)
+            rgb = rng.integers(0, 256, 3) if shape_rgb is None else shape_rgb[k]
+            col = tuple(int(c) for c in rgb) + (int(rng.integers(60, 180)),)
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=col)
         layer = layer.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.0, 8.0)) / 2))
         layer = layer.resize((W, H), Image.BILINEAR)
@@ -779,7 +796,7 @@ class CompositeGenerator(Generator):
             bg_srgb, kind, bg_rec = self._natural(rng, H, W)
             bg_name = "procedural"
         else:
-            bg_srgb, kind, bg_rec = self._blobs(rng, H, W, light2d), "blobs", {}
+            bg_srgb, kind, bg_rec = self._blobs(rng, H, W, light2d, cfg.blob_colours), "blobs", {}
             bg_name = "procedural"
         dof = float(rng.uniform(0.5, 4.0)) if kind != "blobs" else 0.0
         if dof > 0.3:  # depth of field: the hand is in focus, the background behind it is not
@@ -1213,6 +1230,7 @@ class CompositeGenerator(Generator):
                 "skin": cfg.skin,
                 "light": cfg.light,
                 "background": cfg.background,
+                "blob_colours": cfg.blob_colours,
                 "camera_effects": cfg.camera_effects,
                 "spectrum_match": cfg.spectrum_match,
                 "shadows": cfg.shadows,

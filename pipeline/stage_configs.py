@@ -271,7 +271,8 @@ class _GeneratorConfig(StageConfig):
 
 class CompositeGeneratorConfig(_GeneratorConfig):
     """The weight-free composite (``generators.composite``): ``skin`` v2 | flat, ``light`` presets | single,
-    ``background`` blobs | natural, ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
+    ``background`` blobs | natural, ``blob_colours`` scene | random (the blobs' colours: one desaturated
+    palette, or uniform in RGB), ``camera_effects``, ``spectrum_match`` (0: off; else the blend toward a
     1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``penumbra`` (the
     key light's size from its preset: penumbrae that widen away from the occluder; on | off), ``scatter``
     (how much of the key light skin keeps in shadow, in [0, 1] of ``SKIN_SCATTER``), ``occlusion`` (the
@@ -282,6 +283,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
         "skin",
         "light",
         "background",
+        "blob_colours",
         "camera_effects",
         "spectrum_match",
         "shadows",
@@ -296,6 +298,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     skin: Literal["v2", "flat"] = "v2"
     light: Literal["presets", "single"] = "presets"
     background: Literal["blobs", "natural"] = "blobs"
+    blob_colours: Literal["scene", "random"] = "scene"
     camera_effects: bool = True
     spectrum_match: float = 0.0
     shadows: bool = True
@@ -304,10 +307,15 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     occlusion: float = 0.0
     palm_lines: float = 0.3
 
-    @field_validator("skin", "light", "background", mode="before")
+    @field_validator("skin", "light", "background", "blob_colours", mode="before")
     @classmethod
     def _choice(cls, v, info):
-        allowed = {"skin": ("v2", "flat"), "light": ("presets", "single"), "background": ("natural", "blobs")}
+        allowed = {
+            "skin": ("v2", "flat"),
+            "light": ("presets", "single"),
+            "background": ("natural", "blobs"),
+            "blob_colours": ("scene", "random"),
+        }
         if v not in allowed[info.field_name]:
             raise ValueError(
                 f"composite {info.field_name} must be one of {allowed[info.field_name]}, got {v!r}"

@@ -1,4 +1,4 @@
-"""The composite generator, version 6 (skin with palm creases, lights, natural backgrounds, camera effects,
+"""The composite generator, version 7 (skin with palm creases, lights, natural backgrounds, camera effects,
 the key light's soft shadows; ambient occlusion as an option): exact masks, determinism per seed and try, 1/f
 spectra, diversity records, bounded camera effects, photo backgrounds, shadow maps checked against ray
 casting, area-light penumbrae, ambient occlusion on planes, creases and contacts, palm creases on the palm
@@ -102,11 +102,12 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 6 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 7 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",
         "background": "blobs",
+        "blob_colours": "scene",
         "camera_effects": True,
         "spectrum_match": 0.0,
         "shadows": True,
@@ -202,6 +203,32 @@ def test_natural_backgrounds_have_natural_spectra():
     assert spectrum_slope(flat.astype(float).mean(-1)) < -1.6  # version 1's blobs: far too smooth
 
 
+def _saturation(img):
+    """(H, W) float HSV saturation of an sRGB uint8 image."""
+    x = img.astype(float)
+    hi, lo = x.max(-1), x.min(-1)
+    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-9), 0.0)
+
+
+def test_blob_colours_come_from_one_desaturated_scene_palette():
+    """``blob_colours="scene"`` (the default) paints the blobs from one scene's palette (``_palette``: mostly
+    desaturated, like most photographs), ``"random"`` (version 6) uniformly in RGB; the same stream gives
+    the same background, and "random" draws exactly what version 6 drew."""
+    light = np.array([0.6, -0.8])
+    scene, rand = [], []
+    for seed in range(24):
+        a = CompositeGenerator._blobs(stage_rng(seed, "generator", 0), 96, 96, light)
+        b = CompositeGenerator._blobs(stage_rng(seed, "generator", 0), 96, 96, light, "random")
+        assert np.array_equal(a, CompositeGenerator._blobs(stage_rng(seed, "generator", 0), 96, 96, light))
+        scene.append(float(np.median(_saturation(a))))
+        rand.append(float(np.median(_saturation(b))))
+    # measured: medians 0.13 and 0.51 over the 24 backgrounds; "scene" is the less saturated in 23 of 24
+    assert np.median(scene) < 0.3 < np.median(rand), (np.median(scene), np.median(rand))
+    assert sum(x < y for x, y in zip(scene, rand, strict=True)) >= 20
+    with pytest.raises(ValueError, match="composite blob_colours must be one of"):
+        CompositeConfig(blob_colours="vivid")
+
+
 def test_camera_effects_change_the_image_within_bounds(samples):
     base = CompositeConfig(defocus=(0.0, 0.0), motion_blur=0.0, jpeg=0.0)
     for s in samples[:3]:
@@ -278,6 +305,7 @@ def test_composite_spec_options():
     assert parse_spec("composite:occlusion=0.5,shadows=off") == {"occlusion": 0.5, "shadows": False}
     assert parse_spec("composite:palm_lines=0") == {"palm_lines": 0.0}
     assert parse_spec("composite:penumbra=off,scatter=0") == {"penumbra": False, "scatter": 0.0}
+    assert parse_spec("composite:blob_colours=random") == {"blob_colours": "random"}
     assert CompositeGeneratorConfig.from_spec("composite:occlusion=0.8").spec() == "composite:occlusion=0.8"
     assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
     with pytest.raises(SpecError) as bad:
@@ -306,6 +334,7 @@ def test_composite_spec_options():
         ("composite:palm_lines=2", "composite palm_lines must be in [0, 1], got '2'"),
         ("composite:scatter=-1", "composite scatter must be in [0, 1], got '-1'"),
         ("composite:penumbra=wide", "penumbra expects a bool, got 'wide'"),
+        ("composite:blob_colours=vivid", "composite blob_colours must be one of"),
         (
             "composite:light=single,occlusion=0.5",
             "composite occlusion needs light=presets, got light='single'",
@@ -615,7 +644,7 @@ def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):
         img_none, _ = on.render(s)
         assert np.array_equal(img_off, img_none)
         assert rec_off["components"]["shadows"] is False and rec_off["shadow_fraction"] == 0.0
-        assert rec_off["version"] == 6 and set(rec_off) == set(lit[s.key][1])
+        assert rec_off["version"] == 7 and set(rec_off) == set(lit[s.key][1])
         assert {k: type(v) for k, v in rec_off.items()} == {k: type(v) for k, v in lit[s.key][1].items()}
     assert any(not np.array_equal(lit[s.key][0], dark[s.key][0]) for s in samples[:3])
     monkeypatch.undo()
@@ -772,7 +801,7 @@ def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatc
         assert np.array_equal(again.hand, a.hand)
     assert len(seen) == 8 and darker >= 50, (len(seen), darker)
     rec = CompositeGenerator(CompositeConfig(occlusion=0.0)).render(samples[0])[1]
-    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 6
+    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 7
 
 
 def test_palm_lines_only_on_the_palm_and_only_darken(samples, monkeypatch):
