@@ -31,8 +31,9 @@ a lit plane does not shadow itself across the wider disc either. The taps are fi
 per-pixel rotation).
 
 Cost, 512 x 512 images of the default run (two hands, forearms, an object; 10k to 60k receivers, grids of
-about 100 x 100 to 400 x 100 texels): about 3 ms for the map and the filter on this project's 2-core machine;
-see ``CompositeGenerator._key_shadow`` for the whole step.
+about 100 x 100 to 400 x 100 texels): about 3 ms for the map and the 3 x 3 filter on this project's 2-core
+machine, and about 5 ms more for the area light's filter (docs/benchmarks.md, "Soft shadows"); see
+``CompositeGenerator._key_shadow`` for the whole step.
 """
 
 from __future__ import annotations
