@@ -904,13 +904,13 @@ class CompositeGenerator(Generator):
     @staticmethod
     def _arm_coords(sample: Sample, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """(N,) float32 metres up the nearest forearm from its wrist joint, for the pixels ``uv`` (N, 2)
-        (u, v) of the image with ``depth`` (N,) metres (camera-space points back-projected; the arm's line
-        runs from the middle finger's base through the wrist joint)."""
+        (u, v) of the image with ``depth`` (N,) metres (camera-space points back-projected through the
+        camera's intrinsics and distortion, ``_back_project``; the arm's line runs from the middle finger's
+        base through the wrist joint)."""
         K = np.asarray(sample.camera.K, dtype=np.float64)
-        z = depth.astype(np.float64)
-        P = np.stack([(uv[:, 0] - K[0, 2]) * z / K[0, 0], (uv[:, 1] - K[1, 2]) * z / K[1, 1], z], axis=-1)
-        best_t = np.zeros(len(z))
-        best_d = np.full(len(z), np.inf)
+        P = _back_project(K, sample.camera.dist, uv[:, 0], uv[:, 1], depth).astype(np.float64)
+        best_t = np.zeros(len(P))
+        best_d = np.full(len(P), np.inf)
         for side in SIDES:
             hand = sample.hands.get(side)
             if hand is None:
