@@ -182,14 +182,12 @@ class CompositeConfig:
     background: str = (
         "blobs"  # "blobs" | "natural" (measured: blobs are detected more often, docs/benchmarks.md)
     )
-    blob_colours: str = "scene"  # "scene": one desaturated palette (``_palette``); "random": version 6's
+    blob_colours: str = "scene"  # "scene": one desaturated palette (``_palette``); "random": uniform RGB (v6)
     camera_effects: bool = True
     spectrum_match: float = 0.0  # 0: off; else the blend (0-1] toward a 1/f amplitude spectrum
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
     penumbra: bool = True  # the key light's size from its preset (module doc); False: version 5's soft edge
-    scatter: float = (
-        1.0  # in [0, 1]: times ``SKIN_SCATTER``, the key light skin keeps in shadow; 0: version 5
-    )
+    scatter: float = 1.0  # in [0, 1], times ``SKIN_SCATTER``: key light kept by skin in shadow; 0: v5
     occlusion: float = 0.0  # ambient occlusion's strength in [0, 1] (presets light); 0: off (module doc)
     palm_lines: float = 0.3  # darkening of the palm's flexion creases (skin v2); 0: none (module doc)
     skin_tones: tuple = SKIN_TONES
@@ -930,12 +928,12 @@ class CompositeGenerator(Generator):
         sample: Sample, u: np.ndarray, v: np.ndarray, n: np.ndarray, to_light, light_size: float = 0.0
     ) -> np.ndarray:
         """(N,) float32 in [0, 1]: how much of the key light (toward ``to_light``, camera space; angular
-        radius ``light_size``, tan) the pixels (``u``, ``v``) (N,) of the image, with unit normals ``n``
-        (N, 3), miss behind the scene's meshes
-        (both hands, forearms, the object): ``generators.shadows.occlusion`` on the pixels back-projected from
-        the depth, faded out over ``SHADOW_FADE`` of n . l (a surface turned away from the light is dark from
-        the wrap lighting already; its own far side would shadow it, a step at the terminator). Zeros where
-        the sample carries no hand triangles (``Sample.hand_faces``: not posed by a hand model)."""
+        radius ``light_size``, tan) the pixels (``u``, ``v``) (N,) of the image, with unit normals
+        ``n`` (N, 3), miss behind the scene's meshes (both hands, forearms, the object):
+        ``generators.shadows.occlusion`` on the pixels back-projected from the depth, faded out over
+        ``SHADOW_FADE`` of n . l (a surface turned away from the light is dark from the wrap lighting already;
+        its own far side would shadow it, a step at the terminator). Zeros where the sample carries no hand
+        triangles (``Sample.hand_faces``: not posed by a hand model)."""
         out = np.zeros(len(u), np.float32)
         faces = sample.hand_faces
         if faces is None or not len(u):
