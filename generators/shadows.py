@@ -219,8 +219,10 @@ def occlusion(
     nl = np.clip(ndl, 0.0, 1.0)
     sin = np.sqrt(1.0 - nl * nl)
     step = f32(params.normal_offset * texel) * sin
-    qa += step * (nx * e1[0] + ny * e1[1] + nz * e1[2])
-    qb += step * (nx * e2[0] + ny * e2[1] + nz * e2[2])
+    n1 = nx * e1[0] + ny * e1[1] + nz * e1[2]  # the normals across the light's beam
+    n2 = nx * e2[0] + ny * e2[1] + nz * e2[2]
+    qa += step * n1
+    qb += step * n2
     qt = px * el[0] + py * el[1] + pz * el[2] + step * ndl
     xy_list, t_list = [], []
     for v, f in meshes:
@@ -243,8 +245,7 @@ def occlusion(
     tan = np.minimum(sin / np.maximum(nl, f32(1e-3)), f32(MAX_SLOPE))
     depth = qt + f32(texel) * (f32(params.bias) + f32(params.slope_bias) * tan)
     if light_size > 0:
-        slope = (nx * e1[0] + ny * e1[1] + nz * e1[2], nx * e2[0] + ny * e2[1] + nz * e2[2], nl)
-        return _area_filter(out, grid, a, b, qt, depth, slope, texel, float(light_size))
+        return _area_filter(out, grid, a, b, centre, qt, depth, (n1, n2, nl), texel, float(light_size))
     # receivers that nothing in their 3 x 3 texels is nearer the light than: lit, no filter needed
     near3 = grid.copy()
     near3[1:] = np.maximum(near3[1:], grid[:-1])
@@ -294,6 +295,7 @@ def _area_filter(
     grid: np.ndarray,
     a: np.ndarray,
     b: np.ndarray,
+    centre: np.ndarray,
     qt: np.ndarray,
     depth: np.ndarray,
     slope: tuple,
@@ -301,10 +303,10 @@ def _area_filter(
     light_size: float,
 ) -> np.ndarray:
     """The area light's filter (module doc) into ``out`` (N,) float32: ``grid`` (gh, gw) the shadow map;
-    ``a``, ``b`` (N,) the receivers' texel coordinates; ``qt`` (N,) their depth toward the light, metres,
-    moved along the normal; ``depth`` (N,) that plus the biases; ``slope``: the normals' light-space
-    components (n1, n2, n . l), each (N,); ``texel`` metres; ``light_size`` the tangent of the light's angular
-    radius."""
+    ``a``, ``b`` (N,) the receivers' texel coordinates; ``centre`` (N,) int64 their nearest texels' flat
+    indices; ``qt`` (N,) their depth toward the light, metres, moved along the normal; ``depth`` (N,) that
+    plus the biases; ``slope``: the normals' light-space components (n1, n2, n . l), each (N,); ``texel``
+    metres; ``light_size`` the tangent of the light's angular radius."""
     f32 = np.float32
     gh, gw = grid.shape
     n1, n2, nl = slope
@@ -319,10 +321,8 @@ def _area_filter(
     # receivers that no texel within the widest disc is nearer the light than (their plane's lowest point
     # over the disc included): lit
     near = maximum_filter(grid, size=2 * reach + 1, mode="constant", cval=-np.inf).ravel()
-    ia = np.clip(np.rint(a), 0, gw - 1).astype(np.int64)
-    ib = np.clip(np.rint(b), 0, gh - 1).astype(np.int64)
     floor = depth - f32(reach) * (np.abs(ga) + np.abs(gb))
-    (test,) = np.nonzero(near[ib * gw + ia] > floor)
+    (test,) = np.nonzero(near[centre] > floor)
     if not len(test):
         return out
     a, b, qt, depth, ga, gb = a[test], b[test], qt[test], depth[test], ga[test], gb[test]

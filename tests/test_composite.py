@@ -119,6 +119,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
     assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
     assert 0.0 <= rec["skin_tone"] <= 1.0 and len(rec["skin_rgb"]) == 3
     assert rec["lighting"]["preset"] in LIGHT_PRESETS
+    assert set(KEY_SIZE) == set(LIGHT_PRESETS)  # every preset's key light has a size
     assert rec["lighting"]["key_size"] == KEY_SIZE[rec["lighting"]["preset"]] > 0  # the key light's size
     (hard,) = generated(CompositeGenerator(CompositeConfig(penumbra=False)), _fresh(samples[:1]))
     assert hard.generator["lighting"]["key_size"] == 0.0 and hard.generator["components"]["penumbra"] is False
