@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from evaluation.intervals import with_interval
 from evaluation.metrics import MIN_VISIBLE_JOINTS
 from pipeline.gestures import FACINGS
 from pipeline.schema import HAND_TYPES, SIDES
@@ -395,11 +396,17 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
             "labelled hands / eligible / detected",
             f"{s['hands']} / {s['eligible_hands']} / {s['detected_hands']}",
         ),
-        ("detection rate (detected / eligible hands)", s["detection_rate"]),
+        (
+            "detection rate (detected / eligible hands; 95% interval, samples as clusters)",
+            with_interval(s["detection_rate"], s.get("detection_rate_ci95")),
+        ),
         ("Hand Conf. (Hand1000: handedness score, mean over all detected hands)", s["hand_conf"]),
         ("handedness score, mean over matched eligible hands", s["hand_conf_matched"]),
         ("PCK@0.05 (detected eligible hands)", s["pck_005"]),
-        ("PCK@0.1 (detected eligible hands)", s["pck_01"]),
+        (
+            "PCK@0.1 (detected eligible hands; 95% interval)",
+            with_interval(s["pck_01"], s.get("pck_01_ci95")),
+        ),
         ("mean keypoint error / box size (detected eligible hands)", s["error_norm"]),
         ("MSE-2D, px² (detected eligible hands)", s["mse_2d"]),
         ("handedness agreement with the label (detected eligible hands)", s["handedness_agreement"]),
@@ -413,7 +420,13 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
     parts.append(_table(table, ("measure", "value")))
     for name, (title, note, column) in _BREAKDOWNS.items():
         groups = [
-            (g, v["eligible"], v["detected"], v["detection_rate"], v["pck_01"])
+            (
+                g,
+                v["eligible"],
+                v["detected"],
+                with_interval(v["detection_rate"], v.get("detection_rate_ci95"), 2),
+                with_interval(v["pck_01"], v.get("pck_01_ci95"), 2),
+            )
             for g, v in (s.get(f"by_{name}") or {}).items()
             if v["eligible"]
         ]

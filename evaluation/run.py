@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from evaluation import metrics
+from evaluation.intervals import run_intervals
 from pipeline.errors import HandgenError, one_line
 from pipeline.gestures import FACINGS
 from pipeline.schema import SIDES
@@ -343,6 +344,7 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
         "eligible_hands": len(elig),
         "detected_hands": len(det),
         "detection_rate": len(det) / len(elig) if elig else None,
+        **_intervals(elig),
         "detections": len(hand_conf),
         "hand_conf": _mean(hand_conf),
         "hand_conf_matched": _mean(r.get(f"{s}_handedness_score") for r, s in det),
@@ -407,8 +409,28 @@ def _breakdown(elig: list[tuple[dict, str]], group, order) -> dict:
             "detected": len(d),
             "detection_rate": len(d) / len(e) if e else None,
             "pck_01": _mean(r.get(f"{s}_pck_01") for r, s in d),
+            **_intervals(e),
         }
     return out
+
+
+def _intervals(elig: list[tuple[dict, str]]) -> dict:
+    """``detection_rate_ci95`` and ``pck_01_ci95``: [low, high] 95% intervals over the eligible (row, side)
+    hands, with the samples as clusters (``evaluation.intervals.run_intervals``); None where there is
+    nothing to estimate from."""
+    per_row: dict[int, list] = {}
+    for r, s in elig:
+        counts = per_row.setdefault(id(r), [0, 0, 0.0, 0])
+        counts[0] += 1
+        if r[f"{s}_detected"]:
+            counts[1] += 1
+            pck = r.get(f"{s}_pck_01")
+            if pck is not None and math.isfinite(float(pck)):
+                counts[2] += float(pck)
+                counts[3] += 1
+    e, d, p, c = zip(*per_row.values(), strict=True) if per_row else ((), (), (), ())
+    ci = run_intervals(e, d, p, c)
+    return {f"{k}_ci95": None if v is None else [round(v[0], 4), round(v[1], 4)] for k, v in ci.items()}
 
 
 # -- outputs -------------------------------------------------------------------------------------------------

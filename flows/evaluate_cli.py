@@ -22,6 +22,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    from evaluation.intervals import with_interval
     from evaluation.run import EvalConfig, evaluate_run
 
     cfg = EvalConfig(
@@ -47,8 +48,10 @@ def _cmd_evaluate(args) -> int:
         + (f"; {', '.join(bad)}" if bad else "")
     )
     print(
-        f"eligible hands {s['eligible_hands']} of {s['hands']}: detection rate {_fmt(s['detection_rate'])}, "
-        f"Hand Conf. {_fmt(s['hand_conf'])}, PCK@0.05 {_fmt(s['pck_005'])}, PCK@0.1 {_fmt(s['pck_01'])}, "
+        f"eligible hands {s['eligible_hands']} of {s['hands']}: detection rate "
+        f"{with_interval(s['detection_rate'], s.get('detection_rate_ci95'))}, "
+        f"Hand Conf. {_fmt(s['hand_conf'])}, PCK@0.05 {_fmt(s['pck_005'])}, "
+        f"PCK@0.1 {with_interval(s['pck_01'], s.get('pck_01_ci95'))}, "
         f"MSE-2D {_fmt(s['mse_2d'], 1)} px^2"
     )
     for name, title in _BREAKDOWN_TITLES.items():

@@ -262,6 +262,13 @@ def test_summary_breakdowns_split_the_eligible_hands():
     assert s["by_gesture"]["fist"]["pck_01"] == pytest.approx((0.6 + 1.0 + 0.9) / 3)
     assert s["by_camera"]["third"]["detection_rate"] == pytest.approx(2 / 3)
     assert s["by_gesture"]["open_palm"]["pck_01"] is None
+    # 95% intervals with the samples as clusters (evaluation.intervals), around each point estimate
+    lo, hi = s["detection_rate_ci95"]
+    assert 0.0 <= lo < s["detection_rate"] < hi <= 1.0
+    lo, hi = s["pck_01_ci95"]
+    assert 0.0 <= lo < s["pck_01"] < hi <= 1.0
+    assert s["by_gesture"]["open_palm"]["pck_01_ci95"] is None  # no detected hand: no PCK interval
+    assert s["by_facing"]["side"]["pck_01_ci95"] is None  # one detected hand
 
 
 def test_scorer_registry_and_options():
@@ -402,6 +409,12 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
         for v in groups.values():
             assert v["detection_rate"] == (v["detected"] / v["eligible"] if v["eligible"] else None)
             assert (v["pck_01"] is None) == (v["detected"] == 0)
+            assert (v["detection_rate_ci95"] is None) == (v["eligible"] == 0)
+    if summary["eligible_hands"]:
+        lo, hi = summary["detection_rate_ci95"]
+        assert lo <= summary["detection_rate"] <= hi
+        assert "detection rate (detected / eligible hands; 95% interval" in (out / "report.html").read_text()
+        assert f"detection rate {summary['detection_rate']:.3f} (95%: {lo:.3f}-{hi:.3f})" in printed
     page = (out / "report.html").read_text()
     for heading in ("By view", "By gesture", "By distance", "By held object", "By camera"):
         assert (heading in page) == (summary["eligible_hands"] > 0), heading
