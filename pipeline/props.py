@@ -189,19 +189,23 @@ def draw_props(
     arms = {s: None for s in SIDES}
     if forearm:
         arms.update(draw())
+    verts = {s: hands[s][0] for s in sides}
+    meshes = None  # the forearms' meshes of ``arms`` once built (side -> (vertices, faces))
     if forearm and len(sides) == 2:
-        verts = {s: hands[s][0] for s in sides}
         within = arms  # the last draw within BEND_MAX: it stays if every draw crosses
         for k in range(1, 2 * ARM_TRIES):
-            if not arms_cross(arms, verts, faces):
+            meshes = _forearm_meshes(arms, verts, faces)
+            if not _meshes_cross(meshes, verts, faces):
                 break
             flexed = k >= ARM_TRIES
             arms = draw(FLEX_MAX if flexed else None)
+            meshes = None
             if not flexed:
                 within = arms
         else:
-            if arms_cross(arms, verts, faces):
-                arms = within
+            meshes = _forearm_meshes(arms, verts, faces)
+            if _meshes_cross(meshes, verts, faces):
+                arms, meshes = within, None
     if not (objects and sides):
         return Props(arms)
     side = sides[int(rng.integers(len(sides)))]
@@ -212,10 +216,12 @@ def draw_props(
     kinds = GRASP_OBJECTS.get(gesture, OBJECT_TYPES)
     kind = kinds[int(rng.integers(len(kinds)))]
     skins = {s: surface_points(hands[s][0], faces[s]) for s in sides}
-    arm_meshes = prop_meshes(Props(arms), {s: hands[s][0] for s in sides}, faces)
+    if meshes is None:
+        meshes = _forearm_meshes(arms, verts, faces)
     centre = hands[side][0].mean(axis=0)
     near = [
-        (v, f[(np.linalg.norm(v - centre, axis=1) < OBSTACLE_REACH)[f].any(axis=1)]) for _, v, f in arm_meshes
+        (v, f[(np.linalg.norm(v - centre, axis=1) < OBSTACLE_REACH)[f].any(axis=1)])
+        for v, f in meshes.values()
     ]
     obstacles = np.concatenate([*skins.values(), *(surface_points(v, f) for v, f in near)])
     obj = place_object(rng, kind, joints, side, obstacles, skins[side])
@@ -229,7 +235,22 @@ def arms_cross(
     metres, camera space) with triangles ``faces`` pass through each other, or one passes through the other
     hand (``geometry.meshes_interpenetrate``). An arm always touches its own hand (it starts at its wrist
     opening), which is not tested."""
-    meshes = {s: (v, f) for kind, s, v, f in prop_parts(Props(arms), verts, faces) if kind == "forearm"}
+    return _meshes_cross(_forearm_meshes(arms, verts, faces), verts, faces)
+
+
+def _forearm_meshes(
+    arms: Mapping[str, Forearm | None], verts: Mapping[str, np.ndarray], faces: Mapping[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """side -> (vertices (V, 3), faces (F, 3)) of each forearm in ``arms`` (``prop_parts``' forearms)."""
+    return {s: (v, f) for kind, s, v, f in prop_parts(Props(arms), verts, faces) if kind == "forearm"}
+
+
+def _meshes_cross(
+    meshes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    verts: Mapping[str, np.ndarray],
+    faces: Mapping[str, np.ndarray],
+) -> bool:
+    """``arms_cross`` on the forearms' meshes (``_forearm_meshes``)."""
     if len(meshes) == 2 and geometry.meshes_interpenetrate(*meshes["right"], *meshes["left"]):
         return True
     return any(
