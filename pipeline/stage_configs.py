@@ -22,7 +22,7 @@ which is what ``run.json`` and the run's identity hold, so a config keeps its ru
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -310,16 +310,9 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     @field_validator("skin", "light", "background", "blob_colours", mode="before")
     @classmethod
     def _choice(cls, v, info):
-        allowed = {
-            "skin": ("v2", "flat"),
-            "light": ("presets", "single"),
-            "background": ("natural", "blobs"),
-            "blob_colours": ("scene", "random"),
-        }
-        if v not in allowed[info.field_name]:
-            raise ValueError(
-                f"composite {info.field_name} must be one of {allowed[info.field_name]}, got {v!r}"
-            )
+        allowed = get_args(cls.model_fields[info.field_name].annotation)  # the field's Literal values
+        if v not in allowed:
+            raise ValueError(f"composite {info.field_name} must be one of {allowed}, got {v!r}")
         return v
 
     @field_validator("spectrum_match", "occlusion", "palm_lines", "scatter", mode="before")

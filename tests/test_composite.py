@@ -347,6 +347,24 @@ def test_composite_spec_options():
             parse_spec(spec)
 
 
+def test_stage_config_and_generator_config_allow_the_same_choices():
+    """The stage config (``--generator composite:...``) and the generator's own config list their choices
+    separately (the pipeline package does not import generators): both must accept the same values."""
+    from typing import get_args
+
+    from pipeline.stage_configs import CompositeGeneratorConfig
+
+    for name in ("skin", "light", "background", "blob_colours"):
+        allowed = get_args(CompositeGeneratorConfig.model_fields[name].annotation)
+        assert len(allowed) >= 2, name
+        for value in allowed:
+            assert getattr(CompositeConfig(**{name: value}), name) == value
+        with pytest.raises(ValueError, match=f"composite {name} must be one of"):
+            CompositeConfig(**{name: "none_of_these"})
+        default = CompositeGeneratorConfig.model_fields[name].default
+        assert default == getattr(CompositeConfig(), name), name
+
+
 def test_cli_composite_options_reach_the_label(tmp_path):
     import json
     import subprocess
