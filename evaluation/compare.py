@@ -100,11 +100,12 @@ def sign_test(gained: int, lost: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def eligible_hands(rows: Iterable[Mapping]) -> dict[tuple[int, str], HandScore]:
+def eligible_hands(rows: Iterable[Mapping], tag: str | None = None) -> dict[tuple, HandScore]:
     """``{(index, side): HandScore}`` of the eligible hands in ``scores.parquet`` rows (dicts). Hands pair
     by the record's sample ``index``, not its key: a run's keys carry its configuration's hash, which the
-    change under test may alter, while the same seed draws the same sample at the same index."""
-    out: dict[tuple[int, str], HandScore] = {}
+    change under test may alter, while the same seed draws the same sample at the same index. ``tag``: keys
+    become ``(tag, index, side)``, so that pairs of runs drawn with different seeds can be pooled."""
+    out: dict[tuple, HandScore] = {}
     for row in rows:
         for side in SIDES:
             if row.get(f"{side}_eligible") is not True:
@@ -113,14 +114,62 @@ def eligible_hands(rows: Iterable[Mapping]) -> dict[tuple[int, str], HandScore]:
             pck = row.get(f"{side}_pck_01")
             ok = detected and pck is not None and not (isinstance(pck, float) and math.isnan(pck))
             agrees = row.get(f"{side}_handedness_agrees") if detected else None
-            out[(int(row["index"]), side)] = HandScore(
+            key = (int(row["index"]), side)
+            out[key if tag is None else (tag, *key)] = HandScore(
                 detected, float(pck) if ok else None, None if agrees is None else bool(agrees)
             )
     return out
 
 
-Hands = Mapping[tuple[int, str], HandScore]
-"""A run's eligible hands by (sample index, side), as ``eligible_hands`` returns them."""
+Hands = Mapping[tuple, HandScore]
+"""A run's eligible hands by (sample index, side), or (tag, sample index, side), as ``eligible_hands``
+returns them."""
+
+
+def hand_groups(rows: Iterable[Mapping], by: str, tag: str | None = None) -> dict[tuple, str]:
+    """``{(index, side): group}`` of the eligible hands in ``rows`` (keys as ``eligible_hands``), grouped as
+    ``hands evaluate`` splits its summary (``evaluation.run.BREAKDOWNS``: ``facing``, ``gesture``,
+    ``distance``, ``object``, ``camera``); hands without a group (no camera kind, ...) are left out. A scores
+    file without the group's columns (written before they existed) gives no groups."""
+    from evaluation.run import BREAKDOWNS
+
+    if by not in BREAKDOWNS:
+        raise CompareError(f"unknown split {by!r}; known: {', '.join(BREAKDOWNS)}")
+    group = BREAKDOWNS[by][0]
+    out: dict[tuple, str] = {}
+    for row in rows:
+        for side in SIDES:
+            if row.get(f"{side}_eligible") is not True or _SPLIT_COLUMN[by].format(side=side) not in row:
+                continue
+            g = group(row, side)
+            if g is not None:
+                key = (int(row["index"]), side)
+                out[key if tag is None else (tag, *key)] = str(g)
+    return out
+
+
+#: the scores column each split reads (``evaluation.run.BREAKDOWNS``)
+_SPLIT_COLUMN = {
+    "facing": "{side}_facing",
+    "gesture": "{side}_gesture",
+    "distance": "{side}_distance_m",
+    "object": "objects",
+    "camera": "camera_kind",
+}
+
+
+def split(
+    a: Hands, b: Hands, groups: Mapping[tuple, str], order: Iterable[str] | None = None
+) -> dict[str, PairedComparison]:
+    """``compare`` within each group of ``groups`` (``hand_groups``): the groups named in ``order`` first (in
+    that order, those present), then the others sorted."""
+    present = set(groups.values())
+    named = [g for g in (order or ()) if g in present]
+    out: dict[str, PairedComparison] = {}
+    for g in [*named, *sorted(present - set(named))]:
+        keys = {k for k, v in groups.items() if v == g}
+        out[g] = compare({k: v for k, v in a.items() if k in keys}, {k: v for k, v in b.items() if k in keys})
+    return out
 
 
 def _flips(keys, a: Hands, b: Hands, field: str) -> tuple[int, int]:
@@ -163,7 +212,11 @@ def compare(a: Hands, b: Hands) -> PairedComparison:
 
 
 _COLUMNS = ("index", *(f"{s}_{c}" for s in SIDES for c in ("eligible", "detected", "pck_01")))
-_OPTIONAL = tuple(f"{s}_handedness_agrees" for s in SIDES)  # read when the scores hold them
+_OPTIONAL = (  # read when the scores hold them: handedness, and what ``hand_groups`` splits by
+    *(f"{s}_{c}" for s in SIDES for c in ("handedness_agrees", "facing", "gesture", "distance_m")),
+    "objects",
+    "camera_kind",
+)
 
 
 def load_scores(run: str | os.PathLike) -> list[dict]:

@@ -124,3 +124,72 @@ def test_bench_script(tmp_path, capsys):
     assert mod.main([str(a), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no scores at") and "Traceback" not in err
+
+
+def _faced(index, facing, before, after):
+    """Rows of one single right hand, eligible in both runs, with its label's facing: (before, after) rows;
+    ``before``/``after``: detected or not."""
+    return tuple(
+        {**_row(index, right=(True, d, 0.8 if d else None)), "right_facing": facing} for d in (before, after)
+    )
+
+
+def test_split_by_facing_and_pooling_pairs_of_other_seeds():
+    from evaluation.compare import hand_groups, split
+
+    seed0 = [_faced(0, "palm", False, True), _faced(1, "palm", True, True), _faced(2, "back", True, False)]
+    seed1 = [_faced(0, "side", False, True), _faced(1, "palm", False, True)]  # the same indices, other hands
+    pooled_a, pooled_b, groups = {}, {}, {}
+    for tag, pairs in (("0", seed0), ("1", seed1)):
+        before, after = [p[0] for p in pairs], [p[1] for p in pairs]
+        pooled_a.update(eligible_hands(before, tag))
+        pooled_b.update(eligible_hands(after, tag))
+        groups.update(hand_groups(before, "facing", tag))
+    assert len(pooled_a) == 5 and ("1", 0, "right") in pooled_a  # tags keep index 0 of both seeds apart
+    got = compare(pooled_a, pooled_b)
+    assert (got.common, got.gained, got.lost) == (5, 3, 1)
+    by = split(pooled_a, pooled_b, groups, order=("palm", "back", "side"))
+    assert list(by) == ["palm", "back", "side"]
+    assert {g: (c.common, c.gained, c.lost) for g, c in by.items()} == {
+        "palm": (3, 2, 0),
+        "back": (1, 0, 1),
+        "side": (1, 1, 0),
+    }
+    assert by["palm"].detected_a == 1 and by["palm"].detected_b == 3
+    assert list(split(pooled_a, pooled_b, groups)) == ["back", "palm", "side"]  # no order: sorted
+    # scores without the split's column have no groups; an unknown split is one line
+    assert hand_groups([_row(0, right=(True, True, 0.9))], "facing") == {}
+    with pytest.raises(CompareError, match="unknown split 'colour'"):
+        hand_groups([], "colour")
+
+
+def test_bench_script_splits_and_pools(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("compare_runs_split", BENCH / "compare_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if str(BENCH) in sys.path:
+        sys.path.remove(str(BENCH))
+
+    def write(name, rows):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "eval" / "scores.parquet")
+        return str(tmp_path / name)
+
+    pairs = [_faced(0, "palm", False, True), _faced(1, "back", True, True)]
+    a0, b0 = write("a0", [p[0] for p in pairs]), write("b0", [p[1] for p in pairs])
+    a1, b1 = (
+        write("a1", [_faced(0, "palm", True, False)[0]]),
+        write("b1", [_faced(0, "palm", True, False)[1]]),
+    )
+    assert mod.main([a0, b0, "--by", "facing", "--also", a1, b1]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2 pairs pooled: detected 2 / 3 (0.67) -> 2 / 3 (0.67)")
+    assert "gained 1, lost 1" in out[0]
+    assert out[1].startswith("  facing palm: detected 1 / 2") and "gained 1, lost 1" in out[1]
+    assert out[2].startswith("  facing back: detected 1 / 1") and "gained 0, lost 0" in out[2]
+    assert mod.main([a0, b0, b1, "--also", a1, b1]) == 2
+    assert "needs exactly one AFTER" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's own one-line usage error
+        mod.main([a0, b0, "--by", "colour"])
+    assert exc.value.code == 2 and "invalid choice: 'colour'" in capsys.readouterr().err
