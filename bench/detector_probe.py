@@ -13,7 +13,10 @@ palm detector's alone) and ``low_presence`` (the landmark model's hand-presence 
 (unsharp mask); ``blur1``/``blur2`` (Gaussian, sigma px); ``half`` (down to half size and back);
 ``median3``; ``blur_hand``/``blur_background`` (sigma 2 on the hand mask grown by 4 px, feathered, or on
 the rest); ``blur_interior``/``blur_band`` (sigma 2 on the mask shrunk by 3 px, or on the band of 3 px
-either side of its edge). The hand mask holds the hands only (never a forearm or object).
+either side of its edge). The hand mask holds the hands only (never a forearm or object). ``upright`` and
+``upside_down`` turn the image about the hands' centre until their axis (wrist to the middle finger's
+knuckle) points up (the arm from below, as in most photos) or down; ``rotate_random`` turns it by a random
+angle per image, their control for the resampling and the filled corners.
 
 Usage: python bench/detector_probe.py --run DIR [--run DIR2 ...] [--probes none,blur2,...]
 """
@@ -116,6 +119,55 @@ def _half(img, mask, labels):
     return np.asarray(im), labels
 
 
+def _rotate(angle_of):
+    """A probe turning the image (and labels) about the hands' centre by ``angle_of(labels, image)`` radians
+    (image coordinates, y down), bilinear, the corners filled with the image's mean colour; each hand's box
+    keeps its size (the gate and PCK scale), centred on its turned centre."""
+
+    def probe(img, mask, labels):
+        H, W = img.shape[:2]
+        boxes = np.array([b for _, _, b in labels.values()], np.float64)
+        c = np.array(
+            [(boxes[:, 0].min() + boxes[:, 2].max()) / 2, (boxes[:, 1].min() + boxes[:, 3].max()) / 2]
+        )
+        a = angle_of(labels, img)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        back = rot.T  # output pixel -> input pixel
+        off = c - back @ c
+        fill = tuple(int(x) for x in img.reshape(-1, 3).mean(0))
+        data = (back[0, 0], back[0, 1], off[0], back[1, 0], back[1, 1], off[1])
+        im = Image.fromarray(img).transform((W, H), Image.AFFINE, data, Image.BILINEAR, fillcolor=fill)
+        moved = {}
+        for s, (j, v, b) in labels.items():
+            jj = (np.asarray(j, np.float64) - c) @ rot.T + c
+            bc = c + rot @ (np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]) - c)
+            half = max(b[2] - b[0], b[3] - b[1]) / 2
+            moved[s] = (jj, v, np.array([bc[0] - half, bc[1] - half, bc[0] + half, bc[1] + half]))
+        return np.asarray(im), moved
+
+    return probe
+
+
+def _axis_angle(labels) -> float:
+    """Radians (image coordinates, y down) of the hands' mean axis, wrist to the middle finger's knuckle."""
+    axes = [np.asarray(j[9], float) - np.asarray(j[0], float) for j, _, _ in labels.values()]
+    mean = np.sum([a / max(np.linalg.norm(a), 1e-9) for a in axes], axis=0)
+    return float(np.arctan2(mean[1], mean[0]))
+
+
+def _to_direction(target: float):
+    """The angle that turns the hands' axis to ``target`` radians (image coordinates: -pi/2 is up)."""
+    return lambda labels, img: target - _axis_angle(labels)
+
+
+def _random_angle(labels, img) -> float:
+    """A uniform angle, seeded by the image's bytes (the same image gets the same angle)."""
+    seed = int.from_bytes(
+        np.asarray(img[:: max(1, img.shape[0] // 16), ::7]).tobytes()[:4096][::97], "little"
+    )
+    return float(np.random.default_rng(seed % 2**63).uniform(-np.pi, np.pi))
+
+
 #: probe -> (palm detector threshold, hand-presence threshold); every other probe uses MediaPipe's 0.5, 0.5
 THRESHOLDS = {"low_thresholds": (0.1, 0.1), "low_palm": (0.1, 0.5), "low_presence": (0.5, 0.1)}
 PROBES = {
@@ -138,6 +190,9 @@ PROBES = {
     "blur_background": _region("background"),
     "blur_interior": _region("interior"),
     "blur_band": _region("band"),
+    "upright": _rotate(_to_direction(-np.pi / 2)),
+    "upside_down": _rotate(_to_direction(np.pi / 2)),
+    "rotate_random": _rotate(_random_angle),
 }
 
 

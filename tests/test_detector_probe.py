@@ -61,3 +61,24 @@ def test_every_probe_keeps_the_image_shape(probe):
         out, moved = fn(img, mask, labels)
         assert out.shape == img.shape and out.dtype == np.uint8, name
         assert set(moved) == set(labels), name
+
+
+def test_rotations_turn_the_hands_axis_and_move_the_joints_with_the_image(probe):
+    img, labels = _scene()
+    j0 = labels["right"][0]
+    for dx in (-1, 0, 1):  # 3 x 3 bright blocks: a bilinear turn spreads a single pixel over four
+        for dy in (-1, 0, 1):
+            img[j0[:, 1].astype(int) + dy, j0[:, 0].astype(int) + dx] = 255
+    for name, target in (("upright", -np.pi / 2), ("upside_down", np.pi / 2)):
+        out, moved = probe.PROBES[name](img, None, labels)
+        j, _, box = moved["right"]
+        axis = j[9] - j[0]
+        assert np.arctan2(axis[1], axis[0]) == pytest.approx(target, abs=1e-9), name
+        assert np.linalg.norm(axis) == pytest.approx(np.linalg.norm(j0[9] - j0[0]))  # a turn, not a scaling
+        inside = (j[:, 0] >= 0) & (j[:, 0] <= 127) & (j[:, 1] >= 0) & (j[:, 1] <= 95)
+        lit = out[np.rint(j[inside, 1]).astype(int), np.rint(j[inside, 0]).astype(int)].max(axis=1)
+        assert inside.sum() >= 15 and (lit > 100).all() and lit.mean() > 200, (name, lit)  # each joint's pixel went with it
+        assert max(box[2] - box[0], box[3] - box[1]) == pytest.approx(max(np.ptp(j0[:, 0]), np.ptp(j0[:, 1])))
+    a, _ = probe.PROBES["rotate_random"](img, None, labels)
+    b, _ = probe.PROBES["rotate_random"](img, None, labels)
+    assert np.array_equal(a, b)  # the same image turns by the same angle
