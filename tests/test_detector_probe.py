@@ -77,7 +77,8 @@ def test_rotations_turn_the_hands_axis_and_move_the_joints_with_the_image(probe)
         assert np.linalg.norm(axis) == pytest.approx(np.linalg.norm(j0[9] - j0[0]))  # a turn, not a scaling
         inside = (j[:, 0] >= 0) & (j[:, 0] <= 127) & (j[:, 1] >= 0) & (j[:, 1] <= 95)
         lit = out[np.rint(j[inside, 1]).astype(int), np.rint(j[inside, 0]).astype(int)].max(axis=1)
-        assert inside.sum() >= 15 and (lit > 100).all() and lit.mean() > 200, (name, lit)  # each joint's pixel went with it
+        # each joint's pixel went with it
+        assert inside.sum() >= 15 and (lit > 100).all() and lit.mean() > 200, (name, lit)
         assert max(box[2] - box[0], box[3] - box[1]) == pytest.approx(max(np.ptp(j0[:, 0]), np.ptp(j0[:, 1])))
     a, _ = probe.PROBES["rotate_random"](img, None, labels)
     b, _ = probe.PROBES["rotate_random"](img, None, labels)
