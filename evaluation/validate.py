@@ -322,13 +322,23 @@ class _HandModels:
         """The ``pipeline.hand_model.HandModel`` (CPU, float32) for a label; ``SchemaError`` when
         unavailable."""
         from pipeline.hand_model import HandModel, HandModelError
+        from pipeline.standin import STANDIN_VERSIONS
 
         name, sha = hand_model.get("name"), hand_model.get("sha256")
         if sha not in self._models:
             try:
                 if name != "standin" and not self.mano_dir:
                     raise SchemaError("labels use MANO: pass --mano-dir to check and re-render them")
-                model = HandModel(None if name == "standin" else self.mano_dir)
+                if name == "standin":  # the stand-in geometry the labels were made with: newest first
+                    models = (HandModel(standin_version=v) for v in reversed(STANDIN_VERSIONS))
+                    model = next((m for m in models if m.info.sha256 == sha), None)
+                    if model is None:
+                        raise SchemaError(
+                            f"the label's stand-in hand model (sha256 {str(sha)[:12]}) is none of this "
+                            f"version's stand-ins (versions {', '.join(map(str, STANDIN_VERSIONS))})"
+                        )
+                else:
+                    model = HandModel(self.mano_dir)
                 if model.info.sha256 != sha:
                     raise SchemaError(
                         f"hand model sha256 {model.info.sha256[:12]} differs from the label's {str(sha)[:12]}"

@@ -209,10 +209,11 @@ def convert_mano_pickle(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------------------------------
 # The stand-in on disk
 # ----------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def standin_data(side: str) -> dict:
-    """The stand-in model dict for ``side`` (built once per process; see ``pipeline.standin``)."""
-    return standin.build_standin(side)
+@functools.lru_cache(maxsize=2 * len(standin.STANDIN_VERSIONS))
+def standin_data(side: str, version: int = standin.STANDIN_VERSION) -> dict:
+    """The stand-in model dict for ``side``, geometry ``version`` (built once per process; see
+    ``pipeline.standin``)."""
+    return standin.build_standin(side, version)
 
 
 def write_standin(out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -289,7 +290,8 @@ def fix_left_shapedirs(left: dict, right: dict) -> bool:
 class HandModel:
     """Right and left MANO layers (smplx, ``flat_hand_mean=False``, full 45-D pose) in one object.
 
-    ``HandModel()`` uses the embedded stand-in; ``HandModel(mano_dir)`` the official (or converted) files.
+    ``HandModel()`` uses the embedded stand-in (``standin_version``: an older geometry, to re-render labels
+    written with it; default the current one); ``HandModel(mano_dir)`` the official (or converted) files.
 
     ``dtype`` (default: float64 on the CPU, float32 on a GPU): on the CPU, float32 skinning gives results that
     depend on the number of torch threads in the last bits (measured: 13 of 200 random hands differ between 1
@@ -302,6 +304,7 @@ class HandModel:
         mano_dir: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        standin_version: int = standin.STANDIN_VERSION,
     ) -> None:
         import smplx
 
@@ -309,7 +312,11 @@ class HandModel:
             dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
 
         if mano_dir is None:
-            data = {s: dict(standin_data(s)) for s in SIDES}
+            if standin_version not in standin.STANDIN_VERSIONS:
+                raise HandModelError(
+                    f"stand-in version must be one of {standin.STANDIN_VERSIONS}, got {standin_version!r}"
+                )
+            data = {s: dict(standin_data(s, standin_version)) for s in SIDES}
             blobs = [_pickle_bytes(data[s]) for s in SIDES]
             name = "standin"
         else:

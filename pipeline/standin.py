@@ -12,7 +12,11 @@ and matches MANO's interface, not its exact geometry:
 * ``hands_mean``: a slightly relaxed pose; ``hands_components``: 45 orthonormal rows whose first rows are
   hand synergies (curl, thumb opposition, spread, ...);
 * 10 shape directions with a meaning each (``SHAPE_COMPONENTS``), in metres per unit beta;
-* the left hand is the exact mirror of the right (x -> -x) with flipped face winding.
+* the left hand is the exact mirror of the right (x -> -x) with flipped face winding;
+* versions (``STANDIN_VERSIONS``; labels tell them apart by the model's sha256): 1, the first geometry; 2
+  (the default), with palmar soft tissue (``PALMAR_TISSUE``): thenar and hypothenar eminences, pads over the
+  palm's distal edge and fuller palmar sides of the fingers, as a real palm has. Measured effect on the
+  detector: docs/benchmarks.md, "Palmar soft tissue: stand-in version 2".
 
 Canonical frame (right hand, metres): fingers point to -x, the back of the hand faces +y (palm -y),
 the thumb is on the +z side; the wrist joint is near (0.09, 0, 0.005) and the middle knuckle near the
@@ -62,6 +66,20 @@ SHAPE_COMPONENTS = (
 )
 
 _PART_ID = {"palm": 0, "index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}
+
+STANDIN_VERSION = 2
+"""The version ``build_standin`` builds by default (module doc)."""
+STANDIN_VERSIONS = (1, 2)
+#: palmar soft tissue (version 2), canonical right hand, metres: (centre x, centre z, radius along x, radius
+#: along z, height) of each Gaussian mound on the palm, raised toward the palm's side (-y; ``_palmar_tissue``)
+PALMAR_TISSUE = {
+    "thenar": (0.058, 0.024, 0.024, 0.015, 0.007),  # the thumb's ball, between wrist and thumb base
+    "hypothenar": (0.052, -0.026, 0.030, 0.011, 0.004),  # along the little finger's side of the palm
+    "distal pads": (0.012, 0.0, 0.009, 0.050, 0.0025),  # across the palm below the finger bases
+}
+FINGER_PAD = 0.0015
+"""Metres: how much fuller the four fingers' palmar sides are (version 2)."""
+_PALM_MID_Y = -0.002  # metres: the palm's mid-plane (the palm grid's centre line, ``palm_centre_zy``)
 
 # ----------------------------------------------------------------------------------------------------
 # Design constants (right hand, metres)
@@ -575,8 +593,30 @@ def _reorder_tips(verts, faces, vinfo, apex, regress):
     return verts[order_a], inv[faces], [vinfo[o] for o in order_a], new_regress, inv
 
 
-def build_standin(side: str = "right") -> dict:
-    """Build the stand-in MANO model for ``side`` ('right' or 'left').
+def _palmar_tissue(verts: np.ndarray, faces: np.ndarray, vinfo: list[_Vert]) -> np.ndarray:
+    """(778, 3) ``verts`` (canonical right hand, metres) with palmar soft tissue.
+
+    Palm and thumb vertices move toward the palm's side (-y) by the ``PALMAR_TISSUE`` mounds, weighted by how
+    far below the palm's mid-plane they lie (0 above it, 1 from 12 mm below). The displacement is a smooth
+    function of position, so the rim of the thumb's opening moves with the thumb's base and nothing folds.
+    Long-finger vertices move along their normal by ``FINGER_PAD`` times the square root of how much the
+    normal faces the palm's side (-y)."""
+    part = np.array([v.part for v in vinfo])
+    x, y, z = verts.T
+    mounds = sum(
+        h * np.exp(-(((x - cx) / rx) ** 2 + ((z - cz) / rz) ** 2))
+        for cx, cz, rx, rz, h in PALMAR_TISSUE.values()
+    )
+    below = _smoothstep((_PALM_MID_Y - y) / 0.012)
+    mounds = np.where(np.isin(part, ("palm", "thumb")), mounds * below, 0.0)
+    n = _vertex_normals(verts, faces)
+    pads = np.where(np.isin(part, LONG_FINGERS), FINGER_PAD * np.sqrt(np.clip(-n[:, 1], 0.0, 1.0)), 0.0)
+    return verts + mounds[:, None] * np.array([0.0, -1.0, 0.0]) + pads[:, None] * n
+
+
+def build_standin(side: str = "right", version: int = STANDIN_VERSION) -> dict:
+    """Build the stand-in MANO model for ``side`` ('right' or 'left'), geometry ``version``
+    (``STANDIN_VERSIONS``; module doc).
 
     Returns a dict with the official MANO pickle keys: ``v_template`` (778, 3) float64 metres,
     ``f`` (1538, 3) uint32, ``J_regressor`` (16, 778) float64, ``weights`` (778, 16) float64,
@@ -588,10 +628,14 @@ def build_standin(side: str = "right") -> dict:
     """
     if side not in SIDES:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    if version not in STANDIN_VERSIONS:
+        raise ValueError(f"stand-in version must be one of {STANDIN_VERSIONS}, got {version!r}")
     verts, faces, vinfo, info = _build_right_geometry()
     verts, faces, vinfo, regress, _ = _reorder_tips(verts, faces, vinfo, info["apex"], info["regress"])
     if len(verts) != N_VERTS or len(faces) != N_FACES:
         raise RuntimeError(f"stand-in build produced {len(verts)} vertices / {len(faces)} faces")
+    if version >= 2:
+        verts = _palmar_tissue(verts, faces, vinfo)
     jreg = np.zeros((N_JOINTS, N_VERTS))
     for j, parts in regress.items():
         for ids, w in parts:
@@ -627,5 +671,5 @@ def build_standin(side: str = "right") -> dict:
         "bs_style": "lbs",
         "bs_type": "lrotmin",
         "part_ids": part_ids,
-        "standin_version": 1,
+        "standin_version": version,
     }

@@ -87,6 +87,20 @@ def test_bad_inputs_are_rejected(hand_model):
         hand_model("both", np.zeros((1, 48)), np.zeros((1, 10)), np.zeros((1, 3)))
 
 
+def test_standin_versions_are_separate_models(hand_model):
+    from pipeline.hand_model import HandModelError
+    from pipeline.standin import STANDIN_VERSION
+
+    first = HandModel(standin_version=1)
+    assert first.info.name == "standin" and first.info.sha256 != hand_model.info.sha256
+    assert HandModel(standin_version=STANDIN_VERSION).info == hand_model.info  # the default is the newest
+    zero = (np.zeros((1, 48)), np.zeros((1, 10)), np.zeros((1, 3)))
+    moved = (hand_model("right", *zero).vertices - first("right", *zero).vertices).norm(dim=-1)
+    assert 0.006 < float(moved.max()) < 0.0075  # the thenar eminence, posed (the mean pose) as well
+    with pytest.raises(HandModelError, match="stand-in version must be one of"):
+        HandModel(standin_version=7)
+
+
 def test_standin_files_load_with_smplx_create(tmp_path, hand_model):
     import smplx
 

@@ -226,3 +226,24 @@ def test_gestures_render_distinct_shapes(hand_model):
         > np.linalg.norm(J[2, tip["middle4"]] - J[2, 0])
     )
     assert np.linalg.norm(J[3, tip["thumb4"]] - J[3, tip["index4"]]) < 0.01
+
+
+def test_version_2_adds_palmar_tissue_only(standin_right):
+    v1 = standin.build_standin("right", 1)
+    v2 = standin_right  # the default
+    assert v2["standin_version"] == standin.STANDIN_VERSION == 2 and v1["standin_version"] == 1
+    assert np.array_equal(v1["f"], v2["f"]) and np.array_equal(v1["part_ids"], v2["part_ids"])
+    d = v2["v_template"] - v1["v_template"]
+    moved = np.linalg.norm(d, axis=1)
+    part = v2["part_ids"]
+    assert (d[:, 1] <= 1e-12).all()  # tissue is added on the palm's side (-y), never toward the back
+    back = (v1["v_template"][:, 1] > 0.005) & np.isin(part, (0, 5))
+    assert back.sum() > 50 and moved[back].max() < 1e-9  # the back of the palm and thumb stays
+    top = int(np.argmax(moved))  # the thenar eminence: the highest mound, on the thumb's side of the palm
+    assert part[top] == 0 and 0.006 < moved[top] <= 0.007 + 1e-9 and v1["v_template"][top, 2] > 0.01
+    fingers = np.isin(part, (1, 2, 3, 4))
+    assert 0.001 < moved[fingers].max() <= standin.FINGER_PAD + 1e-9  # the fingers' palmar pads
+    assert np.abs(v2["J"] - v1["J"]).max() < 0.002  # the regressor's rings hold a few raised vertices
+    assert len(geometry.edge_triangle_intersections(v1["v_template"], v1["f"])) == 0
+    with pytest.raises(ValueError, match="stand-in version must be one of"):
+        standin.build_standin("right", 3)

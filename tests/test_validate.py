@@ -468,3 +468,35 @@ def test_a_run_made_before_props_keeps_its_identity():
     assert cfg.props == "none"
     assert cfg.config_sha256() == "3d5c120baf6bb8599c6caabbe80e431e359236e49578b2f2ca68c6d7d8ef7efe"
     assert RunConfig(**{k: v for k, v in stored.items() if k != "out"}).props == "forearm,objects"
+
+
+def test_a_run_made_with_the_first_stand_in_validates(tmp_path, monkeypatch):
+    """Labels record the stand-in by its sha256; ``hands validate`` finds the stand-in version that made them
+    (a run written before the palmar tissue of version 2 still validates), and names a stand-in that is none
+    of this version's in one line."""
+    import pipeline.hand_model as hm
+
+    def first(side, version=None):
+        return hm.standin.build_standin(side, 1)
+
+    monkeypatch.setattr(hm, "standin_data", first)
+    out = tmp_path / "run"
+    _generate(out, samples=3, shard_size=3)
+    monkeypatch.undo()
+    old_sha = hm.HandModel(standin_version=1).info.sha256
+    assert old_sha != hm.HandModel().info.sha256
+    labels = _labels(out / "hands-000000.tar")
+    assert {lb.hand_model["sha256"] for lb in labels} == {old_sha}
+    report = validate(out)
+    assert report.passed, report.errors
+
+    def unknown(d):
+        d["hand_model"]["sha256"] = "ab" * 32
+
+    _rewrite_tar(out / "hands-000000.tar", _edit_label(labels[0].key, unknown))
+    _reseal(out)
+    report = validate(out)
+    assert "params" in _failed(report), report.errors
+    assert any("is none of this version's stand-ins (versions 1, 2)" in e for e in report.errors), (
+        report.errors
+    )
