@@ -13,10 +13,11 @@ and matches MANO's interface, not its exact geometry:
   hand synergies (curl, thumb opposition, spread, ...);
 * 10 shape directions with a meaning each (``SHAPE_COMPONENTS``), in metres per unit beta;
 * the left hand is the exact mirror of the right (x -> -x) with flipped face winding;
-* versions (``STANDIN_VERSIONS``; labels tell them apart by the model's sha256): 1, the first geometry; 2
-  (the default), with palmar soft tissue (``PALMAR_TISSUE``): thenar and hypothenar eminences, pads over the
-  palm's distal edge and fuller palmar sides of the fingers, as a real palm has. Measured effect on the
-  detector: docs/benchmarks.md, "Palmar soft tissue: stand-in version 2".
+* versions (``STANDIN_VERSIONS``; labels tell them apart by the model's sha256): 1, the first geometry; 2,
+  with palmar soft tissue (``PALMAR_TISSUE``): thenar and hypothenar eminences, pads over the palm's distal
+  edge and fuller palmar sides of the fingers, as a real palm has; 3 (the default), version 2 with fingers
+  wider than deep (``FINGER_DEPTH``). Measured effect on the detector: docs/benchmarks.md, "Palmar soft
+  tissue: stand-in version 2" and "Finger cross-sections: stand-in version 3".
 
 Canonical frame (right hand, metres): fingers point to -x, the back of the hand faces +y (palm -y),
 the thumb is on the +z side; the wrist joint is near (0.09, 0, 0.005) and the middle knuckle near the
@@ -67,9 +68,13 @@ SHAPE_COMPONENTS = (
 
 _PART_ID = {"palm": 0, "index": 1, "middle": 2, "ring": 3, "pinky": 4, "thumb": 5}
 
-STANDIN_VERSION = 2
+STANDIN_VERSION = 3
 """The version ``build_standin`` builds by default (module doc)."""
-STANDIN_VERSIONS = (1, 2)
+STANDIN_VERSIONS = (1, 2, 3)
+FINGER_DEPTH = 0.83
+"""Version 3: the long fingers' palmar-dorsal radii relative to versions 1 and 2, between the knuckle ring
+and the tip's cap. Versions 1 and 2 made the fingers deeper than wide; real fingers are a little wider than
+deep."""
 #: palmar soft tissue (version 2), canonical right hand, metres: (centre x, centre z, radius along x, radius
 #: along z, height) of each Gaussian mound on the palm, raised toward the palm's side (-y; ``_palmar_tissue``)
 PALMAR_TISSUE = {
@@ -198,7 +203,9 @@ def _superellipse(centre_zy, half_w, half_h, expo, start_angle, fractions, x):
     return np.stack([np.full_like(zz, x), yy, zz], axis=1)
 
 
-def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
+def _build_right_geometry(depth: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
+    """The right hand's surface; ``depth`` scales the long fingers' palmar-dorsal radii between the knuckle
+    ring and the tip's cap (``FINGER_DEPTH``)."""
     b = _Builder()
     finger_rings: dict[str, list[np.ndarray]] = {}
     apex: dict[str, int] = {}
@@ -301,7 +308,9 @@ def _build_right_geometry() -> tuple[np.ndarray, np.ndarray, list[_Vert], dict]:
             if tag in ("pip", "dip"):
                 r *= 1.04  # knuckles are slightly thicker
             ring = b.add_ring(
-                _ring_points(_MCP[f] + sv * d, d, u, s, r, r * (1.05 - 0.1 * t), _FINGER_RING, 0.08), f, sv
+                _ring_points(_MCP[f] + sv * d, d, u, s, r, r * (1.05 - 0.1 * t) * depth, _FINGER_RING, 0.08),
+                f,
+                sv,
             )
             b.strip(
                 prev, ring, np.arange(_FINGER_RING) / _FINGER_RING, np.arange(_FINGER_RING) / _FINGER_RING
@@ -630,7 +639,7 @@ def build_standin(side: str = "right", version: int = STANDIN_VERSION) -> dict:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     if version not in STANDIN_VERSIONS:
         raise ValueError(f"stand-in version must be one of {STANDIN_VERSIONS}, got {version!r}")
-    verts, faces, vinfo, info = _build_right_geometry()
+    verts, faces, vinfo, info = _build_right_geometry(FINGER_DEPTH if version >= 3 else 1.0)
     verts, faces, vinfo, regress, _ = _reorder_tips(verts, faces, vinfo, info["apex"], info["regress"])
     if len(verts) != N_VERTS or len(faces) != N_FACES:
         raise RuntimeError(f"stand-in build produced {len(verts)} vertices / {len(faces)} faces")

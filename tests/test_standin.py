@@ -228,10 +228,9 @@ def test_gestures_render_distinct_shapes(hand_model):
     assert np.linalg.norm(J[3, tip["thumb4"]] - J[3, tip["index4"]]) < 0.01
 
 
-def test_version_2_adds_palmar_tissue_only(standin_right):
-    v1 = standin.build_standin("right", 1)
-    v2 = standin_right  # the default
-    assert v2["standin_version"] == standin.STANDIN_VERSION == 2 and v1["standin_version"] == 1
+def test_version_2_adds_palmar_tissue_only():
+    v1, v2 = standin.build_standin("right", 1), standin.build_standin("right", 2)
+    assert v2["standin_version"] == 2 and v1["standin_version"] == 1
     assert np.array_equal(v1["f"], v2["f"]) and np.array_equal(v1["part_ids"], v2["part_ids"])
     d = v2["v_template"] - v1["v_template"]
     moved = np.linalg.norm(d, axis=1)
@@ -245,5 +244,26 @@ def test_version_2_adds_palmar_tissue_only(standin_right):
     assert 0.001 < moved[fingers].max() <= standin.FINGER_PAD + 1e-9  # the fingers' palmar pads
     assert np.abs(v2["J"] - v1["J"]).max() < 0.002  # the regressor's rings hold a few raised vertices
     assert len(geometry.edge_triangle_intersections(v1["v_template"], v1["f"])) == 0
+    assert len(geometry.edge_triangle_intersections(v2["v_template"], v2["f"])) == 0
     with pytest.raises(ValueError, match="stand-in version must be one of"):
-        standin.build_standin("right", 3)
+        standin.build_standin("right", 9)
+
+
+def _cross_section(d: dict, part: int, x: float) -> tuple[float, float]:
+    """(width along z, depth along y), metres, of a finger's ring near canonical ``x`` (rest pose)."""
+    v = d["v_template"]
+    ring = (d["part_ids"] == part) & (np.abs(v[:, 0] - x) < 0.003)
+    assert ring.sum() == 10  # one ring of the finger's tube
+    return float(np.ptp(v[ring, 2])), float(np.ptp(v[ring, 1]))
+
+
+def test_version_3_makes_fingers_wider_than_deep(standin_right):
+    v2, v3 = standin.build_standin("right", 2), standin_right  # the default
+    assert v3["standin_version"] == standin.STANDIN_VERSION == 3
+    fingers = np.isin(v3["part_ids"], (1, 2, 3, 4))
+    assert np.array_equal(v2["v_template"][~fingers], v3["v_template"][~fingers])  # palm and thumb as before
+    for part, x in ((1, -0.016), (2, -0.020), (3, -0.016), (4, 0.0)):  # mid proximal phalanges
+        w2, d2 = _cross_section(v2, part, x)
+        w3, d3 = _cross_section(v3, part, x)
+        assert w3 == pytest.approx(w2, abs=3e-4)  # as wide as before
+        assert d2 / w2 > 1.05 and 0.88 < d3 / w3 < 0.98, (part, d2 / w2, d3 / w3)

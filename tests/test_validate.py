@@ -497,6 +497,6 @@ def test_a_run_made_with_the_first_stand_in_validates(tmp_path, monkeypatch):
     _reseal(out)
     report = validate(out)
     assert "params" in _failed(report), report.errors
-    assert any("is none of this version's stand-ins (versions 1, 2)" in e for e in report.errors), (
+    assert any("is none of this version's stand-ins (versions 1, 2, 3)" in e for e in report.errors), (
         report.errors
     )
