@@ -15,10 +15,11 @@ functions over rows; no detector runs here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from pipeline.errors import HandgenError
 from pipeline.schema import SIDES
@@ -106,19 +107,23 @@ def eligible_hands(rows: Iterable[Mapping], tag: str | None = None) -> dict[tupl
     change under test may alter, while the same seed draws the same sample at the same index. ``tag``: keys
     become ``(tag, index, side)``, so that pairs of runs drawn with different seeds can be pooled."""
     out: dict[tuple, HandScore] = {}
+    for key, row, side in _eligible(rows, tag):
+        detected = bool(row.get(f"{side}_detected"))
+        pck = row.get(f"{side}_pck_01")
+        ok = detected and pck is not None and not (isinstance(pck, float) and math.isnan(pck))
+        agrees = row.get(f"{side}_handedness_agrees") if detected else None
+        out[key] = HandScore(detected, float(pck) if ok else None, None if agrees is None else bool(agrees))
+    return out
+
+
+def _eligible(rows: Iterable[Mapping], tag: str | None) -> Iterator[tuple[tuple, Mapping, str]]:
+    """``(key, row, side)`` of each eligible hand in ``rows``; the key is ``(index, side)``, or
+    ``(tag, index, side)`` (``eligible_hands``)."""
     for row in rows:
         for side in SIDES:
-            if row.get(f"{side}_eligible") is not True:
-                continue
-            detected = bool(row.get(f"{side}_detected"))
-            pck = row.get(f"{side}_pck_01")
-            ok = detected and pck is not None and not (isinstance(pck, float) and math.isnan(pck))
-            agrees = row.get(f"{side}_handedness_agrees") if detected else None
-            key = (int(row["index"]), side)
-            out[key if tag is None else (tag, *key)] = HandScore(
-                detected, float(pck) if ok else None, None if agrees is None else bool(agrees)
-            )
-    return out
+            if row.get(f"{side}_eligible") is True:
+                key = (int(row["index"]), side)
+                yield (key if tag is None else (tag, *key)), row, side
 
 
 Hands = Mapping[tuple, HandScore]
@@ -137,14 +142,9 @@ def hand_groups(rows: Iterable[Mapping], by: str, tag: str | None = None) -> dic
         raise CompareError(f"unknown split {by!r}; known: {', '.join(BREAKDOWNS)}")
     group = BREAKDOWNS[by][0]
     out: dict[tuple, str] = {}
-    for row in rows:
-        for side in SIDES:
-            if row.get(f"{side}_eligible") is not True or _SPLIT_COLUMN[by].format(side=side) not in row:
-                continue
-            g = group(row, side)
-            if g is not None:
-                key = (int(row["index"]), side)
-                out[key if tag is None else (tag, *key)] = str(g)
+    for key, row, side in _eligible(rows, tag):
+        if _SPLIT_COLUMN[by].format(side=side) in row and (g := group(row, side)) is not None:
+            out[key] = str(g)
     return out
 
 
@@ -163,11 +163,13 @@ def split(
 ) -> dict[str, PairedComparison]:
     """``compare`` within each group of ``groups`` (``hand_groups``): the groups named in ``order`` first (in
     that order, those present), then the others sorted."""
-    present = set(groups.values())
-    named = [g for g in (order or ()) if g in present]
+    members: dict[str, set] = collections.defaultdict(set)
+    for k, g in groups.items():
+        members[g].add(k)
+    named = [g for g in (order or ()) if g in members]
     out: dict[str, PairedComparison] = {}
-    for g in [*named, *sorted(present - set(named))]:
-        keys = {k for k, v in groups.items() if v == g}
+    for g in [*named, *sorted(members.keys() - set(named))]:
+        keys = members[g]
         out[g] = compare({k: v for k, v in a.items() if k in keys}, {k: v for k, v in b.items() if k in keys})
     return out
 

@@ -339,10 +339,11 @@ class _HandModels:
                         )
                 else:
                     model = HandModel(self.mano_dir)
-                if model.info.sha256 != sha:
-                    raise SchemaError(
-                        f"hand model sha256 {model.info.sha256[:12]} differs from the label's {str(sha)[:12]}"
-                    )
+                    if model.info.sha256 != sha:
+                        raise SchemaError(
+                            f"hand model sha256 {model.info.sha256[:12]} differs from the label's "
+                            f"{str(sha)[:12]}"
+                        )
                 self._models[sha] = model
             except (SchemaError, HandModelError) as exc:
                 self._models[sha] = SchemaError(str(exc))

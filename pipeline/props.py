@@ -198,8 +198,7 @@ def draw_props(
             if not _meshes_cross(meshes, verts, faces):
                 break
             flexed = k >= ARM_TRIES
-            arms = draw(FLEX_MAX if flexed else None)
-            meshes = None
+            arms = draw(FLEX_MAX if flexed else None)  # its meshes: the next pass, or the else below
             if not flexed:
                 within = arms
         else:

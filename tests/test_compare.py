@@ -157,6 +157,11 @@ def test_split_by_facing_and_pooling_pairs_of_other_seeds():
     }
     assert by["palm"].detected_a == 1 and by["palm"].detected_b == 3
     assert list(split(pooled_a, pooled_b, groups)) == ["back", "palm", "side"]  # no order: sorted
+    # every split of hands evaluate names the column it reads
+    from evaluation.compare import _SPLIT_COLUMN
+    from evaluation.run import BREAKDOWNS
+
+    assert set(_SPLIT_COLUMN) == set(BREAKDOWNS)
     # scores without the split's column have no groups; an unknown split is one line
     assert hand_groups([_row(0, right=(True, True, 0.9))], "facing") == {}
     with pytest.raises(CompareError, match="unknown split 'colour'"):
