@@ -321,7 +321,7 @@ class _HandModels:
     def get(self, hand_model: dict):
         """The ``pipeline.hand_model.HandModel`` (CPU, float32) for a label; ``SchemaError`` when
         unavailable."""
-        from pipeline.hand_model import HandModel, HandModelError
+        from pipeline.hand_model import HandModel, HandModelError, standin_version_of
         from pipeline.standin import STANDIN_VERSIONS
 
         name, sha = hand_model.get("name"), hand_model.get("sha256")
@@ -329,14 +329,14 @@ class _HandModels:
             try:
                 if name != "standin" and not self.mano_dir:
                     raise SchemaError("labels use MANO: pass --mano-dir to check and re-render them")
-                if name == "standin":  # the stand-in geometry the labels were made with: newest first
-                    models = (HandModel(standin_version=v) for v in reversed(STANDIN_VERSIONS))
-                    model = next((m for m in models if m.info.sha256 == sha), None)
-                    if model is None:
+                if name == "standin":  # the stand-in geometry the labels were made with
+                    version = standin_version_of(sha)
+                    if version is None:
                         raise SchemaError(
                             f"the label's stand-in hand model (sha256 {str(sha)[:12]}) is none of this "
                             f"version's stand-ins (versions {', '.join(map(str, STANDIN_VERSIONS))})"
                         )
+                    model = HandModel(standin_version=version)
                 else:
                     model = HandModel(self.mano_dir)
                     if model.info.sha256 != sha:

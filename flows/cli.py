@@ -16,6 +16,7 @@ from flows.argtypes import non_negative, unit_interval
 from flows.argtypes import positive_int as _positive_int
 from pipeline.errors import HandgenError, one_line
 from pipeline.schema import SIDES
+from pipeline.standin import STANDIN_VERSION, STANDIN_VERSIONS
 
 logger = logging.getLogger("hands")
 
@@ -199,7 +200,12 @@ def _generate(args, server) -> int:
                 "props",
             )
         },
-        "hand_model": {"mano_dir": args.mano_dir} if args.mano_dir else None,
+        "hand_model": {
+            k: v
+            for k, v in (("mano_dir", args.mano_dir), ("standin_version", args.standin_version))
+            if v is not None
+        }
+        or None,
     }
     cfg = load_config(args.config, **overrides)
     from flows.workers import LocalWorkers
@@ -447,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--renderer", choices=("auto", "opengl", "pytorch3d"), default=None)
         q.add_argument("--run-tag", default=None, help="key prefix (default: a hash of the config)")
         q.add_argument("--mano-dir", default=None, help="MANO folder (default: the embedded stand-in)")
+        q.add_argument(
+            "--standin-version",
+            type=int,
+            choices=STANDIN_VERSIONS,
+            default=None,
+            help=f"the embedded stand-in's geometry (default {STANDIN_VERSION}, the newest): an older one "
+            "finishes a run begun with it",
+        )
         q.add_argument(
             "--min-visible-joints", type=int, default=None, help="skip samples whose hands show fewer joints"
         )

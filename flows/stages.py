@@ -116,7 +116,8 @@ class GenerationPipeline:
 
         config = self.config
         self.device = resolve_device(config.device)  # a GPU that is not there is one line
-        self.hand_model = HandModel(config.hand_model.mano_dir, device=self.device)
+        hm = config.hand_model
+        self.hand_model = HandModel(hm.mano_dir, device=self.device, standin_version=hm.standin_version)
         filters = FilterConfig(min_hand_px=config.min_hand_px, max_truncation=config.max_truncation)
         self.source = make_source(
             config.source,

@@ -37,9 +37,29 @@ class ConfigError(HandgenError, ValueError):
 
 
 class HandModelConfig(FrozenModel):
-    """``mano_dir``: folder with MANO_{RIGHT,LEFT}.pkl (or its parent with ``mano/``); None = the stand-in."""
+    """``mano_dir``: folder with MANO_{RIGHT,LEFT}.pkl (or its parent with ``mano/``); None = the stand-in.
+
+    ``standin_version``: the embedded stand-in's geometry (``pipeline.standin.STANDIN_VERSIONS``; None = the
+    current one, ``STANDIN_VERSION``), e.g. to finish or extend a run begun before the default changed. Like
+    the code version, it is not part of the run's identity (``RunConfig.identity``): each shard's report
+    records the hand model's sha256, and a run refuses shards made with another one."""
 
     mano_dir: Path | None = None
+    standin_version: int | None = None
+
+    @model_validator(mode="after")
+    def _check_standin_version(self) -> HandModelConfig:
+        from pipeline.standin import STANDIN_VERSIONS
+
+        v = self.standin_version
+        if v is None:
+            return self
+        if v not in STANDIN_VERSIONS:
+            choices = ", ".join(map(str, STANDIN_VERSIONS))
+            raise ValueError(f"standin_version must be one of {choices}, got {v}")
+        if self.mano_dir is not None:
+            raise ValueError("standin_version is the embedded stand-in's geometry: not with mano_dir")
+        return self
 
 
 PROP_KINDS = ("forearm", "objects")
@@ -219,6 +239,7 @@ class RunConfig(FrozenModel):
         ) in ADDED_FIELDS.items():  # runs made before a field existed keep their hash (run tag)
             if d[name] == default:
                 del d[name]
+        d["hand_model"].pop("standin_version", None)  # checked by the shards' hand-model record instead
         return d
 
     def config_sha256(self) -> str:
@@ -285,6 +306,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
+MERGED_OVERRIDES = ("hand_model",)
+"""Sub-configs that an override mapping completes field by field instead of replacing (``load_model``)."""
+
+
 def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -> BaseModel:
     """An instance of the config model ``cls`` from a YAML file (optional) and ``overrides`` (None values
     ignored); any problem is a ``ConfigError`` naming the field or the file."""
@@ -300,7 +325,13 @@ def load_model(cls: type[BaseModel], path: str | Path | None, overrides: dict) -
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
         data.update(loaded or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        # a mapping that only names some of a sub-config's fields (``--standin-version`` next to a preset's
+        # ``hand_model.mano_dir``) completes the file's, so a contradiction is reported, not lost
+        merge = k in MERGED_OVERRIDES and isinstance(v, dict) and isinstance(data.get(k), dict)
+        data[k] = {**data[k], **v} if merge else v
     try:
         return cls(**data)
     except ValidationError as exc:

@@ -216,6 +216,26 @@ def standin_data(side: str, version: int = standin.STANDIN_VERSION) -> dict:
     return standin.build_standin(side, version)
 
 
+def _model_sha256(blobs: list[bytes]) -> str:
+    """The hand model's sha256 as labels record it: the sha256 of the right and left files' sha256s."""
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(hashlib.sha256(blob).digest())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=len(standin.STANDIN_VERSIONS))
+def standin_sha256(version: int = standin.STANDIN_VERSION) -> str:
+    """The sha256 that ``HandModel(standin_version=version)`` records (``HandModelInfo.sha256``)."""
+    return _model_sha256([_pickle_bytes(standin_data(s, version)) for s in SIDES])
+
+
+def standin_version_of(sha256: str | None) -> int | None:
+    """The stand-in version whose hand model has ``sha256`` (newest first), or None (MANO, or a stand-in
+    this code does not know)."""
+    return next((v for v in reversed(standin.STANDIN_VERSIONS) if standin_sha256(v) == sha256), None)
+
+
 def write_standin(out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``MANO_RIGHT.pkl`` and ``MANO_LEFT.pkl`` (stand-in) into ``out_dir``.
 
@@ -291,7 +311,8 @@ class HandModel:
     """Right and left MANO layers (smplx, ``flat_hand_mean=False``, full 45-D pose) in one object.
 
     ``HandModel()`` uses the embedded stand-in (``standin_version``: an older geometry, to re-render labels
-    written with it; default the current one); ``HandModel(mano_dir)`` the official (or converted) files.
+    written with it or finish a run begun with it; None: the current one, ``standin.STANDIN_VERSION``);
+    ``HandModel(mano_dir)`` the official (or converted) files.
 
     ``dtype`` (default: float64 on the CPU, float32 on a GPU): on the CPU, float32 skinning gives results that
     depend on the number of torch threads in the last bits (measured: 13 of 200 random hands differ between 1
@@ -304,13 +325,17 @@ class HandModel:
         mano_dir: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
-        standin_version: int = standin.STANDIN_VERSION,
+        standin_version: int | None = None,
     ) -> None:
         import smplx
 
         if dtype is None:
             dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
 
+        if mano_dir is not None and standin_version is not None:
+            raise HandModelError("a stand-in version goes with the embedded stand-in, not with a MANO folder")
+        if standin_version is None:
+            standin_version = standin.STANDIN_VERSION
         if mano_dir is None:
             if standin_version not in standin.STANDIN_VERSIONS:
                 raise HandModelError(
@@ -327,10 +352,7 @@ class HandModel:
             name = "standin" if all("standin_version" in data[s] for s in SIDES) else "mano"
         if fix_left_shapedirs(data["left"], data["right"]):
             logger.info("applied the left-hand shapedirs fix to %s", mano_dir)
-        digest = hashlib.sha256()
-        for blob in blobs:
-            digest.update(hashlib.sha256(blob).digest())
-        self.info = HandModelInfo(name=name, sha256=digest.hexdigest())
+        self.info = HandModelInfo(name=name, sha256=_model_sha256(blobs))
         self.device = torch.device(device)
         self.dtype = dtype
         self.layers = torch.nn.ModuleDict()

@@ -317,10 +317,14 @@ class RunFolder:
             key = _stage_conflict(rep.run, run_info)
             if key is not None:
                 theirs, ours = rep.run[key], run_info[key]
+                where = self.store.path(rep.name)
+                pin = _standin_pin(key, theirs, ours)
+                if pin:
+                    raise RunMismatchError(f"{where} was written with {pin}, or choose another --out")
                 changed = sorted(f for f in set(theirs) | set(ours) if theirs.get(f) != ours.get(f))
                 detail = ", ".join(f"{f} {theirs.get(f)!r} there, {ours.get(f)!r} here" for f in changed[:3])
                 raise RunMismatchError(
-                    f"{self.store.path(rep.name)} was written with another {key} ({detail}); finish the "
+                    f"{where} was written with another {key} ({detail}); finish the "
                     "run with the stages (and code version) that started it, or choose another --out"
                 )
         self._stages_checked = True
@@ -446,6 +450,24 @@ def _stage_conflict(a: dict | None, b: dict | None) -> str | None:
         if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]:
             return k
     return None
+
+
+def _standin_pin(key: str, theirs: dict, ours: dict) -> str | None:
+    """For a run begun with another version of the embedded stand-in than this process's hand model: which
+    version, and how to finish the run with it; None for any other difference."""
+    if key != "hand_model" or theirs.get("name") != "standin":
+        return None
+    from pipeline.hand_model import standin_version_of  # only on this error path: it builds the stand-ins
+
+    version = standin_version_of(theirs.get("sha256"))
+    if version is None:
+        return None
+    here = standin_version_of(ours.get("sha256"))
+    here = f"version {here}" if here is not None else f"the {ours.get('name')} hand model"
+    return (
+        f"stand-in version {version} (this process uses {here}); finish the run with --standin-version "
+        f"{version} (hand_model.standin_version in a config file)"
+    )
 
 
 def _get(d: dict, dotted: str):

@@ -40,6 +40,24 @@ def test_config_hash_excludes_output_location():
     assert RunConfig(run_tag="mine").effective_run_tag() == "mine"
 
 
+def test_standin_version_is_checked_and_outside_the_identity(tmp_path):
+    """``hand_model.standin_version`` pins an older stand-in; it is not part of the identity (the shards'
+    hand-model record pins it, as it did when the default changed), so pinning the version a run was begun
+    with resumes that run. A preset's ``mano_dir`` and a command-line version meet, and are refused."""
+    pinned = RunConfig(hand_model={"standin_version": 2})
+    assert pinned.hand_model.standin_version == 2 and RunConfig().hand_model.standin_version is None
+    assert pinned.config_sha256() == RunConfig().config_sha256()
+    assert "standin_version" not in pinned.identity()["hand_model"]
+    with pytest.raises(ConfigError, match=r"hand_model: standin_version must be one of 1, 2, 3, got 9"):
+        load_config(hand_model={"standin_version": 9})
+    p = tmp_path / "mano.yaml"
+    p.write_text(f"hand_model: {{mano_dir: {tmp_path}}}\n")
+    with pytest.raises(ConfigError, match="geometry: not with mano_dir"):
+        load_config(p, hand_model={"standin_version": 2})
+    other = load_config(p, hand_model={"mano_dir": str(tmp_path / "other")})
+    assert other.hand_model.mano_dir.name == "other"
+
+
 def test_sample_seeds_are_pure_and_distinct():
     seeds = [sample_seed(7, i) for i in range(1000)]
     assert len(set(seeds)) == 1000
@@ -64,6 +82,7 @@ def _run(*args):
         (["mano", "convert", "/nonexistent/MANO_RIGHT.pkl", "out.pkl"], "MANO file not found"),
         (["mano", "show", "--mano-dir", "/nonexistent", "--out", "x.png"], "MANO folder not found"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["generate", "--out", "x", "--standin-version", "9"], "--standin-version: invalid choice: 9"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(args, message):

@@ -99,6 +99,21 @@ def test_standin_versions_are_separate_models(hand_model):
     assert 0.006 < float(moved.max()) < 0.0075  # the thenar eminence, posed (the mean pose) as well
     with pytest.raises(HandModelError, match="stand-in version must be one of"):
         HandModel(standin_version=7)
+    with pytest.raises(HandModelError, match="not with a MANO folder"):
+        HandModel("/nonexistent", standin_version=1)
+
+
+def test_standin_sha256_names_the_version(hand_model):
+    """``standin_sha256`` is the sha256 a stand-in ``HandModel`` records, and ``standin_version_of`` finds the
+    version back from it (what ``hands validate`` and a refused resume use)."""
+    from pipeline.hand_model import standin_sha256, standin_version_of
+    from pipeline.standin import STANDIN_VERSION, STANDIN_VERSIONS
+
+    assert standin_sha256() == hand_model.info.sha256 == standin_sha256(STANDIN_VERSION)
+    assert standin_sha256(1) == HandModel(standin_version=1).info.sha256
+    assert len({standin_sha256(v) for v in STANDIN_VERSIONS}) == len(STANDIN_VERSIONS)
+    assert [standin_version_of(standin_sha256(v)) for v in STANDIN_VERSIONS] == list(STANDIN_VERSIONS)
+    assert standin_version_of("0" * 64) is None and standin_version_of(None) is None
 
 
 def test_standin_files_load_with_smplx_create(tmp_path, hand_model):

@@ -166,6 +166,37 @@ def test_resume_with_other_stages_is_refused_before_generating(reference, tmp_pa
     assert _hashes(out) == _hashes(reference)
 
 
+def test_run_begun_with_an_older_standin_finishes_with_it(reference, tmp_path):
+    """A run begun with stand-in version 2 (before the default became 3), killed after its first shard: the
+    plain resume is refused in one line that names the version and the flag; ``--standin-version 2`` finishes
+    it with the same bytes as an uninterrupted version-2 run, and ``hands validate`` passes it."""
+    from pipeline.hand_model import standin_sha256
+    from pipeline.standin import STANDIN_VERSION
+
+    whole = tmp_path / "whole"
+    _run(_cfg(whole, hand_model={"standin_version": 2}))
+    assert json.loads((whole / "run.json").read_text())["config_sha256"] == _cfg(whole).config_sha256()
+    meta = json.loads((whole / "hands-000000.meta.json").read_text())
+    assert meta["run"]["hand_model"] == {"name": "standin", "sha256": standin_sha256(2)}
+    assert _hashes(whole) != _hashes(reference)  # other geometry, other labels and images
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    for name in ("manifest.json", "index.parquet", "hands-000001.tar", "hands-000001.meta.json"):
+        (out / name).unlink()
+    p = _cli(out, "--resume")
+    _, err = p.communicate(timeout=120)
+    lines = _stderr_lines(err)
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    here = f"(this process uses version {STANDIN_VERSION})"
+    assert f"hands-000000.tar was written with stand-in version 2 {here}" in lines[0], lines[0]
+    assert "--standin-version 2" in lines[0] and not (out / "hands-000001.tar").exists()
+    p = _cli(out, "--resume", "--standin-version", "2")
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-3000:]
+    assert _hashes(out) == _hashes(whole)
+    assert validate(out).passed
+
+
 def test_claim_temporaries_of_killed_workers_are_removed(reference, tmp_path):
     """A worker killed inside ``create_exclusive`` (claiming a shard) leaves
     ``.<shard>.claim<g>.<random>.tmp``: the next writer of that shard removes it, and the finaliser removes
