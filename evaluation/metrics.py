@@ -6,7 +6,9 @@
 * ``pck``: fraction of visible joints whose error is below ``threshold * size`` (PCK@0.05, PCK@0.1);
 * ``mse_2d``: the mean over visible joints of the squared Euclidean error, px^2 (our reading of the
   AttentionHand paper's MSE-2D, which gives no formula or unit; see docs/evaluation.md);
-* ``eligible``: at least ``min_visible_joints`` visible joints and a box of at least ``min_box_px``.
+* ``eligible``: at least ``min_visible_joints`` visible joints and a box of at least ``min_box_px``;
+* ``joint_offsets``: each visible joint's error / size, split along the hand (from the label's wrist toward
+  its middle knuckle) and across it (toward the thumb's side), to see which keypoints disagree and which way.
 
 Matching (``match_hands``): detections are assigned to labelled hands by keypoints, never by handedness: the
 cost of a (hand, detection) pair is the hand's ``normalized_error``; pairs at or above ``gate`` (default 0.5
@@ -100,6 +102,41 @@ def hand_metrics(pred, gt, visible, bbox) -> dict:
         "pck_01": pck(pred, gt, visible, size, 0.1),
         "mse_2d": mse_2d(pred, gt, visible),
     }
+
+
+#: joint ids (``pipeline.kinematics.JOINT_NAMES``) that set a hand's 2D frame in ``joint_offsets``
+_WRIST, _THUMB2, _MIDDLE1 = 0, 2, 9
+
+
+def joint_offsets(pred, gt, visible, size: float) -> np.ndarray:
+    """(21, 3) float64: per joint, the predicted keypoint minus the label's, divided by ``size`` (the label
+    box's longer side), as (along, across, distance). ``along`` is the component toward the fingertips (the
+    unit vector from the label's wrist to its middle knuckle); ``across`` the perpendicular component toward
+    the thumb's side (the side of that axis on which the label's thumb MCP lies); ``distance`` the Euclidean
+    error / size, the quantity PCK thresholds. Rows of joints not visible are NaN; along and across are NaN
+    when the axis or the thumb's side is not defined (wrist and middle knuckle, or the thumb MCP and the
+    axis, within 1 px)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    out = np.full((len(gt), 3), math.nan)
+    v = _visible(visible, len(gt))
+    if not v.any() or size <= 0:
+        return out
+    d = (pred - gt) / size
+    out[v, 2] = np.linalg.norm(d[v], axis=1)
+    axis = gt[_MIDDLE1] - gt[_WRIST]
+    length = float(np.linalg.norm(axis))
+    if length < 1.0:
+        return out
+    along = axis / length
+    across = np.array([-along[1], along[0]])
+    side = float((gt[_THUMB2] - gt[_WRIST]) @ across)
+    if abs(side) < 1.0:
+        return out
+    across *= math.copysign(1.0, side)
+    out[v, 0] = d[v] @ along
+    out[v, 1] = d[v] @ across
+    return out
 
 
 def match_hands(

@@ -368,6 +368,45 @@ def figures(rows: list[dict], captions: list[str], settings: dict) -> list[tuple
     return [(title, bar_chart(*data, title, **kw)) for title, data, kw in charts]
 
 
+def _joint_section(s: dict) -> list[str]:
+    """The keypoint-by-keypoint table (``summary['by_joint']``, ``by_joint_facing``), or nothing."""
+    joints = s.get("by_joint") or {}
+    if not any(v["visible"] for v in joints.values()):
+        return []
+    facing = s.get("by_joint_facing") or {}
+    views = [f for f, t in facing.items() if any(v["visible"] for v in t.values())]
+    rows = [
+        (
+            name,
+            v["visible"],
+            _fmt(v["error"]),
+            _fmt(v["pck_01"], 2),
+            _fmt(v["along"]),
+            _fmt(v["across"]),
+            *(_fmt(facing[f][name]["pck_01"], 2) for f in views),
+        )
+        for name, v in joints.items()
+    ]
+    head = (
+        "joint",
+        "visible",
+        "error / box",
+        "PCK@0.1",
+        "along",
+        "across",
+        *(f"PCK@0.1, {f}" for f in views),
+    )
+    note = (
+        "Each keypoint of the detected eligible hands against its label, over the joints the label shows: "
+        "the mean error over the box's longer side, the share under 0.1 of it, and the mean signed offset "
+        "along the hand (+: toward the fingertips, from the label's wrist toward its middle knuckle) and "
+        "across it (+: toward the thumb's side). A steady offset of one joint in every view points to a "
+        "difference of convention between detector and labels (where each puts the wrist or the knuckles); "
+        "errors that grow in one view, to what that view shows."
+    )
+    return [f"<h3>By keypoint</h3><p class='note'>{note}</p>", _table(rows, head)]
+
+
 def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tuple[dict, dict]]) -> str:
     """The whole page as one string."""
     s = summary
@@ -433,6 +472,7 @@ def render(summary: dict, rows: list[dict], captions: list[str], worst: list[tup
         if groups:
             parts.append(f"<h3>{title}</h3><p class='note'>{note}</p>")
             parts.append(_table(groups, (column, "eligible", "detected", "detection rate", "PCK@0.1")))
+    parts.extend(_joint_section(s))
     parts.append(
         "<p class='note'>The AttentionHand paper (Table 1, MSCOCO) reports these for text-to-image models. "
         "Its MSE-2D has no stated unit or normalisation, so only its ordering compares with ours (px²).</p>"

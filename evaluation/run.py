@@ -241,7 +241,14 @@ def score_record(scorer, raw: dict) -> dict:
             row[f"{s}_{k}"] = v
         k = h.get("detection")
         if k is not None:
-            row[f"{s}_keypoints"] = np.round(result.detections[k].keypoints, 2).ravel().tolist()
+            kp = result.detections[k].keypoints
+            row[f"{s}_keypoints"] = np.round(kp, 2).ravel().tolist()
+            hl = label.hands[s]
+            offsets = metrics.joint_offsets(kp, hl.joints_2d, hl.joints_visible, metrics.box_size(hl.bbox))
+            # nulls, not NaNs, for the joints the label does not show (NaN never equals itself in a table)
+            row[f"{s}_joint_offsets"] = [
+                x if math.isfinite(x) else None for x in np.round(offsets, 6).ravel()
+            ]
     out["detections"] = [np.asarray(getattr(d, "keypoints", d), dtype=np.float32) for d in result.detections]
     out["hand_conf"] = [
         float(d.handedness_score) for d in result.detections if hasattr(d, "handedness_score")
@@ -361,7 +368,38 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
             for t in PASS_THRESHOLDS
         },
         **{f"by_{name}": _breakdown(elig, group, order) for name, (group, order) in BREAKDOWNS.items()},
+        "by_joint": joint_table(det),
+        "by_joint_facing": {
+            f: joint_table([(r, s) for r, s in det if r.get(f"{s}_facing") == f]) for f in FACINGS
+        },
     }
+
+
+def joint_table(hands: list[tuple[dict, str]]) -> dict:
+    """``{joint name: {visible, error, pck_01, along, across}}`` over the given detected (row, side) hands'
+    ``<side>_joint_offsets`` (``metrics.joint_offsets``): how many of them show the joint, the mean error /
+    box size, the share under 0.1 (the joint's PCK@0.1), and the mean signed offsets along the hand (+ toward
+    the fingertips) and across it (+ toward the thumb's side). A joint no hand shows has None values."""
+    from pipeline.kinematics import JOINT_NAMES
+
+    rows = [
+        np.asarray(r[f"{s}_joint_offsets"], float).reshape(-1, 3)
+        for r, s in hands
+        if r.get(f"{s}_joint_offsets")
+    ]
+    table = np.stack(rows) if rows else np.full((0, len(JOINT_NAMES), 3), math.nan)
+    out = {}
+    for j, name in enumerate(JOINT_NAMES):
+        col = table[:, j]
+        seen = col[np.isfinite(col[:, 2])]
+        out[name] = {
+            "visible": int(len(seen)),
+            "error": _mean(seen[:, 2]),
+            "pck_01": float(np.mean(seen[:, 2] < 0.1)) if len(seen) else None,
+            "along": _mean(seen[:, 0]),
+            "across": _mean(seen[:, 1]),
+        }
+    return out
 
 
 #: metres: the hands' distance bins of ``by_distance``

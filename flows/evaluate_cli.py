@@ -62,6 +62,16 @@ def _cmd_evaluate(args) -> int:
         ]
         if groups:
             print(f"detected by {title}: " + ", ".join(groups))
+    far = sorted(
+        ((v["error"], name, v) for name, v in (s.get("by_joint") or {}).items() if v["error"] is not None),
+        key=lambda x: x[0],
+        reverse=True,
+    )[:3]
+    if far:
+        print(
+            "keypoints farthest from the label (mean error / box; along, across): "
+            + ", ".join(f"{n} {_fmt(e)} ({_fmt(v['along'], 2)}, {_fmt(v['across'], 2)})" for e, n, v in far)
+        )
     print(f"alignment: mean {_fmt(s['alignment_mean'])} over {s['assessed_samples']} assessed samples")
     fid = s.get("fid")
     if fid:

@@ -61,6 +61,37 @@ def test_pck_normalized_error_and_mse_on_known_offsets():
     assert math.isnan(metrics.pck(pred, gt, np.zeros(21, bool), 100.0, 0.1))
 
 
+def test_joint_offsets_in_the_hands_frame():
+    """A hand pointing up the image (wrist below the middle knuckle): a keypoint moved toward the fingertips
+    is +along, one moved toward the thumb +across, whichever side the thumb is on; joints the label does not
+    show are NaN, and a hand seen along its axis keeps only the distance."""
+    from pipeline.kinematics import JOINT_NAMES
+
+    assert [JOINT_NAMES[j] for j in (metrics._WRIST, metrics._THUMB2, metrics._MIDDLE1)] == [
+        "wrist",
+        "thumb2",
+        "middle1",
+    ]
+    gt, _ = _hand()
+    gt[0], gt[9], gt[2] = (100.0, 150.0), (100.0, 70.0), (130.0, 120.0)  # the thumb on the +x side
+    pred = gt + np.array([5.0, -10.0])  # 10 px up (toward the fingertips), 5 px toward the thumb
+    vis = np.ones(21, bool)
+    vis[20] = False
+    out = metrics.joint_offsets(pred, gt, vis, 100.0)
+    assert out.shape == (21, 3) and np.isnan(out[20]).all()
+    np.testing.assert_allclose(out[:20], np.tile([0.1, 0.05, math.hypot(0.1, 0.05)], (20, 1)))
+    mirrored = gt * np.array([-1.0, 1.0])  # the thumb on the -x side: toward it is now -x
+    out = metrics.joint_offsets(mirrored + np.array([-5.0, -10.0]), mirrored, vis, 100.0)
+    np.testing.assert_allclose(out[:20, :2], np.tile([0.1, 0.05], (20, 1)))
+    # the fraction under 0.1 is the hand's PCK@0.1
+    moved = gt + np.column_stack([np.linspace(0, 20, 21), np.zeros(21)])
+    dist = metrics.joint_offsets(moved, gt, vis, 100.0)[:, 2]
+    assert np.mean(dist[vis] < 0.1) == metrics.pck(moved, gt, vis, 100.0, 0.1)
+    gt[9] = gt[0]  # seen along its axis: no frame
+    out = metrics.joint_offsets(pred, gt, vis, 100.0)
+    assert np.isnan(out[:, :2]).all() and np.isfinite(out[:20, 2]).all()
+
+
 def test_eligibility_rule():
     vis = np.zeros(21, bool)
     vis[:15] = True
@@ -395,6 +426,10 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
                 assert 0 <= r[f"{s}_pck_005"] <= r[f"{s}_pck_01"] <= 1
                 assert 0 <= r[f"{s}_error_norm"] < 0.5 and r[f"{s}_mse_2d"] >= 0
                 assert 0.5 <= r[f"{s}_handedness_score"] <= 1 and len(r[f"{s}_keypoints"]) == 42
+                dist = np.asarray(r[f"{s}_joint_offsets"], float).reshape(21, 3)[:, 2]
+                seen = dist[np.isfinite(dist)]  # the label's visible joints, and PCK@0.1 from them
+                assert len(seen) == r[f"{s}_visible_joints"]
+                assert np.mean(seen < 0.1) == pytest.approx(r[f"{s}_pck_01"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == N and summary["unreadable"] == 0
     assert summary["detected_hands"] <= summary["eligible_hands"] <= summary["hands"]
@@ -415,7 +450,25 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
         assert lo <= summary["detection_rate"] <= hi
         assert "detection rate (detected / eligible hands; 95% interval" in (out / "report.html").read_text()
         assert f"detection rate {summary['detection_rate']:.3f} (95%: {lo:.3f}-{hi:.3f})" in printed
+    # the keypoint table pools the detected eligible hands' visible joints
+    det = [(r, s) for r in scores for s in ("right", "left") if r[f"{s}_eligible"] and r[f"{s}_detected"]]
+    joints = summary["by_joint"]
+    assert list(joints)[:2] == ["wrist", "thumb1"] and len(joints) == 21
+    visible = sum(r[f"{s}_visible_joints"] for r, s in det)
+    assert sum(v["visible"] for v in joints.values()) == visible
+    if visible:
+        pooled = sum(v["pck_01"] * v["visible"] for v in joints.values() if v["visible"]) / visible
+        assert pooled == pytest.approx(
+            sum(r[f"{s}_pck_01"] * r[f"{s}_visible_joints"] for r, s in det) / visible
+        )
+    for f, table in summary["by_joint_facing"].items():
+        assert sum(v["visible"] for v in table.values()) == sum(
+            r[f"{s}_visible_joints"] for r, s in det if r[f"{s}_facing"] == f
+        )
     page = (out / "report.html").read_text()
+    assert ("By keypoint" in page) == bool(det) and ("keypoints farthest from the label" in printed) == bool(
+        det
+    )
     for heading in ("By view", "By gesture", "By distance", "By held object", "By camera"):
         assert (heading in page) == (summary["eligible_hands"] > 0), heading
     for line in ("the side facing the camera: ", "gesture: ", "distance from the camera: ", "camera: "):
