@@ -6,8 +6,8 @@ hands eligible in both runs that only one run detects (gained / lost) with a two
 PCK@0.1 over the hands both runs detect. At 512 samples any shading change flips about 8 to 15 hands each
 way by chance (docs/benchmarks.md), which the sign test accounts for and separate rates do not.
 
-``--by facing`` (or gesture, distance, object, camera: the splits of ``hands evaluate``) adds one line per
-group. ``--also BEFORE2 AFTER2`` (repeatable) pools further pairs, drawn with other seeds, into one
+``--by facing`` (or gesture, distance, object, camera, overlap: the splits of ``hands evaluate``) adds one
+line per group. ``--also BEFORE2 AFTER2`` (repeatable) pools further pairs, drawn with other seeds, into one
 comparison: a change that helps should help on other samples too, and one pair of 512-sample runs often
 cannot tell.
 

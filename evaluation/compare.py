@@ -134,8 +134,8 @@ returns them."""
 def hand_groups(rows: Iterable[Mapping], by: str, tag: str | None = None) -> dict[tuple, str]:
     """``{(index, side): group}`` of the eligible hands in ``rows`` (keys as ``eligible_hands``), grouped as
     ``hands evaluate`` splits its summary (``evaluation.run.BREAKDOWNS``: ``facing``, ``gesture``,
-    ``distance``, ``object``, ``camera``); hands without a group (no camera kind, ...) are left out. A scores
-    file without the group's columns (written before they existed) gives no groups."""
+    ``distance``, ``object``, ``camera``, ``overlap``); hands without a group (no camera kind, ...) are left
+    out. A scores file without the group's columns (written before they existed) gives no groups."""
     from evaluation.run import BREAKDOWNS
 
     if by not in BREAKDOWNS:
@@ -155,6 +155,7 @@ _SPLIT_COLUMN = {
     "distance": "{side}_distance_m",
     "object": "objects",
     "camera": "camera_kind",
+    "overlap": "{side}_box_overlap",
 }
 
 
@@ -215,7 +216,11 @@ def compare(a: Hands, b: Hands) -> PairedComparison:
 
 _COLUMNS = ("index", *(f"{s}_{c}" for s in SIDES for c in ("eligible", "detected", "pck_01")))
 _OPTIONAL = (  # read when the scores hold them: handedness, and what ``hand_groups`` splits by
-    *(f"{s}_{c}" for s in SIDES for c in ("handedness_agrees", "facing", "gesture", "distance_m")),
+    *(
+        f"{s}_{c}"
+        for s in SIDES
+        for c in ("handedness_agrees", "facing", "gesture", "distance_m", "box_overlap")
+    ),
     "objects",
     "camera_kind",
 )

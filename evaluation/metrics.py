@@ -47,6 +47,16 @@ def box_size(bbox) -> float:
     return float(max(b[2] - b[0], b[3] - b[1]))
 
 
+def box_overlap(a, b) -> float:
+    """The share of box ``a``'s area (x0, y0, x1, y1, px) that lies inside box ``b``, in [0, 1]; 0.0 for an
+    empty ``a``."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    area = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0)
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return float(max(w, 0.0) * max(h, 0.0) / area) if area > 0 else 0.0
+
+
 def joint_errors(pred, gt) -> np.ndarray:
     """(J,) Euclidean distances between (J, D) point sets."""
     p, g = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)

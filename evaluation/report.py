@@ -56,6 +56,12 @@ _BREAKDOWNS = {
         "Eligible hands by the pose prior's camera (third-person or egocentric).",
         "camera",
     ),
+    "overlap": (
+        "By the other hand",
+        "Eligible hands alone in their sample, or beside the other hand, with the two label boxes apart or "
+        "overlapping in the image.",
+        "hands",
+    ),
 }
 STOPWORDS = frozenset(
     "a an the and or of with in on at to is are his her their its up into from by for as both".split()

@@ -170,6 +170,11 @@ def _label_stats(label) -> dict:
         row[f"{s}_azimuth"], row[f"{s}_elevation"] = az, el
         # metres from the camera to the centroid of the hand's 21 joints (camera frame)
         row[f"{s}_distance_m"] = math.nan if h is None else float(np.linalg.norm(h.joints_3d.mean(axis=0)))
+        other = present.get("left" if s == "right" else "right")
+        # the share of this hand's box that the other hand's box covers (NaN without two hands)
+        row[f"{s}_box_overlap"] = (
+            math.nan if h is None or other is None else metrics.box_overlap(h.bbox, other.bbox)
+        )
     row["interaction"] = (
         hands_relation(present["right"].joints_3d, present["left"].joints_3d)
         if len(present) == 2
@@ -332,7 +337,9 @@ def summarize(rows: list[dict], hand_conf: list[float], counts: collections.Coun
     detection rate and PCK@0.1 of each group: ``by_facing`` (palm, back or side toward the camera,
     ``pipeline.gestures.palm_facing``), ``by_gesture`` (``classify_gesture``), ``by_distance`` (the joints'
     centroid from the camera, ``DISTANCE_BINS_M``), ``by_object`` (a held object in the sample's props or
-    not), ``by_camera`` (the prior's third-person or egocentric camera; empty for dataset sources). The
+    not), ``by_camera`` (the prior's third-person or egocentric camera; empty for dataset sources),
+    ``by_overlap`` (alone in the sample, or beside the other hand with the label boxes apart or overlapping,
+    ``OVERLAP_GROUPS``). The
     detector's misses depend on these more than on the rendering (docs/benchmarks.md)."""
     counts = counts or collections.Counter()
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -418,6 +425,17 @@ def _distance_bin(r: dict, s: str) -> str | None:
     return _DISTANCE_GROUPS[int(np.searchsorted(DISTANCE_BINS_M, d, side="right"))]
 
 
+#: ``by_overlap``'s groups: the hand alone in its sample, or beside the other hand, their boxes apart or not
+OVERLAP_GROUPS = ("one hand", "two hands, boxes apart", "two hands, boxes overlap")
+
+
+def _overlap_group(r: dict, s: str) -> str:
+    v = r.get(f"{s}_box_overlap")
+    if v is None or not math.isfinite(v):
+        return OVERLAP_GROUPS[0]
+    return OVERLAP_GROUPS[1] if v == 0.0 else OVERLAP_GROUPS[2]
+
+
 #: summary breakdowns of the eligible hands: name -> (the group of a (row, side) or None, groups in order;
 #: None: the groups met, sorted)
 BREAKDOWNS = {
@@ -426,6 +444,7 @@ BREAKDOWNS = {
     "distance": (_distance_bin, _DISTANCE_GROUPS),
     "object": (lambda r, s: "held object" if r.get("objects") else "no object", ("no object", "held object")),
     "camera": (lambda r, s: r.get("camera_kind"), ("third", "ego")),
+    "overlap": (_overlap_group, OVERLAP_GROUPS),
 }
 
 

@@ -92,6 +92,7 @@ _BREAKDOWN_TITLES = {
     "distance": "distance from the camera",
     "object": "held object",
     "camera": "camera",
+    "overlap": "the other hand",
 }
 
 

@@ -92,6 +92,15 @@ def test_joint_offsets_in_the_hands_frame():
     assert np.isnan(out[:, :2]).all() and np.isfinite(out[:20, 2]).all()
 
 
+def test_box_overlap():
+    a = [0.0, 0.0, 10.0, 10.0]
+    assert metrics.box_overlap(a, [5.0, 5.0, 20.0, 20.0]) == 0.25
+    assert metrics.box_overlap([5.0, 5.0, 20.0, 20.0], a) == pytest.approx(25 / 225)
+    assert metrics.box_overlap(a, [-1.0, -1.0, 11.0, 11.0]) == 1.0
+    assert metrics.box_overlap(a, [10.0, 0.0, 20.0, 10.0]) == 0.0  # touching edges: apart
+    assert metrics.box_overlap([3.0, 3.0, 3.0, 9.0], a) == 0.0  # an empty box
+
+
 def test_eligibility_rule():
     vis = np.zeros(21, bool)
     vis[:15] = True
@@ -265,16 +274,17 @@ def test_estimator3d_hook_reports_mpjpe_and_pa_mpjpe_in_mm():
 def test_summary_breakdowns_split_the_eligible_hands():
     from evaluation.run import summarize
 
-    def row(facing, gesture, dist, objects, camera, detected, pck=0.8, eligible=True):
+    def row(facing, gesture, dist, objects, camera, detected, pck=0.8, eligible=True, overlap=math.nan):
         r = {"status": "ok", "objects": objects, "camera_kind": camera, "left_present": False}
         r.update(right_present=True, right_eligible=eligible, right_detected=detected, right_facing=facing)
         r.update(right_gesture=gesture, right_distance_m=dist, right_pck_01=pck if detected else None)
+        r.update(right_box_overlap=overlap)  # NaN (None once in parquet): no other hand
         return r
 
     rows = [
-        row("palm", "fist", 0.2, 1, "ego", True, 0.6),
-        row("palm", "open_palm", 0.45, 0, "third", False),
-        row("side", "fist", 0.8, 0, "third", True, 1.0),
+        row("palm", "fist", 0.2, 1, "ego", True, 0.6, overlap=0.0),
+        row("palm", "open_palm", 0.45, 0, "third", False, overlap=0.3),
+        row("side", "fist", 0.8, 0, "third", True, 1.0, overlap=None),
         row("back", "fist", 0.3, 0, "third", True, 0.9),  # 0.3 m falls in the second bin
         row("back", "fist", 0.1, 0, None, True, eligible=False),  # not eligible: in no group
         row("back", "fist", float("nan"), 0, None, False),  # no distance, no camera kind: left out of those
@@ -290,6 +300,11 @@ def test_summary_breakdowns_split_the_eligible_hands():
     assert rates("distance") == {"under 0.3 m": (1, 1), "0.3-0.5 m": (1, 2), "0.5 m and over": (1, 1)}
     assert rates("object") == {"no object": (2, 4), "held object": (1, 1)}
     assert rates("camera") == {"third": (2, 3), "ego": (1, 1)}
+    assert rates("overlap") == {
+        "one hand": (2, 3),
+        "two hands, boxes apart": (1, 1),
+        "two hands, boxes overlap": (0, 1),
+    }
     assert s["by_gesture"]["fist"]["pck_01"] == pytest.approx((0.6 + 1.0 + 0.9) / 3)
     assert s["by_camera"]["third"]["detection_rate"] == pytest.approx(2 / 3)
     assert s["by_gesture"]["open_palm"]["pck_01"] is None
@@ -437,7 +452,7 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
         assert summary[k] is None or 0.0 <= summary[k] <= 1.0, k
     assert summary["settings"]["min_visible_joints"] == 15 and summary["settings"]["min_box_px"] == 48
     assert set(summary["by_facing"]) == {"palm", "back", "side"}
-    for name in ("facing", "gesture", "distance", "object", "camera"):  # the prior's run: every hand in one
+    for name in ("facing", "gesture", "distance", "object", "camera", "overlap"):  # the prior: each in one
         groups = summary[f"by_{name}"]
         assert sum(v["eligible"] for v in groups.values()) == summary["eligible_hands"], name
         assert sum(v["detected"] for v in groups.values()) == summary["detected_hands"], name
@@ -469,8 +484,19 @@ def test_evaluate_end_to_end(run, hands, tmp_path, capsys):
     assert ("By keypoint" in page) == bool(det) and ("keypoints farthest from the label" in printed) == bool(
         det
     )
-    for heading in ("By view", "By gesture", "By distance", "By held object", "By camera"):
+    for heading in (
+        "By view",
+        "By gesture",
+        "By distance",
+        "By held object",
+        "By camera",
+        "By the other hand",
+    ):
         assert (heading in page) == (summary["eligible_hands"] > 0), heading
+    for r in scores:  # the share of each hand's box under the other's, only with two hands
+        for s, o in (("right", "left"), ("left", "right")):
+            assert (r[f"{s}_box_overlap"] is None) == (not (r[f"{s}_present"] and r[f"{o}_present"]))
+            assert r[f"{s}_box_overlap"] is None or 0.0 <= r[f"{s}_box_overlap"] <= 1.0
     for line in ("the side facing the camera: ", "gesture: ", "distance from the camera: ", "camera: "):
         assert (f"detected by {line}" in printed) == (summary["eligible_hands"] > 0), line
     assert page.count("data:image/png;base64,") >= 10 and "data:image/jpeg;base64," in page
