@@ -10,8 +10,8 @@ measured side by side); ``--props-speed``: the default generator with ``--props 
 ``forearm,objects``, alternated likewise; ``--shadows-speed``: the default with ``shadows=False`` against
 shadows on (forearms and objects both times), alternated likewise; ``--soft-speed``: the default's soft
 shadows against version 5's (``penumbra=False, scatter=0``), likewise; ``--blob-speed``: the default's
-scene-coloured blobs against version 6's (``blob_colours="random"``), likewise; ``--occlusion-speed``: the
-default (``occlusion=0``) against ``occlusion=0.8``, likewise.
+scene-coloured blobs against version 6's (``blob_colours="random"``), likewise; ``--occlusion-speed``:
+version 7 (``occlusion=0``) against the default (``occlusion=0.8``), likewise.
 
 Usage: python bench/composite_ablation.py [--samples 128] [--seed 0] [--out-root /tmp/composite_ablation]
        [--rows all|N,N] [--before /tmp/composite_v1.py --repeats 2] [--props-speed] [--shadows-speed]
@@ -41,9 +41,10 @@ except ModuleNotFoundError:  # a spawned evaluation worker: it inherits the fixe
 # shadows off (``shadows=False``: version 3's shading), rows before the version-5 row draw no palm creases
 # (``palm_lines=0``), rows before the version-6 row keep version 5's shadows (a point-like key light, no
 # light kept in shadow), and rows before the version-7 row keep version 6's blob colours (uniform in RGB),
-# so they measure what they measured before; the last row adds the ambient occlusion, an option (off by
-# default)
-_V6 = dict(blob_colours="random")  # version 6's blob background
+# and rows before the version-8 row no ambient occlusion (``occlusion=0``), so they measure what they
+# measured before
+_V7 = dict(occlusion=0.0)  # version 7: no ambient occlusion
+_V6 = dict(blob_colours="random", **_V7)  # version 6's blob background
 _V5 = dict(penumbra=False, scatter=0.0, **_V6)  # version 5's shadows
 _V4 = dict(palm_lines=0.0, **_V5)  # version 4's skin: no palm creases
 _V3 = dict(shadows=False, **_V4)
@@ -68,9 +69,9 @@ ROWS = (
     ),
     (
         "+ blobs in one scene's desaturated colours (v7 default)",
-        dict(background="blobs", props="forearm,objects"),
+        dict(background="blobs", props="forearm,objects", **_V7),
     ),
-    ("+ ambient occlusion 0.8 (option)", dict(background="blobs", props="forearm,objects", occlusion=0.8)),
+    ("+ ambient occlusion 0.8 (v8 default)", dict(background="blobs", props="forearm,objects")),
 )
 
 
@@ -113,7 +114,11 @@ def main() -> None:
     )
     ap.add_argument("--soft-speed", action="store_true", help="time the default against version 5's shadows")
     ap.add_argument("--blob-speed", action="store_true", help="time the default against random blob colours")
-    ap.add_argument("--occlusion-speed", action="store_true", help="time the default against occlusion=0.8")
+    ap.add_argument(
+        "--occlusion-speed",
+        action="store_true",
+        help="time occlusion=0 (version 7) against the default (0.8)",
+    )
     ap.add_argument(
         "--reference",
         default=None,
@@ -210,7 +215,7 @@ def _main(args, EvalConfig, evaluate_run, CompositeConfig, CompositeGenerator) -
         (args.shadows_speed, "shadows", dict(shadows=False), {}),
         (args.soft_speed, "soft shadows", dict(penumbra=False, scatter=0.0), {}),
         (args.blob_speed, "blob colours", dict(blob_colours="random"), {}),
-        (args.occlusion_speed, "occlusion", {}, dict(occlusion=0.8)),
+        (args.occlusion_speed, "occlusion", dict(occlusion=0.0), {}),
     ):
         if not flag:
             continue

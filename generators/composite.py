@@ -2,11 +2,12 @@
 
 Per sample, everything is drawn from its own stream (``stage_rng(seed, 'generator', attempt)``; a regeneration
 under ``--min-alignment`` draws from the stream of its try), and every choice is recorded in the label's
-``generator`` field. Version 7 (version 6 with the blob background in one scene's desaturated colours;
-version 6: version 5 with soft shadows, the key light's size and the light skin keeps in shadow; version 5:
-version 4 with the palm's creases; version 4: version 3 with the key light's shadows;
-version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each component can be switched
-back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_ablation.py``):
+``generator`` field. Version 8 (version 7 with ambient occlusion; version 7: version 6 with the blob
+background in one scene's desaturated colours; version 6: version 5 with soft shadows, the key light's size
+and the light skin keeps in shadow; version 5: version 4 with the palm's creases; version 4: version 3 with
+the key light's shadows; version 3: version 2 with forearms and objects; ``CompositeConfig`` defaults; each
+component can be switched back to version 1 for the ablation in docs/benchmarks.md,
+``bench/composite_ablation.py``):
 
 * **skin** (``skin="v2"``): a tone from a continuous range (``skin_tone`` in [0, 1], light to dark, along the
   ``SKIN_TONES`` anchors, with a small hue and saturation jitter), one per person, so the left hand matches
@@ -33,12 +34,14 @@ back to version 1 for the ablation in docs/benchmarks.md, ``bench/composite_abla
   fraction of hand pixels in shadow is recorded as ``shadow_fraction`` (0.0 with ``shadows=False``, version
   3's shading, or for a sample without the hand model's triangles, ``Sample.hand_faces``). The background
   receives no shadow (it has no geometry).
-* **ambient occlusion** (``occlusion`` > 0, off by default: at 0.8 it did not change MediaPipe's detection
-  rate measurably and costs about 8% of the throughput, docs/benchmarks.md): contact shadows in creases,
+* **ambient occlusion** (``occlusion``, 0.8 by default, version 8; 0: off, version 7; on six 512-sample
+  draws MediaPipe finds 71 more hands with it and 36 fewer, for about 8% of the throughput,
+  docs/benchmarks.md "Ambient occlusion: composite version 8"): contact shadows in creases,
   between touching fingers and where the object meets the palm, from the depth map
   (``generators.shadows.ambient_occlusion``, radius ``OCCLUSION_RADIUS``); it scales the diffuse, ambient
   and rim light of every surface pixel (hand, forearm, object) by 1 - ``occlusion`` x the occlusion, not the
-  specular, with the ``"presets"`` light only. Recorded as ``components["occlusion"]``.
+  specular, with the ``"presets"`` light only (the version-1 ``"single"`` light ignores it). Recorded as
+  ``components["occlusion"]`` (0.0 with the single light).
 * **background** (``background="blobs"``, the default: a gradient and a few soft shapes, lit by the same
   lights; MediaPipe detects more hands on them, see docs/benchmarks.md; their colours from one scene's
   palette, ``_palette``, mostly desaturated, with ``blob_colours="scene"``, or uniform in RGB, often
@@ -188,7 +191,7 @@ class CompositeConfig:
     shadows: bool = True  # the key light's shadow map (``generators.shadows``); False: version 3's shading
     penumbra: bool = True  # the key light's size from its preset (module doc); False: version 5's soft edge
     scatter: float = 1.0  # in [0, 1], times ``SKIN_SCATTER``: key light kept by skin in shadow; 0: v5
-    occlusion: float = 0.0  # ambient occlusion's strength in [0, 1] (presets light); 0: off (module doc)
+    occlusion: float = 0.8  # ambient occlusion's strength in [0, 1] (presets light); 0: off, v7 (module doc)
     palm_lines: float = 0.3  # darkening of the palm's flexion creases (skin v2); 0: none (module doc)
     skin_tones: tuple = SKIN_TONES
     ambient: float = 0.38
@@ -220,8 +223,6 @@ class CompositeConfig:
             raise ValueError(f"composite scatter must be in [0, 1], got {self.scatter!r}")
         if not 0.0 <= self.occlusion <= 1.0:
             raise ValueError(f"composite occlusion must be in [0, 1], got {self.occlusion!r}")
-        if self.occlusion > 0 and self.light != "presets":
-            raise ValueError(f"composite occlusion needs light=presets, got light={self.light!r}")
 
 
 # The palm's flexion creases in the palm's own coordinates (``_palm_coords``): (v, u) control points, v
@@ -495,7 +496,7 @@ class CompositeGenerator(Generator):
     """See module doc."""
 
     name = "composite"
-    version = 7
+    version = 8
 
     @classmethod
     def from_config(cls, config, run=None, **_) -> CompositeGenerator:
@@ -1105,7 +1106,7 @@ class CompositeGenerator(Generator):
         ndv = np.clip((n * view).sum(-1), 0, 1)
         side_dot = np.clip(n[:, :2] @ _unit(d[:2]).astype(np.float32), 0, 1)
         e += ((1 - ndv) ** 2.5 * side_dot * s * 1.5)[:, None] * c
-        if cfg.occlusion > 0:  # contact shadows: creases, between fingers, where the object meets the palm
+        if cfg.occlusion > 0 and cfg.light == "presets":  # contact shadows: creases, between fingers, ...
             e *= (1 - cfg.occlusion * self._occlusion(sample, box, vv, uu, n))[:, None]
         out[sel] = alb * e + strength[:, None] * spec
         return out, shadowed
@@ -1234,7 +1235,7 @@ class CompositeGenerator(Generator):
                 "shadows": cfg.shadows,
                 "penumbra": cfg.penumbra,
                 "scatter": cfg.scatter,
-                "occlusion": cfg.occlusion,
+                "occlusion": cfg.occlusion if cfg.light == "presets" else 0.0,
                 "palm_lines": cfg.palm_lines,
             },
             **comp.record,

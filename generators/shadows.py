@@ -385,10 +385,13 @@ def ambient_occlusion(
     if not len(rows):
         return out
     H, W = grid.shape[:2]
-    flat = np.asarray(grid, dtype=f32).reshape(-1, 3)
-    p = flat[rows * W + cols]  # (N, 3)
+    # one contiguous array per coordinate: three 1-D gathers per tap instead of one of (N, 3) rows
+    gx, gy, gz = (np.ascontiguousarray(grid[..., i], dtype=f32).ravel() for i in range(3))
+    at = rows * W + cols
+    px, py, pz = gx[at], gy[at], gz[at]
     n = np.asarray(normals, dtype=f32)
-    rad_px = f32(radius * float(focal)) / np.maximum(p[:, 2], f32(1e-6))
+    nx, ny, nz = (np.ascontiguousarray(n[:, i]) for i in range(3))
+    rad_px = f32(radius * float(focal)) / np.maximum(pz, f32(1e-6))
     per_ring = samples // 2
     r0, r1 = f32(2.0 * radius), f32(radius)  # fade: full weight up to 2 radii, none beyond 3
     for ring, frac in enumerate(AO_RINGS):
@@ -398,12 +401,13 @@ def ambient_occlusion(
             u = np.rint(cols + du * rad_px).astype(np.int64)
             v = np.rint(rows + dv * rad_px).astype(np.int64)
             inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-            q = flat[np.where(inside, v * W + u, 0)]
-            d = q - p
-            dist = np.sqrt((d * d).sum(axis=1))
-            h = (d * n).sum(axis=1)
+            idx = np.where(inside, v * W + u, 0)
+            qz = gz.take(idx)
+            dx, dy, dz = gx.take(idx) - px, gy.take(idx) - py, qz - pz
+            dist = np.sqrt(dx * dx + dy * dy + dz * dz)
+            h = dx * nx + dy * ny + dz * nz
             sine = h / np.maximum(dist, f32(1e-9))
             fade = np.clip(f32(1.0) - (dist - r0) / r1, f32(0.0), f32(1.0))
-            hit = inside & (q[:, 2] > 0) & (h > f32(bias))
+            hit = inside & (qz > 0) & (h > f32(bias))
             out += np.where(hit, np.clip(sine, f32(0.0), f32(1.0)) * fade, f32(0.0))
     return out / f32(2 * per_ring)

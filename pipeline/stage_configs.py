@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline.config_base import FrozenModel
 from pipeline.errors import HandgenError
@@ -276,7 +276,8 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     1/f amplitude spectrum, at most 1), ``shadows`` (the key light's shadow map; on | off), ``penumbra`` (the
     key light's size from its preset: penumbrae that widen away from the occluder; on | off), ``scatter``
     (how much of the key light skin keeps in shadow, in [0, 1] of ``SKIN_SCATTER``), ``occlusion`` (the
-    ambient occlusion's strength in [0, 1]; 0: off; only with the presets light), ``palm_lines`` (the palm
+    ambient occlusion's strength in [0, 1]; 0.8 by default, 0: off; the single light ignores it),
+    ``palm_lines`` (the palm
     creases' darkening in [0, 1]; 0: none)."""
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
@@ -304,7 +305,7 @@ class CompositeGeneratorConfig(_GeneratorConfig):
     shadows: bool = True
     penumbra: bool = True
     scatter: float = 1.0
-    occlusion: float = 0.0
+    occlusion: float = 0.8
     palm_lines: float = 0.3
 
     @field_validator("skin", "light", "background", "blob_colours", mode="before")
@@ -325,12 +326,6 @@ class CompositeGeneratorConfig(_GeneratorConfig):
         if not ok:
             raise ValueError(f"composite {info.field_name} must be in [0, 1], got {v!r}")
         return v
-
-    @model_validator(mode="after")
-    def _occlusion_light(self):
-        if self.occlusion > 0 and self.light != "presets":
-            raise ValueError(f"composite occlusion needs light=presets, got light={self.light!r}")
-        return self
 
 
 class AttentionHandGeneratorConfig(_GeneratorConfig):

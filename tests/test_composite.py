@@ -103,7 +103,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
     gen = CompositeGenerator()
     (s,) = generated(gen, _fresh(samples[:1]))
     rec = s.generator
-    assert rec["name"] == "composite" and rec["version"] == 7 and rec["seed"] == s.seed
+    assert rec["name"] == "composite" and rec["version"] == 8 and rec["seed"] == s.seed
     assert rec["components"] == {
         "skin": "v2",
         "light": "presets",
@@ -114,7 +114,7 @@ def test_generator_record_holds_the_diversity_controls(samples):
         "shadows": True,
         "penumbra": True,
         "scatter": 1.0,
-        "occlusion": 0.0,
+        "occlusion": 0.8,
         "palm_lines": 0.3,
     }
     assert isinstance(rec["shadow_fraction"], float) and 0.0 <= rec["shadow_fraction"] <= 1.0
@@ -278,6 +278,11 @@ def test_version1_components_still_available(samples):
     rec = s.generator
     assert isinstance(rec["skin_tone"], int) and rec["background_kind"] == "blobs" and len(rec["light"]) == 3
     assert "blur" in rec and "noise" in rec and "camera" not in rec
+    # the single light ignores the ambient occlusion (a presets-light component): the same image, recorded 0
+    image, rec = CompositeGenerator(cfg).render(s)
+    assert rec["components"]["occlusion"] == 0.0 and cfg.occlusion == 0.8
+    same, _ = CompositeGenerator(dataclasses.replace(cfg, occlusion=0.0)).render(s)
+    assert np.array_equal(image, same)
     with pytest.raises(ValueError, match="composite skin"):
         CompositeConfig(skin="shiny")
     with pytest.raises(ValueError, match="spectrum_match"):
@@ -285,8 +290,6 @@ def test_version1_components_still_available(samples):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"composite occlusion must be in \[0, 1\]"):
             CompositeConfig(occlusion=bad)
-    with pytest.raises(ValueError, match="composite occlusion needs light=presets"):
-        CompositeConfig(light="single", occlusion=0.5)
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"composite palm_lines must be in \[0, 1\]"):
             CompositeConfig(palm_lines=bad)
@@ -303,12 +306,14 @@ def test_composite_spec_options():
     assert parse_spec("composite") == {}
     assert parse_spec("composite:shadows=off") == {"shadows": False}
     assert parse_spec("composite:shadows=on") == {}
-    assert parse_spec("composite:occlusion=0") == {}
+    assert parse_spec("composite:occlusion=0.8") == {}
+    assert parse_spec("composite:occlusion=0") == {"occlusion": 0.0}  # version 7
     assert parse_spec("composite:occlusion=0.5,shadows=off") == {"occlusion": 0.5, "shadows": False}
+    assert parse_spec("composite:light=single,occlusion=0.5") == {"light": "single", "occlusion": 0.5}
     assert parse_spec("composite:palm_lines=0") == {"palm_lines": 0.0}
     assert parse_spec("composite:penumbra=off,scatter=0") == {"penumbra": False, "scatter": 0.0}
     assert parse_spec("composite:blob_colours=random") == {"blob_colours": "random"}
-    assert CompositeGeneratorConfig.from_spec("composite:occlusion=0.8").spec() == "composite:occlusion=0.8"
+    assert CompositeGeneratorConfig.from_spec("composite:occlusion=0").spec() == "composite:occlusion=0.0"
     assert CompositeGeneratorConfig.from_spec("composite:shadows=off").spec() == "composite:shadows=0"
     with pytest.raises(SpecError) as bad:
         parse_spec("composite:shadows=soft")
@@ -337,10 +342,6 @@ def test_composite_spec_options():
         ("composite:scatter=-1", "composite scatter must be in [0, 1], got '-1'"),
         ("composite:penumbra=wide", "penumbra expects a bool, got 'wide'"),
         ("composite:blob_colours=vivid", "composite blob_colours must be one of"),
-        (
-            "composite:light=single,occlusion=0.5",
-            "composite occlusion needs light=presets, got light='single'",
-        ),
         ("composite:skin=v2,skin=flat", "given twice"),
     ):
         with pytest.raises(SpecError, match=re.escape(message)):
@@ -664,7 +665,7 @@ def test_shadows_off_is_the_version_3_shading(samples, monkeypatch):
         img_none, _ = on.render(s)
         assert np.array_equal(img_off, img_none)
         assert rec_off["components"]["shadows"] is False and rec_off["shadow_fraction"] == 0.0
-        assert rec_off["version"] == 7 and set(rec_off) == set(lit[s.key][1])
+        assert rec_off["version"] == 8 and set(rec_off) == set(lit[s.key][1])
         assert {k: type(v) for k, v in rec_off.items()} == {k: type(v) for k, v in lit[s.key][1].items()}
     assert any(not np.array_equal(lit[s.key][0], dark[s.key][0]) for s in samples[:3])
     monkeypatch.undo()
@@ -797,11 +798,11 @@ def test_ambient_occlusion_leaves_planes_open_and_darkens_contacts():
 
 
 def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatch):
-    """``occlusion=0`` (the default) never computes the ambient occlusion; on, hand pixels are never
-    brighter and some are clearly darker; the mask, the background and the record's other fields do not
-    change; the same sample gives the same image every time."""
-    on = CompositeGenerator(CompositeConfig(camera_effects=False, occlusion=0.8))
-    off = CompositeGenerator(CompositeConfig(camera_effects=False))
+    """``occlusion=0`` (version 7) never computes the ambient occlusion; on (0.8, the default), hand pixels
+    are never brighter and some are clearly darker; the mask, the background and the record's other fields
+    do not change; the same sample gives the same image every time."""
+    on = CompositeGenerator(CompositeConfig(camera_effects=False))
+    off = CompositeGenerator(CompositeConfig(camera_effects=False, occlusion=0.0))
     seen = []
     real = CompositeGenerator._occlusion
     monkeypatch.setattr(CompositeGenerator, "_occlusion", staticmethod(lambda *a: seen.append(1) or real(*a)))
@@ -821,7 +822,7 @@ def test_ambient_occlusion_only_darkens_and_off_is_untouched(samples, monkeypatc
         assert np.array_equal(again.hand, a.hand)
     assert len(seen) == 8 and darker >= 50, (len(seen), darker)
     rec = CompositeGenerator(CompositeConfig(occlusion=0.0)).render(samples[0])[1]
-    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 7
+    assert rec["components"]["occlusion"] == 0.0 and rec["version"] == 8  # version 7's shading, switched off
 
 
 def test_palm_lines_only_on_the_palm_and_only_darken(samples, monkeypatch):

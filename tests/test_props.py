@@ -408,7 +408,7 @@ def test_composite_paints_the_arm_outside_the_alpha(posed, hand_model, renderer)
             assert not np.allclose(comp.image[arm], comp.background[arm])
             assert np.array_equal(comp.image[~arm & ~comp.alpha], comp.background[~arm & ~comp.alpha])
         image, record = gen.render(s)
-        assert record["version"] == 7 and record["forearm"] == rec
+        assert record["version"] == 8 and record["forearm"] == rec
         again, _ = gen.render(s)
         assert np.array_equal(image, again)
     assert painted >= 4 and sleeves == {True, False}  # arms show, bare and in sleeves
