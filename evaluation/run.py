@@ -252,7 +252,7 @@ def score_record(scorer, raw: dict) -> dict:
             offsets = metrics.joint_offsets(kp, hl.joints_2d, hl.joints_visible, metrics.box_size(hl.bbox))
             # nulls, not NaNs, for the joints the label does not show (NaN never equals itself in a table)
             row[f"{s}_joint_offsets"] = [
-                x if math.isfinite(x) else None for x in np.round(offsets, 6).ravel()
+                x if math.isfinite(x) else None for x in np.round(offsets, 6).ravel().tolist()
             ]
     out["detections"] = [np.asarray(getattr(d, "keypoints", d), dtype=np.float32) for d in result.detections]
     out["hand_conf"] = [
